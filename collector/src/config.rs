@@ -1,0 +1,248 @@
+//! Command line and config file: one struct ([`RunArgs`]) defines both. Every long option is also
+//! a key of the `--config` TOML file (same name); a value given on the command line wins.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use flowlens_sinks::SinkSpec;
+use serde::{Deserialize, Deserializer};
+
+use crate::probe::XdpAttachMode;
+
+pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+pub const DEFAULT_SINK: &str = "parquet:./flows";
+pub const DEFAULT_PARQUET_ROTATE_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_PARQUET_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 1m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// Options of `flowlens run`.
+#[derive(clap::Args, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunArgs {
+    /// TOML file whose keys are the long option names below (e.g. `xdp = ["eth0"]`,
+    /// `idle-timeout = "15s"`); command-line values win.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Attach the XDP probe to IFACE (repeatable). Default: every interface that is up, except loopback.
+    #[arg(long = "xdp", value_name = "IFACE")]
+    #[serde(default)]
+    pub xdp: Vec<String>,
+
+    /// XDP attach mode: `auto` (native where the driver supports it), `native` or `skb` (generic). [default: auto]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub xdp_mode: Option<XdpAttachMode>,
+
+    /// Where records go (repeatable): `parquet:DIR` or `stdout`. [default: parquet:./flows]
+    #[arg(long = "sink", value_name = "KIND:TARGET")]
+    #[serde(default)]
+    pub sink: Vec<String>,
+
+    /// How often the kernel flow map is drained. [default: 1s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub drain_interval: Option<Duration>,
+
+    /// A record is emitted for a flow that has been open this long, even if it is still active. [default: 60s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub active_timeout: Option<Duration>,
+
+    /// A flow with no packet for this long is ended. [default: 15s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+
+    /// Size of the kernel flow map (LRU hash; entries between two drains). [default: 131072]
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<u32>,
+
+    /// Stop after this long (drains, flushes and detaches first). [default: run until SIGINT/SIGTERM]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub duration: Option<Duration>,
+
+    /// Close a Parquet file and start a new one after this long. [default: 5m]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub parquet_rotate_interval: Option<Duration>,
+
+    /// Close a Parquet file once it holds about this many bytes. [default: 134217728]
+    #[arg(long, value_name = "BYTES")]
+    pub parquet_rotate_bytes: Option<u64>,
+}
+
+/// `flowlens run` settings after merging the config file, the command line and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// Empty: every interface that is up except loopback (resolved at start).
+    pub xdp: Vec<String>,
+    pub xdp_mode: XdpAttachMode,
+    pub sinks: Vec<SinkSpec>,
+    pub drain_interval: Duration,
+    pub active_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_flows: u32,
+    pub duration: Option<Duration>,
+    pub parquet_rotate_interval: Duration,
+    pub parquet_rotate_bytes: u64,
+}
+
+impl RunArgs {
+    /// Reads `--config` (if given) and merges it under the command-line values.
+    pub fn resolve(self) -> Result<RunConfig> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<RunArgs>(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.to_string().trim_end()))?
+            }
+            None => RunArgs::default(),
+        };
+        let pick_vec = |cli: Vec<String>, file: Vec<String>| if cli.is_empty() { file } else { cli };
+        let xdp = pick_vec(self.xdp, file.xdp);
+        let sink_strs = pick_vec(self.sink, file.sink);
+        let sink_strs = if sink_strs.is_empty() { vec![DEFAULT_SINK.to_string()] } else { sink_strs };
+        let sinks = sink_strs
+            .iter()
+            .map(|s| s.parse::<SinkSpec>().map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        let cfg = RunConfig {
+            xdp,
+            xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            sinks,
+            drain_interval: self.drain_interval.or(file.drain_interval).unwrap_or(DEFAULT_DRAIN_INTERVAL),
+            active_timeout: self.active_timeout.or(file.active_timeout).unwrap_or(DEFAULT_ACTIVE_TIMEOUT),
+            idle_timeout: self.idle_timeout.or(file.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            max_flows: self.max_flows.or(file.max_flows).unwrap_or(DEFAULT_MAX_FLOWS),
+            duration: self.duration.or(file.duration),
+            parquet_rotate_interval: self
+                .parquet_rotate_interval
+                .or(file.parquet_rotate_interval)
+                .unwrap_or(DEFAULT_PARQUET_ROTATE_INTERVAL),
+            parquet_rotate_bytes: self
+                .parquet_rotate_bytes
+                .or(file.parquet_rotate_bytes)
+                .unwrap_or(DEFAULT_PARQUET_ROTATE_BYTES),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl RunConfig {
+    fn validate(&self) -> Result<()> {
+        if self.max_flows == 0 {
+            bail!("--max-flows must be at least 1");
+        }
+        if self.drain_interval > self.idle_timeout {
+            bail!(
+                "--drain-interval ({}) must not exceed --idle-timeout ({}): flows would end late",
+                humantime::format_duration(self.drain_interval),
+                humantime::format_duration(self.idle_timeout)
+            );
+        }
+        if self.parquet_rotate_bytes == 0 {
+            bail!("--parquet-rotate-bytes must be greater than zero");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for i in &self.xdp {
+            if !seen.insert(i) {
+                bail!("--xdp {i} given twice");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct T {
+        #[command(flatten)]
+        a: RunArgs,
+    }
+
+    fn args(v: &[&str]) -> RunArgs {
+        T::try_parse_from(std::iter::once("t").chain(v.iter().copied())).unwrap().a
+    }
+
+    #[test]
+    fn defaults() {
+        let c = args(&[]).resolve().unwrap();
+        assert_eq!(c.sinks, vec![SinkSpec::Parquet("./flows".into())]);
+        assert_eq!(c.active_timeout, Duration::from_secs(60));
+        assert_eq!(c.idle_timeout, Duration::from_secs(15));
+        assert_eq!(c.drain_interval, Duration::from_secs(1));
+        assert_eq!(c.xdp_mode, XdpAttachMode::Auto);
+        assert!(c.xdp.is_empty());
+        assert_eq!(c.duration, None);
+    }
+
+    #[test]
+    fn file_values_apply_and_cli_wins() {
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.toml");
+        std::fs::write(
+            &f,
+            "xdp = [\"eth9\"]\nxdp-mode = \"skb\"\nidle-timeout = \"20s\"\nmax-flows = 1000\nsink = [\"stdout\"]\n",
+        )
+        .unwrap();
+        let c = args(&["--config", f.to_str().unwrap(), "--idle-timeout", "30s"]).resolve().unwrap();
+        assert_eq!(c.xdp, vec!["eth9".to_string()]);
+        assert_eq!(c.xdp_mode, XdpAttachMode::Skb);
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_flows, 1000);
+        assert_eq!(c.sinks, vec![SinkSpec::Stdout]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_a_reason() {
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            ("bogus-key = 1\n", "unknown field"),
+            ("idle-timeout = \"soon\"\n", "idle-timeout"),
+            ("xdp-mode = \"turbo\"\n", "unknown variant"),
+        ];
+        for (i, (text, want)) in cases.iter().enumerate() {
+            let f = dir.join(format!("{i}.toml"));
+            std::fs::write(&f, text).unwrap();
+            let e = format!("{:#}", args(&["--config", f.to_str().unwrap()]).resolve().unwrap_err());
+            assert!(e.contains(want) && e.contains(f.to_str().unwrap()), "{text}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(T::try_parse_from(["t", "--idle-timeout", "0s"]).is_err());
+        assert!(T::try_parse_from(["t", "--drain-interval", "x"]).is_err());
+        let e = args(&["--sink", "kafka:x"]).resolve().unwrap_err().to_string();
+        assert!(e.contains("unknown sink kind"), "{e}");
+        let e = args(&["--drain-interval", "20s"]).resolve().unwrap_err().to_string();
+        assert!(e.contains("must not exceed"), "{e}");
+        let e = args(&["--max-flows", "0"]).resolve().unwrap_err().to_string();
+        assert!(e.contains("max-flows"), "{e}");
+        let e = args(&["--config", "/nonexistent/x.toml"]).resolve().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+}

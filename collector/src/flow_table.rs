@@ -1,0 +1,210 @@
+//! User-space flow table: merges drained kernel deltas per flow and decides when a flow record
+//! ends (IPFIX-style timeouts).
+//!
+//! * `end_of_flow`: a TCP FIN or RST was seen; the record is emitted at the next expiry pass.
+//! * `idle_timeout`: no packet for `idle_timeout`.
+//! * `active_timeout`: the record has been open for `active_timeout` (long flows are reported in
+//!   slices; the next packets open a new record).
+//! * `forced_end`: the exporter stops ([`FlowTable::drain_all`]).
+
+use std::{collections::HashMap, time::Duration};
+
+use flowlens_schema::{FlowKey, FlowValue, record::EndReason};
+
+const TCP_FIN: u16 = 0x01;
+const TCP_RST: u16 = 0x04;
+
+/// Accumulated counters of one open flow record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub tcp_flags: u16,
+    pub dscp: u8,
+}
+
+/// A flow record that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub key: FlowKey,
+    pub state: FlowState,
+    pub reason: EndReason,
+}
+
+pub struct FlowTable {
+    flows: HashMap<FlowKey, FlowState>,
+    active_ns: u64,
+    idle_ns: u64,
+}
+
+impl FlowTable {
+    pub fn new(active_timeout: Duration, idle_timeout: Duration) -> Self {
+        FlowTable {
+            flows: HashMap::new(),
+            active_ns: active_timeout.as_nanos() as u64,
+            idle_ns: idle_timeout.as_nanos() as u64,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Adds one drained delta.
+    pub fn merge(&mut self, key: &FlowKey, d: &FlowValue) {
+        if d.packets == 0 {
+            return;
+        }
+        let flags = (d.tcp_flags & 0x1ff) as u16;
+        self.flows
+            .entry(*key)
+            .and_modify(|s| {
+                s.packets += d.packets;
+                s.bytes += d.bytes;
+                s.first_seen_ns = s.first_seen_ns.min(d.first_seen_ns);
+                if d.last_seen_ns >= s.last_seen_ns {
+                    s.last_seen_ns = d.last_seen_ns;
+                    s.dscp = d.dscp;
+                }
+                s.tcp_flags |= flags;
+            })
+            .or_insert(FlowState {
+                packets: d.packets,
+                bytes: d.bytes,
+                first_seen_ns: d.first_seen_ns,
+                last_seen_ns: d.last_seen_ns,
+                tcp_flags: flags,
+                dscp: d.dscp,
+            });
+    }
+
+    /// Moves every record that ended by `now_ns` (CLOCK_MONOTONIC) into `out`.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Ended>) {
+        let (active, idle) = (self.active_ns, self.idle_ns);
+        self.flows.retain(|key, s| {
+            let reason = if s.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                EndReason::EndOfFlow
+            } else if now_ns.saturating_sub(s.last_seen_ns) >= idle {
+                EndReason::IdleTimeout
+            } else if now_ns.saturating_sub(s.first_seen_ns) >= active {
+                EndReason::ActiveTimeout
+            } else {
+                return true;
+            };
+            out.push(Ended { key: *key, state: *s, reason });
+            false
+        });
+    }
+
+    /// Ends every open record with `forced_end` (shutdown).
+    pub fn drain_all(&mut self, out: &mut Vec<Ended>) {
+        out.extend(self.flows.drain().map(|(key, state)| Ended {
+            key,
+            state,
+            reason: EndReason::ForcedEnd,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(port: u16) -> FlowKey {
+        let mut k = FlowKey::ZERO;
+        k.ip_version = 4;
+        k.protocol = 6;
+        k.src_port = port;
+        k
+    }
+
+    fn delta(packets: u64, bytes: u64, first: u64, last: u64, flags: u64) -> FlowValue {
+        FlowValue {
+            packets,
+            bytes,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: flags,
+            dscp: 0,
+            _pad: [0; 7],
+        }
+    }
+
+    fn table() -> FlowTable {
+        FlowTable::new(Duration::from_secs(60), Duration::from_secs(15))
+    }
+
+    #[test]
+    fn merges_deltas() {
+        let mut t = table();
+        t.merge(&key(1), &delta(2, 200, 10 * S, 11 * S, 0x02));
+        t.merge(&key(1), &delta(3, 300, 12 * S, 13 * S, 0x10));
+        let mut out = vec![];
+        t.drain_all(&mut out);
+        assert_eq!(out.len(), 1);
+        let s = out[0].state;
+        assert_eq!((s.packets, s.bytes, s.first_seen_ns, s.last_seen_ns, s.tcp_flags), (5, 500, 10 * S, 13 * S, 0x12));
+        assert_eq!(out[0].reason, EndReason::ForcedEnd);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn idle_timeout_fires_exactly_at_the_limit() {
+        let mut t = table();
+        t.merge(&key(1), &delta(1, 60, 100 * S, 100 * S, 0));
+        let mut out = vec![];
+        t.expire(115 * S - 1, &mut out);
+        assert!(out.is_empty());
+        t.expire(115 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, EndReason::IdleTimeout);
+    }
+
+    #[test]
+    fn active_timeout_slices_long_flows() {
+        let mut t = table();
+        t.merge(&key(1), &delta(1, 60, 100 * S, 100 * S, 0));
+        let mut out = vec![];
+        for sec in 101..=160 {
+            t.merge(&key(1), &delta(1, 60, sec * S, sec * S, 0));
+            t.expire(sec * S, &mut out);
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].reason, EndReason::ActiveTimeout);
+        assert_eq!(out[0].state.packets, 61);
+        // The next packet opens a new record.
+        t.merge(&key(1), &delta(1, 60, 161 * S, 161 * S, 0));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn fin_or_rst_ends_the_flow() {
+        let mut t = table();
+        t.merge(&key(1), &delta(4, 400, S, 2 * S, 0x11));
+        t.merge(&key(2), &delta(1, 40, S, 2 * S, 0x04));
+        t.merge(&key(3), &delta(1, 40, S, 2 * S, 0x10));
+        let mut out = vec![];
+        t.expire(2 * S, &mut out);
+        out.sort_by_key(|e| e.key.src_port);
+        assert_eq!(out.iter().map(|e| (e.key.src_port, e.reason)).collect::<Vec<_>>(), vec![
+            (1, EndReason::EndOfFlow),
+            (2, EndReason::EndOfFlow)
+        ]);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn empty_deltas_are_ignored() {
+        let mut t = table();
+        t.merge(&key(1), &delta(0, 0, 0, 0, 0));
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,86 @@
+//! Network interfaces: name ↔ index, the default XDP set, and a name cache for records.
+
+use std::{collections::HashMap, ffi::CString, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+
+/// Index of interface `name` in the current network namespace.
+pub fn index_of(name: &str) -> Result<u32> {
+    let c = CString::new(name).with_context(|| format!("interface name {name:?}"))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("unknown interface {name:?} (see `ip link`)");
+    }
+    Ok(idx)
+}
+
+/// Name of interface `index`, if it exists.
+pub fn name_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(s.to_string_lossy().into_owned())
+}
+
+/// Interfaces that are administratively up, except loopback: the default XDP set.
+pub fn up_non_loopback() -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let flags = std::fs::read_to_string(e.path().join("flags")).unwrap_or_default();
+        let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+        let up = flags & libc::IFF_UP as u32 != 0;
+        let lo = flags & libc::IFF_LOOPBACK as u32 != 0;
+        if up && !lo {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Caches interface names by index (records carry the name as of export time).
+#[derive(Default)]
+pub struct NameCache {
+    names: HashMap<u32, Arc<str>>,
+}
+
+impl NameCache {
+    pub fn get(&mut self, index: u32) -> Arc<str> {
+        self.names
+            .entry(index)
+            .or_insert_with(|| name_of(index).unwrap_or_default().into())
+            .clone()
+    }
+    /// Forgets cached names (interfaces may be renamed or replaced).
+    pub fn clear(&mut self) {
+        self.names.clear();
+    }
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn loopback_resolves_both_ways() {
+        let i = index_of("lo").unwrap();
+        assert_eq!(name_of(i).as_deref(), Some("lo"));
+        let e = index_of("no-such-if0").unwrap_err().to_string();
+        assert!(e.contains("unknown interface"), "{e}");
+        assert!(!up_non_loopback().unwrap().contains(&"lo".to_string()));
+    }
+}

@@ -1,0 +1,14 @@
+//! flowlens collector.
+//!
+//! Data flows one way: [`probe`] (kernel maps) → [`drain`] → [`flow_table`] (merging, timeouts)
+//! → [`export`] (records) → sinks. [`run`] wires the stages together on a timer.
+
+pub mod config;
+pub mod drain;
+pub mod export;
+pub mod flow_table;
+pub mod ifaces;
+pub mod probe;
+pub mod run;
+pub mod timebase;
+pub mod top;

@@ -1,0 +1,63 @@
+//! The `flowlens` command.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use flowlens::{config::RunArgs, run, top};
+
+/// flowlens: flow records from XDP eBPF probes, exported to Parquet (and stdout).
+#[derive(Parser)]
+#[command(name = "flowlens", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach the probes and export flow records until stopped (needs root or CAP_BPF,
+    /// CAP_NET_ADMIN and CAP_PERFMON).
+    ///
+    /// Example: flowlens run --xdp eth0 --sink parquet:./flows
+    Run(RunArgs),
+    /// Print the biggest flows found in a directory of flowlens Parquet files.
+    Top {
+        /// Directory written by the Parquet sink.
+        #[arg(long, value_name = "DIR", default_value = "./flows")]
+        input: PathBuf,
+        /// Number of rows.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() {
+    let filter = std::env::var("FLOWLENS_LOG")
+        .ok()
+        .and_then(|s| s.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("flowlens: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run(args) => {
+            let cfg = args.resolve()?;
+            run::run(cfg)?;
+        }
+        Cmd::Top { input, limit } => {
+            let agg = top::aggregate(&input)?;
+            print!("{}", top::table(&agg, limit));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! `flowlens run`: probe → drain → flow table → records → sinks, on a timer.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord, stats};
+use flowlens_sinks::{
+    Sink, SinkSpec,
+    parquet::{ParquetOptions, ParquetSink},
+    stdout::StdoutSink,
+};
+
+use crate::{
+    config::RunConfig,
+    drain::{Drainer, KernelStats},
+    export::Exporter,
+    flow_table::{Ended, FlowTable},
+    ifaces,
+    probe::Probe,
+    timebase::{Timebase, monotonic_now_ns},
+};
+
+/// Totals reported at shutdown (and in logs).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub drains: u64,
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub sink_errors: u64,
+    pub records_lost_in_sinks: u64,
+    pub vanished_entries: u64,
+}
+
+/// Builds the sinks; fails before anything is attached if a target is unusable.
+pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>>> {
+    cfg.sinks
+        .iter()
+        .map(|s| -> Result<Box<dyn Sink>> {
+            Ok(match s {
+                SinkSpec::Stdout => Box::new(StdoutSink),
+                SinkSpec::Parquet(dir) => Box::new(
+                    ParquetSink::new(ParquetOptions {
+                        dir: dir.clone(),
+                        rotate_bytes: cfg.parquet_rotate_bytes,
+                        rotate_interval: cfg.parquet_rotate_interval,
+                        host: host.clone(),
+                    })
+                    .with_context(|| format!("sink {s}"))?,
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The export pipeline after the kernel: everything but the probe itself, so it can be driven
+/// by tests and benchmarks with synthetic deltas.
+pub struct Pipeline {
+    pub table: FlowTable,
+    pub exporter: Exporter,
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub totals: Totals,
+    deltas: Vec<(FlowKey, FlowValue)>,
+    ended: Vec<Ended>,
+    records: Vec<FlowRecord>,
+}
+
+impl Pipeline {
+    pub fn new(table: FlowTable, exporter: Exporter, sinks: Vec<Box<dyn Sink>>) -> Self {
+        Pipeline {
+            table,
+            exporter,
+            sinks,
+            totals: Totals::default(),
+            deltas: Vec::new(),
+            ended: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// One cycle: drain, merge, expire (or end everything when `final_cycle`), export.
+    pub fn cycle(&mut self, drainer: &mut dyn Drainer, final_cycle: bool) -> Result<()> {
+        self.deltas.clear();
+        let st = drainer.drain(&mut self.deltas).context("draining the flow map")?;
+        self.totals.drains += 1;
+        self.totals.vanished_entries += st.vanished as u64;
+        if st.vanished > 0 {
+            tracing::warn!(entries = st.vanished, "flow entries evicted by the kernel LRU during the drain; their counts are lost");
+        }
+        for (k, v) in &self.deltas {
+            self.table.merge(k, v);
+        }
+        self.ended.clear();
+        if final_cycle {
+            self.table.drain_all(&mut self.ended);
+        } else {
+            self.table.expire(monotonic_now_ns(), &mut self.ended);
+        }
+        let tb = Timebase::sample();
+        self.records.clear();
+        for e in &self.ended {
+            self.records.push(self.exporter.record(e, &tb));
+        }
+        self.totals.records += self.records.len() as u64;
+        for r in &self.records {
+            self.totals.packets += r.packets;
+            self.totals.bytes += r.bytes;
+        }
+        for s in &mut self.sinks {
+            let res = if self.records.is_empty() { s.tick() } else { s.write(&self.records) };
+            if let Err(e) = res {
+                self.totals.sink_errors += 1;
+                self.totals.records_lost_in_sinks += self.records.len() as u64;
+                tracing::error!(sink = s.name(), records = self.records.len(), error = %e, "sink failed; these records are lost for this sink");
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes every sink.
+    pub fn close(&mut self) -> Result<()> {
+        let mut failed = Vec::new();
+        for s in &mut self.sinks {
+            if let Err(e) = s.close() {
+                tracing::error!(sink = s.name(), error = %e, "closing sink");
+                failed.push(s.name().to_string());
+            }
+        }
+        if !failed.is_empty() {
+            bail!("sinks failed to close: {}", failed.join(", "));
+        }
+        Ok(())
+    }
+}
+
+fn log_kernel_stats(ks: &KernelStats) {
+    match ks.read() {
+        Ok(v) => tracing::info!(
+            packets_seen = v[stats::PACKETS_SEEN as usize],
+            non_ip = v[stats::NON_IP as usize],
+            unparsed = v[stats::UNPARSED as usize],
+            map_errors = v[stats::MAP_ERRORS as usize],
+            bytes_keyed = v[stats::BYTES_KEYED as usize],
+            "probe counters"
+        ),
+        Err(e) => tracing::warn!(error = %e, "reading probe counters"),
+    }
+}
+
+/// Runs until SIGINT/SIGTERM or `cfg.duration`.
+pub fn run(cfg: RunConfig) -> Result<Totals> {
+    let host: Arc<str> = ifaces::hostname().into();
+    // Validate everything that can fail before attaching anything.
+    let ifaces_list = if cfg.xdp.is_empty() {
+        let l = ifaces::up_non_loopback()?;
+        if l.is_empty() {
+            bail!("no interface is up except loopback; name one with --xdp IFACE");
+        }
+        l
+    } else {
+        cfg.xdp.clone()
+    };
+    for i in &ifaces_list {
+        ifaces::index_of(i)?;
+    }
+    let sinks = build_sinks(&cfg, &host)?;
+
+    let mut probe = Probe::load(cfg.max_flows)?;
+    for i in &ifaces_list {
+        probe.attach_xdp(i, cfg.xdp_mode)?;
+    }
+    let mut drainer = probe.take_drainer()?;
+    let kstats = probe.take_stats()?;
+    tracing::info!(interfaces = ?ifaces_list, mode = ?cfg.xdp_mode, sinks = ?cfg.sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "flowlens running");
+
+    let mut pipe = Pipeline::new(
+        FlowTable::new(cfg.active_timeout, cfg.idle_timeout),
+        Exporter::new(host),
+        sinks,
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result: Result<()> = rt.block_on(async {
+        let mut tick = tokio::time::interval(cfg.drain_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop_after = async {
+            match cfg.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop_after);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    pipe.cycle(&mut drainer, false)?;
+                    n += 1;
+                    if n % 60 == 0 {
+                        pipe.exporter.names.clear();
+                        log_kernel_stats(&kstats);
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = &mut stop_after => { tracing::info!("duration reached: stopping"); break; }
+            }
+        }
+        Ok(())
+    });
+    // Stop observing first, then take the last counts: nothing arrives after the final drain.
+    drop(probe);
+    let last = pipe.cycle(&mut drainer, true);
+    log_kernel_stats(&kstats);
+    let closed = pipe.close();
+    result?;
+    last?;
+    closed?;
+    let t = pipe.totals;
+    tracing::info!(records = t.records, packets = t.packets, bytes = t.bytes, sink_errors = t.sink_errors, "flowlens stopped");
+    Ok(t)
+}
+

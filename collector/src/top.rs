@@ -1,0 +1,161 @@
+//! `flowlens top`: the biggest flows in a directory of flowlens Parquet files, as a table.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use arrow_array::{Array, Int64Array, StringArray, UInt16Array, UInt8Array};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Aggregated flow (over all records of the same identity).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopKey {
+    pub observation_point: String,
+    pub interface_name: String,
+    pub transport: String,
+    pub source: String,
+    pub destination: String,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopVal {
+    pub packets: i64,
+    pub bytes: i64,
+    pub records: i64,
+}
+
+/// Every complete `.parquet` file under `dir` (hidden in-progress files are skipped).
+pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let p = e?.path();
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn col<'a, T: 'static>(b: &'a arrow_array::RecordBatch, name: &str) -> Result<&'a T> {
+    b.column_by_name(name)
+        .with_context(|| format!("column {name} missing"))?
+        .as_any()
+        .downcast_ref::<T>()
+        .with_context(|| format!("column {name} has an unexpected type"))
+}
+
+/// Sums packets/bytes per flow identity over all records in `dir`.
+pub fn aggregate(dir: &Path) -> Result<HashMap<TopKey, TopVal>> {
+    let files = parquet_files(dir)?;
+    if files.is_empty() {
+        bail!("no .parquet files under {}", dir.display());
+    }
+    let mut agg: HashMap<TopKey, TopVal> = HashMap::new();
+    for f in files {
+        let file = File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("reading {}", f.display()))?
+            .build()?;
+        for b in reader {
+            let b = b?;
+            let obs = col::<StringArray>(&b, "observation_point")?;
+            let ifn = col::<StringArray>(&b, "interface_name")?;
+            let tr = col::<StringArray>(&b, "network_transport")?;
+            let src = col::<StringArray>(&b, "source_address")?;
+            let dst = col::<StringArray>(&b, "destination_address")?;
+            let sp = col::<UInt16Array>(&b, "source_port")?;
+            let dp = col::<UInt16Array>(&b, "destination_port")?;
+            let it = col::<UInt8Array>(&b, "icmp_type")?;
+            let ic = col::<UInt8Array>(&b, "icmp_code")?;
+            let pk = col::<Int64Array>(&b, "packets")?;
+            let by = col::<Int64Array>(&b, "bytes")?;
+            for i in 0..b.num_rows() {
+                let k = TopKey {
+                    observation_point: obs.value(i).to_string(),
+                    interface_name: ifn.value(i).to_string(),
+                    transport: tr.value(i).to_string(),
+                    source: src.value(i).to_string(),
+                    destination: dst.value(i).to_string(),
+                    source_port: sp.value(i),
+                    destination_port: dp.value(i),
+                    icmp_type: it.value(i),
+                    icmp_code: ic.value(i),
+                };
+                let v = agg.entry(k).or_default();
+                v.packets += pk.value(i);
+                v.bytes += by.value(i);
+                v.records += 1;
+            }
+            debug_assert!(pk.null_count() == 0);
+        }
+    }
+    Ok(agg)
+}
+
+/// The `limit` biggest flows by bytes, as a printable table.
+pub fn table(agg: &HashMap<TopKey, TopVal>, limit: usize) -> String {
+    let mut rows: Vec<_> = agg.iter().collect();
+    rows.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(b.0)));
+    let ep = |a: &str, p: u16| if a.contains(':') { format!("[{a}]:{p}") } else { format!("{a}:{p}") };
+    let mut lines = vec![[
+        "point".to_string(),
+        "iface".into(),
+        "proto".into(),
+        "source".into(),
+        "destination".into(),
+        "packets".into(),
+        "bytes".into(),
+        "records".into(),
+    ]];
+    for (k, v) in rows.into_iter().take(limit) {
+        let (s, d) = if k.transport == "icmp" || k.transport == "ipv6-icmp" {
+            (k.source.clone(), format!("{} (type {} code {})", k.destination, k.icmp_type, k.icmp_code))
+        } else {
+            (ep(&k.source, k.source_port), ep(&k.destination, k.destination_port))
+        };
+        lines.push([
+            k.observation_point.clone(),
+            k.interface_name.clone(),
+            k.transport.clone(),
+            s,
+            d,
+            v.packets.to_string(),
+            v.bytes.to_string(),
+            v.records.to_string(),
+        ]);
+    }
+    let mut w = [0usize; 8];
+    for l in &lines {
+        for (i, c) in l.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i >= 5 { format!("{c:>width$}", width = w[i]) } else { format!("{c:<width$}", width = w[i]) })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

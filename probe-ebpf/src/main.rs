@@ -1,0 +1,153 @@
+//! flowlens kernel probes.
+//!
+//! `flowlens_xdp` parses every ingress frame once with the shared parser
+//! ([`flowlens_schema::parse`]) and adds it to its flow in the `FLOWS` LRU hash map. It always
+//! returns `XDP_PASS`: the probe observes, it never changes traffic.
+//!
+//! Counters are exact under concurrency: a flow's entry is shared by all CPUs and updated with
+//! BPF atomic adds; a lost insert race (`EEXIST`) falls back to the atomic update of the winner's
+//! entry. (A per-CPU map would avoid the atomics but costs a value per CPU per flow and a merge in
+//! user space; see docs/ARCHITECTURE.md.)
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+#[cfg(target_arch = "bpf")]
+mod probe {
+    use aya_ebpf::{
+        bindings::xdp_action,
+        helpers::bpf_ktime_get_ns,
+        macros::{map, xdp},
+        maps::{LruHashMap, PerCpuArray},
+        programs::XdpContext,
+    };
+    use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
+    use flowlens_schema::{
+        FlowKey, FlowValue, OBS_XDP,
+        parse::{Packet, Parsed, parse_ethernet},
+        stats,
+    };
+
+    /// Flow table; `max_entries` is replaced at load time (`--max-flows`).
+    #[map]
+    static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+
+    /// Per-CPU counters, slots in [`flowlens_schema::stats`].
+    #[map]
+    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+    const BPF_NOEXIST: u64 = 1;
+
+    struct Xdp<'a>(&'a XdpContext);
+
+    impl Packet for Xdp<'_> {
+        #[inline(always)]
+        fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+            let start = self.0.data();
+            let end = self.0.data_end();
+            if start + off + N > end {
+                return None;
+            }
+            // SAFETY: the range [start+off, start+off+N) was just checked against data_end; the
+            // read is of a byte array (alignment 1).
+            Some(unsafe { *((start + off) as *const [u8; N]) })
+        }
+        #[inline(always)]
+        fn covers(&self, end_off: usize) -> bool {
+            self.0.data() + end_off <= self.0.data_end()
+        }
+    }
+
+    #[inline(always)]
+    fn bump(slot: u32, by: u64) {
+        if let Some(p) = STATS.get_ptr_mut(slot) {
+            // SAFETY: per-CPU slot of this CPU; XDP runs with preemption disabled.
+            unsafe { *p += by };
+        }
+    }
+
+    #[xdp]
+    pub fn flowlens_xdp(ctx: XdpContext) -> u32 {
+        bump(stats::PACKETS_SEEN, 1);
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let meta = match parse_ethernet(&Xdp(&ctx)) {
+            Parsed::Flow(m) => m,
+            Parsed::NonIp => {
+                bump(stats::NON_IP, 1);
+                return xdp_action::XDP_PASS;
+            }
+            Parsed::Unparsed => {
+                bump(stats::UNPARSED, 1);
+                return xdp_action::XDP_PASS;
+            }
+        };
+        let mut key = meta.key;
+        key.observation_point = OBS_XDP;
+        // SAFETY: reading the ingress ifindex from the xdp_md context.
+        key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        record(&key, meta.ip_len as u64, meta.tcp_flags as u64, meta.dscp, now);
+        bump(stats::BYTES_KEYED, meta.ip_len as u64);
+        xdp_action::XDP_PASS
+    }
+
+    #[inline(always)]
+    fn update(v: *mut FlowValue, bytes: u64, flags: u64, dscp: u8, now: u64) {
+        // SAFETY: `v` points into a live map value (RCU-protected for the program's run). The
+        // counters use BPF atomic instructions; last_seen and dscp are plain stores (last writer
+        // wins, which is the intended semantics).
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes, bytes);
+            if flags != 0 {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).tcp_flags, flags);
+            }
+            (*v).last_seen_ns = now;
+            (*v).dscp = dscp;
+        }
+    }
+
+    #[inline(always)]
+    fn record(key: &FlowKey, bytes: u64, flags: u64, dscp: u8, now: u64) {
+        if let Some(v) = FLOWS.get_ptr_mut(key) {
+            update(v, bytes, flags, dscp, now);
+            return;
+        }
+        let fresh = FlowValue {
+            packets: 1,
+            bytes,
+            first_seen_ns: now,
+            last_seen_ns: now,
+            tcp_flags: flags,
+            dscp,
+            _pad: [0; 7],
+        };
+        if FLOWS.insert(key, &fresh, BPF_NOEXIST).is_ok() {
+            return;
+        }
+        // Another CPU inserted the flow between our lookup and insert: add to its entry.
+        match FLOWS.get_ptr_mut(key) {
+            Some(v) => update(v, bytes, flags, dscp, now),
+            None => bump(stats::MAP_ERRORS, 1),
+        }
+    }
+
+    /// Counterpart for benchmarks: the same attach point doing nothing.
+    #[xdp]
+    pub fn flowlens_xdp_noop(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

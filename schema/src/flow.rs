@@ -1,0 +1,119 @@
+//! Kernel-shared flow key, value and counters.
+//!
+//! Both structs are `#[repr(C)]` with explicit padding fields: the kernel hashes every byte of a
+//! key, so implicit padding (with undefined contents) would split one flow into many.
+
+/// Observation point of the XDP ingress program.
+pub const OBS_XDP: u8 = 1;
+/// Netfilter hook observation points (reserved for the netfilter probe).
+pub const OBS_NF_PRE_ROUTING: u8 = 2;
+pub const OBS_NF_LOCAL_IN: u8 = 3;
+pub const OBS_NF_FORWARD: u8 = 4;
+pub const OBS_NF_LOCAL_OUT: u8 = 5;
+pub const OBS_NF_POST_ROUTING: u8 = 6;
+
+/// `FlowKey::vlan_id` when the frame carried no VLAN tag (not a valid 12-bit VID).
+pub const VLAN_NONE: u16 = 0xffff;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_UDPLITE: u8 = 136;
+
+/// Identity of a unidirectional flow as seen at one observation point.
+///
+/// Addresses are 16 bytes; IPv4 addresses are stored v4-mapped (`::ffff:a.b.c.d`). Ports are in
+/// host byte order and zero when the protocol has none (or for non-first fragments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Outer VLAN id (802.1Q or 802.1ad), or [`VLAN_NONE`].
+    pub vlan_id: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IANA protocol number of the transport (after IPv6 extension headers).
+    pub protocol: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// One of the `OBS_*` constants.
+    pub observation_point: u8,
+    pub _pad: u8,
+    /// Interface index the packet was observed on (ingress for XDP).
+    pub ifindex: u32,
+}
+
+impl FlowKey {
+    pub const ZERO: FlowKey = FlowKey {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        vlan_id: VLAN_NONE,
+        ip_version: 0,
+        protocol: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        observation_point: 0,
+        _pad: 0,
+        ifindex: 0,
+    };
+}
+
+/// Counters of one flow since it was (re)inserted into the kernel map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub packets: u64,
+    /// Sum of IP-layer lengths (IPFIX octetDeltaCount): IPv4 total length, IPv6 40 + payload length.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first and last packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// OR of TCP flags (bit 8 = NS), widened to 64 bits: the BPF target (cpu v1, which the
+    /// linker emits) only has 64-bit atomic OR.
+    pub tcp_flags: u64,
+    /// DSCP of the last packet.
+    pub dscp: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Slots of the per-CPU `STATS` array (each a `u64`).
+pub mod stats {
+    /// Every packet the program ran on.
+    pub const PACKETS_SEEN: u32 = 0;
+    /// Frames that are not IPv4/IPv6 (ARP, LLDP, ...): counted, not keyed.
+    pub const NON_IP: u32 = 1;
+    /// IP frames that are truncated or malformed: counted, never attributed to a flow.
+    pub const UNPARSED: u32 = 2;
+    /// Flow-map inserts the kernel refused (other than a lost insert race).
+    pub const MAP_ERRORS: u32 = 3;
+    /// IP-layer bytes of all keyed packets.
+    pub const BYTES_KEYED: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] =
+        ["packets_seen", "non_ip", "unparsed", "map_errors", "bytes_keyed"];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both types are #[repr(C)], Copy, contain only integers and byte arrays, and have no
+    // implicit padding (the explicit `_pad` fields fill every gap; see the size test below).
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 16 + 16 + 2 * 3 + 6 + 4);
+        assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7);
+    }
+}

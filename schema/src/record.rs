@@ -1,0 +1,348 @@
+//! The exported flow record and its Arrow schema: the single definition every sink derives from.
+//!
+//! [`COLUMNS`] lists each column with its Arrow type and meaning; [`arrow_schema`] and
+//! [`to_record_batch`] are built from it, and `docs/SCHEMA.md` is tested against it.
+
+use std::{net::IpAddr, sync::Arc};
+
+use arrow_array::{
+    ArrayRef, RecordBatch,
+    builder::{
+        Int64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt8Builder, UInt16Builder,
+        UInt32Builder,
+    },
+};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::flow::*;
+
+/// Why a flow record was emitted (IPFIX flowEndReason, RFC 5102).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    IdleTimeout,
+    ActiveTimeout,
+    /// TCP FIN or RST seen.
+    EndOfFlow,
+    /// The exporter stopped.
+    ForcedEnd,
+    /// The exporter had no room to keep the flow.
+    LackOfResources,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::ActiveTimeout => "active_timeout",
+            EndReason::EndOfFlow => "end_of_flow",
+            EndReason::ForcedEnd => "forced_end",
+            EndReason::LackOfResources => "lack_of_resources",
+        }
+    }
+}
+
+/// Name of an observation point (`FlowKey::observation_point`).
+pub fn observation_point_name(obs: u8) -> &'static str {
+    match obs {
+        OBS_XDP => "xdp",
+        OBS_NF_PRE_ROUTING => "nf_pre_routing",
+        OBS_NF_LOCAL_IN => "nf_local_in",
+        OBS_NF_FORWARD => "nf_forward",
+        OBS_NF_LOCAL_OUT => "nf_local_out",
+        OBS_NF_POST_ROUTING => "nf_post_routing",
+        _ => "unknown",
+    }
+}
+
+/// Direction of traffic relative to the host at an observation point.
+pub fn direction_name(obs: u8) -> &'static str {
+    match obs {
+        OBS_NF_LOCAL_OUT | OBS_NF_POST_ROUTING => "egress",
+        _ => "ingress",
+    }
+}
+
+/// Transport name as in OpenTelemetry's `network.transport` where one exists, otherwise the IANA
+/// keyword in lower case, otherwise the protocol number.
+pub fn transport_name(proto: u8) -> std::borrow::Cow<'static, str> {
+    let name = match proto {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "ipv6-icmp",
+        IPPROTO_SCTP => "sctp",
+        IPPROTO_UDPLITE => "udplite",
+        2 => "igmp",
+        4 => "ipv4",
+        41 => "ipv6",
+        47 => "gre",
+        50 => "esp",
+        51 => "ah",
+        59 => "ipv6-nonxt",
+        89 => "ospf",
+        103 => "pim",
+        112 => "vrrp",
+        _ => return std::borrow::Cow::Owned(proto.to_string()),
+    };
+    std::borrow::Cow::Borrowed(name)
+}
+
+/// Converts a 16-byte key address to an `IpAddr` (IPv4 keys are v4-mapped).
+pub fn key_addr(ip_version: u8, a: &[u8; 16]) -> IpAddr {
+    if ip_version == 4 {
+        IpAddr::from([a[12], a[13], a[14], a[15]])
+    } else {
+        IpAddr::from(*a)
+    }
+}
+
+/// One exported flow record (one row).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRecord {
+    /// Microseconds since the Unix epoch, UTC.
+    pub flow_start_us: i64,
+    pub flow_end_us: i64,
+    pub key: FlowKey,
+    pub interface_name: Arc<str>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp_flags: u16,
+    pub dscp: u8,
+    pub end_reason: EndReason,
+    pub host: Arc<str>,
+    pub community_id: String,
+}
+
+impl FlowRecord {
+    pub fn source_address(&self) -> IpAddr {
+        key_addr(self.key.ip_version, &self.key.src_addr)
+    }
+    pub fn destination_address(&self) -> IpAddr {
+        key_addr(self.key.ip_version, &self.key.dst_addr)
+    }
+    pub fn vlan_id(&self) -> Option<u16> {
+        (self.key.vlan_id != VLAN_NONE).then_some(self.key.vlan_id)
+    }
+}
+
+/// A column of the export schema.
+pub struct Column {
+    pub name: &'static str,
+    pub data_type: fn() -> DataType,
+    pub nullable: bool,
+    pub description: &'static str,
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Every exported column, in order.
+pub const COLUMNS: &[Column] = &[
+    Column { name: "flow_start", data_type: ts, nullable: false, description: "First packet of the flow in this record (µs, UTC)." },
+    Column { name: "flow_end", data_type: ts, nullable: false, description: "Last packet of the flow in this record (µs, UTC)." },
+    Column { name: "observation_point", data_type: || DataType::Utf8, nullable: false, description: "Where the packets were seen: `xdp` (ingress, before the stack)." },
+    Column { name: "interface_name", data_type: || DataType::Utf8, nullable: false, description: "Interface the packets were seen on (name at export time; empty if it is gone)." },
+    Column { name: "interface_index", data_type: || DataType::UInt32, nullable: false, description: "Interface index the packets were seen on." },
+    Column { name: "direction", data_type: || DataType::Utf8, nullable: false, description: "`ingress` or `egress` relative to this host." },
+    Column { name: "network_type", data_type: || DataType::Utf8, nullable: false, description: "`ipv4` or `ipv6`." },
+    Column { name: "protocol", data_type: || DataType::UInt8, nullable: false, description: "IANA protocol number of the transport (after IPv6 extension headers)." },
+    Column { name: "network_transport", data_type: || DataType::Utf8, nullable: false, description: "Transport name: `tcp`, `udp`, `icmp`, `ipv6-icmp`, `sctp`, ... (the number if unnamed)." },
+    Column { name: "source_address", data_type: || DataType::Utf8, nullable: false, description: "Source IP address, text form." },
+    Column { name: "destination_address", data_type: || DataType::Utf8, nullable: false, description: "Destination IP address, text form." },
+    Column { name: "source_port", data_type: || DataType::UInt16, nullable: false, description: "TCP/UDP/UDP-Lite/SCTP source port; 0 otherwise and for non-first fragments." },
+    Column { name: "destination_port", data_type: || DataType::UInt16, nullable: false, description: "TCP/UDP/UDP-Lite/SCTP destination port; 0 otherwise and for non-first fragments." },
+    Column { name: "icmp_type", data_type: || DataType::UInt8, nullable: false, description: "ICMP/ICMPv6 type; 0 for other protocols." },
+    Column { name: "icmp_code", data_type: || DataType::UInt8, nullable: false, description: "ICMP/ICMPv6 code; 0 for other protocols." },
+    Column { name: "vlan_id", data_type: || DataType::UInt16, nullable: true, description: "Outer VLAN id (802.1Q/802.1ad); null when untagged." },
+    Column { name: "packets", data_type: || DataType::Int64, nullable: false, description: "Packets in this record." },
+    Column { name: "bytes", data_type: || DataType::Int64, nullable: false, description: "IP-layer bytes in this record (IPFIX octetDeltaCount: IPv4 total length, IPv6 40 + payload length)." },
+    Column { name: "tcp_flags", data_type: || DataType::UInt16, nullable: false, description: "OR of the TCP flags of all packets (FIN=1, SYN=2, RST=4, PSH=8, ACK=16, URG=32, ECE=64, CWR=128, NS=256)." },
+    Column { name: "dscp", data_type: || DataType::UInt8, nullable: false, description: "DSCP of the last packet." },
+    Column { name: "flow_end_reason", data_type: || DataType::Utf8, nullable: false, description: "`idle_timeout`, `active_timeout`, `end_of_flow` (TCP FIN/RST), `forced_end` (exporter stopped) or `lack_of_resources`." },
+    Column { name: "host", data_type: || DataType::Utf8, nullable: false, description: "Hostname of the exporter." },
+    Column { name: "community_id", data_type: || DataType::Utf8, nullable: false, description: "Community ID v1 (seed 0) of the flow, to join with Zeek/Suricata data." },
+];
+
+/// The Arrow schema of [`FlowRecord`] rows.
+pub fn arrow_schema() -> SchemaRef {
+    Arc::new(Schema::new(
+        COLUMNS
+            .iter()
+            .map(|c| Field::new(c.name, (c.data_type)(), c.nullable))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Builds one Arrow batch from records, columns in [`COLUMNS`] order.
+pub fn to_record_batch(schema: &SchemaRef, records: &[FlowRecord]) -> Result<RecordBatch, ArrowError> {
+    let n = records.len();
+    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut obs = StringBuilder::with_capacity(n, n * 4);
+    let mut ifname = StringBuilder::with_capacity(n, n * 8);
+    let mut ifindex = UInt32Builder::with_capacity(n);
+    let mut dir = StringBuilder::with_capacity(n, n * 7);
+    let mut nettype = StringBuilder::with_capacity(n, n * 4);
+    let mut proto = UInt8Builder::with_capacity(n);
+    let mut transport = StringBuilder::with_capacity(n, n * 4);
+    let mut src = StringBuilder::with_capacity(n, n * 16);
+    let mut dst = StringBuilder::with_capacity(n, n * 16);
+    let mut sport = UInt16Builder::with_capacity(n);
+    let mut dport = UInt16Builder::with_capacity(n);
+    let mut itype = UInt8Builder::with_capacity(n);
+    let mut icode = UInt8Builder::with_capacity(n);
+    let mut vlan = UInt16Builder::with_capacity(n);
+    let mut packets = Int64Builder::with_capacity(n);
+    let mut bytes = Int64Builder::with_capacity(n);
+    let mut flags = UInt16Builder::with_capacity(n);
+    let mut dscp = UInt8Builder::with_capacity(n);
+    let mut reason = StringBuilder::with_capacity(n, n * 12);
+    let mut host = StringBuilder::with_capacity(n, n * 8);
+    let mut cid = StringBuilder::with_capacity(n, n * 30);
+    let mut buf = String::with_capacity(40);
+    for r in records {
+        use std::fmt::Write as _;
+        let k = &r.key;
+        start.append_value(r.flow_start_us);
+        end.append_value(r.flow_end_us);
+        obs.append_value(observation_point_name(k.observation_point));
+        ifname.append_value(&*r.interface_name);
+        ifindex.append_value(k.ifindex);
+        dir.append_value(direction_name(k.observation_point));
+        nettype.append_value(if k.ip_version == 4 { "ipv4" } else { "ipv6" });
+        proto.append_value(k.protocol);
+        transport.append_value(transport_name(k.protocol));
+        buf.clear();
+        let _ = write!(buf, "{}", r.source_address());
+        src.append_value(&buf);
+        buf.clear();
+        let _ = write!(buf, "{}", r.destination_address());
+        dst.append_value(&buf);
+        sport.append_value(k.src_port);
+        dport.append_value(k.dst_port);
+        itype.append_value(k.icmp_type);
+        icode.append_value(k.icmp_code);
+        vlan.append_option(r.vlan_id());
+        packets.append_value(r.packets as i64);
+        bytes.append_value(r.bytes as i64);
+        flags.append_value(r.tcp_flags);
+        dscp.append_value(r.dscp);
+        reason.append_value(r.end_reason.as_str());
+        host.append_value(&*r.host);
+        cid.append_value(&r.community_id);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(obs.finish()),
+        Arc::new(ifname.finish()),
+        Arc::new(ifindex.finish()),
+        Arc::new(dir.finish()),
+        Arc::new(nettype.finish()),
+        Arc::new(proto.finish()),
+        Arc::new(transport.finish()),
+        Arc::new(src.finish()),
+        Arc::new(dst.finish()),
+        Arc::new(sport.finish()),
+        Arc::new(dport.finish()),
+        Arc::new(itype.finish()),
+        Arc::new(icode.finish()),
+        Arc::new(vlan.finish()),
+        Arc::new(packets.finish()),
+        Arc::new(bytes.finish()),
+        Arc::new(flags.finish()),
+        Arc::new(dscp.finish()),
+        Arc::new(reason.finish()),
+        Arc::new(host.finish()),
+        Arc::new(cid.finish()),
+    ];
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// `docs/SCHEMA.md`'s column table, generated from [`COLUMNS`].
+pub fn markdown_table() -> String {
+    let mut s = String::from("| column | type | nullable | meaning |\n|---|---|---|---|\n");
+    for c in COLUMNS {
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            c.name,
+            (c.data_type)(),
+            if c.nullable { "yes" } else { "no" },
+            c.description
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FlowRecord {
+        let mut key = FlowKey::ZERO;
+        key.ip_version = 4;
+        key.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        key.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
+        key.protocol = IPPROTO_TCP;
+        key.src_port = 40000;
+        key.dst_port = 443;
+        key.observation_point = OBS_XDP;
+        key.ifindex = 7;
+        FlowRecord {
+            flow_start_us: 1_700_000_000_000_000,
+            flow_end_us: 1_700_000_001_000_000,
+            key,
+            interface_name: "eth0".into(),
+            packets: 3,
+            bytes: 180,
+            tcp_flags: 0x12,
+            dscp: 46,
+            end_reason: EndReason::IdleTimeout,
+            host: "h".into(),
+            community_id: "1:x".into(),
+        }
+    }
+
+    #[test]
+    fn batch_matches_schema_and_values() {
+        let schema = arrow_schema();
+        let mut r2 = sample();
+        r2.key.vlan_id = 42;
+        r2.key.ip_version = 6;
+        r2.key.src_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let b = to_record_batch(&schema, &[sample(), r2]).unwrap();
+        assert_eq!(b.num_columns(), COLUMNS.len());
+        assert_eq!(b.num_rows(), 2);
+        let col = |n: &str| b.column(schema.index_of(n).unwrap()).clone();
+        let src = col("source_address");
+        let src = src.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        assert_eq!(src.value(0), "10.0.0.1");
+        assert_eq!(src.value(1), "2001:db8::1");
+        let vlan = col("vlan_id");
+        assert!(vlan.is_null(0));
+        assert!(!vlan.is_null(1));
+        let t = col("network_transport");
+        assert_eq!(t.as_any().downcast_ref::<arrow_array::StringArray>().unwrap().value(0), "tcp");
+    }
+
+    #[test]
+    fn names_cover_the_documented_values() {
+        assert_eq!(transport_name(58), "ipv6-icmp");
+        assert_eq!(transport_name(253), "253");
+        assert_eq!(observation_point_name(OBS_XDP), "xdp");
+        assert_eq!(EndReason::LackOfResources.as_str(), "lack_of_resources");
+    }
+
+    /// docs/SCHEMA.md must contain the generated table verbatim.
+    #[test]
+    fn schema_doc_is_current() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/SCHEMA.md"))
+            .expect("docs/SCHEMA.md");
+        assert!(
+            doc.contains(&markdown_table()),
+            "docs/SCHEMA.md is out of date; regenerate with `cargo xtask schema-doc`:\n{}",
+            markdown_table()
+        );
+    }
+}

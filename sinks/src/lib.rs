@@ -1,0 +1,107 @@
+//! Where flow records go. Every sink implements [`Sink`]; [`SinkSpec`] parses the user-facing
+//! `--sink KIND:TARGET` strings.
+//!
+//! Sinks are called from the collector's export step with each batch of ended flows, in order.
+//! A sink that fails returns an error; the collector counts and logs it (the records of that
+//! batch are reported as lost, never silently).
+
+pub mod parquet;
+pub mod stdout;
+
+use std::path::PathBuf;
+
+use flowlens_schema::record::FlowRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parquet: {0}")]
+    Parquet(#[from] ::parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("invalid sink {spec:?}: {reason}")]
+    Spec { spec: String, reason: String },
+}
+
+impl SinkError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        SinkError::Io { context: context.into(), source }
+    }
+}
+
+pub type Result<T, E = SinkError> = std::result::Result<T, E>;
+
+/// A destination for flow records.
+pub trait Sink: Send {
+    /// Short name for logs (`parquet:/var/lib/flows`).
+    fn name(&self) -> &str;
+    /// Accepts a batch of records. The sink may buffer them.
+    fn write(&mut self, records: &[FlowRecord]) -> Result<()>;
+    /// Called on every collector tick (also with no records): time-based rotation and flushing.
+    fn tick(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Flushes everything and releases resources. Records written before a successful `close`
+    /// are durable at the destination.
+    fn close(&mut self) -> Result<()>;
+}
+
+/// A parsed `--sink` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// `parquet:DIR`
+    Parquet(PathBuf),
+    /// `stdout`
+    Stdout,
+}
+
+impl std::str::FromStr for SinkSpec {
+    type Err = SinkError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| SinkError::Spec { spec: s.to_string(), reason: reason.to_string() };
+        let (kind, target) = match s.split_once(':') {
+            Some((k, t)) => (k, Some(t)),
+            None => (s, None),
+        };
+        match (kind, target) {
+            ("stdout", None) => Ok(SinkSpec::Stdout),
+            ("stdout", Some(_)) => Err(bad("`stdout` takes no target")),
+            ("parquet", Some(t)) if !t.is_empty() => {
+                if t.contains("://") {
+                    return Err(bad("object storage URLs are not supported yet; give a local directory"));
+                }
+                Ok(SinkSpec::Parquet(PathBuf::from(t)))
+            }
+            ("parquet", _) => Err(bad("expected parquet:DIR")),
+            _ => Err(bad("unknown sink kind; expected `parquet:DIR` or `stdout`")),
+        }
+    }
+}
+
+impl std::fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkSpec::Parquet(p) => write!(f, "parquet:{}", p.display()),
+            SinkSpec::Stdout => f.write_str("stdout"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_sink_specs() {
+        assert_eq!("stdout".parse::<SinkSpec>().unwrap(), SinkSpec::Stdout);
+        assert_eq!("parquet:./f".parse::<SinkSpec>().unwrap(), SinkSpec::Parquet("./f".into()));
+        for bad in ["parquet", "parquet:", "kafka:x/y", "stdout:x", "parquet:s3://b/p", ""] {
+            let e = bad.parse::<SinkSpec>().unwrap_err().to_string();
+            assert!(e.contains("invalid sink"), "{bad}: {e}");
+        }
+    }
+}

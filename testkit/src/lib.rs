@@ -1,0 +1,27 @@
+//! Test hosts, traffic and an independent observer for flowlens tests.
+//!
+//! Everything here needs root (network namespaces, veth, raw and packet sockets).
+//!
+//! * [`Netns`]: a uniquely named network namespace (`fl-{tag}-{pid}-{n}`), deleted on drop.
+//! * [`veth_pair`]: two namespaces joined by a veth pair with IPv4 + IPv6 addresses and
+//!   permanent neighbour entries (so no ARP / neighbour discovery traffic disturbs counts).
+//! * [`udp_exchange`], [`tcp_transfer`], [`icmp_echo`]: bounded traffic generators.
+//! * [`Capture`]: an AF_PACKET observer of the frames an interface receives.
+//! * [`flows_of`]: per-flow packet / byte totals of captured frames, computed with
+//!   `etherparse` (deliberately not with flowlens' own parser).
+//!
+//! Traffic only ever goes to addresses inside namespaces created by this crate (or to
+//! loopback inside them); every wait is bounded in time and every loop in count.
+
+mod capture;
+mod flows;
+mod link;
+mod netns;
+mod sys;
+mod traffic;
+
+pub use capture::{Capture, MAX_FRAME};
+pub use flows::{FlowTuple, flows_of};
+pub use link::{Link, ifindex, veth_pair};
+pub use netns::{Netns, NsThread};
+pub use traffic::{icmp_echo, tcp_transfer, udp_exchange};
