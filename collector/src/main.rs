@@ -29,6 +29,9 @@ enum Cmd {
         /// Number of rows.
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
+        /// Print every flow as CSV (ignores --limit) instead of a table.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -54,9 +57,13 @@ fn real_main() -> Result<()> {
             let cfg = args.resolve()?;
             run::run(cfg)?;
         }
-        Cmd::Top { input, limit } => {
+        Cmd::Top { input, limit, csv } => {
             let agg = top::aggregate(&input)?;
-            print!("{}", top::table(&agg, limit));
+            if csv {
+                print!("{}", top::csv(&agg));
+            } else {
+                print!("{}", top::table(&agg, limit));
+            }
         }
     }
     Ok(())

@@ -159,3 +159,30 @@ pub fn table(agg: &HashMap<TopKey, TopVal>, limit: usize) -> String {
     }
     out
 }
+
+/// Every aggregated flow as CSV, sorted by bytes (descending).
+pub fn csv(agg: &HashMap<TopKey, TopVal>) -> String {
+    let mut rows: Vec<_> = agg.iter().collect();
+    rows.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(b.0)));
+    let mut out = String::from(
+        "observation_point,interface_name,network_transport,source_address,source_port,destination_address,destination_port,icmp_type,icmp_code,packets,bytes,records\n",
+    );
+    for (k, v) in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            k.observation_point,
+            k.interface_name,
+            k.transport,
+            k.source,
+            k.source_port,
+            k.destination,
+            k.destination_port,
+            k.icmp_type,
+            k.icmp_code,
+            v.packets,
+            v.bytes,
+            v.records
+        ));
+    }
+    out
+}

@@ -62,7 +62,11 @@ impl Capture {
                 sll.sll_ifindex = index as libc::c_int;
                 bind_ll(&fd, &sll)?;
                 // Reset the drop counter (reading PACKET_STATISTICS clears it).
-                sys::getsockopt::<sys::TpacketStats>(fd.as_fd(), sys::SOL_PACKET, sys::PACKET_STATISTICS)?;
+                sys::getsockopt::<sys::TpacketStats>(
+                    fd.as_fd(),
+                    sys::SOL_PACKET,
+                    sys::PACKET_STATISTICS,
+                )?;
                 Ok(fd)
             })?
             .with_context(|| format!("opening a packet socket on {ifname} in {}", ns.name()))?;
@@ -73,10 +77,16 @@ impl Capture {
             let ifname = ifname.to_owned();
             std::thread::Builder::new()
                 .name("capture".into())
-                .spawn(move || capture_loop(fd, &stop).with_context(|| format!("capture on {ifname}")))
+                .spawn(move || {
+                    capture_loop(fd, &stop).with_context(|| format!("capture on {ifname}"))
+                })
                 .context("spawning the capture thread")?
         };
-        Ok(Capture { stop, thread: Some(thread), ifname: ifname.to_owned() })
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+            ifname: ifname.to_owned(),
+        })
     }
 
     /// Stops capturing and returns the received frames in arrival order. Frames still in
@@ -85,7 +95,10 @@ impl Capture {
     /// the capture hit its size / duration bounds.
     pub fn stop(mut self) -> Result<Vec<Vec<u8>>> {
         self.stop.store(true, Ordering::SeqCst);
-        let thread = self.thread.take().expect("capture thread present until stop");
+        let thread = self
+            .thread
+            .take()
+            .expect("capture thread present until stop");
         thread
             .join()
             .map_err(|_| anyhow!("capture thread on {} panicked", self.ifname))?
@@ -111,7 +124,11 @@ fn bind_ll(fd: &OwnedFd, sll: &libc::sockaddr_ll) -> io::Result<()> {
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn capture_loop(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<Vec<u8>>> {
@@ -122,44 +139,47 @@ fn capture_loop(fd: OwnedFd, stop: &AtomicBool) -> Result<Vec<Vec<u8>>> {
     let mut stop_at: Option<Instant> = None;
     let mut last_frame = Instant::now();
     loop {
-        if stop_at.is_none() && stop.load(Ordering::SeqCst) {
-            stop_at = Some(Instant::now());
-        }
-        if let Some(at) = stop_at {
-            if last_frame.elapsed() >= STOP_QUIET || at.elapsed() >= STOP_LINGER_MAX {
-                break;
-            }
-        }
         if started.elapsed() >= MAX_DURATION {
             bail!("capture ran longer than {MAX_DURATION:?} without being stopped");
         }
-        if !sys::poll_readable(fd.as_fd(), POLL)? {
-            continue;
+        if sys::poll_readable(fd.as_fd(), POLL)? {
+            // Drain what is queued (bounded by the frame / byte limits below).
+            loop {
+                let (n, sll) = match sys::recvfrom::<libc::sockaddr_ll>(
+                    fd.as_fd(),
+                    &mut buf,
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                ) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(anyhow!(e).context("recvfrom on the packet socket")),
+                };
+                last_frame = Instant::now();
+                if sll.sll_pkttype == sys::PACKET_OUTGOING {
+                    continue;
+                }
+                if n > buf.len() {
+                    bail!(
+                        "received a {n}-byte frame, larger than MAX_FRAME ({MAX_FRAME}) (BIG TCP?)"
+                    );
+                }
+                total += n;
+                frames.push(buf[..n].to_vec());
+                if frames.len() > MAX_FRAMES || total > MAX_BYTES {
+                    bail!("capture exceeded {MAX_FRAMES} frames or {MAX_BYTES} bytes");
+                }
+            }
         }
-        // Drain what is queued (bounded by the frame / byte limits below).
-        loop {
-            let (n, sll) = match sys::recvfrom::<libc::sockaddr_ll>(
-                fd.as_fd(),
-                &mut buf,
-                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            ) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!(e).context("recvfrom on the packet socket")),
-            };
-            last_frame = Instant::now();
-            if sll.sll_pkttype == sys::PACKET_OUTGOING {
-                continue;
-            }
-            if n > buf.len() {
-                bail!("received a {n}-byte frame, larger than MAX_FRAME ({MAX_FRAME}) (BIG TCP?)");
-            }
-            total += n;
-            frames.push(buf[..n].to_vec());
-            if frames.len() > MAX_FRAMES || total > MAX_BYTES {
-                bail!("capture exceeded {MAX_FRAMES} frames or {MAX_BYTES} bytes");
-            }
+        // `stop` seen in an earlier iteration: at least one drain happened since, so no
+        // frame queued before `stop` was called is left behind.
+        if let Some(at) = stop_at
+            && (last_frame.elapsed() >= STOP_QUIET || at.elapsed() >= STOP_LINGER_MAX)
+        {
+            break;
+        }
+        if stop_at.is_none() && stop.load(Ordering::SeqCst) {
+            stop_at = Some(Instant::now());
         }
     }
     let stats: sys::TpacketStats =

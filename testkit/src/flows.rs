@@ -33,7 +33,12 @@ pub fn flows_of(frames: &[Vec<u8>]) -> BTreeMap<FlowTuple, (u64, u64)> {
                     0 => ip_part_len(frame, h.slice()),
                     len => u64::from(len),
                 };
-                (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()), ip.payload().ip_number, bytes)
+                (
+                    IpAddr::V4(h.source_addr()),
+                    IpAddr::V4(h.destination_addr()),
+                    ip.payload().ip_number,
+                    bytes,
+                )
             }
             Some(LaxNetSlice::Ipv6(ip)) => {
                 let h = ip.header();
@@ -41,7 +46,12 @@ pub fn flows_of(frames: &[Vec<u8>]) -> BTreeMap<FlowTuple, (u64, u64)> {
                     0 => ip_part_len(frame, h.slice()),
                     len => 40 + u64::from(len),
                 };
-                (IpAddr::V6(h.source_addr()), IpAddr::V6(h.destination_addr()), ip.payload().ip_number, bytes)
+                (
+                    IpAddr::V6(h.source_addr()),
+                    IpAddr::V6(h.destination_addr()),
+                    ip.payload().ip_number,
+                    bytes,
+                )
             }
             Some(LaxNetSlice::Arp(_)) | None => continue,
         };
@@ -50,7 +60,13 @@ pub fn flows_of(frames: &[Vec<u8>]) -> BTreeMap<FlowTuple, (u64, u64)> {
             Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
             _ => (0, 0),
         };
-        let key = FlowTuple { src, dst, proto: proto.0, src_port, dst_port };
+        let key = FlowTuple {
+            src,
+            dst,
+            proto: proto.0,
+            src_port,
+            dst_port,
+        };
         let entry = flows.entry(key).or_insert((0u64, 0u64));
         entry.0 += 1;
         entry.1 += bytes;
@@ -128,7 +144,13 @@ mod tests {
         let flows = flows_of(&frames);
         let a4 = IpAddr::V4(Ipv4Addr::from(V4_A));
         let b4 = IpAddr::V4(Ipv4Addr::from(V4_B));
-        let udp = FlowTuple { src: a4, dst: b4, proto: 17, src_port: 4000, dst_port: 5000 };
+        let udp = FlowTuple {
+            src: a4,
+            dst: b4,
+            proto: 17,
+            src_port: 4000,
+            dst_port: 5000,
+        };
         assert_eq!(flows[&udp], (3, 2 * (20 + 8 + 100) + (20 + 8 + 3)));
         let tcp = FlowTuple {
             src: IpAddr::V6(v6(2)),
@@ -138,7 +160,13 @@ mod tests {
             dst_port: 50000,
         };
         assert_eq!(flows[&tcp], (1, 40 + 20 + 10));
-        let icmp = FlowTuple { src: a4, dst: b4, proto: 1, src_port: 0, dst_port: 0 };
+        let icmp = FlowTuple {
+            src: a4,
+            dst: b4,
+            proto: 1,
+            src_port: 0,
+            dst_port: 0,
+        };
         assert_eq!(flows[&icmp], (1, 20 + 8 + 56));
         let icmp6 = FlowTuple {
             src: IpAddr::V6(v6(1)),

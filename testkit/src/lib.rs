@@ -4,7 +4,8 @@
 //!
 //! * [`Netns`]: a uniquely named network namespace (`fl-{tag}-{pid}-{n}`), deleted on drop.
 //! * [`veth_pair`]: two namespaces joined by a veth pair with IPv4 + IPv6 addresses and
-//!   permanent neighbour entries (so no ARP / neighbour discovery traffic disturbs counts).
+//!   permanent neighbour entries (so no ARP / neighbour discovery traffic disturbs counts);
+//!   [`Link::disable_gso`] makes TCP travel as MTU-sized frames instead of GSO super-packets.
 //! * [`udp_exchange`], [`tcp_transfer`], [`icmp_echo`]: bounded traffic generators.
 //! * [`Capture`]: an AF_PACKET observer of the frames an interface receives.
 //! * [`flows_of`]: per-flow packet / byte totals of captured frames, computed with

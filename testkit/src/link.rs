@@ -29,14 +29,26 @@ pub struct Link {
     pub a_mac: [u8; 6],
     pub b_mac: [u8; 6],
     a_ns: String,
+    b_ns: String,
+}
+
+impl Link {
+    /// Makes both ends hand the wire one MTU-sized packet per frame (`gso_max_segs 1`):
+    /// by default the veth carries TCP GSO super-packets of up to 64 KiB, which a capture
+    /// (and an XDP program) sees as one frame each (1 MiB of TCP is then about 40 frames
+    /// instead of about 730).
+    pub fn disable_gso(&self) -> Result<()> {
+        for (ns, ifname) in [(&self.a_ns, &self.a_if), (&self.b_ns, &self.b_if)] {
+            crate::netns::ip_in(ns, &["link", "set", "dev", ifname, "gso_max_segs", "1"])?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         // Deleting one end deletes its peer. Fails harmlessly if the namespace is gone.
-        let _ = crate::netns::run(std::process::Command::new("ip").args([
-            "-n", &self.a_ns, "link", "del", "dev", &self.a_if,
-        ]));
+        let _ = crate::netns::ip_in(&self.a_ns, &["link", "del", "dev", &self.a_if]);
     }
 }
 
@@ -49,7 +61,10 @@ impl Drop for Link {
 ///
 /// Interface names are `fl{pid:x}v{n:x}a` / `...b` (at most 15 bytes).
 pub fn veth_pair(a: &Netns, b: &Netns) -> Result<Link> {
-    ensure!(a.name() != b.name(), "veth_pair needs two different namespaces");
+    ensure!(
+        a.name() != b.name(),
+        "veth_pair needs two different namespaces"
+    );
     let pid = std::process::id();
     let n = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
     let a_if = format!("fl{pid:x}v{n:x}a");
@@ -72,8 +87,20 @@ pub fn veth_pair(a: &Netns, b: &Netns) -> Result<Link> {
     let b_mac = [0x02, 0x66, 0x6c, x, y, 0x02];
 
     a.ip(&[
-        "link", "add", &a_if, "address", &mac_str(a_mac), "type", "veth", "peer", "name", &b_if,
-        "address", &mac_str(b_mac), "netns", b.name(),
+        "link",
+        "add",
+        &a_if,
+        "address",
+        &mac_str(a_mac),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b_if,
+        "address",
+        &mac_str(b_mac),
+        "netns",
+        b.name(),
     ])
     .context("creating the veth pair")?;
     let link = Link {
@@ -86,6 +113,7 @@ pub fn veth_pair(a: &Netns, b: &Netns) -> Result<Link> {
         a_mac,
         b_mac,
         a_ns: a.name().to_owned(),
+        b_ns: b.name().to_owned(),
     };
 
     for (ns, ifname, v4, v6, peer_v4, peer_v6, peer_mac) in [
@@ -93,11 +121,29 @@ pub fn veth_pair(a: &Netns, b: &Netns) -> Result<Link> {
         (b, &link.b_if, b_v4, b_v6, a_v4, a_v6, a_mac),
     ] {
         ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname])?;
-        ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            ifname,
+            "nodad",
+        ])?;
         ns.ip(&["link", "set", "dev", ifname, "up"])?;
         let mac = mac_str(peer_mac);
         for peer in [peer_v4.to_string(), peer_v6.to_string()] {
-            ns.ip(&["neigh", "replace", &peer, "lladdr", &mac, "dev", ifname, "nud", "permanent"])?;
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &peer,
+                "lladdr",
+                &mac,
+                "dev",
+                ifname,
+                "nud",
+                "permanent",
+            ])?;
         }
     }
 
@@ -105,7 +151,8 @@ pub fn veth_pair(a: &Netns, b: &Netns) -> Result<Link> {
     for (ns, ifname) in [(a, &link.a_if), (b, &link.b_if)] {
         loop {
             let state = ns.ip_output(&["-o", "link", "show", "dev", ifname])?;
-            let tentative = ns.ip_output(&["-6", "-o", "addr", "show", "dev", ifname, "tentative"])?;
+            let tentative =
+                ns.ip_output(&["-6", "-o", "addr", "show", "dev", ifname, "tentative"])?;
             if state.contains("LOWER_UP") && tentative.trim().is_empty() {
                 break;
             }
@@ -131,5 +178,8 @@ pub fn ifindex(ns: &Netns, ifname: &str) -> Result<u32> {
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }

@@ -37,7 +37,9 @@ impl Netns {
         ensure!(
             !tag.is_empty()
                 && tag.len() <= MAX_TAG
-                && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
             "invalid namespace tag {tag:?}: use 1..={MAX_TAG} of [A-Za-z0-9_-]"
         );
         let pid = std::process::id();
@@ -53,7 +55,11 @@ impl Netns {
                 if err.contains("File exists") {
                     continue; // lost a race for this name
                 }
-                bail!("ip netns add {name} failed ({}): {}", out.status, err.trim());
+                bail!(
+                    "ip netns add {name} failed ({}): {}",
+                    out.status,
+                    err.trim()
+                );
             }
             // From here on Drop removes the namespace, whatever fails next.
             let ns = Netns { name };
@@ -79,17 +85,7 @@ impl Netns {
 
     /// Like [`Netns::ip`] but returns `ip`'s standard output.
     pub fn ip_output(&self, args: &[&str]) -> Result<String> {
-        let out = run(Command::new("ip").arg("-n").arg(&self.name).args(args))?;
-        if !out.status.success() {
-            bail!(
-                "ip -n {} {} failed ({}): {}",
-                self.name,
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        ip_in(&self.name, args)
     }
 
     /// A `Command` for `program` run through `ip netns exec NAME`.
@@ -190,6 +186,20 @@ impl<R> NsThread<R> {
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
+}
+
+/// `ip -n NAME args...`, returning standard output; an error with stderr on failure.
+pub(crate) fn ip_in(name: &str, args: &[&str]) -> Result<String> {
+    let out = run(Command::new("ip").arg("-n").arg(name).args(args))?;
+    if !out.status.success() {
+        bail!(
+            "ip -n {name} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a short-lived helper command to completion, capturing its output.

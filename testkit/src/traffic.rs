@@ -39,13 +39,17 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Sends `count` UDP datagrams of `payload` bytes from `src` (socket bound in `from`, so the
 /// source port is `src.port()`; 0 picks one) to `dst` (socket bound in `to`) and counts those
-/// that arrive from the sender with the right length. At most [`UDP_WINDOW`] datagrams are
-/// in flight at once; waits at most 5 s for progress. Returns the number received.
+/// that arrive from the sender with the right length. At most 512 datagrams are
+/// in flight at once; waits at most 5 s for progress (and the receiver gives up after 60 s
+/// in total). Returns the number received.
 pub fn udp_exchange(
     from: &Netns,
     to: &Netns,
@@ -54,7 +58,10 @@ pub fn udp_exchange(
     count: u32,
     payload: usize,
 ) -> Result<u32> {
-    ensure!(src.is_ipv4() == dst.is_ipv4(), "udp_exchange: {src} and {dst} differ in family");
+    ensure!(
+        src.is_ipv4() == dst.is_ipv4(),
+        "udp_exchange: {src} and {dst} differ in family"
+    );
     let rx = to
         .run_in(move || -> io::Result<UdpSocket> {
             let s = UdpSocket::bind(dst)?;
@@ -73,27 +80,29 @@ pub fn udp_exchange(
     let _stop = AbortOnDrop(abort.clone());
     let receiver = {
         let (received, abort) = (received.clone(), abort.clone());
-        std::thread::Builder::new().name("udp-rx".into()).spawn(move || -> io::Result<()> {
-            let started = Instant::now();
-            let mut buf = vec![0u8; payload.max(1) + 1];
-            while received.load(Ordering::SeqCst) < count
-                && !abort.load(Ordering::SeqCst)
-                && started.elapsed() < THREAD_HARD_LIMIT
-            {
-                match rx.recv_from(&mut buf) {
-                    Ok((n, peer)) => {
-                        let from_sender = peer.port() == sender.port()
-                            && (sender.ip().is_unspecified() || peer.ip() == sender.ip());
-                        if from_sender && n == payload {
-                            received.fetch_add(1, Ordering::SeqCst);
+        std::thread::Builder::new()
+            .name("udp-rx".into())
+            .spawn(move || -> io::Result<()> {
+                let started = Instant::now();
+                let mut buf = vec![0u8; payload.max(1) + 1];
+                while received.load(Ordering::SeqCst) < count
+                    && !abort.load(Ordering::SeqCst)
+                    && started.elapsed() < THREAD_HARD_LIMIT
+                {
+                    match rx.recv_from(&mut buf) {
+                        Ok((n, peer)) => {
+                            let from_sender = peer.port() == sender.port()
+                                && (sender.ip().is_unspecified() || peer.ip() == sender.ip());
+                            if from_sender && n == payload {
+                                received.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
+                        Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
                     }
-                    Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
                 }
-            }
-            Ok(())
-        })?
+                Ok(())
+            })?
     };
 
     let data = pattern(payload, 0x55);
@@ -136,7 +145,9 @@ pub fn udp_exchange(
         std::thread::sleep(Duration::from_millis(5));
     }
     abort.store(true, Ordering::SeqCst);
-    let rx_result = receiver.join().map_err(|_| anyhow!("UDP receiver thread panicked"))?;
+    let rx_result = receiver
+        .join()
+        .map_err(|_| anyhow!("UDP receiver thread panicked"))?;
     send_result?;
     rx_result.context("receiving UDP datagrams")?;
     Ok(received.load(Ordering::SeqCst))
@@ -155,7 +166,10 @@ pub fn tcp_transfer(
     dst: SocketAddr,
     bytes: usize,
 ) -> Result<usize> {
-    ensure!(src.is_ipv4() == dst.is_ipv4(), "tcp_transfer: {src} and {dst} differ in family");
+    ensure!(
+        src.is_ipv4() == dst.is_ipv4(),
+        "tcp_transfer: {src} and {dst} differ in family"
+    );
     let deadline = Instant::now() + TCP_TIMEOUT;
     let remaining = move || deadline.saturating_duration_since(Instant::now());
 
@@ -168,7 +182,11 @@ pub fn tcp_transfer(
         .with_context(|| format!("listening on {dst} in {}", to.name()))?;
     let client: OwnedFd = from
         .run_in(move || -> io::Result<OwnedFd> {
-            let domain = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            let domain = if src.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
             let fd = sys::socket(domain, libc::SOCK_STREAM, 0)?;
             sys::setsockopt::<libc::c_int>(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
             sys::bind(fd.as_fd(), src)?;
@@ -180,35 +198,37 @@ pub fn tcp_transfer(
     let _stop = AbortOnDrop(abort.clone());
     let server = {
         let abort = abort.clone();
-        std::thread::Builder::new().name("tcp-rx".into()).spawn(move || -> Result<(usize, SocketAddr)> {
-            let (mut stream, peer) = loop {
-                match listener.accept() {
-                    Ok(conn) => break conn,
-                    Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(anyhow!(e).context("accept")),
+        std::thread::Builder::new().name("tcp-rx".into()).spawn(
+            move || -> Result<(usize, SocketAddr)> {
+                let (mut stream, peer) = loop {
+                    match listener.accept() {
+                        Ok(conn) => break conn,
+                        Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(anyhow!(e).context("accept")),
+                    }
+                    if abort.load(Ordering::SeqCst) || remaining().is_zero() {
+                        bail!("no connection to {dst} within {TCP_TIMEOUT:?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(POLL))?;
+                let mut buf = vec![0u8; 64 << 10];
+                let mut total = 0usize;
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => total += n,
+                        Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(anyhow!(e).context(format!("reading from {peer}"))),
+                    }
+                    if abort.load(Ordering::SeqCst) || remaining().is_zero() {
+                        bail!("receiver got {total} of the bytes, no EOF within {TCP_TIMEOUT:?}");
+                    }
                 }
-                if abort.load(Ordering::SeqCst) || remaining().is_zero() {
-                    bail!("no connection to {dst} within {TCP_TIMEOUT:?}");
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            };
-            stream.set_nonblocking(false)?;
-            stream.set_read_timeout(Some(POLL))?;
-            let mut buf = vec![0u8; 64 << 10];
-            let mut total = 0usize;
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => total += n,
-                    Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(anyhow!(e).context(format!("reading from {peer}"))),
-                }
-                if abort.load(Ordering::SeqCst) || remaining().is_zero() {
-                    bail!("receiver got {total} of the bytes, no EOF within {TCP_TIMEOUT:?}");
-                }
-            }
-            Ok((total, peer))
-        })?
+                Ok((total, peer))
+            },
+        )?
     };
 
     let client_result = (|| -> Result<SocketAddr> {
@@ -228,7 +248,9 @@ pub fn tcp_transfer(
         while left > 0 {
             stream.set_write_timeout(Some(remaining().max(Duration::from_millis(1))))?;
             let chunk = left.min(data.len());
-            stream.write_all(&data[..chunk]).with_context(|| format!("writing to {dst}"))?;
+            stream
+                .write_all(&data[..chunk])
+                .with_context(|| format!("writing to {dst}"))?;
             left -= chunk;
         }
         stream.shutdown(Shutdown::Write)?;
@@ -252,10 +274,15 @@ pub fn tcp_transfer(
     if client_result.is_err() {
         abort.store(true, Ordering::SeqCst);
     }
-    let server_result = server.join().map_err(|_| anyhow!("TCP receiver thread panicked"))?;
+    let server_result = server
+        .join()
+        .map_err(|_| anyhow!("TCP receiver thread panicked"))?;
     let local = client_result?;
     let (total, peer) = server_result?;
-    ensure!(peer == local, "receiver accepted {peer}, expected the client at {local}");
+    ensure!(
+        peer == local,
+        "receiver accepted {peer}, expected the client at {local}"
+    );
     Ok(total)
 }
 
@@ -274,8 +301,14 @@ pub fn icmp_echo(
     payload: usize,
     ident: u16,
 ) -> Result<u32> {
-    ensure!(src.is_ipv4() == dst.is_ipv4(), "icmp_echo: {src} and {dst} differ in family");
-    ensure!(count <= 1 << 16, "icmp_echo: at most 65536 requests (one per sequence number)");
+    ensure!(
+        src.is_ipv4() == dst.is_ipv4(),
+        "icmp_echo: {src} and {dst} differ in family"
+    );
+    ensure!(
+        count <= 1 << 16,
+        "icmp_echo: at most 65536 requests (one per sequence number)"
+    );
     ensure!(payload <= 65_000, "icmp_echo: payload too large");
     let v4 = src.is_ipv4();
     let fd = from
@@ -298,68 +331,66 @@ pub fn icmp_echo(
 
     // Reads replies until none is pending (`wait` zero) or until all arrived / no progress
     // for `wait` since `last_progress`.
-    let mut collect = |replies: &mut HashSet<u16>,
-                       last_progress: &mut Instant,
-                       wait: Duration|
-     -> Result<()> {
-        loop {
-            if replies.len() as u32 >= count {
-                return Ok(());
-            }
-            let budget = if wait.is_zero() {
-                Duration::ZERO
-            } else {
-                let left = wait.saturating_sub(last_progress.elapsed());
-                if left.is_zero() {
+    let mut collect =
+        |replies: &mut HashSet<u16>, last_progress: &mut Instant, wait: Duration| -> Result<()> {
+            loop {
+                if replies.len() as u32 >= count {
                     return Ok(());
                 }
-                left.min(POLL)
-            };
-            if !sys::poll_readable(fd.as_fd(), budget)? {
-                if wait.is_zero() {
-                    return Ok(());
+                let budget = if wait.is_zero() {
+                    Duration::ZERO
+                } else {
+                    let left = wait.saturating_sub(last_progress.elapsed());
+                    if left.is_zero() {
+                        return Ok(());
+                    }
+                    left.min(POLL)
+                };
+                if !sys::poll_readable(fd.as_fd(), budget)? {
+                    if wait.is_zero() {
+                        return Ok(());
+                    }
+                    continue;
                 }
-                continue;
+                let (n, peer) = match sys::recvfrom::<libc::sockaddr_storage>(
+                    fd.as_fd(),
+                    &mut buf,
+                    libc::MSG_DONTWAIT,
+                ) {
+                    Ok(r) => r,
+                    Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(anyhow!(e).context("receiving ICMP")),
+                };
+                let pkt = &buf[..n];
+                // IPv4 raw sockets deliver the IP header too; IPv6 ones only the ICMPv6 message.
+                let icmp = if v4 {
+                    let ihl = usize::from(pkt.first().copied().unwrap_or(0) & 0x0f) * 4;
+                    if pkt.len() < ihl + 8 || ihl < 20 || pkt[9] != libc::IPPROTO_ICMP as u8 {
+                        continue;
+                    }
+                    if IpAddr::from([pkt[12], pkt[13], pkt[14], pkt[15]]) != dst {
+                        continue;
+                    }
+                    &pkt[ihl..]
+                } else {
+                    if sys::from_sockaddr(&peer).map(|a| a.ip()) != Some(dst) || pkt.len() < 8 {
+                        continue;
+                    }
+                    pkt
+                };
+                let id = u16::from_be_bytes([icmp[4], icmp[5]]);
+                let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
+                if icmp[0] == reply_type
+                    && icmp[1] == 0
+                    && id == ident
+                    && u32::from(seq) < count
+                    && icmp[8..] == data[..]
+                    && replies.insert(seq)
+                {
+                    *last_progress = Instant::now();
+                }
             }
-            let (n, peer) = match sys::recvfrom::<libc::sockaddr_storage>(
-                fd.as_fd(),
-                &mut buf,
-                libc::MSG_DONTWAIT,
-            ) {
-                Ok(r) => r,
-                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!(e).context("receiving ICMP")),
-            };
-            let pkt = &buf[..n];
-            // IPv4 raw sockets deliver the IP header too; IPv6 ones only the ICMPv6 message.
-            let icmp = if v4 {
-                let ihl = usize::from(pkt.first().copied().unwrap_or(0) & 0x0f) * 4;
-                if pkt.len() < ihl + 8 || ihl < 20 || pkt[9] != libc::IPPROTO_ICMP as u8 {
-                    continue;
-                }
-                if IpAddr::from([pkt[12], pkt[13], pkt[14], pkt[15]]) != dst {
-                    continue;
-                }
-                &pkt[ihl..]
-            } else {
-                if sys::from_sockaddr(&peer).map(|a| a.ip()) != Some(dst) || pkt.len() < 8 {
-                    continue;
-                }
-                pkt
-            };
-            let id = u16::from_be_bytes([icmp[4], icmp[5]]);
-            let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-            if icmp[0] == reply_type
-                && icmp[1] == 0
-                && id == ident
-                && u32::from(seq) < count
-                && icmp[8..] == data[..]
-                && replies.insert(seq)
-            {
-                *last_progress = Instant::now();
-            }
-        }
-    };
+        };
 
     let dst_sa = SocketAddr::new(dst, 0);
     let mut msg = vec![0u8; 8 + payload];
@@ -402,7 +433,10 @@ mod tests {
     #[test]
     fn checksum_matches_rfc1071_example() {
         // RFC 1071 section 3: 0001 f203 f4f5 f6f7 sums to ddf2, checksum 220d.
-        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
         // Odd length pads with zero.
         assert_eq!(internet_checksum(&[0xff]), !0xff00);
     }

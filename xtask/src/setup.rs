@@ -1,0 +1,128 @@
+//! Installs the build prerequisites that a fresh machine lacks. Idempotent and quick when
+//! everything is present.
+//!
+//! Why bpf-linker is built here: it must link against the same LLVM major as the nightly that
+//! compiles the probe. The nightly ships its own `libLLVM.so.<ver>-rust-…`; we point
+//! `LLVM_PREFIX` at a directory of symlinks to it and build bpf-linker with the matching
+//! `llvm-NN` feature into a per-nightly root under `~/.cache/flowlens`, then put that root first
+//! on `PATH` for every cargo invocation.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub struct Env {
+    /// PATH with the project's bpf-linker first.
+    pub path: OsString,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn nightly() -> Result<String> {
+    let p = workspace_root().join("probe-ebpf/NIGHTLY");
+    Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
+}
+
+fn ensure_nightly(nightly: &str) -> Result<PathBuf> {
+    let sysroot = |n: &str| output(Command::new("rustc").arg(format!("+{n}")).args(["--print", "sysroot"]));
+    let has_src = |root: &str| Path::new(root.trim()).join("lib/rustlib/src/rust/library/core").is_dir();
+    match sysroot(nightly) {
+        Ok(root) if has_src(&root) => return Ok(PathBuf::from(root.trim())),
+        _ => {}
+    }
+    eprintln!("xtask: installing toolchain {nightly} with rust-src");
+    run(Command::new("rustup").args(["toolchain", "install", nightly, "--profile", "minimal", "--component", "rust-src"]))?;
+    let root = sysroot(nightly)?;
+    if !has_src(&root) {
+        bail!("toolchain {nightly} has no rust-src after installing it");
+    }
+    Ok(PathBuf::from(root.trim()))
+}
+
+fn llvm_major(nightly: &str) -> Result<String> {
+    let v = output(Command::new("rustc").arg(format!("+{nightly}")).arg("-vV"))?;
+    let line = v.lines().find_map(|l| l.strip_prefix("LLVM version: ")).context("no LLVM version in rustc -vV")?;
+    Ok(line.split('.').next().unwrap_or_default().to_string())
+}
+
+fn ensure_bpf_linker(nightly: &str, sysroot: &Path) -> Result<PathBuf> {
+    let cache = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(".cache/flowlens");
+    let root = cache.join(format!("bpf-linker-{BPF_LINKER_VERSION}-{nightly}"));
+    let bin = root.join("bin/bpf-linker");
+    if bin.exists() && Command::new(&bin).arg("--version").output().map(|o| o.status.success()).unwrap_or(false) {
+        return Ok(root.join("bin"));
+    }
+    let major = llvm_major(nightly)?;
+    let lib = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            // The real shared object (libLLVM-NN-rust-….so is a linker script pointing at it).
+            n.starts_with(&format!("libLLVM.so.{major}")) && !p.is_symlink()
+        })
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", lib.display()))?;
+    let prefix = cache.join(format!("llvm-{nightly}"));
+    let plib = prefix.join("lib");
+    let _ = std::fs::remove_dir_all(&prefix);
+    std::fs::create_dir_all(&plib)?;
+    let fname = llvm.file_name().context("libLLVM file name")?;
+    std::os::unix::fs::symlink(&llvm, plib.join("libLLVM.so"))?;
+    std::os::unix::fs::symlink(&llvm, plib.join(fname))?;
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major})", llvm.display());
+    // Run from the workspace so its rust-toolchain.toml picks the (pinned, new enough) rustc.
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .env("LLVM_PREFIX", &prefix)
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .arg("--root")
+        .arg(&root))?;
+    Ok(root.join("bin"))
+}
+
+fn ensure_apt(bins: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = bins
+        .iter()
+        .filter(|(bin, _)| Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().map(|o| !o.status.success()).unwrap_or(true))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing apt packages {missing:?}");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+pub fn setup() -> Result<Env> {
+    let nightly = nightly()?;
+    let sysroot = ensure_nightly(&nightly)?;
+    let bin = ensure_bpf_linker(&nightly, &sysroot)?;
+    ensure_apt(&[("ip", "iproute2")])?;
+    let mut path = OsString::from(bin.as_os_str());
+    if let Some(p) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(p);
+    }
+    Ok(Env { path })
+}
