@@ -27,7 +27,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Options of `flowlens run`.
@@ -111,15 +113,25 @@ impl RunArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<RunArgs>(&text)
-                    .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.to_string().trim_end()))?
+                toml::from_str::<RunArgs>(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "config file {}: {}",
+                        path.display(),
+                        e.to_string().trim_end()
+                    )
+                })?
             }
             None => RunArgs::default(),
         };
-        let pick_vec = |cli: Vec<String>, file: Vec<String>| if cli.is_empty() { file } else { cli };
+        let pick_vec =
+            |cli: Vec<String>, file: Vec<String>| if cli.is_empty() { file } else { cli };
         let xdp = pick_vec(self.xdp, file.xdp);
         let sink_strs = pick_vec(self.sink, file.sink);
-        let sink_strs = if sink_strs.is_empty() { vec![DEFAULT_SINK.to_string()] } else { sink_strs };
+        let sink_strs = if sink_strs.is_empty() {
+            vec![DEFAULT_SINK.to_string()]
+        } else {
+            sink_strs
+        };
         let sinks = sink_strs
             .iter()
             .map(|s| s.parse::<SinkSpec>().map_err(anyhow::Error::from))
@@ -128,10 +140,22 @@ impl RunArgs {
             xdp,
             xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             sinks,
-            drain_interval: self.drain_interval.or(file.drain_interval).unwrap_or(DEFAULT_DRAIN_INTERVAL),
-            active_timeout: self.active_timeout.or(file.active_timeout).unwrap_or(DEFAULT_ACTIVE_TIMEOUT),
-            idle_timeout: self.idle_timeout.or(file.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            max_flows: self.max_flows.or(file.max_flows).unwrap_or(DEFAULT_MAX_FLOWS),
+            drain_interval: self
+                .drain_interval
+                .or(file.drain_interval)
+                .unwrap_or(DEFAULT_DRAIN_INTERVAL),
+            active_timeout: self
+                .active_timeout
+                .or(file.active_timeout)
+                .unwrap_or(DEFAULT_ACTIVE_TIMEOUT),
+            idle_timeout: self
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            max_flows: self
+                .max_flows
+                .or(file.max_flows)
+                .unwrap_or(DEFAULT_MAX_FLOWS),
             duration: self.duration.or(file.duration),
             parquet_rotate_interval: self
                 .parquet_rotate_interval
@@ -184,7 +208,9 @@ mod tests {
     }
 
     fn args(v: &[&str]) -> RunArgs {
-        T::try_parse_from(std::iter::once("t").chain(v.iter().copied())).unwrap().a
+        T::try_parse_from(std::iter::once("t").chain(v.iter().copied()))
+            .unwrap()
+            .a
     }
 
     #[test]
@@ -209,7 +235,9 @@ mod tests {
             "xdp = [\"eth9\"]\nxdp-mode = \"skb\"\nidle-timeout = \"20s\"\nmax-flows = 1000\nsink = [\"stdout\"]\n",
         )
         .unwrap();
-        let c = args(&["--config", f.to_str().unwrap(), "--idle-timeout", "30s"]).resolve().unwrap();
+        let c = args(&["--config", f.to_str().unwrap(), "--idle-timeout", "30s"])
+            .resolve()
+            .unwrap();
         assert_eq!(c.xdp, vec!["eth9".to_string()]);
         assert_eq!(c.xdp_mode, XdpAttachMode::Skb);
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
@@ -230,19 +258,39 @@ mod tests {
         for (i, (text, want)) in cases.iter().enumerate() {
             let f = dir.join(format!("{i}.toml"));
             std::fs::write(&f, text).unwrap();
-            let e = format!("{:#}", args(&["--config", f.to_str().unwrap()]).resolve().unwrap_err());
-            assert!(e.contains(want) && e.contains(f.to_str().unwrap()), "{text}: {e}");
+            let e = format!(
+                "{:#}",
+                args(&["--config", f.to_str().unwrap()])
+                    .resolve()
+                    .unwrap_err()
+            );
+            assert!(
+                e.contains(want) && e.contains(f.to_str().unwrap()),
+                "{text}: {e}"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(T::try_parse_from(["t", "--idle-timeout", "0s"]).is_err());
         assert!(T::try_parse_from(["t", "--drain-interval", "x"]).is_err());
-        let e = args(&["--sink", "kafka:x"]).resolve().unwrap_err().to_string();
+        let e = args(&["--sink", "kafka:x"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown sink kind"), "{e}");
-        let e = args(&["--drain-interval", "20s"]).resolve().unwrap_err().to_string();
+        let e = args(&["--drain-interval", "20s"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must not exceed"), "{e}");
-        let e = args(&["--max-flows", "0"]).resolve().unwrap_err().to_string();
+        let e = args(&["--max-flows", "0"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max-flows"), "{e}");
-        let e = args(&["--config", "/nonexistent/x.toml"]).resolve().unwrap_err().to_string();
+        let e = args(&["--config", "/nonexistent/x.toml"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
     }
 }

@@ -30,7 +30,10 @@ pub struct PerKeyDrainer {
 
 impl PerKeyDrainer {
     pub fn new(map: HashMap<MapData, FlowKey, FlowValue>) -> Self {
-        PerKeyDrainer { map, keys: Vec::new() }
+        PerKeyDrainer {
+            map,
+            keys: Vec::new(),
+        }
     }
 }
 

@@ -16,7 +16,10 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn new(host: impl Into<Arc<str>>) -> Self {
-        Exporter { host: host.into(), names: NameCache::default() }
+        Exporter {
+            host: host.into(),
+            names: NameCache::default(),
+        }
     }
 
     pub fn record(&mut self, e: &Ended, tb: &Timebase) -> FlowRecord {

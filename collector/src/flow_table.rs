@@ -97,7 +97,11 @@ impl FlowTable {
             } else {
                 return true;
             };
-            out.push(Ended { key: *key, state: *s, reason });
+            out.push(Ended {
+                key: *key,
+                state: *s,
+                reason,
+            });
             false
         });
     }
@@ -151,7 +155,16 @@ mod tests {
         t.drain_all(&mut out);
         assert_eq!(out.len(), 1);
         let s = out[0].state;
-        assert_eq!((s.packets, s.bytes, s.first_seen_ns, s.last_seen_ns, s.tcp_flags), (5, 500, 10 * S, 13 * S, 0x12));
+        assert_eq!(
+            (
+                s.packets,
+                s.bytes,
+                s.first_seen_ns,
+                s.last_seen_ns,
+                s.tcp_flags
+            ),
+            (5, 500, 10 * S, 13 * S, 0x12)
+        );
         assert_eq!(out[0].reason, EndReason::ForcedEnd);
         assert!(t.is_empty());
     }
@@ -194,10 +207,12 @@ mod tests {
         let mut out = vec![];
         t.expire(2 * S, &mut out);
         out.sort_by_key(|e| e.key.src_port);
-        assert_eq!(out.iter().map(|e| (e.key.src_port, e.reason)).collect::<Vec<_>>(), vec![
-            (1, EndReason::EndOfFlow),
-            (2, EndReason::EndOfFlow)
-        ]);
+        assert_eq!(
+            out.iter()
+                .map(|e| (e.key.src_port, e.reason))
+                .collect::<Vec<_>>(),
+            vec![(1, EndReason::EndOfFlow), (2, EndReason::EndOfFlow)]
+        );
         assert_eq!(t.len(), 1);
     }
 

@@ -11,7 +11,8 @@ use flowlens_schema::{FlowKey, FlowValue};
 use crate::drain::{KernelStats, PerKeyDrainer};
 
 /// The probe object built by `build.rs` from `probe-ebpf/`.
-pub static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens-probe"));
+pub static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens-probe"));
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
@@ -54,8 +55,13 @@ impl Probe {
         let ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", max_flows)
             .load(PROBE_OBJECT)
-            .context("loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)")?;
-        Ok(Probe { ebpf, attached: Vec::new() })
+            .context(
+                "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
+            )?;
+        Ok(Probe {
+            ebpf,
+            attached: Vec::new(),
+        })
     }
 
     /// The XDP program (or the no-op twin), loaded into the kernel on first use.
@@ -66,7 +72,8 @@ impl Probe {
             .ok_or_else(|| anyhow!("program {name} missing from the probe object"))?
             .try_into()?;
         if prog.fd().is_err() {
-            prog.load().with_context(|| format!("verifying/loading {name}"))?;
+            prog.load()
+                .with_context(|| format!("verifying/loading {name}"))?;
         }
         Ok(prog)
     }
@@ -87,13 +94,21 @@ impl Probe {
 
     /// Takes the flow map out for draining (once).
     pub fn take_drainer(&mut self) -> Result<PerKeyDrainer> {
-        let map = self.ebpf.take_map("FLOWS").ok_or_else(|| anyhow!("FLOWS map already taken"))?;
-        Ok(PerKeyDrainer::new(HashMap::<_, FlowKey, FlowValue>::try_from(map)?))
+        let map = self
+            .ebpf
+            .take_map("FLOWS")
+            .ok_or_else(|| anyhow!("FLOWS map already taken"))?;
+        Ok(PerKeyDrainer::new(
+            HashMap::<_, FlowKey, FlowValue>::try_from(map)?,
+        ))
     }
 
     /// Takes the per-CPU counters out (once).
     pub fn take_stats(&mut self) -> Result<KernelStats> {
-        let map = self.ebpf.take_map("STATS").ok_or_else(|| anyhow!("STATS map already taken"))?;
+        let map = self
+            .ebpf
+            .take_map("STATS")
+            .ok_or_else(|| anyhow!("STATS map already taken"))?;
         Ok(KernelStats::new(PerCpuArray::try_from(map)?))
     }
 }

@@ -81,11 +81,16 @@ impl Pipeline {
     /// One cycle: drain, merge, expire (or end everything when `final_cycle`), export.
     pub fn cycle(&mut self, drainer: &mut dyn Drainer, final_cycle: bool) -> Result<()> {
         self.deltas.clear();
-        let st = drainer.drain(&mut self.deltas).context("draining the flow map")?;
+        let st = drainer
+            .drain(&mut self.deltas)
+            .context("draining the flow map")?;
         self.totals.drains += 1;
         self.totals.vanished_entries += st.vanished as u64;
         if st.vanished > 0 {
-            tracing::warn!(entries = st.vanished, "flow entries evicted by the kernel LRU during the drain; their counts are lost");
+            tracing::warn!(
+                entries = st.vanished,
+                "flow entries evicted by the kernel LRU during the drain; their counts are lost"
+            );
         }
         for (k, v) in &self.deltas {
             self.table.merge(k, v);
@@ -107,7 +112,11 @@ impl Pipeline {
             self.totals.bytes += r.bytes;
         }
         for s in &mut self.sinks {
-            let res = if self.records.is_empty() { s.tick() } else { s.write(&self.records) };
+            let res = if self.records.is_empty() {
+                s.tick()
+            } else {
+                s.write(&self.records)
+            };
             if let Err(e) = res {
                 self.totals.sink_errors += 1;
                 self.totals.records_lost_in_sinks += self.records.len() as u64;
@@ -179,7 +188,9 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         sinks,
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result: Result<()> = rt.block_on(async {
         let mut tick = tokio::time::interval(cfg.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,7 +208,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
                 _ = tick.tick() => {
                     pipe.cycle(&mut drainer, false)?;
                     n += 1;
-                    if n % 60 == 0 {
+                    if n.is_multiple_of(60) {
                         pipe.exporter.names.clear();
                         log_kernel_stats(&kstats);
                     }
@@ -218,7 +229,12 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     last?;
     closed?;
     let t = pipe.totals;
-    tracing::info!(records = t.records, packets = t.packets, bytes = t.bytes, sink_errors = t.sink_errors, "flowlens stopped");
+    tracing::info!(
+        records = t.records,
+        packets = t.packets,
+        bytes = t.bytes,
+        sink_errors = t.sink_errors,
+        "flowlens stopped"
+    );
     Ok(t)
 }
-

@@ -4,7 +4,10 @@
 //! so the error is at most half the bracket (typically < 1 µs). Re-sampling follows NTP steps.
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; both clocks exist on every Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -26,7 +29,9 @@ impl Timebase {
         let m1 = clock_ns(libc::CLOCK_MONOTONIC);
         let r = clock_ns(libc::CLOCK_REALTIME);
         let m2 = clock_ns(libc::CLOCK_MONOTONIC);
-        Timebase { offset_ns: r - (m1 + m2) / 2 }
+        Timebase {
+            offset_ns: r - (m1 + m2) / 2,
+        }
     }
 
     /// A fixed offset (tests).
@@ -49,7 +54,10 @@ mod tests {
     fn now_converts_to_wall_clock() {
         let tb = Timebase::sample();
         let mono = monotonic_now_ns();
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
         let got = tb.to_unix_us(mono);
         assert!((got - wall).abs() < 5_000, "got {got}, wall {wall}");
     }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use arrow_array::{Array, Int64Array, StringArray, UInt16Array, UInt8Array};
+use arrow_array::{Array, Int64Array, StringArray, UInt8Array, UInt16Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Aggregated flow (over all records of the same identity).
@@ -38,7 +38,10 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
             let p = e?.path();
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.starts_with('.') {
                 continue;
             }
@@ -113,7 +116,13 @@ pub fn aggregate(dir: &Path) -> Result<HashMap<TopKey, TopVal>> {
 pub fn table(agg: &HashMap<TopKey, TopVal>, limit: usize) -> String {
     let mut rows: Vec<_> = agg.iter().collect();
     rows.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(b.0)));
-    let ep = |a: &str, p: u16| if a.contains(':') { format!("[{a}]:{p}") } else { format!("{a}:{p}") };
+    let ep = |a: &str, p: u16| {
+        if a.contains(':') {
+            format!("[{a}]:{p}")
+        } else {
+            format!("{a}:{p}")
+        }
+    };
     let mut lines = vec![[
         "point".to_string(),
         "iface".into(),
@@ -126,9 +135,18 @@ pub fn table(agg: &HashMap<TopKey, TopVal>, limit: usize) -> String {
     ]];
     for (k, v) in rows.into_iter().take(limit) {
         let (s, d) = if k.transport == "icmp" || k.transport == "ipv6-icmp" {
-            (k.source.clone(), format!("{} (type {} code {})", k.destination, k.icmp_type, k.icmp_code))
+            (
+                k.source.clone(),
+                format!(
+                    "{} (type {} code {})",
+                    k.destination, k.icmp_type, k.icmp_code
+                ),
+            )
         } else {
-            (ep(&k.source, k.source_port), ep(&k.destination, k.destination_port))
+            (
+                ep(&k.source, k.source_port),
+                ep(&k.destination, k.destination_port),
+            )
         };
         lines.push([
             k.observation_point.clone(),
@@ -152,7 +170,13 @@ pub fn table(agg: &HashMap<TopKey, TopVal>, limit: usize) -> String {
         let cells: Vec<String> = l
             .iter()
             .enumerate()
-            .map(|(i, c)| if i >= 5 { format!("{c:>width$}", width = w[i]) } else { format!("{c:<width$}", width = w[i]) })
+            .map(|(i, c)| {
+                if i >= 5 {
+                    format!("{c:>width$}", width = w[i])
+                } else {
+                    format!("{c:<width$}", width = w[i])
+                }
+            })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

@@ -87,7 +87,13 @@ mod probe {
         key.observation_point = OBS_XDP;
         // SAFETY: reading the ingress ifindex from the xdp_md context.
         key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        record(&key, meta.ip_len as u64, meta.tcp_flags as u64, meta.dscp, now);
+        record(
+            &key,
+            meta.ip_len as u64,
+            meta.tcp_flags as u64,
+            meta.dscp,
+            now,
+        );
         bump(stats::BYTES_KEYED, meta.ip_len as u64);
         xdp_action::XDP_PASS
     }

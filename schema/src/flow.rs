@@ -96,8 +96,13 @@ pub mod stats {
     /// IP-layer bytes of all keyed packets.
     pub const BYTES_KEYED: u32 = 4;
     pub const COUNT: u32 = 5;
-    pub const NAMES: [&str; COUNT as usize] =
-        ["packets_seen", "non_ip", "unparsed", "map_errors", "bytes_keyed"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets_seen",
+        "non_ip",
+        "unparsed",
+        "map_errors",
+        "bytes_keyed",
+    ];
 }
 
 #[cfg(feature = "user")]

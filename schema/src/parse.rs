@@ -239,7 +239,11 @@ fn parse_transport<P: Packet + ?Sized>(
             meta.tcp_flags = (((t[12] & 1) as u16) << 8) | t[13] as u16;
         }
         IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
-            let need = if meta.key.protocol == IPPROTO_SCTP { 12 } else { 8 };
+            let need = if meta.key.protocol == IPPROTO_SCTP {
+                12
+            } else {
+                8
+            };
             let Some(t) = p.load::<8>(off) else {
                 return Parsed::Unparsed;
             };

@@ -139,29 +139,144 @@ fn ts() -> DataType {
 
 /// Every exported column, in order.
 pub const COLUMNS: &[Column] = &[
-    Column { name: "flow_start", data_type: ts, nullable: false, description: "First packet of the flow in this record (µs, UTC)." },
-    Column { name: "flow_end", data_type: ts, nullable: false, description: "Last packet of the flow in this record (µs, UTC)." },
-    Column { name: "observation_point", data_type: || DataType::Utf8, nullable: false, description: "Where the packets were seen: `xdp` (ingress, before the stack)." },
-    Column { name: "interface_name", data_type: || DataType::Utf8, nullable: false, description: "Interface the packets were seen on (name at export time; empty if it is gone)." },
-    Column { name: "interface_index", data_type: || DataType::UInt32, nullable: false, description: "Interface index the packets were seen on." },
-    Column { name: "direction", data_type: || DataType::Utf8, nullable: false, description: "`ingress` or `egress` relative to this host." },
-    Column { name: "network_type", data_type: || DataType::Utf8, nullable: false, description: "`ipv4` or `ipv6`." },
-    Column { name: "protocol", data_type: || DataType::UInt8, nullable: false, description: "IANA protocol number of the transport (after IPv6 extension headers)." },
-    Column { name: "network_transport", data_type: || DataType::Utf8, nullable: false, description: "Transport name: `tcp`, `udp`, `icmp`, `ipv6-icmp`, `sctp`, ... (the number if unnamed)." },
-    Column { name: "source_address", data_type: || DataType::Utf8, nullable: false, description: "Source IP address, text form." },
-    Column { name: "destination_address", data_type: || DataType::Utf8, nullable: false, description: "Destination IP address, text form." },
-    Column { name: "source_port", data_type: || DataType::UInt16, nullable: false, description: "TCP/UDP/UDP-Lite/SCTP source port; 0 otherwise and for non-first fragments." },
-    Column { name: "destination_port", data_type: || DataType::UInt16, nullable: false, description: "TCP/UDP/UDP-Lite/SCTP destination port; 0 otherwise and for non-first fragments." },
-    Column { name: "icmp_type", data_type: || DataType::UInt8, nullable: false, description: "ICMP/ICMPv6 type; 0 for other protocols." },
-    Column { name: "icmp_code", data_type: || DataType::UInt8, nullable: false, description: "ICMP/ICMPv6 code; 0 for other protocols." },
-    Column { name: "vlan_id", data_type: || DataType::UInt16, nullable: true, description: "Outer VLAN id (802.1Q/802.1ad); null when untagged." },
-    Column { name: "packets", data_type: || DataType::Int64, nullable: false, description: "Packets in this record." },
-    Column { name: "bytes", data_type: || DataType::Int64, nullable: false, description: "IP-layer bytes in this record (IPFIX octetDeltaCount: IPv4 total length, IPv6 40 + payload length)." },
-    Column { name: "tcp_flags", data_type: || DataType::UInt16, nullable: false, description: "OR of the TCP flags of all packets (FIN=1, SYN=2, RST=4, PSH=8, ACK=16, URG=32, ECE=64, CWR=128, NS=256)." },
-    Column { name: "dscp", data_type: || DataType::UInt8, nullable: false, description: "DSCP of the last packet." },
-    Column { name: "flow_end_reason", data_type: || DataType::Utf8, nullable: false, description: "`idle_timeout`, `active_timeout`, `end_of_flow` (TCP FIN/RST), `forced_end` (exporter stopped) or `lack_of_resources`." },
-    Column { name: "host", data_type: || DataType::Utf8, nullable: false, description: "Hostname of the exporter." },
-    Column { name: "community_id", data_type: || DataType::Utf8, nullable: false, description: "Community ID v1 (seed 0) of the flow, to join with Zeek/Suricata data." },
+    Column {
+        name: "flow_start",
+        data_type: ts,
+        nullable: false,
+        description: "First packet of the flow in this record (µs, UTC).",
+    },
+    Column {
+        name: "flow_end",
+        data_type: ts,
+        nullable: false,
+        description: "Last packet of the flow in this record (µs, UTC).",
+    },
+    Column {
+        name: "observation_point",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "Where the packets were seen: `xdp` (ingress, before the stack).",
+    },
+    Column {
+        name: "interface_name",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "Interface the packets were seen on (name at export time; empty if it is gone).",
+    },
+    Column {
+        name: "interface_index",
+        data_type: || DataType::UInt32,
+        nullable: false,
+        description: "Interface index the packets were seen on.",
+    },
+    Column {
+        name: "direction",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "`ingress` or `egress` relative to this host.",
+    },
+    Column {
+        name: "network_type",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "`ipv4` or `ipv6`.",
+    },
+    Column {
+        name: "protocol",
+        data_type: || DataType::UInt8,
+        nullable: false,
+        description: "IANA protocol number of the transport (after IPv6 extension headers).",
+    },
+    Column {
+        name: "network_transport",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "Transport name: `tcp`, `udp`, `icmp`, `ipv6-icmp`, `sctp`, ... (the number if unnamed).",
+    },
+    Column {
+        name: "source_address",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "Source IP address, text form.",
+    },
+    Column {
+        name: "destination_address",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "Destination IP address, text form.",
+    },
+    Column {
+        name: "source_port",
+        data_type: || DataType::UInt16,
+        nullable: false,
+        description: "TCP/UDP/UDP-Lite/SCTP source port; 0 otherwise and for non-first fragments.",
+    },
+    Column {
+        name: "destination_port",
+        data_type: || DataType::UInt16,
+        nullable: false,
+        description: "TCP/UDP/UDP-Lite/SCTP destination port; 0 otherwise and for non-first fragments.",
+    },
+    Column {
+        name: "icmp_type",
+        data_type: || DataType::UInt8,
+        nullable: false,
+        description: "ICMP/ICMPv6 type; 0 for other protocols.",
+    },
+    Column {
+        name: "icmp_code",
+        data_type: || DataType::UInt8,
+        nullable: false,
+        description: "ICMP/ICMPv6 code; 0 for other protocols.",
+    },
+    Column {
+        name: "vlan_id",
+        data_type: || DataType::UInt16,
+        nullable: true,
+        description: "Outer VLAN id (802.1Q/802.1ad); null when untagged.",
+    },
+    Column {
+        name: "packets",
+        data_type: || DataType::Int64,
+        nullable: false,
+        description: "Packets in this record.",
+    },
+    Column {
+        name: "bytes",
+        data_type: || DataType::Int64,
+        nullable: false,
+        description: "IP-layer bytes in this record (IPFIX octetDeltaCount: IPv4 total length, IPv6 40 + payload length).",
+    },
+    Column {
+        name: "tcp_flags",
+        data_type: || DataType::UInt16,
+        nullable: false,
+        description: "OR of the TCP flags of all packets (FIN=1, SYN=2, RST=4, PSH=8, ACK=16, URG=32, ECE=64, CWR=128, NS=256).",
+    },
+    Column {
+        name: "dscp",
+        data_type: || DataType::UInt8,
+        nullable: false,
+        description: "DSCP of the last packet.",
+    },
+    Column {
+        name: "flow_end_reason",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "`idle_timeout`, `active_timeout`, `end_of_flow` (TCP FIN/RST), `forced_end` (exporter stopped) or `lack_of_resources`.",
+    },
+    Column {
+        name: "host",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "Hostname of the exporter.",
+    },
+    Column {
+        name: "community_id",
+        data_type: || DataType::Utf8,
+        nullable: false,
+        description: "Community ID v1 (seed 0) of the flow, to join with Zeek/Suricata data.",
+    },
 ];
 
 /// The Arrow schema of [`FlowRecord`] rows.
@@ -175,7 +290,10 @@ pub fn arrow_schema() -> SchemaRef {
 }
 
 /// Builds one Arrow batch from records, columns in [`COLUMNS`] order.
-pub fn to_record_batch(schema: &SchemaRef, records: &[FlowRecord]) -> Result<RecordBatch, ArrowError> {
+pub fn to_record_batch(
+    schema: &SchemaRef,
+    records: &[FlowRecord],
+) -> Result<RecordBatch, ArrowError> {
     let n = records.len();
     let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -316,14 +434,23 @@ mod tests {
         assert_eq!(b.num_rows(), 2);
         let col = |n: &str| b.column(schema.index_of(n).unwrap()).clone();
         let src = col("source_address");
-        let src = src.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        let src = src
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
         assert_eq!(src.value(0), "10.0.0.1");
         assert_eq!(src.value(1), "2001:db8::1");
         let vlan = col("vlan_id");
         assert!(vlan.is_null(0));
         assert!(!vlan.is_null(1));
         let t = col("network_transport");
-        assert_eq!(t.as_any().downcast_ref::<arrow_array::StringArray>().unwrap().value(0), "tcp");
+        assert_eq!(
+            t.as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap()
+                .value(0),
+            "tcp"
+        );
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub enum SinkError {
 
 impl SinkError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        SinkError::Io { context: context.into(), source }
+        SinkError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -63,7 +66,10 @@ pub enum SinkSpec {
 impl std::str::FromStr for SinkSpec {
     type Err = SinkError;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason: &str| SinkError::Spec { spec: s.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| SinkError::Spec {
+            spec: s.to_string(),
+            reason: reason.to_string(),
+        };
         let (kind, target) = match s.split_once(':') {
             Some((k, t)) => (k, Some(t)),
             None => (s, None),
@@ -73,7 +79,9 @@ impl std::str::FromStr for SinkSpec {
             ("stdout", Some(_)) => Err(bad("`stdout` takes no target")),
             ("parquet", Some(t)) if !t.is_empty() => {
                 if t.contains("://") {
-                    return Err(bad("object storage URLs are not supported yet; give a local directory"));
+                    return Err(bad(
+                        "object storage URLs are not supported yet; give a local directory",
+                    ));
                 }
                 Ok(SinkSpec::Parquet(PathBuf::from(t)))
             }
@@ -98,8 +106,18 @@ mod tests {
     #[test]
     fn parses_sink_specs() {
         assert_eq!("stdout".parse::<SinkSpec>().unwrap(), SinkSpec::Stdout);
-        assert_eq!("parquet:./f".parse::<SinkSpec>().unwrap(), SinkSpec::Parquet("./f".into()));
-        for bad in ["parquet", "parquet:", "kafka:x/y", "stdout:x", "parquet:s3://b/p", ""] {
+        assert_eq!(
+            "parquet:./f".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Parquet("./f".into())
+        );
+        for bad in [
+            "parquet",
+            "parquet:",
+            "kafka:x/y",
+            "stdout:x",
+            "parquet:s3://b/p",
+            "",
+        ] {
             let e = bad.parse::<SinkSpec>().unwrap_err().to_string();
             assert!(e.contains("invalid sink"), "{bad}: {e}");
         }

@@ -85,7 +85,10 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Partition of a timestamp (µs since epoch, UTC): (days since epoch, hour).
 fn partition_of(us: i64) -> (i64, u32) {
     let secs = us.div_euclid(1_000_000);
-    (secs.div_euclid(86_400), (secs.rem_euclid(86_400) / 3600) as u32)
+    (
+        secs.div_euclid(86_400),
+        (secs.rem_euclid(86_400) / 3600) as u32,
+    )
 }
 
 /// `date=YYYY-MM-DD/hour=HH` for a timestamp in µs since the epoch.
@@ -100,7 +103,9 @@ impl ParquetSink {
     pub fn new(opts: ParquetOptions) -> Result<Self> {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| SinkError::io(format!("creating {}", opts.dir.display()), e))?;
-        let probe = opts.dir.join(format!(".flowlens-write-test-{}", std::process::id()));
+        let probe = opts
+            .dir
+            .join(format!(".flowlens-write-test-{}", std::process::id()));
         File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| SinkError::io(format!("{} is not writable", opts.dir.display()), e))?;
@@ -117,24 +122,45 @@ impl ParquetSink {
 
     fn open_file(&mut self, part: (i64, u32), sample_us: i64) -> Result<OpenFile> {
         let dir = self.opts.dir.join(partition_path(sample_us));
-        std::fs::create_dir_all(&dir).map_err(|e| SinkError::io(format!("creating {}", dir.display()), e))?;
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SinkError::io(format!("creating {}", dir.display()), e))?;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         self.seq += 1;
-        let base = format!("flows-{}-{}-{}-{:04}.parquet", self.opts.host, ms, std::process::id(), self.seq);
+        let base = format!(
+            "flows-{}-{}-{}-{:04}.parquet",
+            self.opts.host,
+            ms,
+            std::process::id(),
+            self.seq
+        );
         let tmp = dir.join(format!(".{base}.inprogress"));
         let fin = dir.join(base);
-        let file = File::create(&tmp).map_err(|e| SinkError::io(format!("creating {}", tmp.display()), e))?;
+        let file = File::create(&tmp)
+            .map_err(|e| SinkError::io(format!("creating {}", tmp.display()), e))?;
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
         let _ = part;
-        Ok(OpenFile { writer, tmp, fin, opened: Instant::now() })
+        Ok(OpenFile {
+            writer,
+            tmp,
+            fin,
+            opened: Instant::now(),
+        })
     }
 
     fn finish(&mut self, f: OpenFile) -> Result<()> {
         let file = f.writer.into_inner()?;
-        file.sync_all().map_err(|e| SinkError::io(format!("syncing {}", f.tmp.display()), e))?;
+        file.sync_all()
+            .map_err(|e| SinkError::io(format!("syncing {}", f.tmp.display()), e))?;
         drop(file);
-        std::fs::rename(&f.tmp, &f.fin)
-            .map_err(|e| SinkError::io(format!("renaming {} to {}", f.tmp.display(), f.fin.display()), e))?;
+        std::fs::rename(&f.tmp, &f.fin).map_err(|e| {
+            SinkError::io(
+                format!("renaming {} to {}", f.tmp.display(), f.fin.display()),
+                e,
+            )
+        })?;
         if let Some(dir) = f.fin.parent() {
             // Make the rename itself durable.
             if let Ok(d) = File::open(dir) {
@@ -153,16 +179,17 @@ impl ParquetSink {
             .iter()
             .filter(|(_, f)| {
                 all || f.opened.elapsed() >= self.opts.rotate_interval
-                    || f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64 >= self.opts.rotate_bytes
+                    || f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64
+                        >= self.opts.rotate_bytes
             })
             .map(|(k, _)| *k)
             .collect();
         let mut first_err = None;
         for k in due {
-            if let Some(f) = self.open.remove(&k) {
-                if let Err(e) = self.finish(f) {
-                    first_err.get_or_insert(e);
-                }
+            if let Some(f) = self.open.remove(&k)
+                && let Err(e) = self.finish(f)
+            {
+                first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -190,7 +217,9 @@ impl Sink for ParquetSink {
             self.write_partition(first, records)?;
         } else {
             for r in records {
-                idx.entry(partition_of(r.flow_end_us)).or_default().push(r.clone());
+                idx.entry(partition_of(r.flow_end_us))
+                    .or_default()
+                    .push(r.clone());
             }
             for (part, recs) in idx {
                 self.write_partition(part, &recs)?;
@@ -226,10 +255,10 @@ impl ParquetSink {
 
 impl Drop for ParquetSink {
     fn drop(&mut self) {
-        if !self.open.is_empty() {
-            if let Err(e) = self.rotate(true) {
-                tracing::error!(error = %e, "closing parquet files on drop");
-            }
+        if !self.open.is_empty()
+            && let Err(e) = self.rotate(true)
+        {
+            tracing::error!(error = %e, "closing parquet files on drop");
         }
     }
 }
@@ -245,6 +274,9 @@ mod tests {
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
         // 2026-11-26T06:44:03Z
-        assert_eq!(partition_path(1_795_675_443_000_000), "date=2026-11-26/hour=06");
+        assert_eq!(
+            partition_path(1_795_675_443_000_000),
+            "date=2026-11-26/hour=06"
+        );
     }
 }

@@ -12,17 +12,32 @@ pub struct StdoutSink;
 pub fn format_record(r: &FlowRecord) -> String {
     let k = &r.key;
     let ts = |us: i64| {
-        humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64))
+        humantime::format_rfc3339_micros(
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64),
+        )
     };
     let ep = |a: std::net::IpAddr, p: u16| match a {
         std::net::IpAddr::V6(_) => format!("[{a}]:{p}"),
         _ => format!("{a}:{p}"),
     };
-    let vlan = r.vlan_id().map(|v| format!(" vlan={v}")).unwrap_or_default();
+    let vlan = r
+        .vlan_id()
+        .map(|v| format!(" vlan={v}"))
+        .unwrap_or_default();
     let what = if matches!(k.protocol, 1 | 58) {
-        format!("{} -> {} type={} code={}", r.source_address(), r.destination_address(), k.icmp_type, k.icmp_code)
+        format!(
+            "{} -> {} type={} code={}",
+            r.source_address(),
+            r.destination_address(),
+            k.icmp_type,
+            k.icmp_code
+        )
     } else {
-        format!("{} -> {}", ep(r.source_address(), k.src_port), ep(r.destination_address(), k.dst_port))
+        format!(
+            "{} -> {}",
+            ep(r.source_address(), k.src_port),
+            ep(r.destination_address(), k.dst_port)
+        )
     };
     format!(
         "{} {} {}@{}{} {} {} packets={} bytes={} tcp_flags={:#x} dscp={} end={}",
@@ -53,6 +68,8 @@ impl Sink for StdoutSink {
         Ok(())
     }
     fn close(&mut self) -> Result<()> {
-        std::io::stdout().flush().map_err(|e| SinkError::io("stdout", e))
+        std::io::stdout()
+            .flush()
+            .map_err(|e| SinkError::io("stdout", e))
     }
 }

@@ -25,31 +25,58 @@ pub struct Env {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn nightly() -> Result<String> {
     let p = workspace_root().join("probe-ebpf/NIGHTLY");
-    Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_string())
 }
 
 fn ensure_nightly(nightly: &str) -> Result<PathBuf> {
-    let sysroot = |n: &str| output(Command::new("rustc").arg(format!("+{n}")).args(["--print", "sysroot"]));
-    let has_src = |root: &str| Path::new(root.trim()).join("lib/rustlib/src/rust/library/core").is_dir();
+    let sysroot = |n: &str| {
+        output(
+            Command::new("rustc")
+                .arg(format!("+{n}"))
+                .args(["--print", "sysroot"]),
+        )
+    };
+    let has_src = |root: &str| {
+        Path::new(root.trim())
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
+    };
     match sysroot(nightly) {
         Ok(root) if has_src(&root) => return Ok(PathBuf::from(root.trim())),
         _ => {}
     }
     eprintln!("xtask: installing toolchain {nightly} with rust-src");
-    run(Command::new("rustup").args(["toolchain", "install", nightly, "--profile", "minimal", "--component", "rust-src"]))?;
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        nightly,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))?;
     let root = sysroot(nightly)?;
     if !has_src(&root) {
         bail!("toolchain {nightly} has no rust-src after installing it");
@@ -59,15 +86,27 @@ fn ensure_nightly(nightly: &str) -> Result<PathBuf> {
 
 fn llvm_major(nightly: &str) -> Result<String> {
     let v = output(Command::new("rustc").arg(format!("+{nightly}")).arg("-vV"))?;
-    let line = v.lines().find_map(|l| l.strip_prefix("LLVM version: ")).context("no LLVM version in rustc -vV")?;
+    let line = v
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("no LLVM version in rustc -vV")?;
     Ok(line.split('.').next().unwrap_or_default().to_string())
 }
 
 fn ensure_bpf_linker(nightly: &str, sysroot: &Path) -> Result<PathBuf> {
-    let cache = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(".cache/flowlens");
+    let cache = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".cache/flowlens");
     let root = cache.join(format!("bpf-linker-{BPF_LINKER_VERSION}-{nightly}"));
     let bin = root.join("bin/bpf-linker");
-    if bin.exists() && Command::new(&bin).arg("--version").output().map(|o| o.status.success()).unwrap_or(false) {
+    if bin.exists()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    {
         return Ok(root.join("bin"));
     }
     let major = llvm_major(nightly)?;
@@ -76,7 +115,10 @@ fn ensure_bpf_linker(nightly: &str, sysroot: &Path) -> Result<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             // The real shared object (libLLVM-NN-rust-….so is a linker script pointing at it).
             n.starts_with(&format!("libLLVM.so.{major}")) && !p.is_symlink()
         })
@@ -88,12 +130,22 @@ fn ensure_bpf_linker(nightly: &str, sysroot: &Path) -> Result<PathBuf> {
     let fname = llvm.file_name().context("libLLVM file name")?;
     std::os::unix::fs::symlink(&llvm, plib.join("libLLVM.so"))?;
     std::os::unix::fs::symlink(&llvm, plib.join(fname))?;
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major})", llvm.display());
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major})",
+        llvm.display()
+    );
     // Run from the workspace so its rust-toolchain.toml picks the (pinned, new enough) rustc.
     run(Command::new("cargo")
         .current_dir(workspace_root())
         .env("LLVM_PREFIX", &prefix)
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .arg("--root")
         .arg(&root))?;
@@ -103,7 +155,14 @@ fn ensure_bpf_linker(nightly: &str, sysroot: &Path) -> Result<PathBuf> {
 fn ensure_apt(bins: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = bins
         .iter()
-        .filter(|(bin, _)| Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().map(|o| !o.status.success()).unwrap_or(true))
+        .filter(|(bin, _)| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {bin}"))
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -111,7 +170,10 @@ fn ensure_apt(bins: &[(&str, &str)]) -> Result<()> {
     }
     eprintln!("xtask: installing apt packages {missing:?}");
     run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 pub fn setup() -> Result<Env> {
