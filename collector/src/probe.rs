@@ -16,6 +16,8 @@ pub static PROBE_OBJECT: &[u8] =
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
+/// Benchmark-only twin of [`XDP_PROGRAM`] writing per-CPU values into `FLOWS_PERCPU`.
+pub const XDP_PERCPU_PROGRAM: &str = "flowlens_xdp_percpu";
 
 /// How XDP programs are attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -49,11 +51,17 @@ pub struct Probe {
 impl Probe {
     /// Loads the probe with a flow map of `max_flows` entries. Programs are loaded lazily.
     pub fn load(max_flows: u32) -> Result<Probe> {
-        if max_flows == 0 {
+        Self::load_sized(max_flows, 1)
+    }
+
+    /// Like [`Probe::load`], also sizing the benchmark-only per-CPU flow map.
+    pub fn load_sized(max_flows: u32, percpu_flows: u32) -> Result<Probe> {
+        if max_flows == 0 || percpu_flows == 0 {
             return Err(anyhow!("max-flows must be at least 1"));
         }
         let ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", max_flows)
+            .map_max_entries("FLOWS_PERCPU", percpu_flows)
             .load(PROBE_OBJECT)
             .context(
                 "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",

@@ -19,7 +19,7 @@ mod probe {
         bindings::xdp_action,
         helpers::bpf_ktime_get_ns,
         macros::{map, xdp},
-        maps::{LruHashMap, PerCpuArray},
+        maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
@@ -32,6 +32,12 @@ mod probe {
     /// Flow table; `max_entries` is replaced at load time (`--max-flows`).
     #[map]
     static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+
+    /// The per-CPU alternative to `FLOWS`, used only by `flowlens_xdp_percpu` for the side-by-side
+    /// benchmark that justifies the shared map (one entry unless a benchmark resizes it).
+    #[map]
+    static FLOWS_PERCPU: LruPerCpuHashMap<FlowKey, FlowValue> =
+        LruPerCpuHashMap::with_max_entries(1, 0);
 
     /// Per-CPU counters, slots in [`flowlens_schema::stats`].
     #[map]
@@ -67,34 +73,69 @@ mod probe {
         }
     }
 
-    #[xdp]
-    pub fn flowlens_xdp(ctx: XdpContext) -> u32 {
+    /// Parses the frame and fills in the key; counts non-IP and unparsed frames.
+    #[inline(always)]
+    fn classify(ctx: &XdpContext) -> Option<(FlowKey, u64, u64, u8)> {
         bump(stats::PACKETS_SEEN, 1);
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let meta = match parse_ethernet(&Xdp(&ctx)) {
+        let meta = match parse_ethernet(&Xdp(ctx)) {
             Parsed::Flow(m) => m,
             Parsed::NonIp => {
                 bump(stats::NON_IP, 1);
-                return xdp_action::XDP_PASS;
+                return None;
             }
             Parsed::Unparsed => {
                 bump(stats::UNPARSED, 1);
-                return xdp_action::XDP_PASS;
+                return None;
             }
         };
         let mut key = meta.key;
         key.observation_point = OBS_XDP;
         // SAFETY: reading the ingress ifindex from the xdp_md context.
         key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        record(
-            &key,
-            meta.ip_len as u64,
-            meta.tcp_flags as u64,
-            meta.dscp,
-            now,
-        );
         bump(stats::BYTES_KEYED, meta.ip_len as u64);
+        Some((key, meta.ip_len as u64, meta.tcp_flags as u64, meta.dscp))
+    }
+
+    #[xdp]
+    pub fn flowlens_xdp(ctx: XdpContext) -> u32 {
+        if let Some((key, bytes, flags, dscp)) = classify(&ctx) {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            record(&key, bytes, flags, dscp, now);
+        }
+        xdp_action::XDP_PASS
+    }
+
+    /// Benchmark twin of `flowlens_xdp` with per-CPU values (plain adds, no atomics).
+    #[xdp]
+    pub fn flowlens_xdp_percpu(ctx: XdpContext) -> u32 {
+        if let Some((key, bytes, flags, dscp)) = classify(&ctx) {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if let Some(v) = FLOWS_PERCPU.get_ptr_mut(&key) {
+                // SAFETY: this CPU's value; XDP runs with preemption disabled.
+                unsafe {
+                    (*v).packets += 1;
+                    (*v).bytes += bytes;
+                    (*v).tcp_flags |= flags;
+                    (*v).last_seen_ns = now;
+                    (*v).dscp = dscp;
+                }
+            } else {
+                let fresh = FlowValue {
+                    packets: 1,
+                    bytes,
+                    first_seen_ns: now,
+                    last_seen_ns: now,
+                    tcp_flags: flags,
+                    dscp,
+                    _pad: [0; 7],
+                };
+                if FLOWS_PERCPU.insert(&key, &fresh, 0).is_err() {
+                    bump(stats::MAP_ERRORS, 1);
+                }
+            }
+        }
         xdp_action::XDP_PASS
     }
 

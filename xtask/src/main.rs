@@ -4,6 +4,7 @@
 //!   against that nightly's own LLVM, and Debian packages the tests use (iproute2).
 //! * `build`: setup + release build of `flowlens`.
 //! * `test`: setup + every test, kernel tests included (needs root).
+//! * `bench`: setup + the benchmarks (docs/BENCHMARKS.md).
 //! * `demo`: setup + build, then two hosts in network namespaces, real traffic, the top flows.
 
 mod demo;
@@ -20,10 +21,12 @@ fn main() {
     }
 }
 
-const HELP: &str = "usage: cargo xtask <setup|build|test|demo|help> [-- extra cargo test args]
+const HELP: &str =
+    "usage: cargo xtask <setup|build|test|bench|demo|help> [-- extra cargo test args]
   setup   install the pinned eBPF nightly, bpf-linker and apt packages if missing
   build   setup, then build flowlens (release): target/release/flowlens
   test    setup, then run every test (kernel tests need root)
+  bench   setup, then run the benchmarks (root): table + target/bench/summary.json
   demo    setup, build, run flowlens between two network namespaces and show the top flows";
 
 fn real_main() -> Result<()> {
@@ -41,6 +44,17 @@ fn real_main() -> Result<()> {
         "test" => {
             let env = setup::setup()?;
             test(&env, &rest)
+        }
+        "bench" => {
+            let env = setup::setup()?;
+            run(cargo(&env).args([
+                "run",
+                "--release",
+                "-p",
+                "flowlens-benches",
+                "--bin",
+                "flowlens-bench",
+            ]))
         }
         "demo" => {
             let env = setup::setup()?;
