@@ -13,19 +13,28 @@ use std::{
 };
 
 use arrow_array::{Array, Int64Array, StringArray, UInt8Array, UInt16Array};
-use flowlens_testkit::{Capture, FlowTuple, Link, Netns, flows_of, icmp_echo, tcp_transfer, udp_exchange, veth_pair};
+use flowlens_testkit::{
+    Capture, FlowTuple, Link, Netns, flows_of, icmp_echo, tcp_transfer, udp_exchange, veth_pair,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flowlens-{tag}-{}-{}", std::process::id(), rand_suffix()));
+    let d = std::env::temp_dir().join(format!(
+        "flowlens-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 fn start_flowlens(ns: &Netns, link: &Link, out: &Path, extra: &[&str]) -> Child {
@@ -46,13 +55,18 @@ fn start_flowlens_mode(ns: &Netns, link: &Link, out: &Path, mode: &str, extra: &
 }
 
 fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
-    ns.ip_output(&["link", "show", "dev", ifname]).unwrap().contains("xdp")
+    ns.ip_output(&["link", "show", "dev", ifname])
+        .unwrap()
+        .contains("xdp")
 }
 
 fn wait_attached(ns: &Netns, ifname: &str, want: bool) {
     let t0 = Instant::now();
     while xdp_attached(ns, ifname) != want {
-        assert!(t0.elapsed() < Duration::from_secs(20), "XDP attached != {want} on {ifname} after 20 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "XDP attached != {want} on {ifname} after 20 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -72,7 +86,9 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") && !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+            } else if p.extension().is_some_and(|x| x == "parquet")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            {
                 out.push(p);
             }
         }
@@ -95,18 +111,75 @@ fn read_records(dir: &Path, ifname: &str) -> BTreeMap<FlowTuple, Sum> {
     let mut out: BTreeMap<FlowTuple, Sum> = BTreeMap::new();
     for f in files {
         let rel = f.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-        assert!(rel.starts_with("date=") && rel.contains("/hour="), "not Hive-partitioned: {rel}");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap()).unwrap().build().unwrap();
+        assert!(
+            rel.starts_with("date=") && rel.contains("/hour="),
+            "not Hive-partitioned: {rel}"
+        );
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             let b = b.unwrap();
-            let s = |n: &str| b.column_by_name(n).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
-            let u16c = |n: &str| b.column_by_name(n).unwrap().as_any().downcast_ref::<UInt16Array>().unwrap().clone();
-            let i64c = |n: &str| b.column_by_name(n).unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
-            let (src, dst, obs, ifn, dir_, reason) = (s("source_address"), s("destination_address"), s("observation_point"), s("interface_name"), s("direction"), s("flow_end_reason"));
-            let proto = b.column_by_name("protocol").unwrap().as_any().downcast_ref::<UInt8Array>().unwrap().clone();
-            let (sp, dp, pk, by) = (u16c("source_port"), u16c("destination_port"), i64c("packets"), i64c("bytes"));
-            let start = b.column_by_name("flow_start").unwrap().as_any().downcast_ref::<arrow_array::TimestampMicrosecondArray>().unwrap().clone();
-            let end = b.column_by_name("flow_end").unwrap().as_any().downcast_ref::<arrow_array::TimestampMicrosecondArray>().unwrap().clone();
+            let s = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let u16c = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<UInt16Array>()
+                    .unwrap()
+                    .clone()
+            };
+            let i64c = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone()
+            };
+            let (src, dst, obs, ifn, dir_, reason) = (
+                s("source_address"),
+                s("destination_address"),
+                s("observation_point"),
+                s("interface_name"),
+                s("direction"),
+                s("flow_end_reason"),
+            );
+            let proto = b
+                .column_by_name("protocol")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<UInt8Array>()
+                .unwrap()
+                .clone();
+            let (sp, dp, pk, by) = (
+                u16c("source_port"),
+                u16c("destination_port"),
+                i64c("packets"),
+                i64c("bytes"),
+            );
+            let start = b
+                .column_by_name("flow_start")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+                .unwrap()
+                .clone();
+            let end = b
+                .column_by_name("flow_end")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+                .unwrap()
+                .clone();
             let cid = s("community_id");
             let now_us = rand_suffix() as i64 / 1000;
             for i in 0..b.num_rows() {
@@ -115,9 +188,21 @@ fn read_records(dir: &Path, ifname: &str) -> BTreeMap<FlowTuple, Sum> {
                 assert_eq!(dir_.value(i), "ingress");
                 assert!(start.value(i) <= end.value(i));
                 // Wall-clock conversion: within the last 5 minutes, not in the future.
-                assert!(end.value(i) <= now_us && end.value(i) > now_us - 300_000_000, "bad time {}", end.value(i));
+                assert!(
+                    end.value(i) <= now_us && end.value(i) > now_us - 300_000_000,
+                    "bad time {}",
+                    end.value(i)
+                );
                 assert!(cid.value(i).starts_with("1:") && cid.value(i).len() == 30);
-                assert!(["idle_timeout", "active_timeout", "end_of_flow", "forced_end"].contains(&reason.value(i)));
+                assert!(
+                    [
+                        "idle_timeout",
+                        "active_timeout",
+                        "end_of_flow",
+                        "forced_end"
+                    ]
+                    .contains(&reason.value(i))
+                );
                 let p = proto.value(i);
                 let ports = matches!(p, 6 | 17);
                 let t = FlowTuple {
@@ -148,22 +233,69 @@ fn xdp_exports_exact_counts_for_real_traffic() {
     // A drain interval longer than the traffic: the counts checked here come from the final drain
     // after the probe is detached (the per-key drainer can lose updates that race a drain; see
     // docs/ARCHITECTURE.md).
-    let child = start_flowlens(&b, &link, &out, &["--drain-interval", "20s", "--idle-timeout", "30s"]);
+    let child = start_flowlens(
+        &b,
+        &link,
+        &out,
+        &["--drain-interval", "20s", "--idle-timeout", "30s"],
+    );
     let cap = Capture::start(&b, &link.b_if).unwrap();
 
-    let (a4, b4, a6, b6) = (IpAddr::V4(link.a_v4), IpAddr::V4(link.b_v4), IpAddr::V6(link.a_v6), IpAddr::V6(link.b_v6));
-    let sent_udp = [(a4, b4, 40001u16, 7001u16, 37u32, 120usize, 20u64), (a6, b6, 40002, 7002, 23, 333, 40)];
+    let (a4, b4, a6, b6) = (
+        IpAddr::V4(link.a_v4),
+        IpAddr::V4(link.b_v4),
+        IpAddr::V6(link.a_v6),
+        IpAddr::V6(link.b_v6),
+    );
+    let sent_udp = [
+        (a4, b4, 40001u16, 7001u16, 37u32, 120usize, 20u64),
+        (a6, b6, 40002, 7002, 23, 333, 40),
+    ];
     for &(s, d, sp, dp, n, len, _) in &sent_udp {
-        assert_eq!(udp_exchange(&a, &b, SocketAddr::new(s, sp), SocketAddr::new(d, dp), n, len).unwrap(), n);
+        assert_eq!(
+            udp_exchange(
+                &a,
+                &b,
+                SocketAddr::new(s, sp),
+                SocketAddr::new(d, dp),
+                n,
+                len
+            )
+            .unwrap(),
+            n
+        );
     }
     assert_eq!(icmp_echo(&a, a4, b4, 4, 56, 0x1234).unwrap(), 4);
     assert_eq!(icmp_echo(&a, a6, b6, 3, 100, 0x1235).unwrap(), 3);
-    assert_eq!(tcp_transfer(&a, &b, SocketAddr::new(a4, 40003), SocketAddr::new(b4, 7003), 3_000_000).unwrap(), 3_000_000);
-    assert_eq!(tcp_transfer(&a, &b, SocketAddr::new(a6, 40004), SocketAddr::new(b6, 7004), 1_000_000).unwrap(), 1_000_000);
+    assert_eq!(
+        tcp_transfer(
+            &a,
+            &b,
+            SocketAddr::new(a4, 40003),
+            SocketAddr::new(b4, 7003),
+            3_000_000
+        )
+        .unwrap(),
+        3_000_000
+    );
+    assert_eq!(
+        tcp_transfer(
+            &a,
+            &b,
+            SocketAddr::new(a6, 40004),
+            SocketAddr::new(b6, 7004),
+            1_000_000
+        )
+        .unwrap(),
+        1_000_000
+    );
 
     let st = stop(child, libc::SIGINT);
     assert!(st.success(), "flowlens exited with {st}");
-    assert!(!xdp_attached(&b, &link.b_if), "XDP program still attached after shutdown");
+    assert!(
+        !xdp_attached(&b, &link.b_if),
+        "XDP program still attached after shutdown"
+    );
     let frames = cap.stop().unwrap();
     let truth = flows_of(&frames);
     let got = read_records(&out, &link.b_if);
@@ -171,19 +303,66 @@ fn xdp_exports_exact_counts_for_real_traffic() {
     // Only the test's own flows (A's global addresses to B's); link-local chatter is ignored.
     let ours = |t: &FlowTuple| (t.src == a4 && t.dst == b4) || (t.src == a6 && t.dst == b6);
     let truth: BTreeMap<_, _> = truth.into_iter().filter(|(t, _)| ours(t)).collect();
-    let got_ours: BTreeMap<_, _> = got.iter().filter(|(t, _)| ours(t)).map(|(t, s)| (*t, (s.packets, s.bytes))).collect();
-    assert_eq!(got_ours, truth, "exported flows differ from the AF_PACKET capture");
+    let got_ours: BTreeMap<_, _> = got
+        .iter()
+        .filter(|(t, _)| ours(t))
+        .map(|(t, s)| (*t, (s.packets, s.bytes)))
+        .collect();
+    assert_eq!(
+        got_ours, truth,
+        "exported flows differ from the AF_PACKET capture"
+    );
 
     // And against what was sent.
     for &(s, d, sp, dp, n, len, hdr) in &sent_udp {
-        let t = FlowTuple { src: s, dst: d, proto: 17, src_port: sp, dst_port: dp };
-        assert_eq!(got_ours[&t], (n as u64, n as u64 * (hdr + 8 + len as u64)), "udp {t:?}");
+        let t = FlowTuple {
+            src: s,
+            dst: d,
+            proto: 17,
+            src_port: sp,
+            dst_port: dp,
+        };
+        assert_eq!(
+            got_ours[&t],
+            (n as u64, n as u64 * (hdr + 8 + len as u64)),
+            "udp {t:?}"
+        );
     }
-    assert_eq!(got_ours[&FlowTuple { src: a4, dst: b4, proto: 1, src_port: 0, dst_port: 0 }], (4, 4 * (20 + 8 + 56)));
-    assert_eq!(got_ours[&FlowTuple { src: a6, dst: b6, proto: 58, src_port: 0, dst_port: 0 }], (3, 3 * (40 + 8 + 100)));
-    let tcp4 = got_ours[&FlowTuple { src: a4, dst: b4, proto: 6, src_port: 40003, dst_port: 7003 }];
+    assert_eq!(
+        got_ours[&FlowTuple {
+            src: a4,
+            dst: b4,
+            proto: 1,
+            src_port: 0,
+            dst_port: 0
+        }],
+        (4, 4 * (20 + 8 + 56))
+    );
+    assert_eq!(
+        got_ours[&FlowTuple {
+            src: a6,
+            dst: b6,
+            proto: 58,
+            src_port: 0,
+            dst_port: 0
+        }],
+        (3, 3 * (40 + 8 + 100))
+    );
+    let tcp4 = got_ours[&FlowTuple {
+        src: a4,
+        dst: b4,
+        proto: 6,
+        src_port: 40003,
+        dst_port: 7003,
+    }];
     assert!(tcp4.1 > 3_000_000 && tcp4.0 >= 3, "tcp v4 {tcp4:?}");
-    let tcp6 = got_ours[&FlowTuple { src: a6, dst: b6, proto: 6, src_port: 40004, dst_port: 7004 }];
+    let tcp6 = got_ours[&FlowTuple {
+        src: a6,
+        dst: b6,
+        proto: 6,
+        src_port: 40004,
+        dst_port: 7004,
+    }];
     assert!(tcp6.1 > 1_000_000, "tcp v6 {tcp6:?}");
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -196,24 +375,98 @@ fn native_xdp_on_veth_counts_what_was_sent() {
     let b = Netns::new("natb").unwrap();
     let link = veth_pair(&a, &b).unwrap();
     let out = tmpdir("native");
-    let child = start_flowlens_mode(&b, &link, &out, "native", &["--drain-interval", "20s", "--idle-timeout", "30s"]);
-    assert!(b.ip_output(&["link", "show", "dev", &link.b_if]).unwrap().contains("xdp "), "not in driver mode");
-    let (a4, b4, a6, b6) = (IpAddr::V4(link.a_v4), IpAddr::V4(link.b_v4), IpAddr::V6(link.a_v6), IpAddr::V6(link.b_v6));
-    assert_eq!(udp_exchange(&a, &b, SocketAddr::new(a4, 30001), SocketAddr::new(b4, 6001), 250, 1000).unwrap(), 250);
-    assert_eq!(udp_exchange(&a, &b, SocketAddr::new(a6, 30002), SocketAddr::new(b6, 6002), 120, 1200).unwrap(), 120);
+    let child = start_flowlens_mode(
+        &b,
+        &link,
+        &out,
+        "native",
+        &["--drain-interval", "20s", "--idle-timeout", "30s"],
+    );
+    assert!(
+        b.ip_output(&["link", "show", "dev", &link.b_if])
+            .unwrap()
+            .contains("xdp "),
+        "not in driver mode"
+    );
+    let (a4, b4, a6, b6) = (
+        IpAddr::V4(link.a_v4),
+        IpAddr::V4(link.b_v4),
+        IpAddr::V6(link.a_v6),
+        IpAddr::V6(link.b_v6),
+    );
+    assert_eq!(
+        udp_exchange(
+            &a,
+            &b,
+            SocketAddr::new(a4, 30001),
+            SocketAddr::new(b4, 6001),
+            250,
+            1000
+        )
+        .unwrap(),
+        250
+    );
+    assert_eq!(
+        udp_exchange(
+            &a,
+            &b,
+            SocketAddr::new(a6, 30002),
+            SocketAddr::new(b6, 6002),
+            120,
+            1200
+        )
+        .unwrap(),
+        120
+    );
     assert_eq!(icmp_echo(&a, a6, b6, 6, 32, 0x2222).unwrap(), 6);
-    assert_eq!(tcp_transfer(&a, &b, SocketAddr::new(a4, 30003), SocketAddr::new(b4, 6003), 2_000_000).unwrap(), 2_000_000);
+    assert_eq!(
+        tcp_transfer(
+            &a,
+            &b,
+            SocketAddr::new(a4, 30003),
+            SocketAddr::new(b4, 6003),
+            2_000_000
+        )
+        .unwrap(),
+        2_000_000
+    );
     let st = stop(child, libc::SIGTERM);
     assert!(st.success(), "flowlens exited with {st}");
     assert!(!xdp_attached(&b, &link.b_if));
     let got = read_records(&out, &link.b_if);
-    let t = |src, dst, proto, sp, dp| got[&FlowTuple { src, dst, proto, src_port: sp, dst_port: dp }];
-    assert_eq!((t(a4, b4, 17, 30001, 6001).packets, t(a4, b4, 17, 30001, 6001).bytes), (250, 250 * 1028));
-    assert_eq!((t(a6, b6, 17, 30002, 6002).packets, t(a6, b6, 17, 30002, 6002).bytes), (120, 120 * 1248));
-    assert_eq!((t(a6, b6, 58, 0, 0).packets, t(a6, b6, 58, 0, 0).bytes), (6, 6 * 80));
+    let t = |src, dst, proto, sp, dp| {
+        got[&FlowTuple {
+            src,
+            dst,
+            proto,
+            src_port: sp,
+            dst_port: dp,
+        }]
+    };
+    assert_eq!(
+        (
+            t(a4, b4, 17, 30001, 6001).packets,
+            t(a4, b4, 17, 30001, 6001).bytes
+        ),
+        (250, 250 * 1028)
+    );
+    assert_eq!(
+        (
+            t(a6, b6, 17, 30002, 6002).packets,
+            t(a6, b6, 17, 30002, 6002).bytes
+        ),
+        (120, 120 * 1248)
+    );
+    assert_eq!(
+        (t(a6, b6, 58, 0, 0).packets, t(a6, b6, 58, 0, 0).bytes),
+        (6, 6 * 80)
+    );
     let tcp = t(a4, b4, 6, 30003, 6003);
     // Native XDP on veth sees MTU-sized segments: at least payload/1448 data packets.
-    assert!(tcp.packets >= 2_000_000 / 1448 && tcp.bytes > 2_000_000, "{tcp:?}");
+    assert!(
+        tcp.packets >= 2_000_000 / 1448 && tcp.bytes > 2_000_000,
+        "{tcp:?}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -229,13 +482,28 @@ fn killed_writer_leaves_no_partial_parquet_file() {
         &b,
         &link,
         &out,
-        &["--drain-interval", "100ms", "--idle-timeout", "200ms", "--parquet-rotate-interval", "700ms"],
+        &[
+            "--drain-interval",
+            "100ms",
+            "--idle-timeout",
+            "200ms",
+            "--parquet-rotate-interval",
+            "700ms",
+        ],
     );
     // Bounded traffic: new UDP flows for ~2.5 s so records keep arriving and files keep rotating.
     let t0 = Instant::now();
     let mut port = 20000u16;
     while t0.elapsed() < Duration::from_millis(2500) {
-        udp_exchange(&a, &b, SocketAddr::new(link.a_v4.into(), port), SocketAddr::new(link.b_v4.into(), 9000), 3, 64).unwrap();
+        udp_exchange(
+            &a,
+            &b,
+            SocketAddr::new(link.a_v4.into(), port),
+            SocketAddr::new(link.b_v4.into(), 9000),
+            3,
+            64,
+        )
+        .unwrap();
         port += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -261,13 +529,19 @@ fn killed_writer_leaves_no_partial_parquet_file() {
                 }
                 complete += 1;
             } else if name.ends_with(".parquet.inprogress") {
-                assert!(name.starts_with('.'), "in-progress file must be hidden: {name}");
+                assert!(
+                    name.starts_with('.'),
+                    "in-progress file must be hidden: {name}"
+                );
                 inprogress += 1;
             }
         }
     }
     assert!(complete >= 1, "no file completed before the kill");
-    assert!(inprogress >= 1, "the kill did not land mid-file (test would be vacuous)");
+    assert!(
+        inprogress >= 1,
+        "the kill did not land mid-file (test would be vacuous)"
+    );
     // The killed process could not detach: the link-based XDP attachment goes away with its fd.
     wait_attached(&b, &link.b_if, false);
     std::fs::remove_dir_all(&out).unwrap();
@@ -278,20 +552,63 @@ fn killed_writer_leaves_no_partial_parquet_file() {
 fn bad_arguments_fail_cleanly() {
     let dir = tmpdir("badargs");
     let cases: &[(&[&str], &str)] = &[
-        (&["run", "--xdp", "nonexistent0", "--sink", "stdout"], "unknown interface"),
-        (&["run", "--xdp", "lo", "--sink", "bogus:x"], "unknown sink kind"),
-        (&["run", "--xdp", "lo", "--idle-timeout", "1s", "--drain-interval", "2s"], "must not exceed"),
-        (&["run", "--xdp", "lo", "--sink", "parquet:/proc/flowlens-nope"], "parquet:/proc/flowlens-nope"),
+        (
+            &["run", "--xdp", "nonexistent0", "--sink", "stdout"],
+            "unknown interface",
+        ),
+        (
+            &["run", "--xdp", "lo", "--sink", "bogus:x"],
+            "unknown sink kind",
+        ),
+        (
+            &[
+                "run",
+                "--xdp",
+                "lo",
+                "--idle-timeout",
+                "1s",
+                "--drain-interval",
+                "2s",
+            ],
+            "must not exceed",
+        ),
+        (
+            &[
+                "run",
+                "--xdp",
+                "lo",
+                "--sink",
+                "parquet:/proc/flowlens-nope",
+            ],
+            "parquet:/proc/flowlens-nope",
+        ),
     ];
     for (args, want) in cases {
-        let o = std::process::Command::new(FLOWLENS).args(*args).current_dir(&dir).output().unwrap();
+        let o = std::process::Command::new(FLOWLENS)
+            .args(*args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
     }
-    let help = std::process::Command::new(FLOWLENS).args(["run", "--help"]).output().unwrap();
+    let help = std::process::Command::new(FLOWLENS)
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for opt in ["--xdp", "--xdp-mode", "--sink", "--drain-interval", "--active-timeout", "--idle-timeout", "--max-flows", "--duration", "--config"] {
+    for opt in [
+        "--xdp",
+        "--xdp-mode",
+        "--sink",
+        "--drain-interval",
+        "--active-timeout",
+        "--idle-timeout",
+        "--max-flows",
+        "--duration",
+        "--config",
+    ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
