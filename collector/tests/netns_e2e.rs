@@ -470,6 +470,30 @@ fn native_xdp_on_veth_counts_what_was_sent() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// (complete `.parquet` files, whether an in-progress file was opened less than 1 s ago).
+fn scan_files(dir: &Path) -> (usize, bool) {
+    let now_ms = rand_suffix() / 1_000_000;
+    let (mut complete, mut fresh) = (0, false);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".parquet") && !name.starts_with('.') {
+                complete += 1;
+            } else if let Some(rest) = name.strip_suffix(".parquet.inprogress") {
+                // .flows-<host>-<opened ms>-<pid>-<seq>
+                let parts: Vec<&str> = rest.rsplitn(4, '-').collect();
+                let opened: u128 = parts[2].parse().unwrap();
+                fresh |= now_ms.saturating_sub(opened) < 1000;
+            }
+        }
+    }
+    (complete, fresh)
+}
+
 /// SIGKILL while a Parquet file is open: no partial `.parquet` file is ever visible, every
 /// complete file reads back in full.
 #[test]
@@ -488,13 +512,19 @@ fn killed_writer_leaves_no_partial_parquet_file() {
             "--idle-timeout",
             "200ms",
             "--parquet-rotate-interval",
-            "700ms",
+            "3s",
         ],
     );
-    // Bounded traffic: new UDP flows for ~2.5 s so records keep arriving and files keep rotating.
+    // Bounded traffic (new UDP flows, at most 30 s) until at least one file is complete and a
+    // fresh one is in progress: opened less than 1 s ago, so with a 3 s rotation interval it is
+    // certainly still open when the kill lands. The open time is part of the file name.
     let t0 = Instant::now();
     let mut port = 20000u16;
-    while t0.elapsed() < Duration::from_millis(2500) {
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no complete + fresh in-progress file within 30 s"
+        );
         udp_exchange(
             &a,
             &b,
@@ -505,6 +535,10 @@ fn killed_writer_leaves_no_partial_parquet_file() {
         )
         .unwrap();
         port += 1;
+        let (complete, fresh) = scan_files(&out);
+        if complete >= 1 && fresh {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = stop(child, libc::SIGKILL);
