@@ -30,6 +30,13 @@ pub struct Totals {
     pub sink_errors: u64,
     pub records_lost_in_sinks: u64,
     pub vanished_entries: u64,
+    /// Packets/bytes moved out of the kernel map (before the flow table).
+    pub drained_packets: u64,
+    pub drained_bytes: u64,
+    /// At shutdown: packets/bytes the probe keyed but that never reached user space (drain races,
+    /// LRU evictions, refused inserts). Exact, because the probe is detached by then.
+    pub lost_packets: u64,
+    pub lost_bytes: u64,
 }
 
 /// Builds the sinks; fails before anything is attached if a target is unusable.
@@ -93,6 +100,8 @@ impl Pipeline {
             );
         }
         for (k, v) in &self.deltas {
+            self.totals.drained_packets += v.packets;
+            self.totals.drained_bytes += v.bytes;
             self.table.merge(k, v);
         }
         self.ended.clear();
@@ -153,6 +162,39 @@ fn log_kernel_stats(ks: &KernelStats) {
             "probe counters"
         ),
         Err(e) => tracing::warn!(error = %e, "reading probe counters"),
+    }
+}
+
+/// After the final drain (probe detached): every packet the probe keyed must have been drained.
+/// Whatever was not is reported with numbers, never silently dropped.
+fn check_conservation(ks: &KernelStats, t: &mut Totals) {
+    let Ok(v) = ks.read() else {
+        tracing::warn!("could not read probe counters: conservation not checked");
+        return;
+    };
+    let keyed_packets = v[stats::PACKETS_SEEN as usize]
+        .saturating_sub(v[stats::NON_IP as usize])
+        .saturating_sub(v[stats::UNPARSED as usize]);
+    let keyed_bytes = v[stats::BYTES_KEYED as usize];
+    t.lost_packets = keyed_packets.saturating_sub(t.drained_packets);
+    t.lost_bytes = keyed_bytes.saturating_sub(t.drained_bytes);
+    if t.lost_packets > 0 || t.lost_bytes > 0 {
+        tracing::warn!(
+            keyed_packets,
+            drained_packets = t.drained_packets,
+            lost_packets = t.lost_packets,
+            lost_bytes = t.lost_bytes,
+            "conservation: packets counted by the probe never reached user space (drain races, LRU evictions or refused inserts)"
+        );
+    } else {
+        tracing::info!(
+            keyed_packets,
+            keyed_bytes,
+            drained_packets = t.drained_packets,
+            drained_bytes = t.drained_bytes,
+            lost_packets = 0,
+            "conservation: every keyed packet was drained"
+        );
     }
 }
 
@@ -224,6 +266,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     drop(probe);
     let last = pipe.cycle(&mut drainer, true);
     log_kernel_stats(&kstats);
+    check_conservation(&kstats, &mut pipe.totals);
     let closed = pipe.close();
     result?;
     last?;

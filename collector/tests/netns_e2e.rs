@@ -48,6 +48,7 @@ fn start_flowlens_mode(ns: &Netns, link: &Link, out: &Path, mode: &str, extra: &
         .arg(format!("parquet:{}", out.display()))
         .args(extra)
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flowlens");
     wait_attached(ns, &link.b_if, true);
@@ -71,10 +72,23 @@ fn wait_attached(ns: &Netns, ifname: &str, want: bool) {
     }
 }
 
-fn stop(mut child: Child, sig: i32) -> std::process::ExitStatus {
+/// Signals flowlens, waits, returns its exit status and stderr (which is echoed).
+fn stop(child: Child, sig: i32) -> (std::process::ExitStatus, String) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, sig) };
-    child.wait().unwrap()
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprint!("{err}");
+    (out.status, err)
+}
+
+/// The shutdown conservation check found nothing lost.
+fn assert_nothing_lost(stderr: &str) {
+    assert!(
+        stderr.contains("conservation: every keyed packet was drained")
+            && stderr.contains("lost_packets=0"),
+        "conservation check did not pass:\n{stderr}"
+    );
 }
 
 /// Complete (non-hidden) Parquet files under `dir`.
@@ -290,8 +304,9 @@ fn xdp_exports_exact_counts_for_real_traffic() {
         1_000_000
     );
 
-    let st = stop(child, libc::SIGINT);
+    let (st, stderr) = stop(child, libc::SIGINT);
     assert!(st.success(), "flowlens exited with {st}");
+    assert_nothing_lost(&stderr);
     assert!(
         !xdp_attached(&b, &link.b_if),
         "XDP program still attached after shutdown"
@@ -430,8 +445,9 @@ fn native_xdp_on_veth_counts_what_was_sent() {
         .unwrap(),
         2_000_000
     );
-    let st = stop(child, libc::SIGTERM);
+    let (st, stderr) = stop(child, libc::SIGTERM);
     assert!(st.success(), "flowlens exited with {st}");
+    assert_nothing_lost(&stderr);
     assert!(!xdp_attached(&b, &link.b_if));
     let got = read_records(&out, &link.b_if);
     let t = |src, dst, proto, sp, dp| {
@@ -468,6 +484,69 @@ fn native_xdp_on_veth_counts_what_was_sent() {
         "{tcp:?}"
     );
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// A kernel map too small for the traffic: LRU evictions lose counts, and the shutdown
+/// conservation check reports the loss with numbers instead of hiding it.
+#[test]
+fn lru_overflow_is_reported_not_silent() {
+    let a = Netns::new("lrua").unwrap();
+    let b = Netns::new("lrub").unwrap();
+    let link = veth_pair(&a, &b).unwrap();
+    let out = tmpdir("lru");
+    let child = start_flowlens(
+        &b,
+        &link,
+        &out,
+        &[
+            "--max-flows",
+            "16",
+            "--drain-interval",
+            "20s",
+            "--idle-timeout",
+            "30s",
+        ],
+    );
+    for i in 0..100u16 {
+        let src = SocketAddr::new(link.a_v4.into(), 21000 + i);
+        assert_eq!(
+            udp_exchange(&a, &b, src, SocketAddr::new(link.b_v4.into(), 9100), 2, 10).unwrap(),
+            2
+        );
+    }
+    let (st, stderr) = stop(child, libc::SIGINT);
+    assert!(st.success());
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("never reached user space"))
+        .unwrap_or_else(|| panic!("no loss reported:\n{stderr}"));
+    let lost: u64 = line
+        .split("lost_packets=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let got: u64 = read_records(&out, &link.b_if)
+        .values()
+        .map(|s| s.packets)
+        .sum();
+    let keyed = stderr_count(&stderr, "keyed_packets=");
+    // Every packet the probe keyed was either exported or reported lost.
+    assert!(lost > 0 && keyed >= 200, "{line}");
+    assert_eq!(got + lost, keyed, "{line}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn stderr_count(stderr: &str, key: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.split(key).nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
 }
 
 /// (complete `.parquet` files, whether an in-progress file was opened less than 1 s ago).
@@ -541,7 +620,7 @@ fn killed_writer_leaves_no_partial_parquet_file() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let st = stop(child, libc::SIGKILL);
+    let (st, _) = stop(child, libc::SIGKILL);
     assert!(!st.success());
     let mut complete = 0;
     let mut inprogress = 0;
