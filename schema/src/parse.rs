@@ -12,7 +12,10 @@
 //! * IPv6 extension headers (hop-by-hop, routing, fragment, destination options) are walked up to
 //!   [`MAX_IPV6_EXT_HEADERS`]; a longer chain is unparsed. Each header must lie inside the datagram.
 //! * Non-first fragments (IPv4 offset != 0, IPv6 fragment offset != 0) carry no transport header:
-//!   they are keyed with ports, ICMP type and code zero.
+//!   they are keyed with ports, ICMP type and code zero. The protocol of an IPv6 non-first fragment
+//!   is the fragment header's next header, i.e. whatever starts the fragmentable part; when that is
+//!   a destination-options header (RFC 8200 order) it is 60, not the transport, because the
+//!   transport is only named in the first fragment. Without reassembly no exporter can do better.
 //! * TCP needs its 20-byte header (data offset >= 5), UDP/UDP-Lite 8 bytes, SCTP its 12-byte common
 //!   header, ICMP (in IPv4) and ICMPv6 (in IPv6) 8 bytes, all inside the datagram; a transport header
 //!   that is cut short makes the packet unparsed. Other protocols are keyed without ports.
