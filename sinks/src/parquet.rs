@@ -120,7 +120,7 @@ impl ParquetSink {
         })
     }
 
-    fn open_file(&mut self, part: (i64, u32), sample_us: i64) -> Result<OpenFile> {
+    fn open_file(&mut self, sample_us: i64) -> Result<OpenFile> {
         let dir = self.opts.dir.join(partition_path(sample_us));
         std::fs::create_dir_all(&dir)
             .map_err(|e| SinkError::io(format!("creating {}", dir.display()), e))?;
@@ -141,7 +141,6 @@ impl ParquetSink {
         let file = File::create(&tmp)
             .map_err(|e| SinkError::io(format!("creating {}", tmp.display()), e))?;
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-        let _ = part;
         Ok(OpenFile {
             writer,
             tmp,
@@ -211,11 +210,11 @@ impl Sink for ParquetSink {
             return Ok(());
         }
         // Group by partition; records usually all fall into one hour.
-        let mut idx: BTreeMap<(i64, u32), Vec<FlowRecord>> = BTreeMap::new();
         let first = partition_of(records[0].flow_end_us);
         if records.iter().all(|r| partition_of(r.flow_end_us) == first) {
             self.write_partition(first, records)?;
         } else {
+            let mut idx: BTreeMap<(i64, u32), Vec<FlowRecord>> = BTreeMap::new();
             for r in records {
                 idx.entry(partition_of(r.flow_end_us))
                     .or_default()
@@ -240,7 +239,7 @@ impl Sink for ParquetSink {
 impl ParquetSink {
     fn write_partition(&mut self, part: (i64, u32), records: &[FlowRecord]) -> Result<()> {
         if !self.open.contains_key(&part) {
-            let f = self.open_file(part, records[0].flow_end_us)?;
+            let f = self.open_file(records[0].flow_end_us)?;
             self.open.insert(part, f);
         }
         let batch = to_record_batch(&self.schema, records)?;
