@@ -8,7 +8,13 @@ use flowlens::{config::RunArgs, run, top};
 
 /// flowlens: flow records from XDP eBPF probes, exported to Parquet (and stdout).
 #[derive(Parser)]
-#[command(name = "flowlens", version, about, propagate_version = true)]
+#[command(
+    name = "flowlens",
+    version,
+    about = "flowlens: per-flow counters from XDP eBPF probes, exported as flow records to Parquet or stdout",
+    after_help = "Log level: FLOWLENS_LOG=error|warn|info|debug|trace (default info), on stderr.",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
