@@ -42,7 +42,7 @@ pub struct RunArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Attach the XDP probe to IFACE (repeatable). Default: every interface that is up, except loopback.
+    /// Attach the XDP probe to IFACE (repeatable). Default: every interface that is up, except loopback, bridge/bond ports, bridges and VLAN devices (which would see the same packets twice).
     #[arg(long = "xdp", value_name = "IFACE")]
     #[serde(default)]
     pub xdp: Vec<String>,
@@ -75,7 +75,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
 
-    /// Stop after this long (drains, flushes and detaches first). [default: run until SIGINT/SIGTERM]
+    /// Stop after this long (detaches, drains a last time and closes the sinks). [default: run until SIGINT/SIGTERM]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_duration")]
     pub duration: Option<Duration>,
@@ -190,6 +190,20 @@ impl RunConfig {
         for i in &self.xdp {
             if !seen.insert(i) {
                 bail!("--xdp {i} given twice");
+            }
+        }
+        // Two sinks on one directory would write files with the same names.
+        let mut dirs = std::collections::HashSet::new();
+        for s in &self.sinks {
+            let key = match s {
+                SinkSpec::Parquet(d) => std::path::absolute(d)
+                    .unwrap_or_else(|_| d.clone())
+                    .components()
+                    .collect::<PathBuf>(),
+                SinkSpec::Stdout => PathBuf::from("-"),
+            };
+            if !dirs.insert(key) {
+                bail!("--sink {s} given twice (same destination)");
             }
         }
         Ok(())

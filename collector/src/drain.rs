@@ -43,6 +43,10 @@ impl Drainer for PerKeyDrainer {
         for k in self.map.keys() {
             self.keys.push(k?);
         }
+        // When the LRU evicts the key the listing stands on, the kernel restarts the listing
+        // from the first bucket: drop the repeats.
+        self.keys.sort_unstable();
+        self.keys.dedup();
         let mut st = DrainStats::default();
         for k in &self.keys {
             match self.map.get(k, 0) {

@@ -43,8 +43,8 @@ impl FlowTable {
     pub fn new(active_timeout: Duration, idle_timeout: Duration) -> Self {
         FlowTable {
             flows: HashMap::new(),
-            active_ns: active_timeout.as_nanos() as u64,
-            idle_ns: idle_timeout.as_nanos() as u64,
+            active_ns: u64::try_from(active_timeout.as_nanos()).unwrap_or(u64::MAX),
+            idle_ns: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 
@@ -78,7 +78,8 @@ impl FlowTable {
                 packets: d.packets,
                 bytes: d.bytes,
                 first_seen_ns: d.first_seen_ns,
-                last_seen_ns: d.last_seen_ns,
+                // CPUs store last_seen without ordering: never let it precede first_seen.
+                last_seen_ns: d.last_seen_ns.max(d.first_seen_ns),
                 tcp_flags: flags,
                 dscp: d.dscp,
             });

@@ -28,7 +28,9 @@ pub fn name_of(index: u32) -> Option<String> {
     Some(s.to_string_lossy().into_owned())
 }
 
-/// Interfaces that are administratively up, except loopback: the default XDP set.
+/// The default XDP set: interfaces that are administratively up, except loopback and except
+/// interfaces whose packets another interface in the set already sees (so nothing is counted
+/// twice): ports enslaved to a bridge or bond (they have a `master`), bridges and VLAN devices.
 pub fn up_non_loopback() -> Result<Vec<String>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
@@ -38,7 +40,12 @@ pub fn up_non_loopback() -> Result<Vec<String>> {
         let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
         let up = flags & libc::IFF_UP as u32 != 0;
         let lo = flags & libc::IFF_LOOPBACK as u32 != 0;
-        if up && !lo {
+        let enslaved = e.path().join("master").exists();
+        let uevent = std::fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
+        let stacked = uevent
+            .lines()
+            .any(|l| l == "DEVTYPE=bridge" || l == "DEVTYPE=vlan");
+        if up && !lo && !enslaved && !stacked {
             out.push(name);
         }
     }

@@ -88,17 +88,22 @@ impl Pipeline {
     /// One cycle: drain, merge, expire (or end everything when `final_cycle`), export.
     pub fn cycle(&mut self, drainer: &mut dyn Drainer, final_cycle: bool) -> Result<()> {
         self.deltas.clear();
-        let st = drainer
-            .drain(&mut self.deltas)
-            .context("draining the flow map")?;
+        // A failed drain still hands over what it moved out of the kernel, and the final cycle
+        // still ends every open flow: the error is returned after the records are out.
+        let drain_err = match drainer.drain(&mut self.deltas) {
+            Ok(st) => {
+                self.totals.vanished_entries += st.vanished as u64;
+                if st.vanished > 0 {
+                    tracing::warn!(
+                        entries = st.vanished,
+                        "flow entries evicted by the kernel LRU during the drain; their counts are lost"
+                    );
+                }
+                None
+            }
+            Err(e) => Some(e),
+        };
         self.totals.drains += 1;
-        self.totals.vanished_entries += st.vanished as u64;
-        if st.vanished > 0 {
-            tracing::warn!(
-                entries = st.vanished,
-                "flow entries evicted by the kernel LRU during the drain; their counts are lost"
-            );
-        }
         for (k, v) in &self.deltas {
             self.totals.drained_packets += v.packets;
             self.totals.drained_bytes += v.bytes;
@@ -132,7 +137,10 @@ impl Pipeline {
                 tracing::error!(sink = s.name(), records = self.records.len(), error = %e, "sink failed; these records are lost for this sink");
             }
         }
-        Ok(())
+        match drain_err {
+            Some(e) => Err(anyhow::Error::new(e).context("draining the flow map")),
+            None => Ok(()),
+        }
     }
 
     /// Flushes and closes every sink.
@@ -143,6 +151,8 @@ impl Pipeline {
                 tracing::error!(sink = s.name(), error = %e, "closing sink");
                 failed.push(s.name().to_string());
             }
+            // Records a sink accepted and then could not deliver (e.g. a file it could not finish).
+            self.totals.records_lost_in_sinks += s.records_lost();
         }
         if !failed.is_empty() {
             bail!("sinks failed to close: {}", failed.join(", "));
@@ -236,7 +246,10 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     let result: Result<()> = rt.block_on(async {
         let mut tick = tokio::time::interval(cfg.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        use tokio::signal::unix::{SignalKind, signal};
+        // One persistent listener each, created before the loop, so no signal is missed.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let stop_after = async {
             match cfg.duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -247,6 +260,10 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         let mut n: u64 = 0;
         loop {
             tokio::select! {
+                biased;
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = &mut stop_after => { tracing::info!("duration reached: stopping"); break; }
                 _ = tick.tick() => {
                     pipe.cycle(&mut drainer, false)?;
                     n += 1;
@@ -255,15 +272,15 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
                         log_kernel_stats(&kstats);
                     }
                 }
-                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
-                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-                _ = &mut stop_after => { tracing::info!("duration reached: stopping"); break; }
             }
         }
         Ok(())
     });
     // Stop observing first, then take the last counts: nothing arrives after the final drain.
+    // Detaching does not wait for program runs in flight on other CPUs (they last microseconds);
+    // a short pause covers them before the last drain.
     drop(probe);
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let last = pipe.cycle(&mut drainer, true);
     log_kernel_stats(&kstats);
     check_conservation(&kstats, &mut pipe.totals);
@@ -277,6 +294,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         packets = t.packets,
         bytes = t.bytes,
         sink_errors = t.sink_errors,
+        records_lost_in_sinks = t.records_lost_in_sinks,
         "flowlens stopped"
     );
     Ok(t)

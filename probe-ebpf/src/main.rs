@@ -122,15 +122,7 @@ mod probe {
                     (*v).dscp = dscp;
                 }
             } else {
-                let fresh = FlowValue {
-                    packets: 1,
-                    bytes,
-                    first_seen_ns: now,
-                    last_seen_ns: now,
-                    tcp_flags: flags,
-                    dscp,
-                    _pad: [0; 7],
-                };
+                let fresh = FlowValue::first(bytes, flags, dscp, now);
                 if FLOWS_PERCPU.insert(&key, &fresh, 0).is_err() {
                     bump(stats::MAP_ERRORS, 1);
                 }
@@ -161,15 +153,7 @@ mod probe {
             update(v, bytes, flags, dscp, now);
             return;
         }
-        let fresh = FlowValue {
-            packets: 1,
-            bytes,
-            first_seen_ns: now,
-            last_seen_ns: now,
-            tcp_flags: flags,
-            dscp,
-            _pad: [0; 7],
-        };
+        let fresh = FlowValue::first(bytes, flags, dscp, now);
         if FLOWS.insert(key, &fresh, BPF_NOEXIST).is_ok() {
             return;
         }

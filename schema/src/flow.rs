@@ -83,6 +83,22 @@ pub struct FlowValue {
     pub _pad: [u8; 7],
 }
 
+impl FlowValue {
+    /// The value of a flow's first packet.
+    #[inline(always)]
+    pub const fn first(bytes: u64, tcp_flags: u64, dscp: u8, now_ns: u64) -> Self {
+        FlowValue {
+            packets: 1,
+            bytes,
+            first_seen_ns: now_ns,
+            last_seen_ns: now_ns,
+            tcp_flags,
+            dscp,
+            _pad: [0; 7],
+        }
+    }
+}
+
 /// Slots of the per-CPU `STATS` array (each a `u64`).
 pub mod stats {
     /// Every packet the program ran on.

@@ -52,6 +52,11 @@ pub trait Sink: Send {
     /// Flushes everything and releases resources. Records written before a successful `close`
     /// are durable at the destination.
     fn close(&mut self) -> Result<()>;
+    /// Records this sink accepted (`write` returned `Ok`) but could not deliver afterwards,
+    /// e.g. rows of a file that could not be completed. Reported, never silent.
+    fn records_lost(&self) -> u64 {
+        0
+    }
 }
 
 /// A parsed `--sink` value.

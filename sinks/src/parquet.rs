@@ -1,6 +1,6 @@
 //! Parquet files in a local directory, Hive-style partitions.
 //!
-//! Layout: `DIR/date=YYYY-MM-DD/hour=HH/flows-<host>-<opened unix ms>-<seq>.parquet`, partitioned
+//! Layout: `DIR/date=YYYY-MM-DD/hour=HH/flows-<host>-<opened unix ms>-<pid>-<seq>.parquet`, partitioned
 //! by each record's `flow_end` (UTC). A file is written as `.flows-….parquet.inprogress` (a hidden
 //! name that Spark, DuckDB and Hive-style readers skip) and renamed only after its footer is
 //! written and synced: a reader never sees a partial `.parquet` file, even if the process is
@@ -40,6 +40,8 @@ pub struct ParquetOptions {
 
 struct OpenFile {
     writer: ArrowWriter<File>,
+    /// Rows accepted into this file so far.
+    rows: u64,
     tmp: PathBuf,
     fin: PathBuf,
     opened: Instant,
@@ -54,6 +56,8 @@ pub struct ParquetSink {
     seq: u64,
     /// Files completed so far (final paths), for logs and tests.
     pub completed: Vec<PathBuf>,
+    /// Rows of files that could not be completed (left as `.inprogress`).
+    lost: u64,
 }
 
 /// Writer settings, in one place.
@@ -117,6 +121,7 @@ impl ParquetSink {
             open: BTreeMap::new(),
             seq: 0,
             completed: Vec::new(),
+            lost: 0,
         })
     }
 
@@ -143,6 +148,7 @@ impl ParquetSink {
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
         Ok(OpenFile {
             writer,
+            rows: 0,
             tmp,
             fin,
             opened: Instant::now(),
@@ -150,6 +156,16 @@ impl ParquetSink {
     }
 
     fn finish(&mut self, f: OpenFile) -> Result<()> {
+        let (rows, tmp) = (f.rows, f.tmp.clone());
+        let res = self.finish_inner(f);
+        if let Err(e) = &res {
+            self.lost += rows;
+            tracing::error!(file = %tmp.display(), rows, error = %e, "parquet file could not be completed; its rows are lost (the partial file stays as .inprogress)");
+        }
+        res
+    }
+
+    fn finish_inner(&mut self, f: OpenFile) -> Result<()> {
         let file = f.writer.into_inner()?;
         file.sync_all()
             .map_err(|e| SinkError::io(format!("syncing {}", f.tmp.display()), e))?;
@@ -234,6 +250,10 @@ impl Sink for ParquetSink {
     fn close(&mut self) -> Result<()> {
         self.rotate(true)
     }
+
+    fn records_lost(&self) -> u64 {
+        self.lost
+    }
 }
 
 impl ParquetSink {
@@ -247,7 +267,16 @@ impl ParquetSink {
             spec: self.name.clone(),
             reason: "internal: partition vanished".into(),
         })?;
-        f.writer.write(&batch)?;
+        if let Err(e) = f.writer.write(&batch) {
+            // The writer may be unusable now: abandon the file (its earlier rows are lost and
+            // counted; this batch is reported by the caller through the error).
+            if let Some(f) = self.open.remove(&part) {
+                self.lost += f.rows;
+                tracing::error!(file = %f.tmp.display(), rows = f.rows, error = %e, "abandoning parquet file after a write error; its rows are lost");
+            }
+            return Err(e.into());
+        }
+        f.rows += records.len() as u64;
         Ok(())
     }
 }
