@@ -188,7 +188,15 @@ fn check_conservation(ks: &KernelStats, t: &mut Totals) {
     let keyed_bytes = v[stats::BYTES_KEYED as usize];
     t.lost_packets = keyed_packets.saturating_sub(t.drained_packets);
     t.lost_bytes = keyed_bytes.saturating_sub(t.drained_bytes);
-    if t.lost_packets > 0 || t.lost_bytes > 0 {
+    if t.drained_packets > keyed_packets || t.drained_bytes > keyed_bytes {
+        tracing::error!(
+            keyed_packets,
+            keyed_bytes,
+            drained_packets = t.drained_packets,
+            drained_bytes = t.drained_bytes,
+            "conservation: more drained than the probe keyed (double counting)"
+        );
+    } else if t.lost_packets > 0 || t.lost_bytes > 0 {
         tracing::warn!(
             keyed_packets,
             drained_packets = t.drained_packets,
