@@ -66,20 +66,24 @@ impl Drainer for PerKeyDrainer {
     }
 }
 
-/// Reads the probe's per-CPU counters, summed over CPUs.
+type Counters = [u64; stats::COUNT as usize];
+
+/// Reads the probe's per-CPU counters (one entry, every slot), summed over CPUs.
 pub struct KernelStats {
-    map: PerCpuArray<MapData, u64>,
+    map: PerCpuArray<MapData, Counters>,
 }
 
 impl KernelStats {
-    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
+    pub fn new(map: PerCpuArray<MapData, Counters>) -> Self {
         KernelStats { map }
     }
 
-    pub fn read(&self) -> Result<[u64; stats::COUNT as usize], MapError> {
+    pub fn read(&self) -> Result<Counters, MapError> {
         let mut out = [0u64; stats::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = self.map.get(&(i as u32), 0)?.iter().sum();
+        for cpu in self.map.get(&0, 0)?.iter() {
+            for (sum, v) in out.iter_mut().zip(cpu) {
+                *sum += v;
+            }
         }
         Ok(out)
     }

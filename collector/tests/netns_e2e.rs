@@ -100,25 +100,6 @@ fn assert_nothing_lost(stderr: &str) {
     );
 }
 
-/// Complete (non-hidden) Parquet files under `dir`.
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-            {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sum {
     packets: u64,
@@ -129,7 +110,7 @@ struct Sum {
 /// Reads every record back, summing per tuple (ports zero for non-TCP/UDP, as in the capture),
 /// and checks per-row invariants.
 fn read_records(dir: &Path, ifname: &str) -> BTreeMap<FlowTuple, Sum> {
-    let files = parquet_files(dir);
+    let files = flowlens::top::parquet_files(dir).unwrap();
     assert!(!files.is_empty(), "no parquet files in {}", dir.display());
     let mut out: BTreeMap<FlowTuple, Sum> = BTreeMap::new();
     for f in files {

@@ -39,9 +39,10 @@ mod probe {
     static FLOWS_PERCPU: LruPerCpuHashMap<FlowKey, FlowValue> =
         LruPerCpuHashMap::with_max_entries(1, 0);
 
-    /// Per-CPU counters, slots in [`flowlens_schema::stats`].
+    /// Per-CPU counters: one entry holding every slot of [`flowlens_schema::stats`], so a packet
+    /// costs one array lookup however many counters it touches.
     #[map]
-    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+    static STATS: PerCpuArray<[u64; stats::COUNT as usize]> = PerCpuArray::with_max_entries(1, 0);
 
     const BPF_NOEXIST: u64 = 1;
 
@@ -65,26 +66,33 @@ mod probe {
         }
     }
 
+    /// This CPU's counters.
     #[inline(always)]
-    fn bump(slot: u32, by: u64) {
-        if let Some(p) = STATS.get_ptr_mut(slot) {
-            // SAFETY: per-CPU slot of this CPU; XDP runs with preemption disabled.
-            unsafe { *p += by };
+    fn counters() -> Option<*mut [u64; stats::COUNT as usize]> {
+        STATS.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn bump(c: Option<*mut [u64; stats::COUNT as usize]>, slot: u32, by: u64) {
+        if let Some(p) = c {
+            // SAFETY: this CPU's entry; XDP runs with preemption disabled; `slot` < COUNT.
+            unsafe { (*p)[slot as usize] += by };
         }
     }
 
     /// Parses the frame and fills in the key; counts non-IP and unparsed frames.
     #[inline(always)]
     fn classify(ctx: &XdpContext) -> Option<(FlowKey, u64, u64, u8)> {
-        bump(stats::PACKETS_SEEN, 1);
+        let c = counters();
+        bump(c, stats::PACKETS_SEEN, 1);
         let meta = match parse_ethernet(&Xdp(ctx)) {
             Parsed::Flow(m) => m,
             Parsed::NonIp => {
-                bump(stats::NON_IP, 1);
+                bump(c, stats::NON_IP, 1);
                 return None;
             }
             Parsed::Unparsed => {
-                bump(stats::UNPARSED, 1);
+                bump(c, stats::UNPARSED, 1);
                 return None;
             }
         };
@@ -92,7 +100,7 @@ mod probe {
         key.observation_point = OBS_XDP;
         // SAFETY: reading the ingress ifindex from the xdp_md context.
         key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        bump(stats::BYTES_KEYED, meta.ip_len as u64);
+        bump(c, stats::BYTES_KEYED, meta.ip_len as u64);
         Some((key, meta.ip_len as u64, meta.tcp_flags as u64, meta.dscp))
     }
 
@@ -124,7 +132,7 @@ mod probe {
             } else {
                 let fresh = FlowValue::first(bytes, flags, dscp, now);
                 if FLOWS_PERCPU.insert(&key, &fresh, 0).is_err() {
-                    bump(stats::MAP_ERRORS, 1);
+                    bump(counters(), stats::MAP_ERRORS, 1);
                 }
             }
         }
@@ -160,7 +168,7 @@ mod probe {
         // Another CPU inserted the flow between our lookup and insert: add to its entry.
         match FLOWS.get_ptr_mut(key) {
             Some(v) => update(v, bytes, flags, dscp, now),
-            None => bump(stats::MAP_ERRORS, 1),
+            None => bump(counters(), stats::MAP_ERRORS, 1),
         }
     }
 

@@ -99,7 +99,7 @@ impl FlowValue {
     }
 }
 
-/// Slots of the per-CPU `STATS` array (each a `u64`).
+/// Slots of the per-CPU `STATS` entry (an array of `COUNT` `u64`s, one entry per CPU).
 pub mod stats {
     /// Every packet the program ran on.
     pub const PACKETS_SEEN: u32 = 0;

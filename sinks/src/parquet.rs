@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -208,11 +208,6 @@ impl ParquetSink {
             }
         }
         first_err.map_or(Ok(()), Err)
-    }
-
-    /// The directory this sink writes to.
-    pub fn dir(&self) -> &Path {
-        &self.opts.dir
     }
 }
 
