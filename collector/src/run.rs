@@ -152,7 +152,18 @@ impl Pipeline {
                 failed.push(s.name().to_string());
             }
             // Records a sink accepted and then could not deliver (e.g. a file it could not finish).
-            self.totals.records_lost_in_sinks += s.records_lost();
+            let m = s.metrics();
+            self.totals.records_lost_in_sinks += m.lost;
+            tracing::info!(
+                sink = s.name(),
+                sent = m.sent,
+                acknowledged = m.acknowledged,
+                retried = m.retried,
+                rejected = m.rejected,
+                queued = m.queued,
+                lost = m.lost,
+                "sink closed"
+            );
         }
         if !failed.is_empty() {
             bail!("sinks failed to close: {}", failed.join(", "));

@@ -57,6 +57,28 @@ pub trait Sink: Send {
     fn records_lost(&self) -> u64 {
         0
     }
+    /// Delivery counters of this sink (see [`SinkMetrics`]). The default knows only losses.
+    fn metrics(&self) -> SinkMetrics {
+        SinkMetrics {
+            lost: self.records_lost(),
+            ..SinkMetrics::default()
+        }
+    }
+}
+
+/// Per-sink delivery counters, in records. Every sink reports the same set so that operators
+/// (logs now, a metrics endpoint later) can compare them:
+/// `sent` handed to the destination, `acknowledged` confirmed durable by it, `retried` re-sent
+/// after a retryable failure, `rejected` refused by the destination for good, `queued` waiting
+/// in memory right now, `lost` accepted by the sink but never delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkMetrics {
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub retried: u64,
+    pub rejected: u64,
+    pub queued: u64,
+    pub lost: u64,
 }
 
 /// A parsed `--sink` value.
