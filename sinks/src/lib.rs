@@ -5,6 +5,7 @@
 //! A sink that fails returns an error; the collector counts and logs it (the records of that
 //! batch are reported as lost, never silently).
 
+pub mod kafka;
 pub mod parquet;
 pub mod stdout;
 
@@ -24,6 +25,14 @@ pub enum SinkError {
     Parquet(#[from] ::parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("{context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("{sink}: {records} records were not delivered (counted as lost)")]
+    Lost { sink: String, records: u64 },
     #[error("invalid sink {spec:?}: {reason}")]
     Spec { spec: String, reason: String },
 }
@@ -88,6 +97,8 @@ pub enum SinkSpec {
     Parquet(PathBuf),
     /// `stdout`
     Stdout,
+    /// `kafka:BROKERS/TOPIC`, BROKERS = `host:port[,host:port...]`
+    Kafka { brokers: String, topic: String },
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -113,9 +124,47 @@ impl std::str::FromStr for SinkSpec {
                 Ok(SinkSpec::Parquet(PathBuf::from(t)))
             }
             ("parquet", _) => Err(bad("expected parquet:DIR")),
-            _ => Err(bad("unknown sink kind; expected `parquet:DIR` or `stdout`")),
+            ("kafka", Some(t)) => {
+                let (brokers, topic) = parse_kafka_target(t).map_err(|r| bad(&r))?;
+                Ok(SinkSpec::Kafka { brokers, topic })
+            }
+            ("kafka", None) => Err(bad("expected kafka:BROKERS/TOPIC")),
+            _ => Err(bad(
+                "unknown sink kind; expected `parquet:DIR`, `kafka:BROKERS/TOPIC` or `stdout`",
+            )),
         }
     }
+}
+
+/// `host:port[,host:port...]/topic` → (brokers, topic).
+fn parse_kafka_target(t: &str) -> std::result::Result<(String, String), String> {
+    let Some((brokers, topic)) = t.rsplit_once('/') else {
+        return Err("expected kafka:BROKERS/TOPIC (e.g. kafka:127.0.0.1:9092/flows)".into());
+    };
+    if topic.is_empty()
+        || topic.len() > 249
+        || topic == "."
+        || topic == ".."
+        || !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "{topic:?} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+        ));
+    }
+    if brokers.is_empty() {
+        return Err("no brokers before the topic (expected kafka:HOST:PORT/TOPIC)".into());
+    }
+    for b in brokers.split(',') {
+        let ok = b
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(format!("broker {b:?} is not HOST:PORT"));
+        }
+    }
+    Ok((brokers.to_string(), topic.to_string()))
 }
 
 impl std::fmt::Display for SinkSpec {
@@ -123,6 +172,7 @@ impl std::fmt::Display for SinkSpec {
         match self {
             SinkSpec::Parquet(p) => write!(f, "parquet:{}", p.display()),
             SinkSpec::Stdout => f.write_str("stdout"),
+            SinkSpec::Kafka { brokers, topic } => write!(f, "kafka:{brokers}/{topic}"),
         }
     }
 }
@@ -137,10 +187,30 @@ mod tests {
             "parquet:./f".parse::<SinkSpec>().unwrap(),
             SinkSpec::Parquet("./f".into())
         );
+        assert_eq!(
+            "kafka:127.0.0.1:9092,[::1]:9093/flows.v1"
+                .parse::<SinkSpec>()
+                .unwrap(),
+            SinkSpec::Kafka {
+                brokers: "127.0.0.1:9092,[::1]:9093".into(),
+                topic: "flows.v1".into()
+            }
+        );
+        let k = "kafka:b1:9092/t".parse::<SinkSpec>().unwrap();
+        assert_eq!(k.to_string().parse::<SinkSpec>().unwrap(), k);
         for bad in [
             "parquet",
             "parquet:",
             "kafka:x/y",
+            "kafka",
+            "kafka:",
+            "kafka:h:9092",
+            "kafka:h:9092/",
+            "kafka:/t",
+            "kafka:h:0/t",
+            "kafka:h:x/t",
+            "kafka:h:9092,/t",
+            "kafka:h:9092/bad topic",
             "stdout:x",
             "parquet:s3://b/p",
             "",

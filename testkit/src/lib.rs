@@ -11,10 +11,15 @@
 //! * [`flows_of`]: per-flow packet / byte totals of captured frames, computed with
 //!   `etherparse` (deliberately not with flowlens' own parser).
 //!
+//! * [`kafka`]: a real Kafka-compatible broker process (tansu) and a consumer that reads a
+//!   topic back; [`records`]: synthetic flow records (both directions of each conversation).
+//!
 //! Traffic only ever goes to addresses inside namespaces created by this crate (or to
 //! loopback inside them); every wait is bounded in time and every loop in count.
 
 mod capture;
+pub mod kafka;
+pub mod records;
 mod flows;
 mod link;
 mod netns;

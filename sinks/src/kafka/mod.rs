@@ -1,0 +1,327 @@
+//! Kafka (`--sink kafka:BROKERS/TOPIC`): one flow record per message, protobuf
+//! (`schema/proto/flow.proto`) or JSON, keyed by a hash of the Community ID.
+//!
+//! * [`encode`]: records to bytes (pure).
+//! * [`service`]: librdkafka's delivery reports and statistics as counters.
+//! * this module: options, producer settings and the [`Sink`] implementation.
+//!
+//! Delivery: `write` hands each record to librdkafka's producer queue and returns; a background
+//! thread serves delivery reports. A record is *acknowledged* only when the broker confirmed it
+//! (`acks=all`). While the brokers are unreachable, records wait in librdkafka's queue, bounded
+//! by `queue_max_records` (`--kafka-queue-max-records`) and by `message.timeout.ms` (5 min by
+//! default). A record that finds the queue full is dropped at once and counted as lost (the
+//! collector thread never blocks: blocking would stall the kernel map drain and lose more).
+//! A record still unacknowledged when its timeout expires, or when `close` gives up after
+//! `close_timeout`, is counted as lost; one the broker refused for good is counted as
+//! rejected (and lost). At any time `acknowledged + lost + queued == records written`.
+
+pub mod encode;
+pub mod service;
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use flowlens_schema::record::FlowRecord;
+use rdkafka::{
+    ClientConfig,
+    error::KafkaError,
+    producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer},
+    types::RDKafkaErrorCode,
+};
+
+pub use encode::{Encoder, KafkaFormat, message_key};
+use service::{Counters, DeliveryContext};
+
+use crate::{Result, Sink, SinkError, SinkMetrics};
+
+/// Default bound of records waiting for the broker (librdkafka's
+/// `queue.buffering.max.messages`): about 20 MB of protobuf records, a few minutes of a busy
+/// host's flows.
+pub const DEFAULT_QUEUE_MAX_RECORDS: u32 = 100_000;
+/// How long `close` waits for outstanding acknowledgements.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Producer settings flowlens chooses, applied before `--kafka-option` values (which win).
+/// Reasons next to each.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    // Delivered means stored by every in-sync replica.
+    ("acks", "all"),
+    // Flow records compress well (repeated names, hosts, address prefixes).
+    ("compression.type", "zstd"),
+    // librdkafka recommends linger >= 50 ms for throughput; records arrive once per drain
+    // interval (1 s) anyway, so 100 ms adds no meaningful latency.
+    ("linger.ms", "100"),
+    // Large batches: up to 10k records / 1 MB per partition request (librdkafka's maximums
+    // for the default broker `message.max.bytes`).
+    ("batch.num.messages", "10000"),
+    ("batch.size", "1000000"),
+    // How long a record may wait for an unreachable broker before it is counted as lost
+    // (librdkafka's default, stated here because the docs promise it).
+    ("message.timeout.ms", "300000"),
+    // Statistics feed the `retried` counter (produce request retries).
+    ("statistics.interval.ms", "1000"),
+    ("client.id", "flowlens"),
+];
+
+/// Properties that flowlens sets from its own options; `--kafka-option` may not override them.
+const RESERVED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "give the brokers in --sink kafka:BROKERS/TOPIC"),
+    ("metadata.broker.list", "give the brokers in --sink kafka:BROKERS/TOPIC"),
+    ("queue.buffering.max.messages", "use --kafka-queue-max-records"),
+];
+
+/// Checks one `--kafka-option` value: `key=value`, a plausible property name, not reserved.
+/// librdkafka itself rejects unknown names and bad values when the sink is built.
+pub fn parse_option(s: &str) -> std::result::Result<(String, String), String> {
+    let Some((k, v)) = s.split_once('=') else {
+        return Err(format!("--kafka-option {s:?}: expected key=value"));
+    };
+    let k = k.trim();
+    if k.is_empty()
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "--kafka-option {s:?}: {k:?} is not a librdkafka property name (e.g. security.protocol)"
+        ));
+    }
+    if let Some((_, hint)) = RESERVED.iter().find(|(r, _)| *r == k) {
+        return Err(format!("--kafka-option {k}: set by flowlens; {hint}"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Options of the Kafka sink.
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// `host:port[,host:port...]`
+    pub brokers: String,
+    pub topic: String,
+    pub format: KafkaFormat,
+    /// Extra librdkafka properties (`--kafka-option`), applied after [`PRODUCER_DEFAULTS`].
+    pub options: Vec<(String, String)>,
+    pub queue_max_records: u32,
+    pub close_timeout: Duration,
+}
+
+impl KafkaOptions {
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        KafkaOptions {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            format: KafkaFormat::default(),
+            options: Vec::new(),
+            queue_max_records: DEFAULT_QUEUE_MAX_RECORDS,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+        }
+    }
+
+    /// The librdkafka configuration: defaults, then user options, then what flowlens owns.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in PRODUCER_DEFAULTS {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.brokers);
+        c.set(
+            "queue.buffering.max.messages",
+            self.queue_max_records.to_string(),
+        );
+        c
+    }
+}
+
+pub struct KafkaSink {
+    name: String,
+    opts: KafkaOptions,
+    producer: Option<ThreadedProducer<DeliveryContext>>,
+    counters: Arc<Counters>,
+    encoder: Encoder,
+    buf: Vec<u8>,
+    /// Records handed to librdkafka.
+    sent: u64,
+    /// Records dropped because the queue was full.
+    dropped_queue_full: u64,
+    /// Records librdkafka refused locally (e.g. larger than `message.max.bytes`).
+    refused_locally: u64,
+    /// Records neither acknowledged nor failed when the producer was destroyed.
+    unaccounted_at_close: u64,
+    /// Failures already logged (`tick` logs new ones).
+    failures_logged: u64,
+    drops_logged: u64,
+}
+
+impl KafkaSink {
+    /// Creates the producer (validates every property). Does not wait for the brokers: records
+    /// queue until they are reachable; an unreachable broker or a missing topic is logged.
+    pub fn new(opts: KafkaOptions) -> Result<Self> {
+        let name = format!("kafka:{}/{}", opts.brokers, opts.topic);
+        if opts.queue_max_records == 0 {
+            return Err(SinkError::Spec {
+                spec: name,
+                reason: "the queue bound must be at least 1 record".into(),
+            });
+        }
+        let counters = Arc::new(Counters::default());
+        let ctx = DeliveryContext {
+            counters: counters.clone(),
+            name: name.clone(),
+        };
+        let producer: ThreadedProducer<DeliveryContext> = opts
+            .client_config()
+            .create_with_context(ctx)
+            .map_err(|e| SinkError::Kafka {
+                context: format!("{name}: creating the producer"),
+                source: e,
+            })?;
+        Ok(KafkaSink {
+            name,
+            encoder: Encoder::new(opts.format),
+            opts,
+            producer: Some(producer),
+            counters,
+            buf: Vec::with_capacity(512),
+            sent: 0,
+            dropped_queue_full: 0,
+            refused_locally: 0,
+            unaccounted_at_close: 0,
+            failures_logged: 0,
+            drops_logged: 0,
+        })
+    }
+
+    /// Asks the brokers for the topic's metadata (bounded wait); logs what is wrong, if
+    /// anything. Records are queued either way.
+    pub fn check_reachable(&self, timeout: Duration) {
+        let Some(p) = &self.producer else { return };
+        match p.client().fetch_metadata(Some(&self.opts.topic), timeout) {
+            Ok(md) => match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    tracing::info!(sink = %self.name, partitions = t.partitions().len(), "kafka topic found")
+                }
+                _ => tracing::warn!(sink = %self.name, "kafka topic not found on the brokers; records queue until it exists (or their timeout expires)"),
+            },
+            Err(e) => tracing::warn!(sink = %self.name, error = %e, "kafka brokers not reachable yet; records queue (bounded) until they are"),
+        }
+    }
+
+    /// Logs failures and drops that happened since the last call.
+    fn report(&mut self) {
+        let failed = self.counters.failed.load(Ordering::Relaxed);
+        if failed > self.failures_logged {
+            let last = self
+                .counters
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            tracing::error!(sink = %self.name, records = failed - self.failures_logged, last_error = %last, "kafka deliveries failed; these records are lost");
+            self.failures_logged = failed;
+        }
+        let dropped = self.dropped_queue_full + self.refused_locally;
+        if dropped > self.drops_logged {
+            tracing::error!(sink = %self.name, records = dropped - self.drops_logged, queue_bound = self.opts.queue_max_records, "kafka queue full (brokers unreachable or too slow) or record refused; these records are lost");
+            self.drops_logged = dropped;
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
+        let Some(p) = &self.producer else {
+            return Err(SinkError::Spec {
+                spec: self.name.clone(),
+                reason: "write after close".into(),
+            });
+        };
+        for (i, r) in records.iter().enumerate() {
+            self.encoder.encode(r, &mut self.buf);
+            let key = message_key(r);
+            let rec = BaseRecord::to(&self.opts.topic)
+                .key(&key[..])
+                .payload(&self.buf[..])
+                .timestamp(r.flow_end_us / 1000);
+            match p.send(rec) {
+                Ok(()) => self.sent += 1,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.dropped_queue_full += (records.len() - i) as u64;
+                    break;
+                }
+                Err((e, _)) => {
+                    self.refused_locally += 1;
+                    if let Ok(mut last) = self.counters.last_error.lock() {
+                        *last = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        self.report();
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        self.report();
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(p) = self.producer.take() else {
+            return Ok(());
+        };
+        let flushed = p.flush(self.opts.close_timeout);
+        if flushed.is_err() {
+            tracing::warn!(sink = %self.name, unacknowledged = p.in_flight_count(), timeout = ?self.opts.close_timeout, "kafka: not every record acknowledged in time; purging the rest (counted as lost)");
+            p.purge(PurgeConfig::default().queue().inflight());
+            // Serve the purge's delivery reports.
+            let _ = p.flush(Duration::from_secs(5));
+        }
+        // Destroying the producer serves any last reports; after this no callback runs.
+        drop(p);
+        let c = &self.counters;
+        let accounted = c.acked.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
+        self.unaccounted_at_close = self.sent.saturating_sub(accounted);
+        self.report();
+        let m = self.metrics();
+        if m.lost > 0 {
+            return Err(SinkError::Lost {
+                sink: self.name.clone(),
+                records: m.lost,
+            });
+        }
+        Ok(())
+    }
+
+    fn records_lost(&self) -> u64 {
+        self.metrics().lost
+    }
+
+    fn metrics(&self) -> SinkMetrics {
+        let c = &self.counters;
+        let failed = c.failed.load(Ordering::Relaxed);
+        SinkMetrics {
+            sent: self.sent,
+            acknowledged: c.acked.load(Ordering::Relaxed),
+            retried: c.request_retries.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed) + self.refused_locally,
+            queued: self
+                .producer
+                .as_ref()
+                .map_or(0, |p| p.in_flight_count().max(0) as u64),
+            lost: self.dropped_queue_full
+                + self.refused_locally
+                + failed
+                + self.unaccounted_at_close,
+        }
+    }
+}

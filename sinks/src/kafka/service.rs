@@ -1,0 +1,126 @@
+//! The I/O side of the Kafka sink: librdkafka's producer callbacks, turned into counters.
+//!
+//! A record counts as acknowledged only when its delivery report says the broker stored it
+//! (with `acks=all`: every in-sync replica). Failed reports are split into `rejected` (the
+//! broker answered with an error code: permanent, librdkafka already retried what was
+//! retryable) and other failures (message timeout while the broker was unreachable, purge at
+//! close); both count as lost.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use rdkafka::{
+    ClientContext,
+    config::RDKafkaLogLevel,
+    error::KafkaError,
+    producer::{DeliveryResult, ProducerContext},
+    statistics::Statistics,
+};
+
+/// Delivery counters, written by librdkafka's polling thread, read by the sink.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Delivery reports that said "stored".
+    pub acked: AtomicU64,
+    /// Delivery reports with an error (rejected ones included).
+    pub failed: AtomicU64,
+    /// Failed reports carrying a broker error code.
+    pub rejected: AtomicU64,
+    /// Produce requests librdkafka re-sent (sum of `txretries` over brokers, from its
+    /// statistics; librdkafka does not report retries per record).
+    pub request_retries: AtomicU64,
+    /// The most recent delivery error, for the periodic log line.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// The producer's context: delivery reports, statistics and librdkafka's log lines.
+pub struct DeliveryContext {
+    pub counters: std::sync::Arc<Counters>,
+    pub name: String,
+}
+
+/// Broker error codes are non-negative; librdkafka's local errors (timeout, purge, transport)
+/// are negative.
+fn is_broker_error(e: &KafkaError) -> bool {
+    e.rdkafka_error_code().is_some_and(|c| c as i32 >= 0)
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(sink = %self.name, facility = fac, "librdkafka: {msg}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(sink = %self.name, facility = fac, "librdkafka: {msg}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(sink = %self.name, facility = fac, "librdkafka: {msg}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(sink = %self.name, facility = fac, "librdkafka: {msg}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Transport errors (broker down) arrive here repeatedly; records wait in the queue.
+        tracing::warn!(sink = %self.name, error = %error, "kafka client: {reason}");
+    }
+
+    fn stats(&self, s: Statistics) {
+        let retries: u64 = s.brokers.values().map(|b| b.txretries).sum();
+        self.counters
+            .request_retries
+            .fetch_max(retries, Ordering::Relaxed);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let c = &self.counters;
+        match result {
+            Ok(_) => {
+                c.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                if is_broker_error(e) {
+                    c.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Ok(mut last) = c.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn broker_errors_are_told_from_local_ones() {
+        assert!(is_broker_error(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(is_broker_error(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(!is_broker_error(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        assert!(!is_broker_error(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::PurgeQueue
+        )));
+    }
+}
