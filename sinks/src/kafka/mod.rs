@@ -60,7 +60,7 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // How long a record may wait for an unreachable broker before it is counted as lost
     // (librdkafka's default, stated here because the docs promise it).
     ("message.timeout.ms", "300000"),
-    // Statistics feed the `retried` counter (produce request retries).
+    // Statistics feed the `retried` counter (record retransmissions, see service::Counters).
     ("statistics.interval.ms", "1000"),
     ("client.id", "flowlens"),
 ];
@@ -312,12 +312,13 @@ impl Sink for KafkaSink {
         SinkMetrics {
             sent: self.sent,
             acknowledged: c.acked.load(Ordering::Relaxed),
-            retried: c.request_retries.load(Ordering::Relaxed),
+            retried: c.retransmitted.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed) + self.refused_locally,
+            // Handed to librdkafka, no delivery report yet (librdkafka's own outq_len also
+            // counts requests and events, so it is not used here).
             queued: self
-                .producer
-                .as_ref()
-                .map_or(0, |p| p.in_flight_count().max(0) as u64),
+                .sent
+                .saturating_sub(c.acked.load(Ordering::Relaxed) + failed + self.unaccounted_at_close),
             lost: self.dropped_queue_full
                 + self.refused_locally
                 + failed

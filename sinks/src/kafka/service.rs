@@ -28,9 +28,11 @@ pub struct Counters {
     pub failed: AtomicU64,
     /// Failed reports carrying a broker error code.
     pub rejected: AtomicU64,
-    /// Produce requests librdkafka re-sent (sum of `txretries` over brokers, from its
-    /// statistics; librdkafka does not report retries per record).
-    pub request_retries: AtomicU64,
+    /// Record transmissions beyond one per acknowledged or rejected record: librdkafka counts
+    /// every record it puts into a produce request (`txmsgs` in its statistics) but has no
+    /// per-record retry count. Sampled when its queue is empty (so every transmitted record
+    /// has its delivery report), at most once per `statistics.interval.ms`; never decreases.
+    pub retransmitted: AtomicU64,
     /// The most recent delivery error, for the periodic log line.
     pub last_error: Mutex<Option<String>>,
 }
@@ -74,10 +76,15 @@ impl ClientContext for DeliveryContext {
     }
 
     fn stats(&self, s: Statistics) {
-        let retries: u64 = s.brokers.values().map(|b| b.txretries).sum();
-        self.counters
-            .request_retries
-            .fetch_max(retries, Ordering::Relaxed);
+        // msg_cnt counts records until their delivery report has been served, so at zero every
+        // transmitted record is in `acked` or `rejected` (or failed locally after a send, which
+        // then counts as a retransmission that did not succeed).
+        if s.msg_cnt == 0 {
+            let c = &self.counters;
+            let done = c.acked.load(Ordering::Relaxed) + c.rejected.load(Ordering::Relaxed);
+            let extra = u64::try_from(s.txmsgs).unwrap_or(0).saturating_sub(done);
+            c.retransmitted.fetch_max(extra, Ordering::Relaxed);
+        }
     }
 }
 
