@@ -4,7 +4,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use flowlens_sinks::SinkSpec;
+use flowlens_sinks::{
+    SinkSpec,
+    kafka::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_QUEUE_MAX_RECORDS, KafkaFormat},
+};
 use serde::{Deserialize, Deserializer};
 
 use crate::probe::XdpAttachMode;
@@ -23,6 +26,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+fn de_from_str<'de, D: Deserializer<'de>, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -51,7 +63,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpAttachMode>,
 
-    /// Where records go (repeatable): `parquet:DIR` or `stdout`. [default: parquet:./flows]
+    /// Where records go (repeatable; each sink gets every record): `parquet:DIR`, `kafka:BROKERS/TOPIC` (BROKERS = host:port[,host:port...]) or `stdout`. [default: parquet:./flows]
     #[arg(long = "sink", value_name = "KIND:TARGET")]
     #[serde(default)]
     pub sink: Vec<String>,
@@ -88,6 +100,25 @@ pub struct RunArgs {
     /// Close a Parquet file once it holds about this many bytes. [default: 134217728]
     #[arg(long, value_name = "BYTES")]
     pub parquet_rotate_bytes: Option<u64>,
+
+    /// Kafka message format: `protobuf` (flowlens.v1.FlowRecord, schema/proto/flow.proto) or `json` (keys = column names). [default: protobuf]
+    #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<KafkaFormat>())]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub kafka_format: Option<KafkaFormat>,
+
+    /// librdkafka producer property KEY=VALUE (repeatable), e.g. `security.protocol=SASL_PLAINTEXT`; overrides flowlens' defaults (zstd, linger.ms=100, acks=all).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub kafka_option: Vec<String>,
+
+    /// Records waiting for the Kafka brokers (unacknowledged) at most; past it, new records are dropped and counted as lost. [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub kafka_queue_max_records: Option<u32>,
+
+    /// At shutdown, how long to wait for Kafka acknowledgements before counting the rest as lost. [default: 30s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub kafka_close_timeout: Option<Duration>,
 }
 
 /// `flowlens run` settings after merging the config file, the command line and defaults.
@@ -104,6 +135,11 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     pub parquet_rotate_interval: Duration,
     pub parquet_rotate_bytes: u64,
+    pub kafka_format: KafkaFormat,
+    /// Validated `--kafka-option` pairs, in order.
+    pub kafka_options: Vec<(String, String)>,
+    pub kafka_queue_max_records: u32,
+    pub kafka_close_timeout: Duration,
 }
 
 impl RunArgs {
@@ -136,6 +172,10 @@ impl RunArgs {
             .iter()
             .map(|s| s.parse::<SinkSpec>().map_err(anyhow::Error::from))
             .collect::<Result<Vec<_>>>()?;
+        let kafka_options = pick_vec(self.kafka_option, file.kafka_option)
+            .iter()
+            .map(|o| flowlens_sinks::kafka::parse_option(o).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
         let cfg = RunConfig {
             xdp,
             xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
@@ -165,6 +205,19 @@ impl RunArgs {
                 .parquet_rotate_bytes
                 .or(file.parquet_rotate_bytes)
                 .unwrap_or(DEFAULT_PARQUET_ROTATE_BYTES),
+            kafka_format: self
+                .kafka_format
+                .or(file.kafka_format)
+                .unwrap_or_default(),
+            kafka_options,
+            kafka_queue_max_records: self
+                .kafka_queue_max_records
+                .or(file.kafka_queue_max_records)
+                .unwrap_or(DEFAULT_QUEUE_MAX_RECORDS),
+            kafka_close_timeout: self
+                .kafka_close_timeout
+                .or(file.kafka_close_timeout)
+                .unwrap_or(DEFAULT_CLOSE_TIMEOUT),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -186,6 +239,9 @@ impl RunConfig {
         if self.parquet_rotate_bytes == 0 {
             bail!("--parquet-rotate-bytes must be greater than zero");
         }
+        if self.kafka_queue_max_records == 0 {
+            bail!("--kafka-queue-max-records must be at least 1");
+        }
         let mut seen = std::collections::HashSet::new();
         for i in &self.xdp {
             if !seen.insert(i) {
@@ -201,6 +257,7 @@ impl RunConfig {
                     .components()
                     .collect::<PathBuf>(),
                 SinkSpec::Stdout => PathBuf::from("-"),
+                SinkSpec::Kafka { .. } => PathBuf::from(s.to_string()),
             };
             if !dirs.insert(key) {
                 bail!("--sink {s} given twice (same destination)");
@@ -237,6 +294,62 @@ mod tests {
         assert_eq!(c.xdp_mode, XdpAttachMode::Auto);
         assert!(c.xdp.is_empty());
         assert_eq!(c.duration, None);
+        assert_eq!(c.kafka_format, KafkaFormat::Protobuf);
+        assert_eq!(c.kafka_queue_max_records, 100_000);
+        assert_eq!(c.kafka_close_timeout, Duration::from_secs(30));
+        assert!(c.kafka_options.is_empty());
+    }
+
+    #[test]
+    fn kafka_options_from_cli_and_file() {
+        let c = args(&[
+            "--sink",
+            "kafka:127.0.0.1:9092,127.0.0.1:9093/flows",
+            "--sink",
+            "parquet:/tmp/x",
+            "--kafka-format",
+            "json",
+            "--kafka-option",
+            "security.protocol=SASL_PLAINTEXT",
+            "--kafka-option",
+            "sasl.password=a=b",
+            "--kafka-queue-max-records",
+            "5000",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.sinks[0],
+            SinkSpec::Kafka {
+                brokers: "127.0.0.1:9092,127.0.0.1:9093".into(),
+                topic: "flows".into()
+            }
+        );
+        assert_eq!(c.kafka_format, KafkaFormat::Json);
+        assert_eq!(
+            c.kafka_options,
+            vec![
+                ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+                ("sasl.password".into(), "a=b".into())
+            ]
+        );
+        assert_eq!(c.kafka_queue_max_records, 5000);
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-k-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k.toml");
+        std::fs::write(
+            &f,
+            "sink = [\"kafka:b:9092/t\"]\nkafka-format = \"json\"\nkafka-option = [\"linger.ms=5\"]\nkafka-close-timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.kafka_format, KafkaFormat::Json);
+        assert_eq!(c.kafka_options, vec![("linger.ms".into(), "5".into())]);
+        assert_eq!(c.kafka_close_timeout, Duration::from_secs(2));
+        std::fs::write(&f, "kafka-format = \"avro\"\n").unwrap();
+        let e = format!("{:#}", args(&["--config", f.to_str().unwrap()]).resolve().unwrap_err());
+        assert!(e.contains("avro") && e.contains("k.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -286,11 +399,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(T::try_parse_from(["t", "--idle-timeout", "0s"]).is_err());
         assert!(T::try_parse_from(["t", "--drain-interval", "x"]).is_err());
-        let e = args(&["--sink", "kafka:x"])
+        let e = args(&["--sink", "bogus:x"])
             .resolve()
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown sink kind"), "{e}");
+        let e = args(&["--sink", "kafka:x"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kafka:BROKERS/TOPIC"), "{e}");
+        for (opt, want) in [
+            ("acks", "expected key=value"),
+            ("bad key=1", "not a librdkafka property"),
+            ("bootstrap.servers=h:1", "--sink kafka:BROKERS/TOPIC"),
+            ("queue.buffering.max.messages=5", "--kafka-queue-max-records"),
+        ] {
+            let e = args(&["--kafka-option", opt]).resolve().unwrap_err().to_string();
+            assert!(e.contains(want), "{opt}: {e}");
+        }
+        assert!(T::try_parse_from(["t", "--kafka-format", "avro"]).is_err());
+        let e = args(&["--kafka-queue-max-records", "0"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kafka-queue-max-records"), "{e}");
+        let e = args(&["--sink", "kafka:h:1/t", "--sink", "kafka:h:1/t"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
         let e = args(&["--drain-interval", "20s"])
             .resolve()
             .unwrap_err()

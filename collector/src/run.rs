@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord, stats};
 use flowlens_sinks::{
     Sink, SinkSpec,
+    kafka::{KafkaOptions, KafkaSink},
     parquet::{ParquetOptions, ParquetSink},
     stdout::StdoutSink,
 };
@@ -55,6 +56,20 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
                     })
                     .with_context(|| format!("sink {s}"))?,
                 ),
+                SinkSpec::Kafka { brokers, topic } => {
+                    let sink = KafkaSink::new(KafkaOptions {
+                        brokers: brokers.clone(),
+                        topic: topic.clone(),
+                        format: cfg.kafka_format,
+                        options: cfg.kafka_options.clone(),
+                        queue_max_records: cfg.kafka_queue_max_records,
+                        close_timeout: cfg.kafka_close_timeout,
+                    })
+                    .with_context(|| format!("sink {s}"))?;
+                    // Informational only: records queue (bounded) until the brokers answer.
+                    sink.check_reachable(std::time::Duration::from_secs(3));
+                    Box::new(sink)
+                }
             })
         })
         .collect()

@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+use crate::Netns;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -25,29 +27,52 @@ pub fn tansu_binary() -> Result<PathBuf> {
     bail!("{} is missing: run `cargo xtask setup` (installs tansu)", p.display())
 }
 
-/// A tansu broker process listening on `127.0.0.1:port`, killed on drop.
+/// A tansu broker process listening on `ip:port` (in a namespace or the caller's), killed on
+/// drop.
 pub struct Tansu {
     child: Child,
+    pub ip: Ipv4Addr,
     pub port: u16,
+    netns: Option<String>,
     log: PathBuf,
 }
 
 impl Tansu {
     /// Starts a broker on a free loopback port and waits until it accepts connections.
     pub fn start() -> Result<Tansu> {
+        Self::start_in(None, Ipv4Addr::LOCALHOST)
+    }
+
+    /// Starts a broker on a free port of `ip` inside `ns` (or here), and waits until it
+    /// accepts connections.
+    pub fn start_in(ns: Option<&Netns>, ip: Ipv4Addr) -> Result<Tansu> {
         let bin = tansu_binary()?;
+        let in_ns = |f: Box<dyn FnOnce() -> bool + Send>| -> Result<bool> {
+            match ns {
+                Some(ns) => ns.run_in(f),
+                None => Ok(f()),
+            }
+        };
         // A free port: bind 0, read it, release it. Another process could take it in between;
-        // then tansu exits and `start` retries with a new port.
+        // then tansu exits and this retries with a new port.
         let mut last_err = None;
         for _ in 0..3 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-            let url = format!("tcp://127.0.0.1:{port}");
+            let port = match ns {
+                Some(ns) => ns.run_in(move || -> std::io::Result<u16> {
+                    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+                })??,
+                None => TcpListener::bind((ip, 0))?.local_addr()?.port(),
+            };
+            let url = format!("tcp://{ip}:{port}");
             let log = std::env::temp_dir().join(format!(
                 "flowlens-tansu-{}-{port}.log",
                 std::process::id()
             ));
             let logf = std::fs::File::create(&log)?;
-            let mut cmd = Command::new(&bin);
+            let mut cmd = match ns {
+                Some(ns) => ns.command(&bin),
+                None => Command::new(&bin),
+            };
             cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
                 .args(["--storage-engine", "memory://tansu/"])
                 // Keep the broker's own telemetry and cluster settings out of the test's hands.
@@ -69,13 +94,19 @@ impl Tansu {
                     ));
                     break;
                 }
-                if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                    return Ok(Tansu { child, port, log });
+                if in_ns(Box::new(move || TcpStream::connect((ip, port)).is_ok()))? {
+                    return Ok(Tansu {
+                        child,
+                        ip,
+                        port,
+                        netns: ns.map(|n| n.name().to_string()),
+                        log,
+                    });
                 }
                 if t0.elapsed() > Duration::from_secs(20) {
                     let _ = child.kill();
                     let _ = child.wait();
-                    bail!("tansu did not listen on port {port} within 20 s");
+                    bail!("tansu did not listen on {ip}:{port} within 20 s");
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -84,15 +115,24 @@ impl Tansu {
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// `tansu topic create NAME --partitions N` (tansu does not auto-create topics).
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        let out = Command::new(tansu_binary()?)
+        let bin = tansu_binary()?;
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let out = cmd
             .args(["topic", "create", name, "--partitions", &partitions.to_string()])
             .arg("--broker")
-            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg(format!("tcp://{}:{}", self.ip, self.port))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .output()?;
         if !out.status.success() {

@@ -176,11 +176,34 @@ fn ensure_apt(bins: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// tansu, the Kafka-compatible broker the Kafka sink tests run against (a real peer; Debian has
+/// no Kafka broker). `dynostore` gives it the in-memory storage the tests use. Building it takes
+/// minutes, so it is installed only when `~/.cargo/bin/tansu` is missing.
+pub const TANSU_VERSION: &str = "0.6.0";
+
+fn ensure_tansu() -> Result<()> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let bin = home.join(".cargo/bin/tansu");
+    if bin.exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing tansu {TANSU_VERSION} (Kafka broker for the tests; several minutes)");
+    run(Command::new("cargo")
+        .current_dir(workspace_root())
+        .args(["install", "tansu", "--locked", "--features", "dynostore", "--version"])
+        .arg(TANSU_VERSION)
+        .arg("--root")
+        .arg(home.join(".cargo")))
+}
+
 pub fn setup() -> Result<Env> {
     let nightly = nightly()?;
     let sysroot = ensure_nightly(&nightly)?;
     let bin = ensure_bpf_linker(&nightly, &sysroot)?;
     ensure_apt(&[("ip", "iproute2")])?;
+    ensure_tansu()?;
     let mut path = OsString::from(bin.as_os_str());
     if let Some(p) = std::env::var_os("PATH") {
         path.push(":");
