@@ -5,8 +5,9 @@
 //! * Probe cost per packet (`BPF_PROG_TEST_RUN`, kernel-timed): the no-op XDP program, the
 //!   shipped shared-map program (atomic adds) and its per-CPU-map twin, over a packet mix,
 //!   interleaved in rounds; medians reported.
-//! * Record path: synthetic drained deltas → flow table → records (flows/s), and Parquet
-//!   encoding (records/s, bytes/record).
+//! * Record path: synthetic drained deltas → flow table → records (flows/s), Parquet
+//!   encoding (records/s, bytes/record), and Kafka message encoding, protobuf and JSON
+//!   (records/s, bytes/record before librdkafka's batch compression).
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +26,7 @@ use flowlens::{
 use flowlens_schema::{FlowKey, FlowValue};
 use flowlens_sinks::{
     Sink,
+    kafka::{Encoder, KafkaFormat, message_key},
     parquet::{ParquetOptions, ParquetSink},
 };
 
@@ -243,6 +245,38 @@ fn main() -> Result<()> {
     summary.insert("parquet_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("parquet_bytes_per_record".into(), bytes as f64 / n as f64);
     std::fs::remove_dir_all(&dir).ok();
+
+    // Kafka message encoding (value + key per record), same records, formats side by side,
+    // best of 3 rounds each, interleaved.
+    let mut best: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for _ in 0..3 {
+        for (label, format) in [
+            ("protobuf", KafkaFormat::Protobuf),
+            ("json", KafkaFormat::Json),
+        ] {
+            let mut enc = Encoder::new(format);
+            let mut buf = Vec::with_capacity(512);
+            let mut total_bytes = 0usize;
+            let mut keys = 0u64;
+            let t = Instant::now();
+            for r in &records {
+                enc.encode(r, &mut buf);
+                total_bytes += buf.len();
+                keys ^= u64::from_be_bytes(message_key(r));
+            }
+            let secs = t.elapsed().as_secs_f64();
+            std::hint::black_box(keys);
+            let rate = n as f64 / secs;
+            let e = best.entry(label).or_insert((0.0, 0.0));
+            if rate > e.0 {
+                *e = (rate, total_bytes as f64 / n as f64);
+            }
+        }
+    }
+    for (label, (rate, bpr)) in best {
+        summary.insert(format!("kafka_{label}_encode_records_per_sec"), rate);
+        summary.insert(format!("kafka_{label}_bytes_per_record"), bpr);
+    }
 
     println!(
         "flowlens benchmarks ({machine}; BPF_PROG_TEST_RUN medians of 7 interleaved rounds, 200k repeats x {} packet shapes)",

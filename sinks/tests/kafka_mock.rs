@@ -235,6 +235,19 @@ fn bad_options_fail_at_construction() {
     o.options = vec![("compression.type".into(), "brotli".into())];
     let e = KafkaSink::new(o).err().expect("bad value accepted").to_string();
     assert!(e.contains("compression"), "{e}");
+    // What this build supports (docs/README): SASL PLAIN over plaintext, no TLS.
+    let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
+    o.options = vec![
+        ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+        ("sasl.mechanism".into(), "PLAIN".into()),
+        ("sasl.username".into(), "u".into()),
+        ("sasl.password".into(), "p".into()),
+    ];
+    KafkaSink::new(o).unwrap();
+    let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
+    o.options = vec![("security.protocol".into(), "SSL".into())];
+    let e = KafkaSink::new(o).err().expect("SSL without TLS support").to_string();
+    assert!(e.contains("security.protocol") && e.contains("OpenSSL"), "{e}");
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.queue_max_records = 0;
     assert!(KafkaSink::new(o).is_err());

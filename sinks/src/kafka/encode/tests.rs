@@ -305,3 +305,54 @@ fn formats_parse() {
     );
     assert!("avro".parse::<KafkaFormat>().unwrap_err().contains("protobuf"));
 }
+
+/// `docs/SCHEMA.md`'s Kafka mapping table, generated from `COLUMNS` and the type mapping above.
+fn kafka_markdown_table() -> String {
+    let mut s = String::from(
+        "| column | protobuf field number: type | JSON value |\n|---|---|---|\n",
+    );
+    for (i, c) in COLUMNS.iter().enumerate() {
+        let dt = (c.data_type)();
+        let json = match dt {
+            DataType::Timestamp(..) => "string, RFC 3339 UTC with µs (`2026-11-26T07:30:08.123456Z`)",
+            DataType::Utf8 => "string",
+            _ => "number",
+        };
+        let note = match dt {
+            DataType::Timestamp(..) => " (µs since the Unix epoch, UTC)",
+            _ => "",
+        };
+        s.push_str(&format!(
+            "| `{}` | {}: {}`{}`{} | {}{} |\n",
+            c.name,
+            i + 1,
+            if c.nullable { "optional " } else { "" },
+            proto_type(&dt),
+            note,
+            json,
+            if c.nullable { " or null" } else { "" }
+        ));
+    }
+    s
+}
+
+/// docs/SCHEMA.md must contain the generated Kafka table verbatim (between the `kafka` markers).
+/// `FLOWLENS_BLESS=1 cargo test -p flowlens-sinks --lib kafka` rewrites it.
+#[test]
+fn schema_doc_kafka_table_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/SCHEMA.md");
+    let doc = std::fs::read_to_string(path).expect("docs/SCHEMA.md");
+    let (begin, end) = ("<!-- kafka:begin -->\n", "<!-- kafka:end -->");
+    let b = doc.find(begin).expect("kafka begin marker") + begin.len();
+    let e = doc.find(end).expect("kafka end marker");
+    if std::env::var_os("FLOWLENS_BLESS").is_some() {
+        let new = format!("{}{}{}", &doc[..b], kafka_markdown_table(), &doc[e..]);
+        std::fs::write(path, new).unwrap();
+        return;
+    }
+    assert_eq!(
+        &doc[b..e],
+        kafka_markdown_table(),
+        "docs/SCHEMA.md is out of date; run FLOWLENS_BLESS=1 cargo test -p flowlens-sinks --lib kafka"
+    );
+}
