@@ -205,10 +205,7 @@ impl RunArgs {
                 .parquet_rotate_bytes
                 .or(file.parquet_rotate_bytes)
                 .unwrap_or(DEFAULT_PARQUET_ROTATE_BYTES),
-            kafka_format: self
-                .kafka_format
-                .or(file.kafka_format)
-                .unwrap_or_default(),
+            kafka_format: self.kafka_format.or(file.kafka_format).unwrap_or_default(),
             kafka_options,
             kafka_queue_max_records: self
                 .kafka_queue_max_records
@@ -347,7 +344,12 @@ mod tests {
         assert_eq!(c.kafka_options, vec![("linger.ms".into(), "5".into())]);
         assert_eq!(c.kafka_close_timeout, Duration::from_secs(2));
         std::fs::write(&f, "kafka-format = \"avro\"\n").unwrap();
-        let e = format!("{:#}", args(&["--config", f.to_str().unwrap()]).resolve().unwrap_err());
+        let e = format!(
+            "{:#}",
+            args(&["--config", f.to_str().unwrap()])
+                .resolve()
+                .unwrap_err()
+        );
         assert!(e.contains("avro") && e.contains("k.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -413,9 +415,15 @@ mod tests {
             ("acks", "expected key=value"),
             ("bad key=1", "not a librdkafka property"),
             ("bootstrap.servers=h:1", "--sink kafka:BROKERS/TOPIC"),
-            ("queue.buffering.max.messages=5", "--kafka-queue-max-records"),
+            (
+                "queue.buffering.max.messages=5",
+                "--kafka-queue-max-records",
+            ),
         ] {
-            let e = args(&["--kafka-option", opt]).resolve().unwrap_err().to_string();
+            let e = args(&["--kafka-option", opt])
+                .resolve()
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{opt}: {e}");
         }
         assert!(T::try_parse_from(["t", "--kafka-format", "avro"]).is_err());

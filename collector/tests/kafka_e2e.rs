@@ -97,12 +97,18 @@ fn parquet_rows(dir: &Path) -> Vec<FlowMessage> {
 
 fn sort(v: &mut [FlowMessage]) {
     v.sort_by(|a, b| {
-        (&a.community_id, &a.source_address, a.source_port, a.flow_start).cmp(&(
-            &b.community_id,
-            &b.source_address,
-            b.source_port,
-            b.flow_start,
-        ))
+        (
+            &a.community_id,
+            &a.source_address,
+            a.source_port,
+            a.flow_start,
+        )
+            .cmp(&(
+                &b.community_id,
+                &b.source_address,
+                b.source_port,
+                b.flow_start,
+            ))
     });
 }
 
@@ -113,7 +119,9 @@ fn kafka_close_counts(stderr: &str) -> (u64, u64) {
         .find(|l| l.contains("sink closed") && l.contains("kafka:"))
         .unwrap_or_else(|| panic!("no kafka `sink closed` line:\n{stderr}"));
     let num = |k: &str| -> u64 {
-        let i = line.find(&format!(" {k}=")).unwrap_or_else(|| panic!("{k} in {line}"));
+        let i = line
+            .find(&format!(" {k}="))
+            .unwrap_or_else(|| panic!("{k} in {line}"));
         line[i + k.len() + 2..]
             .split(|c: char| !c.is_ascii_digit())
             .next()
@@ -151,8 +159,15 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while !b.ip_output(&["link", "show", "dev", "lo"]).unwrap().contains("xdp") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "XDP not attached to lo");
+    while !b
+        .ip_output(&["link", "show", "dev", "lo"])
+        .unwrap()
+        .contains("xdp")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "XDP not attached to lo"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -219,7 +234,12 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
         .map(|c| {
             let m = FlowMessage::decode(&c.payload[..]).expect("protobuf FlowRecord");
             let key = fnv1a(&m.community_id);
-            assert_eq!(c.key.as_deref(), Some(&key[..]), "key of {}", m.community_id);
+            assert_eq!(
+                c.key.as_deref(),
+                Some(&key[..]),
+                "key of {}",
+                m.community_id
+            );
             let p = *partition_of.entry(key).or_insert(c.partition);
             assert_eq!(p, c.partition, "{} split over partitions", m.community_id);
             m
@@ -227,14 +247,15 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
         .collect();
     sort(&mut from_kafka);
     sort(&mut from_parquet);
-    assert_eq!(from_kafka, from_parquet, "the two sinks got different records");
+    assert_eq!(
+        from_kafka, from_parquet,
+        "the two sinks got different records"
+    );
 
     // Our conversations are there, in both directions where the protocol has two.
     let tcp: Vec<&FlowMessage> = from_kafka
         .iter()
-        .filter(|m| {
-            m.protocol == 6 && [m.source_port, m.destination_port].contains(&7101)
-        })
+        .filter(|m| m.protocol == 6 && [m.source_port, m.destination_port].contains(&7101))
         .collect();
     assert!(
         tcp.iter().any(|m| m.source_port == 41001) && tcp.iter().any(|m| m.source_port == 7101),

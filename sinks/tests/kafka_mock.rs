@@ -42,7 +42,10 @@ fn wait_for(sink: &KafkaSink, what: &str, f: impl Fn(&SinkMetrics) -> bool) -> S
         if f(&m) {
             return m;
         }
-        assert!(t0.elapsed() < TIMEOUT, "{what}: still {m:?} after {TIMEOUT:?}");
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "{what}: still {m:?} after {TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -121,7 +124,10 @@ fn broker_outage_within_the_queue_bound_loses_nothing() {
     });
     sink.close().unwrap();
     let m = sink.metrics();
-    assert_eq!((m.sent, m.acknowledged, m.queued, m.lost, m.rejected), (800, 800, 0, 0, 0));
+    assert_eq!(
+        (m.sent, m.acknowledged, m.queued, m.lost, m.rejected),
+        (800, 800, 0, 0, 0)
+    );
     let got = consume_all(&bootstrap, "flows", recs.len(), SETTLE, TIMEOUT).unwrap();
     assert_consumed_exactly(&recs, &got, KafkaFormat::Protobuf);
 }
@@ -142,7 +148,11 @@ fn records_past_the_queue_bound_are_counted_as_lost() {
     // 200 fit in the queue, the other 290 are dropped at once and counted.
     sink.write(&recs[10..]).unwrap();
     let m = sink.metrics();
-    assert_eq!((m.sent, m.acknowledged, m.queued, m.lost), (210, 10, 200, 290), "{m:?}");
+    assert_eq!(
+        (m.sent, m.acknowledged, m.queued, m.lost),
+        (210, 10, 200, 290),
+        "{m:?}"
+    );
 
     cluster.broker_up(1).unwrap();
     let err = sink.close().unwrap_err();
@@ -175,7 +185,10 @@ fn unacknowledged_records_at_close_are_lost_not_hidden() {
     cluster.broker_down(1).unwrap();
     sink.write(&recs[2..]).unwrap();
     let err = sink.close().unwrap_err();
-    assert!(matches!(err, SinkError::Lost { records: 98, .. }), "close: {err}");
+    assert!(
+        matches!(err, SinkError::Lost { records: 98, .. }),
+        "close: {err}"
+    );
     let m = sink.metrics();
     assert_eq!((m.sent, m.acknowledged, m.queued, m.lost), (100, 2, 0, 98));
 }
@@ -196,7 +209,9 @@ fn broker_rejections_are_counted_and_retryable_errors_retried() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3],
     );
     sink.write(&recs[10..100]).unwrap();
-    let m = wait_for(&sink, "retried batch acknowledged", |m| m.acknowledged == 100);
+    let m = wait_for(&sink, "retried batch acknowledged", |m| {
+        m.acknowledged == 100
+    });
     assert_eq!((m.lost, m.rejected), (0, 0), "{m:?}");
     let m = wait_for(&sink, "retries reported by statistics", |m| m.retried >= 1);
     assert_eq!(m.lost, 0);
@@ -217,11 +232,21 @@ fn broker_rejections_are_counted_and_retryable_errors_retried() {
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
     sink.write(&recs[200..]).unwrap();
     let err = sink.close().unwrap_err();
-    assert!(matches!(err, SinkError::Lost { records, .. } if records == rejected), "{err}");
+    assert!(
+        matches!(err, SinkError::Lost { records, .. } if records == rejected),
+        "{err}"
+    );
     let m = sink.metrics();
     assert_eq!(m.acknowledged + m.lost, 300, "{m:?}");
     assert_eq!((m.queued, m.rejected), (0, rejected));
-    let got = consume_all(&bootstrap, "flows", m.acknowledged as usize, SETTLE, TIMEOUT).unwrap();
+    let got = consume_all(
+        &bootstrap,
+        "flows",
+        m.acknowledged as usize,
+        SETTLE,
+        TIMEOUT,
+    )
+    .unwrap();
     assert_eq!(got.len() as u64, m.acknowledged);
 }
 
@@ -229,11 +254,17 @@ fn broker_rejections_are_counted_and_retryable_errors_retried() {
 fn bad_options_fail_at_construction() {
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.options = vec![("no.such.property".into(), "1".into())];
-    let e = KafkaSink::new(o).err().expect("unknown property accepted").to_string();
+    let e = KafkaSink::new(o)
+        .err()
+        .expect("unknown property accepted")
+        .to_string();
     assert!(e.contains("no.such.property"), "{e}");
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.options = vec![("compression.type".into(), "brotli".into())];
-    let e = KafkaSink::new(o).err().expect("bad value accepted").to_string();
+    let e = KafkaSink::new(o)
+        .err()
+        .expect("bad value accepted")
+        .to_string();
     assert!(e.contains("compression"), "{e}");
     // What this build supports (docs/README): SASL PLAIN over plaintext, no TLS.
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
@@ -246,8 +277,14 @@ fn bad_options_fail_at_construction() {
     KafkaSink::new(o).unwrap();
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.options = vec![("security.protocol".into(), "SSL".into())];
-    let e = KafkaSink::new(o).err().expect("SSL without TLS support").to_string();
-    assert!(e.contains("security.protocol") && e.contains("OpenSSL"), "{e}");
+    let e = KafkaSink::new(o)
+        .err()
+        .expect("SSL without TLS support")
+        .to_string();
+    assert!(
+        e.contains("security.protocol") && e.contains("OpenSSL"),
+        "{e}"
+    );
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.queue_max_records = 0;
     assert!(KafkaSink::new(o).is_err());

@@ -19,12 +19,17 @@ use rdkafka::{
 
 /// Where `cargo xtask setup` installs tansu (`cargo install tansu --features dynostore`).
 pub fn tansu_binary() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     let p = home.join(".cargo/bin/tansu");
     if p.exists() {
         return Ok(p);
     }
-    bail!("{} is missing: run `cargo xtask setup` (installs tansu)", p.display())
+    bail!(
+        "{} is missing: run `cargo xtask setup` (installs tansu)",
+        p.display()
+    )
 }
 
 /// A tansu broker process listening on `ip:port` (in a namespace or the caller's), killed on
@@ -64,27 +69,33 @@ impl Tansu {
                 None => TcpListener::bind((ip, 0))?.local_addr()?.port(),
             };
             let url = format!("tcp://{ip}:{port}");
-            let log = std::env::temp_dir().join(format!(
-                "flowlens-tansu-{}-{port}.log",
-                std::process::id()
-            ));
+            let log = std::env::temp_dir()
+                .join(format!("flowlens-tansu-{}-{port}.log", std::process::id()));
             let logf = std::fs::File::create(&log)?;
             let mut cmd = match ns {
                 Some(ns) => ns.command(&bin),
                 None => Command::new(&bin),
             };
-            cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
-                // Keep the broker's own telemetry and cluster settings out of the test's hands.
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .env_remove("STORAGE_ENGINE")
-                .env_remove("LISTENER_URL")
-                .env_remove("ADVERTISED_LISTENER_URL")
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(logf.try_clone()?)
-                .stderr(logf);
-            let mut child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
+            cmd.args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            // Keep the broker's own telemetry and cluster settings out of the test's hands.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+            let mut child = cmd
+                .spawn()
+                .with_context(|| format!("spawning {}", bin.display()))?;
             let t0 = Instant::now();
             loop {
                 if let Some(st) = child.try_wait()? {
@@ -130,7 +141,13 @@ impl Tansu {
             None => Command::new(&bin),
         };
         let out = cmd
-            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ])
             .arg("--broker")
             .arg(format!("tcp://{}:{}", self.ip, self.port))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -210,7 +227,10 @@ pub fn consume_all(
             return Ok(out);
         }
         if reached.is_none() && t0.elapsed() > timeout {
-            bail!("consumed {} of {expect} messages within {timeout:?}", out.len());
+            bail!(
+                "consumed {} of {expect} messages within {timeout:?}",
+                out.len()
+            );
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => out.push(Consumed {

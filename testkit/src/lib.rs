@@ -18,11 +18,11 @@
 //! loopback inside them); every wait is bounded in time and every loop in count.
 
 mod capture;
-pub mod kafka;
-pub mod records;
 mod flows;
+pub mod kafka;
 mod link;
 mod netns;
+pub mod records;
 mod sys;
 mod traffic;
 

@@ -44,7 +44,11 @@ pub fn conversations(conversations: usize) -> Vec<FlowRecord> {
         };
         k.observation_point = OBS_XDP;
         k.ifindex = 7;
-        k.vlan_id = if i % 4 == 1 { 100 + i as u16 % 4000 } else { VLAN_NONE };
+        k.vlan_id = if i % 4 == 1 {
+            100 + i as u16 % 4000
+        } else {
+            VLAN_NONE
+        };
         let ported = matches!(k.protocol, IPPROTO_TCP | IPPROTO_UDP);
         for dir in 0..2 {
             let mut k = k;
@@ -81,7 +85,11 @@ pub fn conversations(conversations: usize) -> Vec<FlowRecord> {
                 interface_name: ifname.clone(),
                 packets: 3 + i as u64 + dir as u64,
                 // Past 2^32 for some records.
-                bytes: if i % 7 == 3 { (5u64 << 32) + i as u64 } else { 180 + 7 * i as u64 },
+                bytes: if i % 7 == 3 {
+                    (5u64 << 32) + i as u64
+                } else {
+                    180 + 7 * i as u64
+                },
                 tcp_flags: if k.protocol == IPPROTO_TCP { 0x1b } else { 0 },
                 dscp: (i % 64) as u8,
                 end_reason: match i % 3 {

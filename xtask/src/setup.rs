@@ -189,10 +189,19 @@ fn ensure_tansu() -> Result<()> {
     if bin.exists() {
         return Ok(());
     }
-    eprintln!("xtask: installing tansu {TANSU_VERSION} (Kafka broker for the tests; several minutes)");
+    eprintln!(
+        "xtask: installing tansu {TANSU_VERSION} (Kafka broker for the tests; several minutes)"
+    );
     run(Command::new("cargo")
         .current_dir(workspace_root())
-        .args(["install", "tansu", "--locked", "--features", "dynostore", "--version"])
+        .args([
+            "install",
+            "tansu",
+            "--locked",
+            "--features",
+            "dynostore",
+            "--version",
+        ])
         .arg(TANSU_VERSION)
         .arg("--root")
         .arg(home.join(".cargo")))

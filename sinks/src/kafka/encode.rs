@@ -11,9 +11,7 @@
 
 use std::fmt::Write as _;
 
-use flowlens_schema::record::{
-    FlowRecord, direction_name, observation_point_name, transport_name,
-};
+use flowlens_schema::record::{FlowRecord, direction_name, observation_point_name, transport_name};
 use serde::Serialize;
 
 use crate::parquet::civil_from_days;

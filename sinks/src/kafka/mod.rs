@@ -67,9 +67,18 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
 
 /// Properties that flowlens sets from its own options; `--kafka-option` may not override them.
 const RESERVED: &[(&str, &str)] = &[
-    ("bootstrap.servers", "give the brokers in --sink kafka:BROKERS/TOPIC"),
-    ("metadata.broker.list", "give the brokers in --sink kafka:BROKERS/TOPIC"),
-    ("queue.buffering.max.messages", "use --kafka-queue-max-records"),
+    (
+        "bootstrap.servers",
+        "give the brokers in --sink kafka:BROKERS/TOPIC",
+    ),
+    (
+        "metadata.broker.list",
+        "give the brokers in --sink kafka:BROKERS/TOPIC",
+    ),
+    (
+        "queue.buffering.max.messages",
+        "use --kafka-queue-max-records",
+    ),
 ];
 
 /// Checks one `--kafka-option` value: `key=value`, a plausible property name, not reserved.
@@ -205,9 +214,13 @@ impl KafkaSink {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                     tracing::info!(sink = %self.name, partitions = t.partitions().len(), "kafka topic found")
                 }
-                _ => tracing::warn!(sink = %self.name, "kafka topic not found on the brokers; records queue until it exists (or their timeout expires)"),
+                _ => {
+                    tracing::warn!(sink = %self.name, "kafka topic not found on the brokers; records queue until it exists (or their timeout expires)")
+                }
             },
-            Err(e) => tracing::warn!(sink = %self.name, error = %e, "kafka brokers not reachable yet; records queue (bounded) until they are"),
+            Err(e) => {
+                tracing::warn!(sink = %self.name, error = %e, "kafka brokers not reachable yet; records queue (bounded) until they are")
+            }
         }
     }
 
@@ -316,9 +329,9 @@ impl Sink for KafkaSink {
             rejected: c.rejected.load(Ordering::Relaxed) + self.refused_locally,
             // Handed to librdkafka, no delivery report yet (librdkafka's own outq_len also
             // counts requests and events, so it is not used here).
-            queued: self
-                .sent
-                .saturating_sub(c.acked.load(Ordering::Relaxed) + failed + self.unaccounted_at_close),
+            queued: self.sent.saturating_sub(
+                c.acked.load(Ordering::Relaxed) + failed + self.unaccounted_at_close,
+            ),
             lost: self.dropped_queue_full
                 + self.refused_locally
                 + failed

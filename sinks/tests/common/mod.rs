@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use flowlens_schema::record::FlowRecord;
 use flowlens_sinks::kafka::{
-    KafkaFormat, message_key,
+    KafkaFormat,
     encode::{FlowMessage, rfc3339_micros},
+    message_key,
 };
 use flowlens_testkit::kafka::Consumed;
 use prost::Message as _;
@@ -47,12 +48,19 @@ pub fn assert_consumed_exactly(records: &[FlowRecord], got: &[Consumed], format:
             m.community_id
         );
         let p = *partition_of_key.entry(key.to_vec()).or_insert(c.partition);
-        assert_eq!(p, c.partition, "both directions of {} in one partition", m.community_id);
+        assert_eq!(
+            p, c.partition,
+            "both directions of {} in one partition",
+            m.community_id
+        );
         decoded.push(m);
     }
     let order = |a: &FlowMessage, b: &FlowMessage| {
-        (&a.community_id, &a.source_address, a.flow_end)
-            .cmp(&(&b.community_id, &b.source_address, b.flow_end))
+        (&a.community_id, &a.source_address, a.flow_end).cmp(&(
+            &b.community_id,
+            &b.source_address,
+            b.flow_end,
+        ))
     };
     want.sort_by(order);
     decoded.sort_by(order);
@@ -65,7 +73,11 @@ pub fn assert_consumed_exactly(records: &[FlowRecord], got: &[Consumed], format:
 /// text form on the way.
 fn from_json(b: &[u8]) -> FlowMessage {
     let v: serde_json::Value = serde_json::from_slice(b).expect("JSON message");
-    let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k} not a string")).to_string();
+    let s = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("{k} not a string"))
+            .to_string()
+    };
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} not a number"));
     let ts = |k: &str| {
         let text = s(k);

@@ -39,11 +39,19 @@ fn parse_proto(src: &str) -> (String, String, Vec<ProtoField>) {
         .join("\n");
     let stmt = |kw: &str| {
         let i = text.find(kw).unwrap_or_else(|| panic!("no `{kw}`"));
-        text[i + kw.len()..].split(';').next().unwrap().trim().to_string()
+        text[i + kw.len()..]
+            .split(';')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
     };
     let syntax = stmt("syntax =");
     let package = stmt("package ");
-    let start = text.find("message FlowRecord {").expect("message FlowRecord") + 20;
+    let start = text
+        .find("message FlowRecord {")
+        .expect("message FlowRecord")
+        + 20;
     let end = start + text[start..].find('}').expect("closing brace");
     let mut fields = Vec::new();
     for s in text[start..end].split(';') {
@@ -157,7 +165,9 @@ fn decode_with_proto(fields: &[ProtoField], b: &[u8]) -> BTreeMap<String, Val> {
             }
             (2, "string") => {
                 let n = varint(b, &mut i) as usize;
-                let s = std::str::from_utf8(&b[i..i + n]).expect("utf-8").to_string();
+                let s = std::str::from_utf8(&b[i..i + n])
+                    .expect("utf-8")
+                    .to_string();
                 i += n;
                 Val::Str(s)
             }
@@ -187,14 +197,18 @@ fn arrow_row(b: &RecordBatch, i: usize) -> BTreeMap<String, Val> {
                 DataType::Utf8 => {
                     Val::Str(a.downcast_ref::<StringArray>().unwrap().value(i).into())
                 }
-                DataType::UInt8 => Val::Int(a.downcast_ref::<UInt8Array>().unwrap().value(i).into()),
+                DataType::UInt8 => {
+                    Val::Int(a.downcast_ref::<UInt8Array>().unwrap().value(i).into())
+                }
                 DataType::UInt16 => {
                     Val::Int(a.downcast_ref::<UInt16Array>().unwrap().value(i).into())
                 }
                 DataType::UInt32 => {
                     Val::Int(a.downcast_ref::<UInt32Array>().unwrap().value(i).into())
                 }
-                DataType::Int64 => Val::Int(a.downcast_ref::<Int64Array>().unwrap().value(i).into()),
+                DataType::Int64 => {
+                    Val::Int(a.downcast_ref::<Int64Array>().unwrap().value(i).into())
+                }
                 other => panic!("unhandled column type {other}"),
             }
         };
@@ -224,7 +238,10 @@ fn protobuf_bytes_decode_with_the_proto_file_to_the_parquet_values() {
         assert_eq!(m.community_id, r.community_id);
         assert_eq!(m.bytes as u64, r.bytes);
     }
-    assert!(saw_null_vlan && saw_vlan && saw_big, "test data lacks a case");
+    assert!(
+        saw_null_vlan && saw_vlan && saw_big,
+        "test data lacks a case"
+    );
 }
 
 #[test]
@@ -303,18 +320,24 @@ fn formats_parse() {
         "protobuf".parse::<KafkaFormat>().unwrap(),
         KafkaFormat::Protobuf
     );
-    assert!("avro".parse::<KafkaFormat>().unwrap_err().contains("protobuf"));
+    assert!(
+        "avro"
+            .parse::<KafkaFormat>()
+            .unwrap_err()
+            .contains("protobuf")
+    );
 }
 
 /// `docs/SCHEMA.md`'s Kafka mapping table, generated from `COLUMNS` and the type mapping above.
 fn kafka_markdown_table() -> String {
-    let mut s = String::from(
-        "| column | protobuf field number: type | JSON value |\n|---|---|---|\n",
-    );
+    let mut s =
+        String::from("| column | protobuf field number: type | JSON value |\n|---|---|---|\n");
     for (i, c) in COLUMNS.iter().enumerate() {
         let dt = (c.data_type)();
         let json = match dt {
-            DataType::Timestamp(..) => "string, RFC 3339 UTC with µs (`2026-11-26T07:30:08.123456Z`)",
+            DataType::Timestamp(..) => {
+                "string, RFC 3339 UTC with µs (`2026-11-26T07:30:08.123456Z`)"
+            }
             DataType::Utf8 => "string",
             _ => "number",
         };
