@@ -142,7 +142,10 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
     let out = std::env::temp_dir().join(format!(
         "flowlens-kafka-e2e-{}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     ));
     std::fs::create_dir_all(&out).unwrap();
 
