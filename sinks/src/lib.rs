@@ -25,7 +25,9 @@ pub enum SinkError {
     Parquet(#[from] ::parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
-    #[error("{context}: {source}")]
+    /// Displayed as the context alone; the librdkafka error is the `source` (anyhow's `{:#}`
+    /// prints both once).
+    #[error("{context}")]
     Kafka {
         context: String,
         #[source]

@@ -256,15 +256,15 @@ fn bad_options_fail_at_construction() {
     o.options = vec![("no.such.property".into(), "1".into())];
     let e = KafkaSink::new(o)
         .err()
-        .expect("unknown property accepted")
-        .to_string();
+        .map(|e| format!("{:#}", anyhow::Error::new(e)))
+        .expect("unknown property accepted");
     assert!(e.contains("no.such.property"), "{e}");
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.options = vec![("compression.type".into(), "brotli".into())];
     let e = KafkaSink::new(o)
         .err()
-        .expect("bad value accepted")
-        .to_string();
+        .map(|e| format!("{:#}", anyhow::Error::new(e)))
+        .expect("bad value accepted");
     assert!(e.contains("compression"), "{e}");
     // What this build supports (docs/README): SASL PLAIN over plaintext, no TLS.
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
@@ -279,8 +279,8 @@ fn bad_options_fail_at_construction() {
     o.options = vec![("security.protocol".into(), "SSL".into())];
     let e = KafkaSink::new(o)
         .err()
-        .expect("SSL without TLS support")
-        .to_string();
+        .map(|e| format!("{:#}", anyhow::Error::new(e)))
+        .expect("SSL without TLS support");
     assert!(
         e.contains("security.protocol") && e.contains("OpenSSL"),
         "{e}"

@@ -186,7 +186,7 @@ impl KafkaSink {
             .client_config()
             .create_with_context(ctx)
             .map_err(|e| SinkError::Kafka {
-                context: format!("{name}: creating the producer"),
+                context: format!("{name}: creating the Kafka producer"),
                 source: e,
             })?;
         Ok(KafkaSink {
