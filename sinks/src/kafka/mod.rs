@@ -186,7 +186,7 @@ impl KafkaSink {
             .client_config()
             .create_with_context(ctx)
             .map_err(|e| SinkError::Kafka {
-                context: format!("{name}: creating the Kafka producer"),
+                context: "creating the Kafka producer".into(),
                 source: e,
             })?;
         Ok(KafkaSink {
