@@ -13,6 +13,7 @@ pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+pub const DEFAULT_EARLY_DRAIN_FILL: u8 = 50;
 pub const DEFAULT_SINK: &str = "parquet:./flows";
 pub const DEFAULT_PARQUET_ROTATE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_PARQUET_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
@@ -71,9 +72,13 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
 
-    /// Size of the kernel flow map (LRU hash; entries between two drains). [default: 131072]
+    /// Flows the kernel holds between two drains (each of the two LRU flow buffers has this many entries). [default: 131072]
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
+
+    /// Drain before the interval is up once the kernel buffer is this full (percent of --max-flows; 0 disables), so that bursts of new flows are not evicted. [default: 50]
+    #[arg(long, value_name = "PERCENT")]
+    pub early_drain_fill: Option<u8>,
 
     /// Stop after this long (detaches, drains a last time and closes the sinks). [default: run until SIGINT/SIGTERM]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -101,6 +106,8 @@ pub struct RunConfig {
     pub active_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_flows: u32,
+    /// 0 = off.
+    pub early_drain_fill: u8,
     pub duration: Option<Duration>,
     pub parquet_rotate_interval: Duration,
     pub parquet_rotate_bytes: u64,
@@ -156,6 +163,10 @@ impl RunArgs {
                 .max_flows
                 .or(file.max_flows)
                 .unwrap_or(DEFAULT_MAX_FLOWS),
+            early_drain_fill: self
+                .early_drain_fill
+                .or(file.early_drain_fill)
+                .unwrap_or(DEFAULT_EARLY_DRAIN_FILL),
             duration: self.duration.or(file.duration),
             parquet_rotate_interval: self
                 .parquet_rotate_interval
@@ -175,6 +186,12 @@ impl RunConfig {
     fn validate(&self) -> Result<()> {
         if self.max_flows == 0 {
             bail!("--max-flows must be at least 1");
+        }
+        if self.early_drain_fill > 100 {
+            bail!(
+                "--early-drain-fill {} is not a percentage (0-100; 0 disables early drains)",
+                self.early_drain_fill
+            );
         }
         if self.drain_interval > self.idle_timeout {
             bail!(

@@ -10,5 +10,6 @@ pub mod flow_table;
 pub mod ifaces;
 pub mod probe;
 pub mod run;
+pub mod sys;
 pub mod timebase;
 pub mod top;

@@ -3,12 +3,12 @@
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use flowlens_schema::{FlowKey, FlowValue};
 
-use crate::drain::{KernelStats, PerKeyDrainer};
+use crate::drain::{KernelStats, PerKeyDrainer, SwapDrainer};
 
 /// The probe object built by `build.rs` from `probe-ebpf/`.
 pub static PROBE_OBJECT: &[u8] =
@@ -16,8 +16,8 @@ pub static PROBE_OBJECT: &[u8] =
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
-/// Benchmark-only twin of [`XDP_PROGRAM`] writing per-CPU values into `FLOWS_PERCPU`.
-pub const XDP_PERCPU_PROGRAM: &str = "flowlens_xdp_percpu";
+/// The two flow buffers (see `drain.rs`).
+pub const FLOW_MAPS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
 
 /// How XDP programs are attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -46,22 +46,19 @@ impl XdpAttachMode {
 pub struct Probe {
     ebpf: Ebpf,
     attached: Vec<String>,
+    max_flows: u32,
 }
 
 impl Probe {
-    /// Loads the probe with a flow map of `max_flows` entries. Programs are loaded lazily.
+    /// Loads the probe with two flow buffers of `max_flows` entries each. Programs are loaded
+    /// lazily.
     pub fn load(max_flows: u32) -> Result<Probe> {
-        Self::load_sized(max_flows, 1)
-    }
-
-    /// Like [`Probe::load`], also sizing the benchmark-only per-CPU flow map.
-    pub fn load_sized(max_flows: u32, percpu_flows: u32) -> Result<Probe> {
-        if max_flows == 0 || percpu_flows == 0 {
+        if max_flows == 0 {
             return Err(anyhow!("max-flows must be at least 1"));
         }
         let ebpf = EbpfLoader::new()
-            .map_max_entries("FLOWS", max_flows)
-            .map_max_entries("FLOWS_PERCPU", percpu_flows)
+            .map_max_entries(FLOW_MAPS[0], max_flows)
+            .map_max_entries(FLOW_MAPS[1], max_flows)
             .load(PROBE_OBJECT)
             .context(
                 "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
@@ -69,6 +66,7 @@ impl Probe {
         Ok(Probe {
             ebpf,
             attached: Vec::new(),
+            max_flows,
         })
     }
 
@@ -100,23 +98,50 @@ impl Probe {
         &self.attached
     }
 
-    /// Takes the flow map out for draining (once).
-    pub fn take_drainer(&mut self) -> Result<PerKeyDrainer> {
+    fn take_flow_map(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<aya::maps::MapData, FlowKey, FlowValue>> {
         let map = self
             .ebpf
-            .take_map("FLOWS")
-            .ok_or_else(|| anyhow!("FLOWS map already taken"))?;
-        Ok(PerKeyDrainer::new(
-            HashMap::<_, FlowKey, FlowValue>::try_from(map)?,
-        ))
+            .take_map(name)
+            .ok_or_else(|| anyhow!("{name} map already taken"))?;
+        Ok(HashMap::try_from(map)?)
     }
 
-    /// Takes the per-CPU counters out (once).
-    pub fn take_stats(&mut self) -> Result<KernelStats> {
+    fn take_stats(&mut self) -> Result<KernelStats> {
         let map = self
             .ebpf
             .take_map("STATS")
             .ok_or_else(|| anyhow!("STATS map already taken"))?;
         Ok(KernelStats::new(PerCpuArray::try_from(map)?))
+    }
+
+    /// Takes the flow buffers, the active-buffer switch and the counters out for the
+    /// exactly-once drain (once).
+    pub fn take_drainer(&mut self) -> Result<SwapDrainer> {
+        let flows = [
+            self.take_flow_map(FLOW_MAPS[0])?,
+            self.take_flow_map(FLOW_MAPS[1])?,
+        ];
+        let active = self
+            .ebpf
+            .take_map("ACTIVE")
+            .ok_or_else(|| anyhow!("ACTIVE map already taken"))?;
+        let stats = self.take_stats()?;
+        SwapDrainer::new(
+            flows,
+            Array::try_from(active)?,
+            stats,
+            self.max_flows as u64,
+        )
+        .context("setting up the flow-map drain")
+    }
+
+    /// Benchmarks and tests only: the other agents' per-key drain on the live first buffer
+    /// (programs keep writing `FLOWS_0` because nobody flips the buffers), and the counters.
+    pub fn take_per_key_drainer(&mut self) -> Result<(PerKeyDrainer, KernelStats)> {
+        let map = self.take_flow_map(FLOW_MAPS[0])?;
+        Ok((PerKeyDrainer::new(map), self.take_stats()?))
     }
 }

@@ -1,13 +1,21 @@
 //! flowlens kernel probes.
 //!
 //! `flowlens_xdp` parses every ingress frame once with the shared parser
-//! ([`flowlens_schema::parse`]) and adds it to its flow in the `FLOWS` LRU hash map. It always
+//! ([`flowlens_schema::parse`]) and adds it to its flow in the active flow map. It always
 //! returns `XDP_PASS`: the probe observes, it never changes traffic.
 //!
-//! Counters are exact under concurrency: a flow's entry is shared by all CPUs and updated with
-//! BPF atomic adds; a lost insert race (`EEXIST`) falls back to the atomic update of the winner's
-//! entry. (A per-CPU map would avoid the atomics but costs a value per CPU per flow and a merge in
-//! user space; see docs/ARCHITECTURE.md.)
+//! Every program counts a packet through [`account`], the one place that knows the map layout:
+//!
+//! * **Double buffering.** Flows go into `FLOWS_0` or `FLOWS_1`, whichever `ACTIVE` names. The
+//!   collector flips `ACTIVE`, waits for every program run that may still use the old buffer
+//!   (an RCU grace period, see `collector/src/drain.rs`), then drains the old buffer while nobody
+//!   writes it: no update can fall between a read and a delete.
+//! * **Per-buffer counters.** `STATS` has one per-CPU entry per (buffer, observation point), so
+//!   a drained buffer's counters are as still as its flows and the collector can check
+//!   `seen = exported + non_ip + unparsed + map_errors + evicted` exactly, every drain.
+//! * Counters are exact under concurrency: a flow's entry is shared by all CPUs and updated with
+//!   BPF atomic adds; a lost insert race (`EEXIST`) falls back to the winner's entry. (A per-CPU
+//!   map costs a value per CPU per flow and measured slower; see docs/BENCHMARKS.md.)
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -19,7 +27,7 @@ mod probe {
         bindings::xdp_action,
         helpers::bpf_ktime_get_ns,
         macros::{map, xdp},
-        maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
+        maps::{Array, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
@@ -29,22 +37,25 @@ mod probe {
         stats,
     };
 
-    /// Flow table; `max_entries` is replaced at load time (`--max-flows`).
+    /// Flow buffers; `max_entries` is replaced at load time (`--max-flows`).
     #[map]
-    static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+    static FLOWS_0: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+    #[map]
+    static FLOWS_1: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
 
-    /// The per-CPU alternative to `FLOWS`, used only by `flowlens_xdp_percpu` for the side-by-side
-    /// benchmark that justifies the shared map (one entry unless a benchmark resizes it).
+    /// Entry 0: the buffer programs write now (0 or 1). Written only by the collector.
     #[map]
-    static FLOWS_PERCPU: LruPerCpuHashMap<FlowKey, FlowValue> =
-        LruPerCpuHashMap::with_max_entries(1, 0);
+    static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
-    /// Per-CPU counters: one entry holding every slot of [`flowlens_schema::stats`], so a packet
-    /// costs one array lookup however many counters it touches.
+    /// Per-CPU counters, one entry per (buffer, observation point) ([`stats::index`]), each
+    /// holding every slot of [`flowlens_schema::stats`]: one array lookup per packet.
     #[map]
-    static STATS: PerCpuArray<[u64; stats::COUNT as usize]> = PerCpuArray::with_max_entries(1, 0);
+    static STATS: PerCpuArray<[u64; stats::COUNT as usize]> =
+        PerCpuArray::with_max_entries(stats::ENTRIES, 0);
 
     const BPF_NOEXIST: u64 = 1;
+
+    type Counters = *mut [u64; stats::COUNT as usize];
 
     struct Xdp<'a>(&'a XdpContext);
 
@@ -66,76 +77,66 @@ mod probe {
         }
     }
 
-    /// This CPU's counters.
     #[inline(always)]
-    fn counters() -> Option<*mut [u64; stats::COUNT as usize]> {
-        STATS.get_ptr_mut(0)
-    }
-
-    #[inline(always)]
-    fn bump(c: Option<*mut [u64; stats::COUNT as usize]>, slot: u32, by: u64) {
+    fn bump(c: Option<Counters>, slot: u32, by: u64) {
         if let Some(p) = c {
-            // SAFETY: this CPU's entry; XDP runs with preemption disabled; `slot` < COUNT.
+            // SAFETY: this CPU's entry; programs run with migration disabled; `slot` < COUNT.
             unsafe { (*p)[slot as usize] += by };
         }
     }
 
-    /// Parses the frame and fills in the key; counts non-IP and unparsed frames.
+    /// The buffer programs write now.
     #[inline(always)]
-    fn classify(ctx: &XdpContext) -> Option<(FlowKey, u64, u64, u8)> {
-        let c = counters();
+    fn active_buffer() -> u32 {
+        match ACTIVE.get_ptr(0) {
+            // SAFETY: entry 0 of a one-entry array; a volatile read because user space flips it.
+            Some(p) => (unsafe { core::ptr::read_volatile(p) }) & 1,
+            None => 0,
+        }
+    }
+
+    /// Counts one packet seen at `observation_point` on `ifindex`: the single entry point of
+    /// every program (XDP and netfilter) into the maps.
+    #[inline(always)]
+    pub fn account(parsed: Parsed, observation_point: u8, ifindex: u32) {
+        let buffer = active_buffer();
+        let c = STATS.get_ptr_mut(stats::index(buffer, observation_point));
         bump(c, stats::PACKETS_SEEN, 1);
-        let meta = match parse_ethernet(&Xdp(ctx)) {
+        let meta = match parsed {
             Parsed::Flow(m) => m,
             Parsed::NonIp => {
                 bump(c, stats::NON_IP, 1);
-                return None;
+                return;
             }
             Parsed::Unparsed => {
                 bump(c, stats::UNPARSED, 1);
-                return None;
+                return;
             }
         };
         let mut key = meta.key;
-        key.observation_point = OBS_XDP;
-        // SAFETY: reading the ingress ifindex from the xdp_md context.
-        key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        bump(c, stats::BYTES_KEYED, meta.ip_len as u64);
-        Some((key, meta.ip_len as u64, meta.tcp_flags as u64, meta.dscp))
+        key.observation_point = observation_point;
+        key.ifindex = ifindex;
+        let bytes = meta.ip_len as u64;
+        let flags = meta.tcp_flags as u64;
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let flows = if buffer == 0 { &FLOWS_0 } else { &FLOWS_1 };
+        match record(flows, &key, bytes, flags, meta.dscp, now) {
+            Stored::Updated => bump(c, stats::BYTES_KEYED, bytes),
+            Stored::Inserted => {
+                bump(c, stats::BYTES_KEYED, bytes);
+                bump(c, stats::NEW_FLOWS, 1);
+            }
+            Stored::Refused => bump(c, stats::MAP_ERRORS, 1),
+        }
     }
 
     #[xdp]
     pub fn flowlens_xdp(ctx: XdpContext) -> u32 {
-        if let Some((key, bytes, flags, dscp)) = classify(&ctx) {
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            record(&key, bytes, flags, dscp, now);
-        }
-        xdp_action::XDP_PASS
-    }
-
-    /// Benchmark twin of `flowlens_xdp` with per-CPU values (plain adds, no atomics).
-    #[xdp]
-    pub fn flowlens_xdp_percpu(ctx: XdpContext) -> u32 {
-        if let Some((key, bytes, flags, dscp)) = classify(&ctx) {
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            if let Some(v) = FLOWS_PERCPU.get_ptr_mut(&key) {
-                // SAFETY: this CPU's value; XDP runs with preemption disabled.
-                unsafe {
-                    (*v).packets += 1;
-                    (*v).bytes += bytes;
-                    (*v).tcp_flags |= flags;
-                    (*v).last_seen_ns = now;
-                    (*v).dscp = dscp;
-                }
-            } else {
-                let fresh = FlowValue::first(bytes, flags, dscp, now);
-                if FLOWS_PERCPU.insert(&key, &fresh, 0).is_err() {
-                    bump(counters(), stats::MAP_ERRORS, 1);
-                }
-            }
-        }
+        let parsed = parse_ethernet(&Xdp(&ctx));
+        // SAFETY: reading the ingress ifindex from the xdp_md context.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        account(parsed, OBS_XDP, ifindex);
         xdp_action::XDP_PASS
     }
 
@@ -155,20 +156,36 @@ mod probe {
         }
     }
 
+    enum Stored {
+        Updated,
+        Inserted,
+        Refused,
+    }
+
     #[inline(always)]
-    fn record(key: &FlowKey, bytes: u64, flags: u64, dscp: u8, now: u64) {
-        if let Some(v) = FLOWS.get_ptr_mut(key) {
+    fn record(
+        flows: &LruHashMap<FlowKey, FlowValue>,
+        key: &FlowKey,
+        bytes: u64,
+        flags: u64,
+        dscp: u8,
+        now: u64,
+    ) -> Stored {
+        if let Some(v) = flows.get_ptr_mut(key) {
             update(v, bytes, flags, dscp, now);
-            return;
+            return Stored::Updated;
         }
         let fresh = FlowValue::first(bytes, flags, dscp, now);
-        if FLOWS.insert(key, &fresh, BPF_NOEXIST).is_ok() {
-            return;
+        if flows.insert(key, &fresh, BPF_NOEXIST).is_ok() {
+            return Stored::Inserted;
         }
         // Another CPU inserted the flow between our lookup and insert: add to its entry.
-        match FLOWS.get_ptr_mut(key) {
-            Some(v) => update(v, bytes, flags, dscp, now),
-            None => bump(counters(), stats::MAP_ERRORS, 1),
+        match flows.get_ptr_mut(key) {
+            Some(v) => {
+                update(v, bytes, flags, dscp, now);
+                Stored::Updated
+            }
+            None => Stored::Refused,
         }
     }
 

@@ -99,7 +99,10 @@ impl FlowValue {
     }
 }
 
-/// Slots of the per-CPU `STATS` entry (an array of `COUNT` `u64`s, one entry per CPU).
+/// The per-CPU `STATS` map: one entry per (flow-map buffer, observation point), each an array
+/// of `COUNT` `u64` slots. A program adds to the entry of the buffer it writes its flows into, so
+/// once the collector has swapped buffers and waited out running programs, a buffer's counters
+/// and its flow map are both still and can be compared exactly (see docs/ARCHITECTURE.md).
 pub mod stats {
     /// Every packet the program ran on.
     pub const PACKETS_SEEN: u32 = 0;
@@ -111,14 +114,31 @@ pub mod stats {
     pub const MAP_ERRORS: u32 = 3;
     /// IP-layer bytes of all keyed packets.
     pub const BYTES_KEYED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Flow entries inserted: how full the buffer is (entries are only removed by the drain,
+    /// or by LRU eviction when it is full). Drives the early drain.
+    pub const NEW_FLOWS: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const NAMES: [&str; COUNT as usize] = [
         "packets_seen",
         "non_ip",
         "unparsed",
         "map_errors",
         "bytes_keyed",
+        "new_flows",
     ];
+
+    /// Observation-point slots per buffer (`OBS_*` values are below this).
+    pub const OBS_SLOTS: u32 = 8;
+    /// Flow-map buffers (double buffering).
+    pub const BUFFERS: u32 = 2;
+    /// Entries of the `STATS` map.
+    pub const ENTRIES: u32 = BUFFERS * OBS_SLOTS;
+
+    /// `STATS` index of (buffer, observation point).
+    #[inline(always)]
+    pub const fn index(buffer: u32, observation_point: u8) -> u32 {
+        buffer * OBS_SLOTS + (observation_point as u32 & (OBS_SLOTS - 1))
+    }
 }
 
 #[cfg(feature = "user")]
@@ -136,5 +156,18 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16 + 16 + 2 * 3 + 6 + 4);
         assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7);
+    }
+
+    #[test]
+    fn stats_index_separates_buffers_and_points() {
+        let mut seen = std::collections::HashSet::new();
+        for b in 0..stats::BUFFERS {
+            for p in 0..stats::OBS_SLOTS as u8 {
+                let i = stats::index(b, p);
+                assert!(i < stats::ENTRIES);
+                assert!(seen.insert(i), "index {i} used twice");
+            }
+        }
+        assert!(OBS_NF_POST_ROUTING < stats::OBS_SLOTS as u8);
     }
 }
