@@ -4,6 +4,10 @@
 //! ([`flowlens_schema::parse`]) and adds it to its flow in the `FLOWS` LRU hash map. It always
 //! returns `XDP_PASS`: the probe observes, it never changes traffic.
 //!
+//! `flowlens_nf` does the same at netfilter hooks (BPF_PROG_TYPE_NETFILTER, loaded by the
+//! collector's own loader), starting the same parser at L3, and always returns `NF_ACCEPT`.
+//! Both account packets through one function, `account`.
+//!
 //! Counters are exact under concurrency: a flow's entry is shared by all CPUs and updated with
 //! BPF atomic adds; a lost insert race (`EEXIST`) falls back to the atomic update of the winner's
 //! entry. (A per-CPU map would avoid the atomics but costs a value per CPU per flow and a merge in
@@ -16,16 +20,18 @@
 #[cfg(target_arch = "bpf")]
 mod probe {
     use aya_ebpf::{
+        Global,
         bindings::xdp_action,
-        helpers::bpf_ktime_get_ns,
+        helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
         macros::{map, xdp},
         maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
     use flowlens_schema::{
-        FlowKey, FlowValue, OBS_XDP,
-        parse::{Packet, Parsed, parse_ethernet},
+        FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
+        OBS_XDP, VLAN_NONE,
+        parse::{Packet, Parsed, parse_ethernet, parse_ipv4, parse_ipv6},
         stats,
     };
 
@@ -80,12 +86,14 @@ mod probe {
         }
     }
 
-    /// Parses the frame and fills in the key; counts non-IP and unparsed frames.
+    /// Counts one packet's parse outcome in `STATS` and completes its key (observation point and
+    /// interface). Shared by every program, so the conservation check (keyed = seen - non-IP -
+    /// unparsed) holds whatever mix of programs runs.
     #[inline(always)]
-    fn classify(ctx: &XdpContext) -> Option<(FlowKey, u64, u64, u8)> {
+    fn keyed(parsed: Parsed, obs: u8, ifindex: u32) -> Option<(FlowKey, u64, u64, u8)> {
         let c = counters();
         bump(c, stats::PACKETS_SEEN, 1);
-        let meta = match parse_ethernet(&Xdp(ctx)) {
+        let meta = match parsed {
             Parsed::Flow(m) => m,
             Parsed::NonIp => {
                 bump(c, stats::NON_IP, 1);
@@ -97,11 +105,18 @@ mod probe {
             }
         };
         let mut key = meta.key;
-        key.observation_point = OBS_XDP;
-        // SAFETY: reading the ingress ifindex from the xdp_md context.
-        key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        key.observation_point = obs;
+        key.ifindex = ifindex;
         bump(c, stats::BYTES_KEYED, meta.ip_len as u64);
         Some((key, meta.ip_len as u64, meta.tcp_flags as u64, meta.dscp))
+    }
+
+    /// Parses the frame and fills in the key; counts non-IP and unparsed frames.
+    #[inline(always)]
+    fn classify(ctx: &XdpContext) -> Option<(FlowKey, u64, u64, u8)> {
+        // SAFETY: reading the ingress ifindex from the xdp_md context.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        keyed(parse_ethernet(&Xdp(ctx)), OBS_XDP, ifindex)
     }
 
     #[xdp]
@@ -109,7 +124,7 @@ mod probe {
         if let Some((key, bytes, flags, dscp)) = classify(&ctx) {
             // SAFETY: bpf_ktime_get_ns has no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            record(&key, bytes, flags, dscp, now);
+            account(&key, bytes, flags, dscp, now);
         }
         xdp_action::XDP_PASS
     }
@@ -155,8 +170,10 @@ mod probe {
         }
     }
 
+    /// Adds one keyed packet to its flow. Every program (XDP and netfilter) accounts through
+    /// this one function, so the map-update path exists once.
     #[inline(always)]
-    fn record(key: &FlowKey, bytes: u64, flags: u64, dscp: u8, now: u64) {
+    fn account(key: &FlowKey, bytes: u64, flags: u64, dscp: u8, now: u64) {
         if let Some(v) = FLOWS.get_ptr_mut(key) {
             update(v, bytes, flags, dscp, now);
             return;
@@ -176,6 +193,144 @@ mod probe {
     #[xdp]
     pub fn flowlens_xdp_noop(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    // ---- netfilter (BPF_PROG_TYPE_NETFILTER) ----
+    //
+    // aya-obj 0.6 rejects an ELF section named `netfilter` (the whole object would fail to
+    // parse), so the netfilter programs live in `socket` sections, which aya registers as socket
+    // filters and never loads by itself. The collector's netfilter loader
+    // (collector/src/netfilter) loads them as BPF_PROG_TYPE_NETFILTER with the maps of this
+    // same object.
+
+    /// Kernel struct offsets, written by the loader from the running kernel's BTF.
+    #[unsafe(no_mangle)]
+    static NF_OFFSETS: Global<NfOffsets> = Global::new(NfOffsets {
+        skb_len: 0,
+        skb_data_len: 0,
+        skb_data: 0,
+        state_hook: 0,
+        state_pf: 0,
+        state_in: 0,
+        state_out: 0,
+        dev_ifindex: 0,
+    });
+
+    /// Hooks at or below this number (`NF_INET_FORWARD`) report the input interface, the others
+    /// (`LOCAL_OUT`, `POST_ROUTING`) the output interface.
+    const NF_INET_FORWARD: u8 = 2;
+    const NF_INET_POST_ROUTING: u8 = 4;
+
+    /// Reads a `T` from kernel memory at `addr`.
+    #[inline(always)]
+    fn kread<T>(addr: u64) -> Option<T> {
+        // SAFETY: bpf_probe_read_kernel copies into a local and fails (instead of faulting) on
+        // an unreadable address.
+        unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+    }
+
+    /// The IP packet of an skb at a netfilter inet hook, where `skb->data` is the network
+    /// header. Reads go through `bpf_probe_read_kernel` and stay inside the linear part
+    /// (`len - data_len`); `covers` answers for the whole packet (`len`).
+    struct Skb {
+        data: u64,
+        headlen: usize,
+        len: usize,
+    }
+
+    impl Packet for Skb {
+        #[inline(always)]
+        fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+            if off + N > self.headlen {
+                return None;
+            }
+            let mut buf = [0u8; N];
+            // SAFETY: as in `kread`; `buf` has room for exactly N bytes.
+            let r = unsafe {
+                bpf_probe_read_kernel_buf((self.data + off as u64) as *const u8, &mut buf)
+            };
+            r.ok().map(|()| buf)
+        }
+        #[inline(always)]
+        fn covers(&self, end_off: usize) -> bool {
+            end_off <= self.len
+        }
+    }
+
+    /// Counts a packet that could not be keyed.
+    #[inline(always)]
+    fn skipped(slot: u32) {
+        let c = counters();
+        bump(c, stats::PACKETS_SEEN, 1);
+        bump(c, slot, 1);
+    }
+
+    #[inline(always)]
+    fn nf_observe(ctx: *const u64) {
+        let o = NF_OFFSETS.load();
+        // SAFETY: the context of a netfilter program is `struct bpf_nf_ctx { state, skb }`; the
+        // loader checked those two offsets (0 and 8) against the kernel's BTF.
+        let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
+        let (Some(hook), Some(pf)) = (
+            kread::<u8>(state + o.state_hook as u64),
+            kread::<u8>(state + o.state_pf as u64),
+        ) else {
+            skipped(stats::UNPARSED);
+            return;
+        };
+        if hook > NF_INET_POST_ROUTING {
+            // Not an inet hook: the loader attaches only to the five inet hooks.
+            skipped(stats::NON_IP);
+            return;
+        }
+        let dev_off = if hook <= NF_INET_FORWARD {
+            o.state_in
+        } else {
+            o.state_out
+        };
+        let ifindex = match kread::<u64>(state + dev_off as u64) {
+            Some(dev) if dev != 0 => kread::<u32>(dev + o.dev_ifindex as u64).unwrap_or(0),
+            _ => 0,
+        };
+        let (Some(data), Some(len), Some(data_len)) = (
+            kread::<u64>(skb + o.skb_data as u64),
+            kread::<u32>(skb + o.skb_len as u64),
+            kread::<u32>(skb + o.skb_data_len as u64),
+        ) else {
+            skipped(stats::UNPARSED);
+            return;
+        };
+        let pkt = Skb {
+            data,
+            headlen: len.saturating_sub(data_len) as usize,
+            len: len as usize,
+        };
+        let parsed = match pf {
+            NFPROTO_IPV4 => parse_ipv4(&pkt, 0, VLAN_NONE),
+            NFPROTO_IPV6 => parse_ipv6(&pkt, 0, VLAN_NONE),
+            _ => Parsed::NonIp,
+        };
+        if let Some((key, bytes, flags, dscp)) = keyed(parsed, OBS_NF_PRE_ROUTING + hook, ifindex)
+        {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            account(&key, bytes, flags, dscp, now);
+        }
+    }
+
+    /// Netfilter hook probe (IPv4 and IPv6, any inet hook): counts the packet, returns NF_ACCEPT.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf")]
+    pub extern "C" fn flowlens_nf(ctx: *const u64) -> i32 {
+        nf_observe(ctx);
+        NF_ACCEPT
+    }
+
+    /// Counterpart for benchmarks: a netfilter program that only accepts.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf_noop")]
+    pub extern "C" fn flowlens_nf_noop(_ctx: *const u64) -> i32 {
+        NF_ACCEPT
     }
 
     #[panic_handler]
