@@ -184,7 +184,9 @@ impl RunArgs {
             })
             .collect::<Result<Vec<_>>>()?;
         let netfilter_priority = match self.netfilter_priority.or(file.netfilter_priority) {
-            Some(p) => check_priority(p).map_err(|e| anyhow::anyhow!("--netfilter-priority: {e}"))?,
+            Some(p) => {
+                check_priority(p).map_err(|e| anyhow::anyhow!("--netfilter-priority: {e}"))?
+            }
             None => DEFAULT_NETFILTER_PRIORITY,
         };
         let sink_strs = pick_vec(self.sink, file.sink);
@@ -327,12 +329,24 @@ mod tests {
             .unwrap();
         assert_eq!(c.netfilter, vec![Hook::PreRouting, Hook::PostRouting]);
         for (argv, want) in [
-            (vec!["--netfilter", "forwrd"], "unknown netfilter hook \"forwrd\""),
-            (vec!["--netfilter", "forward,"], "unknown netfilter hook \"\""),
-            (vec!["--netfilter", "forward,forward"], "forward given twice"),
+            (
+                vec!["--netfilter", "forwrd"],
+                "unknown netfilter hook \"forwrd\"",
+            ),
+            (
+                vec!["--netfilter", "forward,"],
+                "unknown netfilter hook \"\"",
+            ),
+            (
+                vec!["--netfilter", "forward,forward"],
+                "forward given twice",
+            ),
         ] {
             let e = format!("{:#}", args(&argv).resolve().unwrap_err());
-            assert!(e.contains(want) && e.contains("--netfilter"), "{argv:?}: {e}");
+            assert!(
+                e.contains(want) && e.contains("--netfilter"),
+                "{argv:?}: {e}"
+            );
         }
         for bad in ["-2147483648", "2147483647", "low", "99999999999"] {
             let e = T::try_parse_from(["t", "--netfilter-priority", bad])
@@ -356,7 +370,10 @@ mod tests {
                 "netfilter = [\"post_routing\"]\n",
                 Ok((vec![Hook::PostRouting], DEFAULT_NETFILTER_PRIORITY)),
             ),
-            ("netfilter = [\"input\"]\n", Err("unknown netfilter hook \"input\"")),
+            (
+                "netfilter = [\"input\"]\n",
+                Err("unknown netfilter hook \"input\""),
+            ),
             ("netfilter-priority = 2147483647\n", Err("reserved")),
         ] {
             let f = dir.join("nf.toml");

@@ -135,10 +135,7 @@ fn truncated_packets_are_unparsed_and_accepted() {
     assert!(flows.is_empty(), "{flows:?}");
     let s = ks.read().unwrap();
     assert_eq!(
-        (
-            s[stats::PACKETS_SEEN as usize],
-            s[stats::UNPARSED as usize]
-        ),
+        (s[stats::PACKETS_SEEN as usize], s[stats::UNPARSED as usize]),
         (5, 5)
     );
 }

@@ -310,8 +310,7 @@ mod probe {
             NFPROTO_IPV6 => parse_ipv6(&pkt, 0, VLAN_NONE),
             _ => Parsed::NonIp,
         };
-        if let Some((key, bytes, flags, dscp)) = keyed(parsed, OBS_NF_PRE_ROUTING + hook, ifindex)
-        {
+        if let Some((key, bytes, flags, dscp)) = keyed(parsed, OBS_NF_PRE_ROUTING + hook, ifindex) {
             // SAFETY: bpf_ktime_get_ns has no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
             account(&key, bytes, flags, dscp, now);

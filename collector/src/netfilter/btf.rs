@@ -151,8 +151,8 @@ impl Btf {
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 _ => return Err(Malformed("unknown type kind")),
             };
             index.push(Ty {
@@ -368,11 +368,26 @@ mod tests {
     #[test]
     fn finds_members_through_anonymous_unions() {
         let b = Btf::parse(&blob()).unwrap();
-        assert_eq!(b.member("outer", "a").unwrap(), Member { offset: 0, size: 4 });
-        assert_eq!(b.member("outer", "b").unwrap(), Member { offset: 4, size: 2 });
-        assert_eq!(b.member("outer", "c").unwrap(), Member { offset: 6, size: 2 });
-        assert_eq!(b.member("outer", "d").unwrap(), Member { offset: 4, size: 4 });
-        assert_eq!(b.member("outer", "p").unwrap(), Member { offset: 8, size: 8 });
+        assert_eq!(
+            b.member("outer", "a").unwrap(),
+            Member { offset: 0, size: 4 }
+        );
+        assert_eq!(
+            b.member("outer", "b").unwrap(),
+            Member { offset: 4, size: 2 }
+        );
+        assert_eq!(
+            b.member("outer", "c").unwrap(),
+            Member { offset: 6, size: 2 }
+        );
+        assert_eq!(
+            b.member("outer", "d").unwrap(),
+            Member { offset: 4, size: 4 }
+        );
+        assert_eq!(
+            b.member("outer", "p").unwrap(),
+            Member { offset: 8, size: 8 }
+        );
         assert!(matches!(
             b.member("outer", "zz"),
             Err(BtfError::NoMember { .. })

@@ -155,7 +155,9 @@ pub enum NetfilterError {
         source: io::Error,
         log: String,
     },
-    #[error("attaching {program} to netfilter hook {hook} ({family}, priority {priority}): {source}")]
+    #[error(
+        "attaching {program} to netfilter hook {hook} ({family}, priority {priority}): {source}"
+    )]
     Attach {
         program: String,
         hook: Hook,
