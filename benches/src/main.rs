@@ -104,7 +104,11 @@ fn packet_mix() -> Vec<(&'static str, Vec<u8>)> {
 
 /// The IP packet inside an Ethernet frame of the mix (after an optional VLAN tag) and its family.
 fn l3_of(frame: &[u8]) -> (&[u8], Family) {
-    let off = if frame[12..14] == [0x81, 0x00] { 18 } else { 14 };
+    let off = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
     let ip = &frame[off..];
     let family = if ip[0] >> 4 == 6 {
         Family::Ipv6

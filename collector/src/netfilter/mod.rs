@@ -135,7 +135,7 @@ pub enum NetfilterError {
     #[error("reading kernel struct offsets from BTF: {0}")]
     Btf(#[from] BtfError),
     #[error("parsing the probe object: {0}")]
-    Parse(#[from] aya_obj::ParseError),
+    Parse(#[source] Box<aya_obj::ParseError>),
     #[error("program {0} not found in the probe object")]
     NoProgram(String),
     #[error(
@@ -146,7 +146,7 @@ pub enum NetfilterError {
         given: String,
         missing: String,
         #[source]
-        source: aya_obj::relocation::EbpfRelocationError,
+        source: Box<aya_obj::relocation::EbpfRelocationError>,
     },
     #[error("loading {program} (BPF_PROG_LOAD): {source}; verifier log:\n{log}")]
     Load {
@@ -288,7 +288,8 @@ impl NetfilterProgram {
         name: &str,
         maps: impl IntoIterator<Item = (&'a str, BorrowedFd<'a>)>,
     ) -> Result<NetfilterProgram, NetfilterError> {
-        let mut obj = aya_obj::Object::parse(object)?;
+        let mut obj =
+            aya_obj::Object::parse(object).map_err(|e| NetfilterError::Parse(Box::new(e)))?;
         let prog = obj
             .programs
             .remove(name)
@@ -316,6 +317,7 @@ impl NetfilterProgram {
         let mut given_names: Vec<&str> = given.keys().copied().collect();
         given_names.sort_unstable();
         let relocate_err = |source| NetfilterError::Relocate {
+            source: Box::new(source),
             program: name.to_string(),
             given: given_names.join(", "),
             missing: if missing.is_empty() {
@@ -323,7 +325,6 @@ impl NetfilterProgram {
             } else {
                 missing.join(", ")
             },
-            source,
         };
         let resolved = obj_maps.iter().filter_map(|(n, m)| {
             given
