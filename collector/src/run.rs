@@ -289,12 +289,14 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     }
     let mut drainer = probe.take_drainer()?;
     let kstats = probe.take_stats()?;
-    tracing::info!(
-        netfilter = ?nf_hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
-        netfilter_priority = cfg.netfilter_priority,
-        netfilter_links = ?probe.netfilter_links().iter().map(|l| l.id).collect::<Vec<_>>(),
-        "netfilter hooks"
-    );
+    if !nf_hooks.is_empty() {
+        tracing::info!(
+            hooks = ?nf_hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
+            priority = cfg.netfilter_priority,
+            link_ids = ?probe.netfilter_links().iter().map(|l| l.id).collect::<Vec<_>>(),
+            "netfilter hooks attached (IPv4 and IPv6)"
+        );
+    }
     tracing::info!(interfaces = ?ifaces_list, mode = ?cfg.xdp_mode, sinks = ?cfg.sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "flowlens running");
 
     let mut pipe = Pipeline::new(

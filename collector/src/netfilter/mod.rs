@@ -216,12 +216,12 @@ fn load_insns(name: &str, insns: &[bpf_insn], license: &[u8]) -> Result<OwnedFd,
     match sys::prog_load(&p, &mut [], 0) {
         Ok(fd) => Ok(fd),
         Err(first) => {
-            // Again with the verifier's log, which says why.
+            // Again with the verifier's log, which says why. The first errno is the reason
+            // reported (the second load can only add ENOSPC for a log that did not fit).
             let mut log = vec![0u8; LOG_SIZE];
-            let source = match sys::prog_load(&p, &mut log, 1) {
-                Ok(fd) => return Ok(fd),
-                Err(e) => e,
-            };
+            if let Ok(fd) = sys::prog_load(&p, &mut log, 1) {
+                return Ok(fd);
+            }
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             let text = String::from_utf8_lossy(&log[..end]);
             let tail = text
@@ -231,11 +231,7 @@ fn load_insns(name: &str, insns: &[bpf_insn], license: &[u8]) -> Result<OwnedFd,
                 .map_or(&text[..], |(i, _)| &text[i..]);
             Err(NetfilterError::Load {
                 program: name.to_string(),
-                source: if source.raw_os_error().is_some() {
-                    source
-                } else {
-                    first
-                },
+                source: first,
                 log: tail.trim_end().to_string(),
             })
         }
@@ -448,5 +444,50 @@ pub struct NetfilterLink {
 impl NetfilterLink {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_names_round_trip() {
+        for h in Hook::ALL {
+            assert_eq!(h.name().parse::<Hook>().unwrap(), h);
+        }
+        assert_eq!(Hook::Forward.hooknum(), 2);
+        let e = "input".parse::<Hook>().unwrap_err().to_string();
+        assert!(e.contains("\"input\"") && e.contains("post_routing"), "{e}");
+    }
+
+    /// Needs root (CI is root): this kernel has netfilter programs.
+    #[test]
+    fn this_kernel_supports_netfilter_programs() {
+        probe_support().unwrap();
+    }
+
+    /// A program the verifier rejects: the error carries the errno and the verifier's reason.
+    #[test]
+    fn rejected_program_reports_errno_and_verifier_log() {
+        // `exit` with r0 never written.
+        let insns = [bpf_insn {
+            code: 0x95,
+            _bitfield_1: Default::default(),
+            off: 0,
+            imm: 0,
+        }];
+        match load_insns("flowlens_bad", &insns, b"GPL\0") {
+            Err(NetfilterError::Load {
+                program,
+                source,
+                log,
+            }) => {
+                assert_eq!(program, "flowlens_bad");
+                assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{source}");
+                assert!(log.contains("R0 !read_ok"), "{log}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
