@@ -4,8 +4,8 @@
 //!
 //! * Probe cost per packet (`BPF_PROG_TEST_RUN`, kernel-timed): the no-op XDP program, the
 //!   shipped shared-map program (atomic adds) and its per-CPU-map twin, over a packet mix, and
-//!   the netfilter program and a no-op netfilter program over the IP packets of the same mix
-//!   (hook `local_out`), all interleaved in rounds; medians reported.
+//!   the netfilter program, its direct-load twin and a no-op netfilter program over the IP
+//!   packets of the same mix (hook `local_out`), all interleaved in rounds; medians reported.
 //! * Record path: synthetic drained deltas → flow table → records (flows/s), and Parquet
 //!   encoding (records/s, bytes/record).
 
@@ -22,7 +22,8 @@ use flowlens::{
     flow_table::FlowTable,
     netfilter::{Family, Hook, btf::Btf, nf_offsets},
     probe::{
-        NF_NOOP_PROGRAM, NF_PROGRAM, Probe, XDP_NOOP_PROGRAM, XDP_PERCPU_PROGRAM, XDP_PROGRAM,
+        NF_DIRECT_PROGRAM, NF_NOOP_PROGRAM, NF_PROGRAM, Probe, XDP_NOOP_PROGRAM,
+        XDP_PERCPU_PROGRAM, XDP_PROGRAM,
     },
     timebase::Timebase,
 };
@@ -130,7 +131,11 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
         ("shared_atomic", XDP_PROGRAM),
         ("percpu", XDP_PERCPU_PROGRAM),
     ];
-    let nf_progs = [("nf_noop", NF_NOOP_PROGRAM), ("nf", NF_PROGRAM)];
+    let nf_progs = [
+        ("nf_noop", NF_NOOP_PROGRAM),
+        ("nf", NF_PROGRAM),
+        ("nf_direct", NF_DIRECT_PROGRAM),
+    ];
     for (_, p) in xdp_progs {
         probe.xdp_program(p)?;
     }
@@ -248,6 +253,12 @@ fn main() -> Result<()> {
     summary.insert("noop_nf_ns_per_pkt".into(), nf_noop);
     summary.insert("nf_ns_per_pkt_existing_flow".into(), nf);
     summary.insert("nf_over_noop_ns_existing_flow".into(), nf - nf_noop);
+    let nf_direct = costs["nf_direct"];
+    summary.insert("nf_direct_ns_per_pkt_existing_flow".into(), nf_direct);
+    summary.insert(
+        "nf_direct_over_noop_ns_existing_flow".into(),
+        nf_direct - nf_noop,
+    );
 
     // Record path: drained deltas → flow table → records.
     let n = 100_000;

@@ -25,6 +25,9 @@ pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
 pub const XDP_PERCPU_PROGRAM: &str = "flowlens_xdp_percpu";
 /// The netfilter-hook program (any inet hook, IPv4 and IPv6).
 pub const NF_PROGRAM: &str = "flowlens_nf";
+/// Benchmark twin of [`NF_PROGRAM`] that reads kernel structs with direct BTF-typed loads
+/// instead of `bpf_probe_read_kernel` (docs/ARCHITECTURE.md, "Kernel struct offsets").
+pub const NF_DIRECT_PROGRAM: &str = "flowlens_nf_direct";
 /// Benchmark counterpart of [`NF_PROGRAM`]: returns NF_ACCEPT and nothing else.
 pub const NF_NOOP_PROGRAM: &str = "flowlens_nf_noop";
 /// The probe's global holding kernel struct offsets for [`NF_PROGRAM`].

@@ -7,7 +7,7 @@ use etherparse::PacketBuilder;
 use flowlens::{
     drain::{Drainer, KernelStats},
     netfilter::{Family, Hook, btf::Btf, nf_offsets},
-    probe::{NF_NOOP_PROGRAM, NF_PROGRAM, Probe},
+    probe::{NF_DIRECT_PROGRAM, NF_NOOP_PROGRAM, NF_PROGRAM, Probe},
 };
 use flowlens_schema::{
     FlowKey, FlowValue, IPPROTO_TCP, IPPROTO_UDP, NF_ACCEPT, OBS_NF_PRE_ROUTING, stats,
@@ -58,8 +58,19 @@ fn drain(probe: &mut Probe) -> (Vec<(FlowKey, FlowValue)>, KernelStats) {
 /// observation point, the interface the harness provides, and NF_ACCEPT every time.
 #[test]
 fn every_hook_and_family_counts_exactly() {
+    every_hook_and_family(NF_PROGRAM);
+}
+
+/// The same for the benchmark twin that reads kernel structs with direct BTF loads: it passes
+/// the verifier and counts identically.
+#[test]
+fn direct_load_twin_counts_the_same() {
+    every_hook_and_family(NF_DIRECT_PROGRAM);
+}
+
+fn every_hook_and_family(program: &str) {
     let mut p = probe();
-    let prog = p.load_netfilter(NF_PROGRAM).unwrap();
+    let prog = p.load_netfilter(program).unwrap();
     let mut want = Vec::new();
     for (i, hook) in Hook::ALL.into_iter().enumerate() {
         for family in Family::BOTH {

@@ -221,12 +221,24 @@ mod probe {
     const NF_INET_FORWARD: u8 = 2;
     const NF_INET_POST_ROUTING: u8 = 4;
 
-    /// Reads a `T` from kernel memory at `addr`.
+    /// Reads a `T` of a kernel struct at `addr` (a struct pointer plus an `NF_OFFSETS` offset).
+    ///
+    /// `DIRECT = false` (shipped): `bpf_probe_read_kernel`, whose source argument the verifier
+    /// does not check, so nothing about the offsets can make the program fail to load.
+    /// `DIRECT = true` (benchmark twin `flowlens_nf_direct`): a plain load through the BTF-typed
+    /// pointer; it verifies only because `.rodata` is frozen (the verifier then knows each offset
+    /// as a constant and matches it against a BTF field of the same size), and it is faster.
     #[inline(always)]
-    fn kread<T>(addr: u64) -> Option<T> {
-        // SAFETY: bpf_probe_read_kernel copies into a local and fails (instead of faulting) on
-        // an unreadable address.
-        unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+    fn kread<T, const DIRECT: bool>(addr: u64) -> Option<T> {
+        if DIRECT {
+            // SAFETY: `addr` is a field of a struct the kernel handed us (offset from BTF); the
+            // verifier turns this into an exception-handled BTF load (PROBE_MEM).
+            Some(unsafe { core::ptr::read_volatile(addr as *const T) })
+        } else {
+            // SAFETY: bpf_probe_read_kernel copies into a local and fails (instead of
+            // faulting) on an unreadable address.
+            unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+        }
     }
 
     /// The IP packet of an skb at a netfilter inet hook, where `skb->data` is the network
@@ -266,14 +278,14 @@ mod probe {
     }
 
     #[inline(always)]
-    fn nf_observe(ctx: *const u64) {
+    fn nf_observe<const DIRECT: bool>(ctx: *const u64) {
         let o = NF_OFFSETS.load();
         // SAFETY: the context of a netfilter program is `struct bpf_nf_ctx { state, skb }`; the
         // loader checked those two offsets (0 and 8) against the kernel's BTF.
         let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
         let (Some(hook), Some(pf)) = (
-            kread::<u8>(state + o.state_hook as u64),
-            kread::<u8>(state + o.state_pf as u64),
+            kread::<u8, DIRECT>(state + o.state_hook as u64),
+            kread::<u8, DIRECT>(state + o.state_pf as u64),
         ) else {
             skipped(stats::UNPARSED);
             return;
@@ -288,14 +300,14 @@ mod probe {
         } else {
             o.state_out
         };
-        let ifindex = match kread::<u64>(state + dev_off as u64) {
-            Some(dev) if dev != 0 => kread::<u32>(dev + o.dev_ifindex as u64).unwrap_or(0),
+        let ifindex = match kread::<u64, DIRECT>(state + dev_off as u64) {
+            Some(dev) if dev != 0 => kread::<u32, DIRECT>(dev + o.dev_ifindex as u64).unwrap_or(0),
             _ => 0,
         };
         let (Some(data), Some(len), Some(data_len)) = (
-            kread::<u64>(skb + o.skb_data as u64),
-            kread::<u32>(skb + o.skb_len as u64),
-            kread::<u32>(skb + o.skb_data_len as u64),
+            kread::<u64, DIRECT>(skb + o.skb_data as u64),
+            kread::<u32, DIRECT>(skb + o.skb_len as u64),
+            kread::<u32, DIRECT>(skb + o.skb_data_len as u64),
         ) else {
             skipped(stats::UNPARSED);
             return;
@@ -321,7 +333,16 @@ mod probe {
     #[unsafe(no_mangle)]
     #[unsafe(link_section = "socket/flowlens_nf")]
     pub extern "C" fn flowlens_nf(ctx: *const u64) -> i32 {
-        nf_observe(ctx);
+        nf_observe::<false>(ctx);
+        NF_ACCEPT
+    }
+
+    /// Benchmark twin of `flowlens_nf` reading the kernel structs with direct BTF loads instead
+    /// of `bpf_probe_read_kernel` (packet bytes are read the same way in both).
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf_direct")]
+    pub extern "C" fn flowlens_nf_direct(ctx: *const u64) -> i32 {
+        nf_observe::<true>(ctx);
         NF_ACCEPT
     }
 
