@@ -64,6 +64,8 @@ pub struct Probe {
     nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
     attached: Vec<String>,
+    /// Whether `NF_OFFSETS` was filled in (netfilter flow programs need it).
+    has_nf_offsets: bool,
 }
 
 /// The fd of an aya map, whatever its type.
@@ -142,6 +144,7 @@ impl Probe {
             nf_programs: Vec::new(),
             ebpf,
             attached: Vec::new(),
+            has_nf_offsets: nf_offsets.is_some(),
         })
     }
 
@@ -153,6 +156,11 @@ impl Probe {
         let i = match self.nf_programs.iter().position(|p| p.name() == name) {
             Some(i) => i,
             None => {
+                if name != NF_NOOP_PROGRAM && !self.has_nf_offsets {
+                    return Err(anyhow!(
+                        "{name} needs kernel struct offsets: load the probe with Probe::load_with(.., Some(nf_offsets))"
+                    ));
+                }
                 let maps = self.ebpf.maps().map(|(n, m)| (n, map_fd(m)));
                 let prog = NetfilterProgram::load(PROBE_OBJECT, name, maps)?;
                 self.nf_programs.push(prog);

@@ -151,6 +151,15 @@ fn truncated_packets_are_unparsed_and_accepted() {
     );
 }
 
+/// The flow program refuses to load without the kernel offsets (it would read garbage).
+#[test]
+fn flow_program_needs_offsets() {
+    let mut p = Probe::load(64).unwrap();
+    let e = p.load_netfilter(NF_PROGRAM).unwrap_err().to_string();
+    assert!(e.contains("offsets"), "{e}");
+    p.load_netfilter(NF_NOOP_PROGRAM).unwrap();
+}
+
 #[test]
 fn noop_program_loads_and_accepts() {
     let mut p = probe();
