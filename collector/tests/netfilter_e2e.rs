@@ -102,8 +102,19 @@ fn nf_links(pid: u32) -> Vec<NfLink> {
 /// Starts `flowlens run ARGS --sink parquet:OUT` in `ns` and waits until it holds `links`
 /// netfilter links (and, with `xdp_if`, until XDP is attached there).
 fn start(ns: &Netns, out: &Path, args: &[&str], links: usize, xdp_if: Option<&str>) -> Child {
-    let mut child = ns
-        .command(FLOWLENS)
+    start_cmd(ns.command(FLOWLENS), ns, out, args, links, xdp_if)
+}
+
+/// Like [`start`], with `cmd` being the command that ends up exec'ing flowlens (same pid).
+fn start_cmd(
+    mut cmd: std::process::Command,
+    ns: &Netns,
+    out: &Path,
+    args: &[&str],
+    links: usize,
+    xdp_if: Option<&str>,
+) -> Child {
+    let mut child = cmd
         .arg("run")
         .args(args)
         .arg("--sink")
@@ -572,6 +583,89 @@ fn xdp_and_netfilter_in_one_run() {
         "nf_forward records differ from the captures"
     );
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// `ip netns exec NS unshare -m sh -c 'mount -t tmpfs none /sys/kernel/btf; exec flowlens …'`:
+/// flowlens in `ns` with the kernel's BTF hidden (a private mount namespace, nothing leaks),
+/// which makes the netfilter probe unavailable exactly as on a kernel without it.
+fn without_kernel_btf(ns: &Netns) -> std::process::Command {
+    let mut cmd = ns.command("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"",
+        FLOWLENS,
+    ]);
+    cmd
+}
+
+/// When the kernel cannot run the netfilter probe (here: its BTF is hidden, so the struct offsets
+/// cannot be read) and XDP was asked for too, flowlens warns and runs with XDP only, counting
+/// exactly; with `--netfilter` alone it exits with an error saying why.
+#[test]
+fn netfilter_unavailable_falls_back_to_xdp_only() {
+    let t = topology("nffb");
+    let out = tmpdir("nffb");
+    let child = start_cmd(
+        without_kernel_btf(&t.r),
+        &t.r,
+        &out,
+        &[
+            "--xdp",
+            &t.ar.b_if,
+            "--xdp-mode",
+            "skb",
+            "--netfilter",
+            "forward",
+        ],
+        0,
+        Some(&t.ar.b_if),
+    );
+    assert!(nf_links(child.id()).is_empty());
+    let cap_from_a = Capture::start(&t.r, &t.ar.b_if).unwrap();
+    let sent = traffic(&t, 43000);
+    let err = stop(child);
+    assert!(
+        err.contains("WARN")
+            && err.contains("netfilter hooks unavailable on this kernel: continuing with XDP only")
+            && err.contains("/sys/kernel/btf/vmlinux"),
+        "{err}"
+    );
+    let recs = read_records(&out);
+    let xdp = at_point(&recs, "xdp", &t);
+    let from_a = truth(&cap_from_a.stop().unwrap(), &t);
+    let got: BTreeMap<_, _> = xdp.iter().map(|(k, (_, p, b))| (*k, (*p, *b))).collect();
+    assert_eq!(got, from_a);
+    let a_sent: Vec<_> = sent
+        .iter()
+        .filter(|(x, _, _)| x.src == t.a_addr(x.src.is_ipv6()))
+        .cloned()
+        .collect();
+    assert_udp_sent(&xdp, &a_sent);
+    assert!(
+        recs.keys().all(|(p, _)| p.0 == "xdp"),
+        "{:?}",
+        recs.keys().map(|(p, _)| &p.0).collect::<Vec<_>>()
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // --netfilter alone: nothing to fall back to.
+    let res = without_kernel_btf(&t.r)
+        .args(["run", "--netfilter", "forward", "--sink", "stdout"])
+        .args(["--duration", "5s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{err}");
+    assert!(
+        err.contains("flowlens: error: --netfilter: reading kernel struct offsets from BTF")
+            && err.contains("/sys/kernel/btf/vmlinux"),
+        "{err}"
+    );
 }
 
 /// Bad `--netfilter` / `--netfilter-priority` values: exit 1 before anything is attached, with
