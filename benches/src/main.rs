@@ -3,8 +3,9 @@
 //! `cargo xtask bench`; see docs/BENCHMARKS.md.
 //!
 //! * Probe cost per packet (`BPF_PROG_TEST_RUN`, kernel-timed): the no-op XDP program, the
-//!   shipped shared-map program (atomic adds) and its per-CPU-map twin, over a packet mix,
-//!   interleaved in rounds; medians reported.
+//!   shipped shared-map program (atomic adds) and its per-CPU-map twin, over a packet mix, and
+//!   the netfilter program, its direct-load twin and a no-op netfilter program over the IP
+//!   packets of the same mix (hook `local_out`), all interleaved in rounds; medians reported.
 //! * Record path: synthetic drained deltas → flow table → records (flows/s), and Parquet
 //!   encoding (records/s, bytes/record).
 
@@ -19,10 +20,11 @@ use etherparse::PacketBuilder;
 use flowlens::{
     export::Exporter,
     flow_table::FlowTable,
-    probe::{Probe, XDP_NOOP_PROGRAM, XDP_PERCPU_PROGRAM, XDP_PROGRAM},
+    netfilter::{Family, Hook, btf::Btf, nf_offsets},
+    probe::{NF_DIRECT_PROGRAM, NF_NOOP_PROGRAM, NF_PROGRAM, Probe, XDP_NOOP_PROGRAM, XDP_PROGRAM},
     timebase::Timebase,
 };
-use flowlens_schema::{FlowKey, FlowValue};
+use flowlens_schema::{FlowKey, FlowValue, NF_ACCEPT};
 use flowlens_sinks::{
     Sink,
     parquet::{ParquetOptions, ParquetSink},
@@ -98,21 +100,44 @@ fn packet_mix() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
-/// Median kernel-measured ns/packet per program, programs interleaved round by round.
+/// The IP packet inside an Ethernet frame of the mix (after an optional VLAN tag) and its family.
+fn l3_of(frame: &[u8]) -> (&[u8], Family) {
+    let off = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    let ip = &frame[off..];
+    let family = if ip[0] >> 4 == 6 {
+        Family::Ipv6
+    } else {
+        Family::Ipv4
+    };
+    (ip, family)
+}
+
+/// Median kernel-measured ns/packet per program, programs interleaved round by round: the XDP
+/// programs on the frames of the mix, the netfilter programs on the IP packets inside them (at
+/// `local_out`, where the kernel's harness gives the program a real output device to read).
 fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>> {
     let mix = packet_mix();
-    let mut probe = Probe::load_sized(65_536, 65_536)?;
-    let progs = [
-        ("noop", XDP_NOOP_PROGRAM),
-        ("shared_atomic", XDP_PROGRAM),
-        ("percpu", XDP_PERCPU_PROGRAM),
+    let offsets = nf_offsets(&Btf::from_kernel()?)?;
+    let mut probe = Probe::load_with(65_536, Some(offsets))?;
+    let xdp_progs = [("noop", XDP_NOOP_PROGRAM), ("shared_atomic", XDP_PROGRAM)];
+    let nf_progs = [
+        ("nf_noop", NF_NOOP_PROGRAM),
+        ("nf", NF_PROGRAM),
+        ("nf_direct", NF_DIRECT_PROGRAM),
     ];
-    for (_, p) in progs {
+    for (_, p) in xdp_progs {
         probe.xdp_program(p)?;
+    }
+    for (_, p) in nf_progs {
+        probe.load_netfilter(p)?;
     }
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
-        for (label, p) in progs {
+        for (label, p) in xdp_progs {
             let prog = probe.xdp_program(p)?;
             let mut total = 0.0;
             for (_, frame) in &mix {
@@ -129,6 +154,25 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
                     r.return_value
                 );
                 total += r.duration.as_nanos() as f64;
+            }
+            samples
+                .entry(label)
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
+        for (label, p) in nf_progs {
+            let prog = probe.load_netfilter(p)?;
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let (ip, family) = l3_of(frame);
+                let (verdict, ns) = prog
+                    .test_run(ip, Hook::LocalOut, family, repeat)
+                    .with_context(|| format!("test run of {p}"))?;
+                anyhow::ensure!(
+                    verdict == NF_ACCEPT as u32,
+                    "{p} returned {verdict} instead of NF_ACCEPT"
+                );
+                total += ns as f64;
             }
             samples
                 .entry(label)
@@ -189,14 +233,19 @@ fn main() -> Result<()> {
 
     // Probe cost.
     let costs = probe_cost(7, 200_000)?;
-    let (noop, shared, percpu) = (costs["noop"], costs["shared_atomic"], costs["percpu"]);
+    let (noop, shared) = (costs["noop"], costs["shared_atomic"]);
     summary.insert("noop_xdp_ns_per_pkt".into(), noop);
     summary.insert("xdp_ns_per_pkt_existing_flow".into(), shared);
-    summary.insert("xdp_percpu_ns_per_pkt_existing_flow".into(), percpu);
     summary.insert("xdp_over_noop_ns_existing_flow".into(), shared - noop);
+    let (nf_noop, nf) = (costs["nf_noop"], costs["nf"]);
+    summary.insert("noop_nf_ns_per_pkt".into(), nf_noop);
+    summary.insert("nf_ns_per_pkt_existing_flow".into(), nf);
+    summary.insert("nf_over_noop_ns_existing_flow".into(), nf - nf_noop);
+    let nf_direct = costs["nf_direct"];
+    summary.insert("nf_direct_ns_per_pkt_existing_flow".into(), nf_direct);
     summary.insert(
-        "xdp_percpu_over_noop_ns_existing_flow".into(),
-        percpu - noop,
+        "nf_direct_over_noop_ns_existing_flow".into(),
+        nf_direct - nf_noop,
     );
 
     // Record path: drained deltas → flow table → records.

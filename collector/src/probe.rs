@@ -1,14 +1,19 @@
 //! Loading the embedded eBPF object and attaching its programs.
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
-use flowlens_schema::{FlowKey, FlowValue};
+use flowlens_schema::{FlowKey, FlowValue, NfOffsets};
 
-use crate::drain::{KernelStats, PerKeyDrainer, SwapDrainer};
+use crate::{
+    drain::{KernelStats, PerKeyDrainer, SwapDrainer},
+    netfilter::{Family, Hook, NetfilterLink, NetfilterProgram},
+};
 
 /// The probe object built by `build.rs` from `probe-ebpf/`.
 pub static PROBE_OBJECT: &[u8] =
@@ -18,6 +23,15 @@ pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
 /// The two flow buffers (see `drain.rs`).
 pub const FLOW_MAPS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+/// The netfilter-hook program (any inet hook, IPv4 and IPv6).
+pub const NF_PROGRAM: &str = "flowlens_nf";
+/// Benchmark twin of [`NF_PROGRAM`] that reads kernel structs with direct BTF-typed loads
+/// instead of `bpf_probe_read_kernel` (docs/ARCHITECTURE.md, "Kernel struct offsets").
+pub const NF_DIRECT_PROGRAM: &str = "flowlens_nf_direct";
+/// Benchmark counterpart of [`NF_PROGRAM`]: returns NF_ACCEPT and nothing else.
+pub const NF_NOOP_PROGRAM: &str = "flowlens_nf_noop";
+/// The probe's global holding kernel struct offsets for [`NF_PROGRAM`].
+const NF_OFFSETS_GLOBAL: &str = "NF_OFFSETS";
 
 /// How XDP programs are attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -42,32 +56,133 @@ impl XdpAttachMode {
     }
 }
 
-/// The loaded probe. Dropping it detaches every program and frees the maps.
+/// The loaded probe. Dropping it detaches every program (XDP and netfilter links) and frees the
+/// maps.
 pub struct Probe {
+    /// Declared first: links close (netfilter hooks detach) before anything else is dropped.
+    nf_links: Vec<NetfilterLink>,
+    nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
     attached: Vec<String>,
+    /// Whether `NF_OFFSETS` was filled in (netfilter flow programs need it).
+    has_nf_offsets: bool,
     max_flows: u32,
+}
+
+/// The fd of an aya map, whatever its type.
+fn map_fd(m: &Map) -> BorrowedFd<'_> {
+    let data: &MapData = match m {
+        Map::Array(d)
+        | Map::ArrayOfMaps(d)
+        | Map::BloomFilter(d)
+        | Map::CgroupArray(d)
+        | Map::CgroupStorage(d)
+        | Map::CgrpStorage(d)
+        | Map::CpuMap(d)
+        | Map::DevMap(d)
+        | Map::DevMapHash(d)
+        | Map::HashMap(d)
+        | Map::HashOfMaps(d)
+        | Map::InodeStorage(d)
+        | Map::LpmTrie(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuCgroupStorage(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::PerfEventArray(d)
+        | Map::ProgramArray(d)
+        | Map::Queue(d)
+        | Map::ReusePortSockArray(d)
+        | Map::RingBuf(d)
+        | Map::SockHash(d)
+        | Map::SockMap(d)
+        | Map::SkStorage(d)
+        | Map::Stack(d)
+        | Map::StackTraceMap(d)
+        | Map::Unsupported(d)
+        | Map::XskMap(d) => d,
+    };
+    data.fd().as_fd()
 }
 
 impl Probe {
     /// Loads the probe with two flow buffers of `max_flows` entries each. Programs are loaded
     /// lazily.
     pub fn load(max_flows: u32) -> Result<Probe> {
+        Self::load_with(max_flows, None)
+    }
+
+    /// Like [`Probe::load`]; `nf_offsets` (from [`crate::netfilter::nf_offsets`]) are written
+    /// into the read-only global the netfilter program reads, and are required before
+    /// [`Probe::load_netfilter`] of [`NF_PROGRAM`].
+    pub fn load_with(max_flows: u32, nf_offsets: Option<NfOffsets>) -> Result<Probe> {
         if max_flows == 0 {
             return Err(anyhow!("max-flows must be at least 1"));
         }
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(FLOW_MAPS[0], max_flows)
-            .map_max_entries(FLOW_MAPS[1], max_flows)
-            .load(PROBE_OBJECT)
-            .context(
-                "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
-            )?;
+            .map_max_entries(FLOW_MAPS[1], max_flows);
+        let offsets;
+        if let Some(o) = nf_offsets {
+            offsets = o;
+            loader.override_global(NF_OFFSETS_GLOBAL, &offsets, true);
+        }
+        let ebpf = loader.load(PROBE_OBJECT).context(
+            "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
+        )?;
         Ok(Probe {
+            nf_links: Vec::new(),
+            nf_programs: Vec::new(),
             ebpf,
             attached: Vec::new(),
+            has_nf_offsets: nf_offsets.is_some(),
             max_flows,
         })
+    }
+
+    /// Loads netfilter program `name` of the probe object (once; later calls return the loaded
+    /// one). Its maps are the ones this probe already created, resolved by name: one set of
+    /// maps, one drain. Call before taking maps out with [`Probe::take_drainer`] /
+    /// [`Probe::take_stats`].
+    pub fn load_netfilter(&mut self, name: &str) -> Result<&NetfilterProgram> {
+        let i = match self.nf_programs.iter().position(|p| p.name() == name) {
+            Some(i) => i,
+            None => {
+                if name != NF_NOOP_PROGRAM && !self.has_nf_offsets {
+                    return Err(anyhow!(
+                        "{name} needs kernel struct offsets: load the probe with Probe::load_with(.., Some(nf_offsets))"
+                    ));
+                }
+                let maps = self.ebpf.maps().map(|(n, m)| (n, map_fd(m)));
+                let prog = NetfilterProgram::load(PROBE_OBJECT, name, maps)?;
+                self.nf_programs.push(prog);
+                self.nf_programs.len() - 1
+            }
+        };
+        Ok(&self.nf_programs[i])
+    }
+
+    /// Attaches the netfilter flow program to `hook` for IPv4 and IPv6 at `priority`.
+    pub fn attach_netfilter(&mut self, hook: Hook, priority: i32) -> Result<()> {
+        self.load_netfilter(NF_PROGRAM)?;
+        let prog = self
+            .nf_programs
+            .iter()
+            .find(|p| p.name() == NF_PROGRAM)
+            .ok_or_else(|| anyhow!("{NF_PROGRAM} not loaded"))?;
+        for family in Family::BOTH {
+            let link = prog.attach(hook, family, priority)?;
+            tracing::debug!(%hook, %family, priority, link_id = link.id, "netfilter hook attached");
+            self.nf_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// The attached netfilter links.
+    pub fn netfilter_links(&self) -> &[NetfilterLink] {
+        &self.nf_links
     }
 
     /// The XDP program (or the no-op twin), loaded into the kernel on first use.

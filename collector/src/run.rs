@@ -16,6 +16,7 @@ use crate::{
     export::Exporter,
     flow_table::{Ended, FlowTable},
     ifaces,
+    netfilter::{self, NetfilterError, btf::Btf},
     probe::Probe,
     timebase::{Timebase, monotonic_now_ns},
 };
@@ -250,29 +251,74 @@ fn report_conservation(t: &Totals) {
     }
 }
 
+/// Checks that this kernel runs netfilter programs and reads the struct offsets the probe needs.
+fn netfilter_offsets() -> Result<flowlens_schema::NfOffsets, NetfilterError> {
+    netfilter::probe_support()?;
+    Ok(netfilter::nf_offsets(&Btf::from_kernel()?)?)
+}
+
+/// Errors that mean "this kernel cannot run the netfilter probe at all" (as opposed to a hook
+/// that fails to attach, or a program the verifier rejects): with XDP also requested, flowlens
+/// warns and goes on with XDP only.
+fn netfilter_unavailable(e: &NetfilterError) -> bool {
+    matches!(e, NetfilterError::Unsupported(_) | NetfilterError::Btf(_))
+}
+
 /// Runs until SIGINT/SIGTERM or `cfg.duration`.
 pub fn run(cfg: RunConfig) -> Result<Totals> {
     let host: Arc<str> = ifaces::hostname().into();
     // Validate everything that can fail before attaching anything.
-    let ifaces_list = if cfg.xdp.is_empty() {
+    // XDP: the named interfaces; with neither --xdp nor --netfilter, the default set; with only
+    // --netfilter, none.
+    let ifaces_list = if !cfg.xdp.is_empty() {
+        cfg.xdp.clone()
+    } else if cfg.netfilter.is_empty() {
         let l = ifaces::up_non_loopback()?;
         if l.is_empty() {
             bail!("no interface is up except loopback; name one with --xdp IFACE");
         }
         l
     } else {
-        cfg.xdp.clone()
+        Vec::new()
     };
     for i in &ifaces_list {
         ifaces::index_of(i)?;
     }
     let sinks = build_sinks(&cfg, &host)?;
 
-    let mut probe = Probe::load(cfg.max_flows)?;
+    let (nf_hooks, nf_offsets) = if cfg.netfilter.is_empty() {
+        (Vec::new(), None)
+    } else {
+        match netfilter_offsets() {
+            Ok(o) => (cfg.netfilter.clone(), Some(o)),
+            Err(e) if netfilter_unavailable(&e) && !ifaces_list.is_empty() => {
+                tracing::warn!(
+                    error = %e,
+                    hooks = ?cfg.netfilter.iter().map(|h| h.name()).collect::<Vec<_>>(),
+                    "netfilter hooks unavailable on this kernel: continuing with XDP only"
+                );
+                (Vec::new(), None)
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("--netfilter")),
+        }
+    };
+
+    let mut probe = Probe::load_with(cfg.max_flows, nf_offsets)?;
     for i in &ifaces_list {
         probe.attach_xdp(i, cfg.xdp_mode)?;
     }
+    for h in &nf_hooks {
+        probe.attach_netfilter(*h, cfg.netfilter_priority)?;
+    }
     let mut drainer = probe.take_drainer()?;
+    if !nf_hooks.is_empty() {
+        tracing::info!(
+            hooks = ?nf_hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
+            priority = cfg.netfilter_priority,
+            link_ids = ?probe.netfilter_links().iter().map(|l| l.id).collect::<Vec<_>>(),
+            "netfilter hooks attached (IPv4 and IPv6)"
+        );
+    }
     tracing::info!(interfaces = ?ifaces_list, mode = ?cfg.xdp_mode, sinks = ?cfg.sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "flowlens running");
 
     let mut pipe = Pipeline::new(
@@ -330,8 +376,9 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         }
         Ok(())
     });
-    // Stop observing first, then take the last counts: the final drain swaps buffers twice,
-    // waiting out runs still in flight after the detach, so nothing arrives after it.
+    // Stop observing first, then take the last counts. Dropping the probe closes the netfilter
+    // link fds (unhooking them) and detaches XDP; the final drain swaps buffers twice, waiting
+    // out runs still in flight after the detach, so nothing arrives after it.
     drop(probe);
     let last = pipe.cycle(&mut drainer, true);
     report_conservation(&pipe.totals);
@@ -349,4 +396,43 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         "flowlens stopped"
     );
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netfilter::{Family, Hook};
+
+    /// Only "the kernel cannot do it at all" falls back to XDP; a hook that fails to attach or a
+    /// rejected program stays an error.
+    #[test]
+    fn netfilter_fallback_is_only_for_missing_kernel_support() {
+        let errno = |n| std::io::Error::from_raw_os_error(n);
+        assert!(netfilter_unavailable(&NetfilterError::Unsupported(errno(
+            libc::EINVAL
+        ))));
+        assert!(netfilter_unavailable(&NetfilterError::Btf(
+            netfilter::btf::BtfError::NoStruct("bpf_nf_ctx".into())
+        )));
+        let attach = NetfilterError::Attach {
+            program: "flowlens_nf".into(),
+            hook: Hook::Forward,
+            family: Family::Ipv6,
+            priority: -450,
+            source: errno(libc::EBUSY),
+        };
+        assert!(!netfilter_unavailable(&attach));
+        let msg = attach.to_string();
+        assert!(
+            msg.contains("hook forward") && msg.contains("ipv6") && msg.contains("busy"),
+            "{msg}"
+        );
+        assert!(!netfilter_unavailable(&NetfilterError::Load {
+            program: "flowlens_nf".into(),
+            source: errno(libc::EACCES),
+            log: "R1 invalid mem access".into(),
+        }));
+        let unsupported = NetfilterError::Unsupported(errno(libc::EINVAL)).to_string();
+        assert!(unsupported.contains("Linux >= 6.4"), "{unsupported}");
+    }
 }

@@ -2,7 +2,9 @@
 //!
 //! `flowlens_xdp` parses every ingress frame once with the shared parser
 //! ([`flowlens_schema::parse`]) and adds it to its flow in the active flow map. It always
-//! returns `XDP_PASS`: the probe observes, it never changes traffic.
+//! returns `XDP_PASS`: the probe observes, it never changes traffic. `flowlens_nf` does the same
+//! at netfilter hooks (BPF_PROG_TYPE_NETFILTER, loaded by the collector's own loader), starting
+//! the same parser at L3, and always returns `NF_ACCEPT`.
 //!
 //! Every program counts a packet through [`account`], the one place that knows the map layout:
 //!
@@ -24,16 +26,18 @@
 #[cfg(target_arch = "bpf")]
 mod probe {
     use aya_ebpf::{
+        Global,
         bindings::xdp_action,
-        helpers::bpf_ktime_get_ns,
+        helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
         macros::{map, xdp},
         maps::{Array, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
     use flowlens_schema::{
-        FlowKey, FlowValue, OBS_XDP,
-        parse::{Packet, Parsed, parse_ethernet},
+        FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
+        OBS_XDP, VLAN_NONE,
+        parse::{Packet, Parsed, parse_ethernet, parse_ipv4, parse_ipv6},
         stats,
     };
 
@@ -193,6 +197,161 @@ mod probe {
     #[xdp]
     pub fn flowlens_xdp_noop(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    // ---- netfilter (BPF_PROG_TYPE_NETFILTER) ----
+    //
+    // aya-obj 0.6 rejects an ELF section named `netfilter` (the whole object would fail to
+    // parse), so the netfilter programs live in `socket` sections, which aya registers as socket
+    // filters and never loads by itself. The collector's netfilter loader
+    // (collector/src/netfilter) loads them as BPF_PROG_TYPE_NETFILTER with the maps of this
+    // same object.
+
+    /// Kernel struct offsets, written by the loader from the running kernel's BTF.
+    #[unsafe(no_mangle)]
+    static NF_OFFSETS: Global<NfOffsets> = Global::new(NfOffsets {
+        skb_len: 0,
+        skb_data_len: 0,
+        skb_data: 0,
+        state_hook: 0,
+        state_pf: 0,
+        state_in: 0,
+        state_out: 0,
+        dev_ifindex: 0,
+    });
+
+    /// Hooks at or below this number (`NF_INET_FORWARD`) report the input interface, the others
+    /// (`LOCAL_OUT`, `POST_ROUTING`) the output interface.
+    const NF_INET_FORWARD: u8 = 2;
+    const NF_INET_POST_ROUTING: u8 = 4;
+
+    /// Reads a `T` of a kernel struct at `addr` (a struct pointer plus an `NF_OFFSETS` offset).
+    ///
+    /// `DIRECT = false` (shipped): `bpf_probe_read_kernel`, whose source argument the verifier
+    /// does not check, so nothing about the offsets can make the program fail to load.
+    /// `DIRECT = true` (benchmark twin `flowlens_nf_direct`): a plain load through the BTF-typed
+    /// pointer; it verifies only because `.rodata` is frozen (the verifier then knows each offset
+    /// as a constant and matches it against a BTF field of the same size), and it is faster.
+    #[inline(always)]
+    fn kread<T, const DIRECT: bool>(addr: u64) -> Option<T> {
+        if DIRECT {
+            // SAFETY: `addr` is a field of a struct the kernel handed us (offset from BTF); the
+            // verifier turns this into an exception-handled BTF load (PROBE_MEM).
+            Some(unsafe { core::ptr::read_volatile(addr as *const T) })
+        } else {
+            // SAFETY: bpf_probe_read_kernel copies into a local and fails (instead of
+            // faulting) on an unreadable address.
+            unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+        }
+    }
+
+    /// The IP packet of an skb at a netfilter inet hook, where `skb->data` is the network
+    /// header. Reads go through `bpf_probe_read_kernel` and stay inside the linear part
+    /// (`len - data_len`); `covers` answers for the whole packet (`len`).
+    struct Skb {
+        data: u64,
+        headlen: usize,
+        len: usize,
+    }
+
+    impl Packet for Skb {
+        #[inline(always)]
+        fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+            if off + N > self.headlen {
+                return None;
+            }
+            let mut buf = [0u8; N];
+            // SAFETY: as in `kread`; `buf` has room for exactly N bytes.
+            let r = unsafe {
+                bpf_probe_read_kernel_buf((self.data + off as u64) as *const u8, &mut buf)
+            };
+            r.ok().map(|()| buf)
+        }
+        #[inline(always)]
+        fn covers(&self, end_off: usize) -> bool {
+            end_off <= self.len
+        }
+    }
+
+    /// Counts a packet that could not be keyed, before its hook is known (observation-point
+    /// slot 0 of the active buffer, which no program keys flows under).
+    #[inline(always)]
+    fn skipped(slot: u32) {
+        let c = STATS.get_ptr_mut(stats::index(active_buffer(), 0));
+        bump(c, stats::PACKETS_SEEN, 1);
+        bump(c, slot, 1);
+    }
+
+    #[inline(always)]
+    fn nf_observe<const DIRECT: bool>(ctx: *const u64) {
+        let o = NF_OFFSETS.load();
+        // SAFETY: the context of a netfilter program is `struct bpf_nf_ctx { state, skb }`; the
+        // loader checked those two offsets (0 and 8) against the kernel's BTF.
+        let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
+        let (Some(hook), Some(pf)) = (
+            kread::<u8, DIRECT>(state + o.state_hook as u64),
+            kread::<u8, DIRECT>(state + o.state_pf as u64),
+        ) else {
+            skipped(stats::UNPARSED);
+            return;
+        };
+        if hook > NF_INET_POST_ROUTING {
+            // Not an inet hook: the loader attaches only to the five inet hooks.
+            skipped(stats::NON_IP);
+            return;
+        }
+        let dev_off = if hook <= NF_INET_FORWARD {
+            o.state_in
+        } else {
+            o.state_out
+        };
+        let ifindex = match kread::<u64, DIRECT>(state + dev_off as u64) {
+            Some(dev) if dev != 0 => kread::<u32, DIRECT>(dev + o.dev_ifindex as u64).unwrap_or(0),
+            _ => 0,
+        };
+        let (Some(data), Some(len), Some(data_len)) = (
+            kread::<u64, DIRECT>(skb + o.skb_data as u64),
+            kread::<u32, DIRECT>(skb + o.skb_len as u64),
+            kread::<u32, DIRECT>(skb + o.skb_data_len as u64),
+        ) else {
+            skipped(stats::UNPARSED);
+            return;
+        };
+        let pkt = Skb {
+            data,
+            headlen: len.saturating_sub(data_len) as usize,
+            len: len as usize,
+        };
+        let parsed = match pf {
+            NFPROTO_IPV4 => parse_ipv4(&pkt, 0, VLAN_NONE),
+            NFPROTO_IPV6 => parse_ipv6(&pkt, 0, VLAN_NONE),
+            _ => Parsed::NonIp,
+        };
+        account(parsed, OBS_NF_PRE_ROUTING + hook, ifindex);
+    }
+
+    /// Netfilter hook probe (IPv4 and IPv6, any inet hook): counts the packet, returns NF_ACCEPT.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf")]
+    pub extern "C" fn flowlens_nf(ctx: *const u64) -> i32 {
+        nf_observe::<false>(ctx);
+        NF_ACCEPT
+    }
+
+    /// Benchmark twin of `flowlens_nf` reading the kernel structs with direct BTF loads instead
+    /// of `bpf_probe_read_kernel` (packet bytes are read the same way in both).
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf_direct")]
+    pub extern "C" fn flowlens_nf_direct(ctx: *const u64) -> i32 {
+        nf_observe::<true>(ctx);
+        NF_ACCEPT
+    }
+
+    /// Counterpart for benchmarks: a netfilter program that only accepts.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf_noop")]
+    pub extern "C" fn flowlens_nf_noop(_ctx: *const u64) -> i32 {
+        NF_ACCEPT
     }
 
     #[panic_handler]

@@ -5,7 +5,8 @@
 
 /// Observation point of the XDP ingress program.
 pub const OBS_XDP: u8 = 1;
-/// Netfilter hook observation points (reserved for the netfilter probe).
+/// Netfilter hook observation points: `OBS_NF_PRE_ROUTING + hooknum` for the kernel's
+/// `NF_INET_*` hook numbers (0 = pre_routing ... 4 = post_routing).
 pub const OBS_NF_PRE_ROUTING: u8 = 2;
 pub const OBS_NF_LOCAL_IN: u8 = 3;
 pub const OBS_NF_FORWARD: u8 = 4;
@@ -141,8 +142,36 @@ pub mod stats {
     }
 }
 
+/// Netfilter verdict the netfilter probe always returns: it observes, it never drops.
+pub const NF_ACCEPT: i32 = 1;
+/// Netfilter protocol families the probe attaches to (`NFPROTO_*`).
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// Byte offsets into kernel structs that the netfilter probe reads, found by the loader in the
+/// running kernel's BTF (`/sys/kernel/btf/vmlinux`) and handed to the program as the read-only
+/// global `NF_OFFSETS`: Rust eBPF has no CO-RE, so the layout of `struct sk_buff` and friends
+/// must come from the running kernel, not from the build machine.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NfOffsets {
+    /// `struct sk_buff`: `len` (u32), `data_len` (u32), `data` (pointer).
+    pub skb_len: u32,
+    pub skb_data_len: u32,
+    pub skb_data: u32,
+    /// `struct nf_hook_state`: `hook` (u8), `pf` (u8), `in`, `out` (pointers).
+    pub state_hook: u32,
+    pub state_pf: u32,
+    pub state_in: u32,
+    pub state_out: u32,
+    /// `struct net_device`: `ifindex` (int).
+    pub dev_ifindex: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: #[repr(C)], Copy, eight u32 fields, no padding.
+    unsafe impl aya::Pod for super::NfOffsets {}
     // SAFETY: both types are #[repr(C)], Copy, contain only integers and byte arrays, and have no
     // implicit padding (the explicit `_pad` fields fill every gap; see the size test below).
     unsafe impl aya::Pod for super::FlowKey {}
