@@ -6,8 +6,14 @@
 //!   shipped shared-map program (atomic adds) and its per-CPU-map twin, over a packet mix, and
 //!   the netfilter program, its direct-load twin and a no-op netfilter program over the IP
 //!   packets of the same mix (hook `local_out`), all interleaved in rounds; medians reported.
+//! * New-flow cost: every packet opens a flow (distinct keys, one run each), against the no-op
+//!   program run the same way.
+//! * Drain: `N` flows (10k, 100k, 1M) moved out of the kernel and turned into records, with the
+//!   batch swap drain and with the per-key drain other agents use, side by side.
 //! * Record path: synthetic drained deltas → flow table → records (flows/s), and Parquet
 //!   encoding (records/s, bytes/record).
+//! * Collector peak RSS (a child process) with 100k concurrent flows and 1M new flows per
+//!   simulated minute, through the real drain, flow table, exporter and Parquet sink.
 
 use std::{
     collections::BTreeMap,
@@ -18,6 +24,7 @@ use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use flowlens::{
+    drain::{DrainMethod, Drainer},
     export::Exporter,
     flow_table::FlowTable,
     netfilter::{Family, Hook, btf::Btf, nf_offsets},
@@ -189,6 +196,274 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
         .collect())
 }
 
+/// Rewrites the L4 source port of a frame of the mix (checksums are not checked by the probe).
+fn with_src_port(frame: &[u8], port: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let l3 = if f[12..14] == [0x81, 0x00] { 18 } else { 14 };
+    let l4 = l3 + if f[l3] >> 4 == 6 { 40 } else { 20 };
+    f[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
+    f
+}
+
+/// Mean kernel-measured ns per packet when every packet opens a new flow (distinct keys, one
+/// run each), for the flow program and the no-op program run the same way; medians of rounds.
+fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
+    let mut probe = Probe::load(65_536)?;
+    probe.xdp_program(XDP_NOOP_PROGRAM)?;
+    probe.xdp_program(XDP_PROGRAM)?;
+    let mut drainer = probe.take_drainer()?;
+    let frames: Vec<Vec<u8>> = packet_mix()
+        .iter()
+        .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, 1024 + i)))
+        .collect();
+    let (mut flow, mut noop) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        out.clear();
+        drainer.drain(&mut out)?;
+        drainer.drain(&mut out)?;
+        for (p, acc) in [(XDP_PROGRAM, &mut flow), (XDP_NOOP_PROGRAM, &mut noop)] {
+            let prog = probe.xdp_program(p)?;
+            let mut total = 0.0;
+            for f in &frames {
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(f),
+                    repeat: 1,
+                    ..Default::default()
+                })?;
+                total += r.duration.as_nanos() as f64;
+            }
+            acc.push(total / frames.len() as f64);
+        }
+        out.clear();
+        let rep = drainer.drain(&mut out)?;
+        anyhow::ensure!(
+            rep.total().map(|a| a.new_flows) == Some(frames.len() as u64),
+            "new-flow bench: expected {} new flows, got {:?}",
+            frames.len(),
+            rep.total()
+        );
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    Ok((med(&mut flow), med(&mut noop)))
+}
+
+fn bench_key(i: u32) -> FlowKey {
+    let mut k = FlowKey::ZERO;
+    k.ip_version = 4;
+    k.protocol = 6;
+    k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 192, 168, 0, 1]);
+    k.src_port = 1024 + (i % 50_000) as u16;
+    k.dst_port = 443;
+    k.observation_point = 1;
+    k.ifindex = 1;
+    k
+}
+
+fn bench_value(now: u64) -> FlowValue {
+    FlowValue {
+        packets: 10,
+        bytes: 5000,
+        first_seen_ns: now.saturating_sub(2_000_000_000),
+        last_seen_ns: now.saturating_sub(1_000_000_000),
+        tcp_flags: 0x18,
+        dscp: 0,
+        _pad: [0; 7],
+    }
+}
+
+/// Drained entries → flow table → records, as `Pipeline::cycle` does (all flows end here).
+fn to_records(deltas: &[(FlowKey, FlowValue)]) -> usize {
+    let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
+    for (k, v) in deltas {
+        table.merge(k, v);
+    }
+    let mut ended = Vec::with_capacity(deltas.len());
+    table.drain_all(&mut ended);
+    let mut exporter = Exporter::new("bench-host");
+    let tb = Timebase::sample();
+    ended.iter().map(|e| exporter.record(e, &tb)).count()
+}
+
+/// Seconds to drain `n` kernel flow entries and turn them into records, and seconds for the
+/// drain alone: batch swap drain (`batch`) or the live-map per-key drain (`per_key`).
+fn drain_once(n: u32, method: &str) -> Result<(f64, f64)> {
+    // LRU maps evict before they are exactly full (per-CPU free lists): leave headroom.
+    let mut probe = Probe::load(n + n / 4 + 1024)?;
+    let now = flowlens::timebase::monotonic_now_ns();
+    let v = bench_value(now);
+    let mut out = Vec::with_capacity(n as usize);
+    let t_drain;
+    let t = Instant::now();
+    match method {
+        "batch" => {
+            let mut d = probe.take_drainer()?;
+            anyhow::ensure!(d.method() == DrainMethod::Batch);
+            let active = d.active();
+            let map = d.flow_map_mut(active);
+            for i in 0..n {
+                map.insert(&bench_key(i), &v, 0)?;
+            }
+            let t0 = Instant::now();
+            d.drain(&mut out)?;
+            t_drain = t0.elapsed().as_secs_f64();
+            anyhow::ensure!(d.method() == DrainMethod::Batch, "batch drain refused");
+        }
+        _ => {
+            let (mut d, _) = probe.take_per_key_drainer()?;
+            let map = d.flow_map_mut();
+            for i in 0..n {
+                map.insert(&bench_key(i), &v, 0)?;
+            }
+            let t0 = Instant::now();
+            d.drain(&mut out)?;
+            t_drain = t0.elapsed().as_secs_f64();
+        }
+    }
+    let _ = t;
+    let t0 = Instant::now();
+    let records = to_records(&out);
+    let t_records = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        out.len() == n as usize && records == n as usize,
+        "{method} drain of {n}: {} entries, {records} records",
+        out.len()
+    );
+    Ok((t_drain + t_records, t_drain))
+}
+
+/// Median flows/s (drain + records, and drain alone) per method and size, methods interleaved.
+fn drain_rates(sizes: &[u32], rounds: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
+    for &n in sizes {
+        let mut samples: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for _ in 0..rounds {
+            for m in ["batch", "per_key"] {
+                let (all, drain) = drain_once(n, m)?;
+                let e = samples.entry(m).or_default();
+                e.0.push(n as f64 / all);
+                e.1.push(n as f64 / drain);
+            }
+        }
+        let label = match n {
+            10_000 => "10k",
+            100_000 => "100k",
+            1_000_000 => "1m",
+            _ => anyhow::bail!("unlabelled size {n}"),
+        };
+        for (m, (mut all, mut drain)) in samples {
+            all.sort_by(|a, b| a.total_cmp(b));
+            drain.sort_by(|a, b| a.total_cmp(b));
+            summary.insert(
+                format!("drain_flows_per_sec_{m}_{label}"),
+                all[all.len() / 2],
+            );
+            summary.insert(
+                format!("drain_only_flows_per_sec_{m}_{label}"),
+                drain[drain.len() / 2],
+            );
+        }
+        summary.insert(
+            format!("drain_batch_over_per_key_{label}"),
+            summary[&format!("drain_flows_per_sec_batch_{label}")]
+                / summary[&format!("drain_flows_per_sec_per_key_{label}")],
+        );
+    }
+    Ok(())
+}
+
+/// Child process: the collector's steady state with 100k concurrent flows and 1M new flows per
+/// simulated minute (one drain per simulated second, default timeouts), through the real
+/// kernel maps, swap drain, flow table, exporter and Parquet sink. Prints `VmHWM_kB=N records=M`.
+fn rss_child() -> Result<()> {
+    const CONCURRENT: u32 = 100_000;
+    const NEW_PER_SECOND: u32 = 1_000_000 / 60;
+    const SECONDS: u64 = 90;
+    let mut probe = Probe::load(flowlens::config::DEFAULT_MAX_FLOWS)?;
+    let mut drainer = probe.take_drainer()?;
+    let dir = std::env::temp_dir().join(format!("flowlens-bench-rss-{}", std::process::id()));
+    let mut sink = ParquetSink::new(ParquetOptions {
+        dir: dir.clone(),
+        rotate_bytes: 128 << 20,
+        rotate_interval: Duration::from_secs(300),
+        host: "bench-host".into(),
+    })?;
+    let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
+    let mut exporter = Exporter::new("bench-host");
+    let start = flowlens::timebase::monotonic_now_ns();
+    let mut first_live = 0u32;
+    let mut deltas = Vec::new();
+    let mut ended = Vec::new();
+    let mut records = 0u64;
+    for sec in 0..SECONDS {
+        let now = start + sec * 1_000_000_000;
+        let v = FlowValue {
+            packets: 5,
+            bytes: 3000,
+            first_seen_ns: now,
+            last_seen_ns: now,
+            tcp_flags: 0x10,
+            dscp: 0,
+            _pad: [0; 7],
+        };
+        let active = drainer.active();
+        let map = drainer.flow_map_mut(active);
+        for id in first_live..first_live + CONCURRENT {
+            map.insert(&bench_key(id), &v, 0)?;
+        }
+        deltas.clear();
+        drainer.drain(&mut deltas)?;
+        for (k, v) in &deltas {
+            table.merge(k, v);
+        }
+        ended.clear();
+        table.expire(now, &mut ended);
+        let tb = Timebase::sample();
+        let recs: Vec<_> = ended.iter().map(|e| exporter.record(e, &tb)).collect();
+        records += recs.len() as u64;
+        if !recs.is_empty() {
+            sink.write(&recs)?;
+        }
+        sink.tick()?;
+        first_live += NEW_PER_SECOND;
+    }
+    sink.close()?;
+    std::fs::remove_dir_all(&dir).ok();
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("VmHWM in /proc/self/status")?;
+    println!(
+        "VmHWM_kB={hwm} records={records} flows={}",
+        first_live + CONCURRENT
+    );
+    Ok(())
+}
+
+fn rss_peak_mb() -> Result<(f64, f64)> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("rss-child")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rss child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| -> Result<f64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{k} in {text:?}"))
+    };
+    Ok((field("VmHWM_kB=")? / 1024.0, field("flows=")?))
+}
+
 fn synthetic_deltas(n: usize, now: u64) -> Vec<(FlowKey, FlowValue)> {
     (0..n)
         .map(|i| {
@@ -223,6 +498,9 @@ fn synthetic_deltas(n: usize, now: u64) -> Vec<(FlowKey, FlowValue)> {
 }
 
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("rss-child") {
+        return rss_child();
+    }
     let mut summary: BTreeMap<String, f64> = BTreeMap::new();
     let machine = format!(
         "{} cores",
@@ -247,6 +525,23 @@ fn main() -> Result<()> {
         "nf_direct_over_noop_ns_existing_flow".into(),
         nf_direct - nf_noop,
     );
+
+    // New flows.
+    let (new_flow, new_noop) = new_flow_cost(5, 2_000)?;
+    summary.insert("xdp_ns_per_pkt_new_flow".into(), new_flow);
+    summary.insert("noop_xdp_ns_per_pkt_single_run".into(), new_noop);
+    summary.insert("xdp_over_noop_ns_new_flow".into(), new_flow - new_noop);
+
+    // Drains, batch swap vs per key.
+    drain_rates(&[10_000, 100_000, 1_000_000], 3, &mut summary)?;
+
+    // Collector memory.
+    let (rss_mb, flows) = rss_peak_mb()?;
+    summary.insert(
+        "collector_peak_rss_mb_100k_concurrent_1m_per_min".into(),
+        rss_mb,
+    );
+    summary.insert("collector_rss_bench_flows".into(), flows);
 
     // Record path: drained deltas → flow table → records.
     let n = 100_000;

@@ -233,12 +233,9 @@ impl SwapDrainer {
     ) -> Result<SwapDrainer, DrainError> {
         let barrier = RcuBarrier::new().map_err(DrainError::Barrier)?;
         active_map.set(0, &0, 0)?;
-        let mut baseline = [[[0u64; stats::COUNT as usize]; stats::OBS_SLOTS as usize]; 2];
-        for (b, per_point) in baseline.iter_mut().enumerate() {
-            for (p, c) in per_point.iter_mut().enumerate() {
-                *c = stats.read_entry(b as u32, p as u8)?;
-            }
-        }
+        // The counters start at zero with the maps: packets counted before the drainer was set
+        // up belong to the first drain of their buffer.
+        let baseline = [[[0u64; stats::COUNT as usize]; stats::OBS_SLOTS as usize]; 2];
         Ok(SwapDrainer {
             flows,
             active_map,
@@ -270,6 +267,11 @@ impl SwapDrainer {
     /// The buffer programs write now.
     pub fn active(&self) -> u32 {
         self.active
+    }
+
+    /// A flow buffer itself, for benchmarks and tests that fill it from user space.
+    pub fn flow_map_mut(&mut self, buffer: u32) -> &mut HashMap<MapData, FlowKey, FlowValue> {
+        &mut self.flows[(buffer & 1) as usize]
     }
 
     /// Empties buffer `b` (which nobody writes) into `out`.
@@ -409,6 +411,11 @@ impl PerKeyDrainer {
             map,
             keys: Vec::new(),
         }
+    }
+
+    /// The flow map itself, for benchmarks that fill it from user space.
+    pub fn flow_map_mut(&mut self) -> &mut HashMap<MapData, FlowKey, FlowValue> {
+        &mut self.map
     }
 }
 
