@@ -131,15 +131,21 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
     let offsets = nf_offsets(&Btf::from_kernel()?)?;
     let mut probe = Probe::load_with(65_536, Some(offsets))?;
     let xdp_progs = [("noop", XDP_NOOP_PROGRAM), ("shared_atomic", XDP_PROGRAM)];
-    let nf_progs = [
+    let all_nf = [
         ("nf_noop", NF_NOOP_PROGRAM),
         ("nf", NF_PROGRAM),
         ("nf_direct", NF_DIRECT_PROGRAM),
     ];
+    // `FLOWLENS_BENCH_XDP_ONLY=1`: XDP programs only (for quick experiments on the XDP path).
+    let nf_progs = if std::env::var_os("FLOWLENS_BENCH_XDP_ONLY").is_some() {
+        &all_nf[..0]
+    } else {
+        &all_nf[..]
+    };
     for (_, p) in xdp_progs {
         probe.xdp_program(p)?;
     }
-    for (_, p) in nf_progs {
+    for &(_, p) in nf_progs {
         probe.load_netfilter(p)?;
     }
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
@@ -167,7 +173,7 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
                 .or_default()
                 .push(total / mix.len() as f64);
         }
-        for (label, p) in nf_progs {
+        for &(label, p) in nf_progs {
             let prog = probe.load_netfilter(p)?;
             let mut total = 0.0;
             for (_, frame) in &mix {
@@ -498,8 +504,26 @@ fn synthetic_deltas(n: usize, now: u64) -> Vec<(FlowKey, FlowValue)> {
 }
 
 fn main() -> Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("rss-child") {
-        return rss_child();
+    match std::env::args().nth(1).as_deref() {
+        Some("rss-child") => return rss_child(),
+        // For profiling one part: `perf record flowlens-bench drain`.
+        Some("probe") => {
+            let c = probe_cost(7, 200_000)?;
+            println!(
+                "xdp over noop {:.1} ns (noop {:.1}); nf over noop {:?}",
+                c["shared_atomic"] - c["noop"],
+                c["noop"],
+                c.get("nf").zip(c.get("nf_noop")).map(|(a, b)| a - b)
+            );
+            return Ok(());
+        }
+        Some("drain") => {
+            let mut s = BTreeMap::new();
+            drain_rates(&[100_000], 5, &mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
+        _ => {}
     }
     let mut summary: BTreeMap<String, f64> = BTreeMap::new();
     let machine = format!(

@@ -122,6 +122,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
 
+    /// Stamp every packet with the precise clock. By default only a flow's first packet is; later ones use the kernel's coarse clock (one scheduler tick, e.g. 4 ms), which saves about 13 ns per packet. Flow end times are then up to one tick early.
+    #[arg(long)]
+    #[serde(default)]
+    pub precise_timestamps: bool,
+
     /// Drain before the interval is up once the kernel buffer is this full (percent of --max-flows; 0 disables), so that bursts of new flows are not evicted. [default: 50]
     #[arg(long, value_name = "PERCENT")]
     pub early_drain_fill: Option<u8>,
@@ -157,6 +162,7 @@ pub struct RunConfig {
     pub max_flows: u32,
     /// 0 = off.
     pub early_drain_fill: u8,
+    pub precise_timestamps: bool,
     pub duration: Option<Duration>,
     pub parquet_rotate_interval: Duration,
     pub parquet_rotate_bytes: u64,
@@ -228,6 +234,7 @@ impl RunArgs {
                 .max_flows
                 .or(file.max_flows)
                 .unwrap_or(DEFAULT_MAX_FLOWS),
+            precise_timestamps: self.precise_timestamps || file.precise_timestamps,
             early_drain_fill: self
                 .early_drain_fill
                 .or(file.early_drain_fill)

@@ -32,6 +32,8 @@ pub const NF_DIRECT_PROGRAM: &str = "flowlens_nf_direct";
 pub const NF_NOOP_PROGRAM: &str = "flowlens_nf_noop";
 /// The probe's global holding kernel struct offsets for [`NF_PROGRAM`].
 const NF_OFFSETS_GLOBAL: &str = "NF_OFFSETS";
+/// The probe's global choosing the clock of packets after a flow's first.
+const PRECISE_TIMESTAMPS_GLOBAL: &str = "PRECISE_TIMESTAMPS";
 
 /// How XDP programs are attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -117,6 +119,16 @@ impl Probe {
     /// into the read-only global the netfilter program reads, and are required before
     /// [`Probe::load_netfilter`] of [`NF_PROGRAM`].
     pub fn load_with(max_flows: u32, nf_offsets: Option<NfOffsets>) -> Result<Probe> {
+        Self::load_opts(max_flows, nf_offsets, false)
+    }
+
+    /// Like [`Probe::load_with`]; `precise_timestamps` stamps every packet with
+    /// `bpf_ktime_get_ns` instead of only a flow's first one (`--precise-timestamps`).
+    pub fn load_opts(
+        max_flows: u32,
+        nf_offsets: Option<NfOffsets>,
+        precise_timestamps: bool,
+    ) -> Result<Probe> {
         if max_flows == 0 {
             return Err(anyhow!("max-flows must be at least 1"));
         }
@@ -124,6 +136,8 @@ impl Probe {
         loader
             .map_max_entries(FLOW_MAPS[0], max_flows)
             .map_max_entries(FLOW_MAPS[1], max_flows);
+        let precise = u8::from(precise_timestamps);
+        loader.override_global(PRECISE_TIMESTAMPS_GLOBAL, &precise, true);
         let offsets;
         if let Some(o) = nf_offsets {
             offsets = o;
@@ -165,19 +179,45 @@ impl Probe {
     }
 
     /// Attaches the netfilter flow program to `hook` for IPv4 and IPv6 at `priority`.
+    ///
+    /// The direct-load variant ([`NF_DIRECT_PROGRAM`], about half the cost per packet) is used
+    /// where the verifier accepts it; otherwise [`NF_PROGRAM`], whose kernel reads go through
+    /// `bpf_probe_read_kernel` and load whatever the offsets.
     pub fn attach_netfilter(&mut self, hook: Hook, priority: i32) -> Result<()> {
-        self.load_netfilter(NF_PROGRAM)?;
+        let name = self.netfilter_flow_program()?;
         let prog = self
             .nf_programs
             .iter()
-            .find(|p| p.name() == NF_PROGRAM)
-            .ok_or_else(|| anyhow!("{NF_PROGRAM} not loaded"))?;
+            .find(|p| p.name() == name)
+            .ok_or_else(|| anyhow!("{name} not loaded"))?;
         for family in Family::BOTH {
             let link = prog.attach(hook, family, priority)?;
             tracing::debug!(%hook, %family, priority, link_id = link.id, "netfilter hook attached");
             self.nf_links.push(link);
         }
         Ok(())
+    }
+
+    /// Loads (once) the netfilter flow program to attach and returns its name.
+    fn netfilter_flow_program(&mut self) -> Result<&'static str> {
+        if self
+            .nf_programs
+            .iter()
+            .any(|p| p.name() == NF_DIRECT_PROGRAM)
+        {
+            return Ok(NF_DIRECT_PROGRAM);
+        }
+        if self.nf_programs.iter().any(|p| p.name() == NF_PROGRAM) {
+            return Ok(NF_PROGRAM);
+        }
+        match self.load_netfilter(NF_DIRECT_PROGRAM) {
+            Ok(_) => Ok(NF_DIRECT_PROGRAM),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}").lines().next().unwrap_or_default(), "the verifier refused the direct-load netfilter program; using the bpf_probe_read_kernel variant (slower)");
+                self.load_netfilter(NF_PROGRAM)?;
+                Ok(NF_PROGRAM)
+            }
+        }
     }
 
     /// The attached netfilter links.

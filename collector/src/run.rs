@@ -303,7 +303,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         }
     };
 
-    let mut probe = Probe::load_with(cfg.max_flows, nf_offsets)?;
+    let mut probe = Probe::load_opts(cfg.max_flows, nf_offsets, cfg.precise_timestamps)?;
     for i in &ifaces_list {
         probe.attach_xdp(i, cfg.xdp_mode)?;
     }
