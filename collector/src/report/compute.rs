@@ -1,0 +1,657 @@
+//! Aggregation over record batches, and the finished [`Report`] (what `--json` serialises).
+//!
+//! Each scan thread owns one [`Agg`] and feeds it batches; the per-thread aggregates are merged
+//! and then [`finish`]ed. Rules (documented in docs/REPORT.md):
+//!
+//! * A record is selected when its `flow_end` lies in `[from, to)` (the partition key, so
+//!   partition pruning is exact and adjacent periods never share a record) and its
+//!   `observation_point` is the chosen one. Totals and top talkers use whole records.
+//! * Time series: a record's bytes and packets are spread uniformly over `[flow_start, flow_end]`
+//!   and each bucket gets the share of that interval it overlaps (a zero-length record goes
+//!   entirely into the bucket holding `flow_end`). Buckets are aligned to the Unix epoch.
+//! * Percentiles: nearest rank over every bucket of the series (empty buckets count as 0):
+//!   the p-th percentile of N sorted values is the value at 1-based rank `ceil(p/100 * N)`.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    net::IpAddr,
+};
+
+use arrow_array::{
+    Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt16Array,
+    UInt32Array,
+};
+use serde::Serialize;
+
+use super::ReportError;
+
+/// FxHash (rustc's hasher): much faster than SipHash for the short keys aggregated here; the
+/// input is our own files, so hash flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write(&[i]);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Records, packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, packets: u64, bytes: u64) {
+        self.records += 1;
+        self.packets += packets;
+        self.bytes += bytes;
+    }
+    fn merge(&mut self, o: &Counts) {
+        self.records += o.records;
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+/// Bytes and packets per bucket of one interface/direction, growable at both ends.
+#[derive(Clone, Debug, Default)]
+struct SeriesAcc {
+    /// Bucket index (since the epoch) of `v[0]`.
+    base: i64,
+    /// (bytes, packets) per bucket.
+    v: Vec<(f64, f64)>,
+    counts: Counts,
+}
+
+impl SeriesAcc {
+    fn slot(&mut self, idx: i64) -> &mut (f64, f64) {
+        if self.v.is_empty() {
+            self.base = idx;
+        }
+        if idx < self.base {
+            let grow = (self.base - idx) as usize;
+            let mut nv = vec![(0.0, 0.0); grow];
+            nv.append(&mut self.v);
+            self.v = nv;
+            self.base = idx;
+        }
+        let off = (idx - self.base) as usize;
+        if off >= self.v.len() {
+            self.v.resize(off + 1, (0.0, 0.0));
+        }
+        &mut self.v[off]
+    }
+
+    fn add(&mut self, bucket_us: i64, start: i64, end: i64, packets: u64, bytes: u64) {
+        let (p, b) = (packets as f64, bytes as f64);
+        let first = start.min(end).div_euclid(bucket_us);
+        let last = end.div_euclid(bucket_us);
+        if end <= start || first == last {
+            let s = self.slot(last);
+            s.0 += b;
+            s.1 += p;
+            return;
+        }
+        let d = (end - start) as f64;
+        for idx in first..=last {
+            let lo = start.max(idx * bucket_us);
+            let hi = end.min((idx + 1) * bucket_us);
+            if hi <= lo {
+                continue;
+            }
+            let f = (hi - lo) as f64 / d;
+            let s = self.slot(idx);
+            s.0 += b * f;
+            s.1 += p * f;
+        }
+    }
+
+    fn merge(&mut self, o: &SeriesAcc) {
+        for (i, (b, p)) in o.v.iter().enumerate() {
+            let s = self.slot(o.base + i as i64);
+            s.0 += b;
+            s.1 += p;
+        }
+        self.counts.merge(&o.counts);
+    }
+}
+
+/// What to select while aggregating.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// Inclusive lower bound on `flow_end` (µs since the epoch).
+    pub from_us: i64,
+    /// Exclusive upper bound on `flow_end`.
+    pub to_us: i64,
+    pub observation_point: String,
+    pub bucket_us: i64,
+    /// Keep the top-talker maps (false for the previous-period scan, which needs only series).
+    pub talkers: bool,
+}
+
+/// The columns the report reads (projection).
+pub const COLUMNS: &[&str] = &[
+    "flow_start",
+    "flow_end",
+    "observation_point",
+    "interface_name",
+    "interface_index",
+    "direction",
+    "network_transport",
+    "source_address",
+    "destination_address",
+    "destination_port",
+    "packets",
+    "bytes",
+];
+
+/// Partial aggregate of one scan thread.
+#[derive(Default)]
+pub struct Agg {
+    /// (interface, direction) → series.
+    series: Vec<((String, String), SeriesAcc)>,
+    pub totals: Counts,
+    /// Every observation point seen in the time range (selected or not).
+    pub observation_points: FxMap<String, Counts>,
+    sources: FxMap<String, Counts>,
+    destinations: FxMap<String, Counts>,
+    /// `a <-> b` with a <= b (string order).
+    conversations: FxMap<String, Counts>,
+    /// `transport/port`.
+    services: FxMap<String, Counts>,
+    pub rows_read: u64,
+    /// Smallest and largest selected `flow_end` (µs).
+    pub min_end: Option<i64>,
+    pub max_end: Option<i64>,
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ReportError> {
+    b.column_by_name(name)
+        .ok_or_else(|| ReportError::Schema(format!("column {name} missing")))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ReportError::Schema(format!("column {name} has an unexpected type")))
+}
+
+fn bump(map: &mut FxMap<String, Counts>, key: &str, packets: u64, bytes: u64) {
+    if let Some(c) = map.get_mut(key) {
+        c.add(packets, bytes);
+    } else {
+        let mut c = Counts::default();
+        c.add(packets, bytes);
+        map.insert(key.to_string(), c);
+    }
+}
+
+impl Agg {
+    /// Adds every selected row of `b` (a batch with at least [`COLUMNS`]).
+    pub fn add_batch(&mut self, sel: &Selection, b: &RecordBatch) -> Result<(), ReportError> {
+        let start = col::<TimestampMicrosecondArray>(b, "flow_start")?;
+        let end = col::<TimestampMicrosecondArray>(b, "flow_end")?;
+        let obs = col::<StringArray>(b, "observation_point")?;
+        let ifname = col::<StringArray>(b, "interface_name")?;
+        let ifindex = col::<UInt32Array>(b, "interface_index")?;
+        let dir = col::<StringArray>(b, "direction")?;
+        let transport = col::<StringArray>(b, "network_transport")?;
+        let src = col::<StringArray>(b, "source_address")?;
+        let dst = col::<StringArray>(b, "destination_address")?;
+        let dport = col::<UInt16Array>(b, "destination_port")?;
+        let packets = col::<Int64Array>(b, "packets")?;
+        let bytes = col::<Int64Array>(b, "bytes")?;
+        if packets.null_count() + bytes.null_count() + start.null_count() + end.null_count() > 0 {
+            return Err(ReportError::Schema(
+                "null flow_start/flow_end/packets/bytes values".into(),
+            ));
+        }
+        self.rows_read += b.num_rows() as u64;
+        let mut key = String::with_capacity(96);
+        let mut last_series: usize = usize::MAX;
+        for i in 0..b.num_rows() {
+            let e = end.value(i);
+            if e < sel.from_us || e >= sel.to_us {
+                continue;
+            }
+            let (p, by) = (packets.value(i).max(0) as u64, bytes.value(i).max(0) as u64);
+            let o = obs.value(i);
+            bump(&mut self.observation_points, o, p, by);
+            if o != sel.observation_point {
+                continue;
+            }
+            self.totals.add(p, by);
+            self.min_end = Some(self.min_end.map_or(e, |m| m.min(e)));
+            self.max_end = Some(self.max_end.map_or(e, |m| m.max(e)));
+            // Series of (interface, direction); the previous row's series is the usual hit.
+            let (ifn, d) = (ifname.value(i), dir.value(i));
+            key.clear();
+            let ifn: &str = if ifn.is_empty() {
+                use std::fmt::Write as _;
+                let _ = write!(key, "if#{}", ifindex.value(i));
+                &key
+            } else {
+                ifn
+            };
+            let idx = if last_series < self.series.len() && {
+                let k = &self.series[last_series].0;
+                k.0 == ifn && k.1 == d
+            } {
+                last_series
+            } else if let Some(j) = self.series.iter().position(|(k, _)| k.0 == ifn && k.1 == d) {
+                j
+            } else {
+                self.series
+                    .push(((ifn.to_string(), d.to_string()), SeriesAcc::default()));
+                self.series.len() - 1
+            };
+            last_series = idx;
+            let s = &mut self.series[idx].1;
+            s.counts.add(p, by);
+            s.add(sel.bucket_us, start.value(i), e, p, by);
+            if !sel.talkers {
+                continue;
+            }
+            let (a, z) = (src.value(i), dst.value(i));
+            bump(&mut self.sources, a, p, by);
+            bump(&mut self.destinations, z, p, by);
+            key.clear();
+            let (lo, hi) = if a <= z { (a, z) } else { (z, a) };
+            key.push_str(lo);
+            key.push_str(" <-> ");
+            key.push_str(hi);
+            bump(&mut self.conversations, &key, p, by);
+            key.clear();
+            {
+                use std::fmt::Write as _;
+                let _ = write!(key, "{}/{}", transport.value(i), dport.value(i));
+            }
+            bump(&mut self.services, &key, p, by);
+        }
+        Ok(())
+    }
+
+    pub fn merge(&mut self, o: Agg) {
+        for (k, s) in o.series {
+            match self.series.iter_mut().find(|(k2, _)| *k2 == k) {
+                Some((_, mine)) => mine.merge(&s),
+                None => self.series.push((k, s)),
+            }
+        }
+        self.totals.merge(&o.totals);
+        for (mine, theirs) in [
+            (&mut self.observation_points, o.observation_points),
+            (&mut self.sources, o.sources),
+            (&mut self.destinations, o.destinations),
+            (&mut self.conversations, o.conversations),
+            (&mut self.services, o.services),
+        ] {
+            for (k, c) in theirs {
+                mine.entry(k).or_default().merge(&c);
+            }
+        }
+        self.rows_read += o.rows_read;
+        self.min_end = match (self.min_end, o.min_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max_end = match (self.max_end, o.max_end) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// How addresses are grouped into subnets.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Grouping {
+    /// Every address to its own prefix of this length (IPv4, IPv6).
+    Prefix { v4: u8, v6: u8 },
+    /// Each address to the longest listed network containing it, else `other`.
+    Cidrs(Vec<(IpAddr, u8)>),
+}
+
+/// `addr` with all bits past `len` cleared.
+pub fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len.min(128))
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+impl Grouping {
+    /// The subnet label of an address (`10.1.2.0/24`, or `other`).
+    pub fn label(&self, addr: &str) -> String {
+        let Ok(a) = addr.parse::<IpAddr>() else {
+            return "other".into();
+        };
+        match self {
+            Grouping::Prefix { v4, v6 } => {
+                let len = if a.is_ipv4() { *v4 } else { *v6 };
+                format!("{}/{}", mask(a, len), len)
+            }
+            Grouping::Cidrs(nets) => nets
+                .iter()
+                .filter(|(n, l)| n.is_ipv4() == a.is_ipv4() && mask(a, *l) == *n)
+                .max_by_key(|(_, l)| *l)
+                .map(|(n, l)| format!("{n}/{l}"))
+                .unwrap_or_else(|| "other".into()),
+        }
+    }
+}
+
+/// One ranked entry of a top-N list.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TopEntry {
+    pub key: String,
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Fraction (0..1) of the selected total.
+    pub bytes_share: f64,
+    pub packets_share: f64,
+}
+
+/// A category ranked two ways.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Ranking {
+    /// Distinct keys in the category (before the top-N cut).
+    pub distinct: u64,
+    pub by_bytes: Vec<TopEntry>,
+    pub by_packets: Vec<TopEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Top {
+    pub n: usize,
+    pub sources: Ranking,
+    pub destinations: Ranking,
+    pub source_subnets: Ranking,
+    pub destination_subnets: Ranking,
+    pub conversations: Ranking,
+    pub services: Ranking,
+    pub transports: Ranking,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct RateStats {
+    pub mean: f64,
+    pub peak: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// Least-squares line through the bucket rates: rate(t) = intercept + slope * t, t in seconds
+/// since the start of the first bucket (bucket midpoints as x).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Trend {
+    pub bytes_per_sec_intercept: f64,
+    pub bytes_per_sec_slope_per_day: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SeriesOut {
+    pub interface: String,
+    pub direction: String,
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub bytes_per_sec: Vec<f64>,
+    pub packets_per_sec: Vec<f64>,
+    pub bytes_per_sec_stats: RateStats,
+    pub packets_per_sec_stats: RateStats,
+    pub trend: Trend,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Series {
+    /// Start of the first bucket (µs since the epoch) and its RFC 3339 form.
+    pub start_us: i64,
+    pub start: String,
+    pub bucket_seconds: u64,
+    pub buckets: usize,
+    /// Sorted by interface, then direction.
+    pub interfaces: Vec<SeriesOut>,
+}
+
+/// Nearest-rank percentile of already sorted values (0 for an empty slice).
+pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn stats(v: &[f64]) -> RateStats {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    RateStats {
+        mean: if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        },
+        peak: s.last().copied().unwrap_or(0.0),
+        p95: nearest_rank(&s, 95.0),
+        p99: nearest_rank(&s, 99.0),
+    }
+}
+
+/// Least squares of `v[i]` against x = (i + 0.5) * bucket seconds; slope returned per second.
+pub fn least_squares(v: &[f64], bucket_s: f64) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.len() < 2 {
+        return (v.first().copied().unwrap_or(0.0), 0.0);
+    }
+    let xs = |i: usize| (i as f64 + 0.5) * bucket_s;
+    let mx = (0..v.len()).map(xs).sum::<f64>() / n;
+    let my = v.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, y) in v.iter().enumerate() {
+        let dx = xs(i) - mx;
+        sxy += dx * (y - my);
+        sxx += dx * dx;
+    }
+    let slope = sxy / sxx;
+    (my - slope * mx, slope)
+}
+
+/// Builds the series over buckets `[first, last]` (epoch bucket indices).
+pub fn series(agg: &Agg, bucket_us: i64, first: i64, last: i64) -> Series {
+    let n = (last - first + 1).max(0) as usize;
+    let bs = bucket_us as f64 / 1e6;
+    let mut out: Vec<SeriesOut> = agg
+        .series
+        .iter()
+        .map(|((ifn, dir), s)| {
+            let mut b = vec![0.0; n];
+            let mut p = vec![0.0; n];
+            for (i, (vb, vp)) in s.v.iter().enumerate() {
+                let idx = s.base + i as i64 - first;
+                if idx >= 0 && (idx as usize) < n {
+                    b[idx as usize] = vb / bs;
+                    p[idx as usize] = vp / bs;
+                }
+            }
+            let (intercept, slope) = least_squares(&b, bs);
+            SeriesOut {
+                interface: ifn.clone(),
+                direction: dir.clone(),
+                records: s.counts.records,
+                packets: s.counts.packets,
+                bytes: s.counts.bytes,
+                bytes_per_sec_stats: stats(&b),
+                packets_per_sec_stats: stats(&p),
+                trend: Trend {
+                    bytes_per_sec_intercept: intercept,
+                    bytes_per_sec_slope_per_day: slope * 86_400.0,
+                },
+                bytes_per_sec: b,
+                packets_per_sec: p,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.interface, &a.direction).cmp(&(&b.interface, &b.direction)));
+    Series {
+        start_us: first * bucket_us,
+        start: super::fmt_time(first * bucket_us),
+        bucket_seconds: (bucket_us / 1_000_000) as u64,
+        buckets: n,
+        interfaces: out,
+    }
+}
+
+/// First and last bucket that any series touched.
+pub fn touched_buckets(agg: &Agg) -> Option<(i64, i64)> {
+    let mut r: Option<(i64, i64)> = None;
+    for (_, s) in &agg.series {
+        if s.v.is_empty() {
+            continue;
+        }
+        let (a, b) = (s.base, s.base + s.v.len() as i64 - 1);
+        r = Some(r.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+    }
+    r
+}
+
+fn ranking(map: &FxMap<String, Counts>, n: usize, total: &Counts) -> Ranking {
+    let share = |x: u64, t: u64| if t == 0 { 0.0 } else { x as f64 / t as f64 };
+    let entry = |(k, c): (&String, &Counts)| TopEntry {
+        key: k.clone(),
+        records: c.records,
+        packets: c.packets,
+        bytes: c.bytes,
+        bytes_share: share(c.bytes, total.bytes),
+        packets_share: share(c.packets, total.packets),
+    };
+    let mut v: Vec<(&String, &Counts)> = map.iter().collect();
+    v.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(b.0)));
+    let by_bytes = v.iter().take(n).map(|&e| entry(e)).collect();
+    v.sort_by(|a, b| b.1.packets.cmp(&a.1.packets).then_with(|| a.0.cmp(b.0)));
+    let by_packets = v.iter().take(n).map(|&e| entry(e)).collect();
+    Ranking {
+        distinct: map.len() as u64,
+        by_bytes,
+        by_packets,
+    }
+}
+
+fn regroup(
+    map: &FxMap<String, Counts>,
+    f: impl Fn(&str) -> String,
+) -> FxMap<String, Counts> {
+    let mut out: FxMap<String, Counts> = FxMap::default();
+    for (k, c) in map {
+        out.entry(f(k)).or_default().merge(c);
+    }
+    out
+}
+
+/// The top-N lists. Subnets and transports are derived from the per-address and per-service
+/// totals (no second pass over rows).
+pub fn top(agg: &Agg, n: usize, grouping: &Grouping) -> Top {
+    let t = &agg.totals;
+    Top {
+        n,
+        sources: ranking(&agg.sources, n, t),
+        destinations: ranking(&agg.destinations, n, t),
+        source_subnets: ranking(&regroup(&agg.sources, |a| grouping.label(a)), n, t),
+        destination_subnets: ranking(&regroup(&agg.destinations, |a| grouping.label(a)), n, t),
+        conversations: ranking(&agg.conversations, n, t),
+        services: ranking(&agg.services, n, t),
+        transports: ranking(
+            &regroup(&agg.services, |s| {
+                s.rsplit_once('/').map_or(s, |(t, _)| t).to_string()
+            }),
+            n,
+            t,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_definition() {
+        let v: Vec<f64> = (1..=100).map(|i| i as f64).collect();
+        assert_eq!(nearest_rank(&v, 95.0), 95.0);
+        assert_eq!(nearest_rank(&v, 99.0), 99.0);
+        assert_eq!(nearest_rank(&v, 100.0), 100.0);
+        assert_eq!(nearest_rank(&[3.0], 95.0), 3.0);
+        assert_eq!(nearest_rank(&[1.0, 2.0, 3.0], 50.0), 2.0);
+        assert_eq!(nearest_rank(&[], 95.0), 0.0);
+    }
+
+    #[test]
+    fn spreading_conserves_totals() {
+        let mut s = SeriesAcc::default();
+        // 10 s buckets; a record over [5 s, 25 s] → 1/4, 1/2, 1/4.
+        s.add(10_000_000, 5_000_000, 25_000_000, 4, 400);
+        assert_eq!(s.base, 0);
+        assert_eq!(s.v, vec![(100.0, 1.0), (200.0, 2.0), (100.0, 1.0)]);
+        // Zero-length record in bucket 5, and a record ending exactly on a bucket boundary.
+        s.add(10_000_000, 55_000_000, 55_000_000, 1, 10);
+        s.add(10_000_000, -10_000_000, 0, 2, 20);
+        assert_eq!(s.base, -1);
+        assert_eq!(s.v[0], (20.0, 2.0));
+        assert_eq!(s.v[6], (10.0, 1.0));
+        let total: f64 = s.v.iter().map(|x| x.0).sum();
+        assert_eq!(total, 430.0);
+    }
+
+    #[test]
+    fn grouping_labels() {
+        let g = Grouping::Prefix { v4: 24, v6: 64 };
+        assert_eq!(g.label("10.1.2.3"), "10.1.2.0/24");
+        assert_eq!(g.label("2001:db8:1:2:3::1"), "2001:db8:1:2::/64");
+        let g = Grouping::Cidrs(vec![
+            ("10.0.0.0".parse().unwrap(), 8),
+            ("10.1.0.0".parse().unwrap(), 16),
+        ]);
+        assert_eq!(g.label("10.1.2.3"), "10.1.0.0/16");
+        assert_eq!(g.label("10.2.2.3"), "10.0.0.0/8");
+        assert_eq!(g.label("192.168.1.1"), "other");
+        assert_eq!(g.label("::1"), "other");
+    }
+
+    #[test]
+    fn least_squares_recovers_a_line() {
+        let v: Vec<f64> = (0..10).map(|i| 3.0 + 2.0 * (i as f64 + 0.5) * 60.0).collect();
+        let (a, b) = least_squares(&v, 60.0);
+        assert!((a - 3.0).abs() < 1e-9 && (b - 2.0).abs() < 1e-12, "{a} {b}");
+    }
+}
