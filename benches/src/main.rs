@@ -7,6 +7,12 @@
 //!   interleaved in rounds; medians reported.
 //! * Record path: synthetic drained deltas → flow table → records (flows/s), and Parquet
 //!   encoding (records/s, bytes/record).
+//! * `flowlens report` over 10 M rows (see `report.rs`).
+//!
+//! `flowlens-bench report` runs only the report section (no root needed) and merges its
+//! numbers into an existing `summary.json`.
+
+mod report;
 
 use std::{
     collections::BTreeMap,
@@ -187,6 +193,18 @@ fn main() -> Result<()> {
             .unwrap_or(0)
     );
 
+    let only_report = std::env::args().skip(1).any(|a| a == "report");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    if only_report {
+        if let Ok(s) = std::fs::read_to_string(target.join("summary.json"))
+            && let Ok(old) = serde_json::from_str::<BTreeMap<String, f64>>(&s)
+        {
+            summary.extend(old);
+        }
+        report::run(&mut summary)?;
+        return write_summary(&machine, &summary, &target);
+    }
+
     // Probe cost.
     let costs = probe_cost(7, 200_000)?;
     let (noop, shared, percpu) = (costs["noop"], costs["shared_atomic"], costs["percpu"]);
@@ -244,16 +262,27 @@ fn main() -> Result<()> {
     summary.insert("parquet_bytes_per_record".into(), bytes as f64 / n as f64);
     std::fs::remove_dir_all(&dir).ok();
 
+    // flowlens report over 10 M rows.
+    report::run(&mut summary)?;
+
     println!(
         "flowlens benchmarks ({machine}; BPF_PROG_TEST_RUN medians of 7 interleaved rounds, 200k repeats x {} packet shapes)",
         packet_mix().len()
     );
+    write_summary(&machine, &summary, &target)
+}
+
+fn write_summary(
+    machine: &str,
+    summary: &BTreeMap<String, f64>,
+    target: &std::path::Path,
+) -> Result<()> {
+    println!("({machine})");
     println!("{:<44} {:>14}", "metric", "value");
-    for (k, v) in &summary {
+    for (k, v) in summary {
         println!("{k:<44} {v:>14.1}");
     }
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&target)?;
+    std::fs::create_dir_all(target)?;
     let json = format!(
         "{{\n{}\n}}\n",
         summary

@@ -180,7 +180,8 @@ pub fn setup() -> Result<Env> {
     let nightly = nightly()?;
     let sysroot = ensure_nightly(&nightly)?;
     let bin = ensure_bpf_linker(&nightly, &sysroot)?;
-    ensure_apt(&[("ip", "iproute2")])?;
+    // chromium: the HTML report test (collector/tests/report.rs) opens the report headless.
+    ensure_apt(&[("ip", "iproute2"), ("chromium", "chromium")])?;
     let mut path = OsString::from(bin.as_os_str());
     if let Some(p) = std::env::var_os("PATH") {
         path.push(":");

@@ -167,6 +167,103 @@ pub const COLUMNS: &[&str] = &[
     "bytes",
 ];
 
+/// Interned strings: id per distinct value, in first-seen order.
+#[derive(Default)]
+struct Interner {
+    ids: FxMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Interner {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.ids.insert(s.to_string(), i);
+        self.names.push(s.to_string());
+        i
+    }
+}
+
+/// Top-talker counters keyed by interned ids (no string work per row beyond one hash lookup
+/// per address): addresses, conversations as an unordered id pair, services as
+/// (transport id, destination port).
+#[derive(Default)]
+struct Talkers {
+    addrs: Interner,
+    /// Indexed by address id.
+    src: Vec<Counts>,
+    dst: Vec<Counts>,
+    /// (smaller id) << 32 | (larger id).
+    conversations: FxMap<u64, Counts>,
+    transports: Interner,
+    /// transport id << 16 | destination port.
+    services: FxMap<u32, Counts>,
+}
+
+fn at(v: &mut Vec<Counts>, i: u32) -> &mut Counts {
+    let i = i as usize;
+    if i >= v.len() {
+        v.resize(i + 1, Counts::default());
+    }
+    &mut v[i]
+}
+
+fn pair(a: u32, b: u32) -> u64 {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    (lo as u64) << 32 | hi as u64
+}
+
+impl Talkers {
+    fn add(&mut self, src: &str, dst: &str, transport: &str, dport: u16, p: u64, b: u64) {
+        let a = self.addrs.id(src);
+        let z = self.addrs.id(dst);
+        at(&mut self.src, a).add(p, b);
+        at(&mut self.dst, z).add(p, b);
+        self.conversations.entry(pair(a, z)).or_default().add(p, b);
+        let t = self.transports.id(transport);
+        self.services
+            .entry(t << 16 | dport as u32)
+            .or_default()
+            .add(p, b);
+    }
+
+    /// Adds `o` into `self`, translating its ids.
+    fn merge(&mut self, o: Talkers) {
+        let map: Vec<u32> = o.addrs.names.iter().map(|n| self.addrs.id(n)).collect();
+        for (i, c) in o.src.iter().enumerate() {
+            at(&mut self.src, map[i]).merge(c);
+        }
+        for (i, c) in o.dst.iter().enumerate() {
+            at(&mut self.dst, map[i]).merge(c);
+        }
+        for (k, c) in o.conversations {
+            let (a, z) = (map[(k >> 32) as usize], map[(k & 0xffff_ffff) as usize]);
+            self.conversations.entry(pair(a, z)).or_default().merge(&c);
+        }
+        let tmap: Vec<u32> = o.transports.names.iter().map(|n| self.transports.id(n)).collect();
+        for (k, c) in o.services {
+            let t = tmap[(k >> 16) as usize];
+            self.services
+                .entry(t << 16 | (k & 0xffff))
+                .or_default()
+                .merge(&c);
+        }
+    }
+
+    fn conversation_name(&self, k: u64) -> String {
+        let a = &self.addrs.names[(k >> 32) as usize];
+        let z = &self.addrs.names[(k & 0xffff_ffff) as usize];
+        let (lo, hi) = if a <= z { (a, z) } else { (z, a) };
+        format!("{lo} <-> {hi}")
+    }
+
+    fn service_name(&self, k: u32) -> String {
+        format!("{}/{}", self.transports.names[(k >> 16) as usize], k & 0xffff)
+    }
+}
+
 /// Partial aggregate of one scan thread.
 #[derive(Default)]
 pub struct Agg {
@@ -175,12 +272,7 @@ pub struct Agg {
     pub totals: Counts,
     /// Every observation point seen in the time range (selected or not).
     pub observation_points: FxMap<String, Counts>,
-    sources: FxMap<String, Counts>,
-    destinations: FxMap<String, Counts>,
-    /// `a <-> b` with a <= b (string order).
-    conversations: FxMap<String, Counts>,
-    /// `transport/port`.
-    services: FxMap<String, Counts>,
+    talkers: Talkers,
     pub rows_read: u64,
     /// Smallest and largest selected `flow_end` (µs).
     pub min_end: Option<i64>,
@@ -196,6 +288,7 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ReportEr
 }
 
 fn bump(map: &mut FxMap<String, Counts>, key: &str, packets: u64, bytes: u64) {
+    // get_mut first: no allocation when the key exists (the usual case).
     if let Some(c) = map.get_mut(key) {
         c.add(packets, bytes);
     } else {
@@ -271,21 +364,14 @@ impl Agg {
             if !sel.talkers {
                 continue;
             }
-            let (a, z) = (src.value(i), dst.value(i));
-            bump(&mut self.sources, a, p, by);
-            bump(&mut self.destinations, z, p, by);
-            key.clear();
-            let (lo, hi) = if a <= z { (a, z) } else { (z, a) };
-            key.push_str(lo);
-            key.push_str(" <-> ");
-            key.push_str(hi);
-            bump(&mut self.conversations, &key, p, by);
-            key.clear();
-            {
-                use std::fmt::Write as _;
-                let _ = write!(key, "{}/{}", transport.value(i), dport.value(i));
-            }
-            bump(&mut self.services, &key, p, by);
+            self.talkers.add(
+                src.value(i),
+                dst.value(i),
+                transport.value(i),
+                dport.value(i),
+                p,
+                by,
+            );
         }
         Ok(())
     }
@@ -298,17 +384,10 @@ impl Agg {
             }
         }
         self.totals.merge(&o.totals);
-        for (mine, theirs) in [
-            (&mut self.observation_points, o.observation_points),
-            (&mut self.sources, o.sources),
-            (&mut self.destinations, o.destinations),
-            (&mut self.conversations, o.conversations),
-            (&mut self.services, o.services),
-        ] {
-            for (k, c) in theirs {
-                mine.entry(k).or_default().merge(&c);
-            }
+        for (k, c) in o.observation_points {
+            self.observation_points.entry(k).or_default().merge(&c);
         }
+        self.talkers.merge(o.talkers);
         self.rows_read += o.rows_read;
         self.min_end = match (self.min_end, o.min_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -546,58 +625,116 @@ pub fn touched_buckets(agg: &Agg) -> Option<(i64, i64)> {
     r
 }
 
-fn ranking(map: &FxMap<String, Counts>, n: usize, total: &Counts) -> Ranking {
+/// The `n` entries with the largest `metric`, ties by name ascending. Names are rendered only
+/// for the candidates (entries at or above the n-th largest value), not for every key.
+fn best<K: Copy>(
+    items: &[(K, Counts)],
+    n: usize,
+    total: &Counts,
+    metric: impl Fn(&Counts) -> u64,
+    name: impl Fn(K) -> String,
+) -> Vec<TopEntry> {
     let share = |x: u64, t: u64| if t == 0 { 0.0 } else { x as f64 / t as f64 };
-    let entry = |(k, c): (&String, &Counts)| TopEntry {
-        key: k.clone(),
-        records: c.records,
-        packets: c.packets,
-        bytes: c.bytes,
-        bytes_share: share(c.bytes, total.bytes),
-        packets_share: share(c.packets, total.packets),
+    let cut = if items.len() > n && n > 0 {
+        let mut vals: Vec<u64> = items.iter().map(|(_, c)| metric(c)).collect();
+        let (_, nth, _) = vals.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
+        *nth
+    } else {
+        0
     };
-    let mut v: Vec<(&String, &Counts)> = map.iter().collect();
-    v.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(b.0)));
-    let by_bytes = v.iter().take(n).map(|&e| entry(e)).collect();
-    v.sort_by(|a, b| b.1.packets.cmp(&a.1.packets).then_with(|| a.0.cmp(b.0)));
-    let by_packets = v.iter().take(n).map(|&e| entry(e)).collect();
+    let mut cand: Vec<(String, &Counts)> = items
+        .iter()
+        .filter(|(_, c)| metric(c) >= cut)
+        .map(|(k, c)| (name(*k), c))
+        .collect();
+    cand.sort_by(|a, b| metric(b.1).cmp(&metric(a.1)).then_with(|| a.0.cmp(&b.0)));
+    cand.into_iter()
+        .take(n)
+        .map(|(key, c)| TopEntry {
+            key,
+            records: c.records,
+            packets: c.packets,
+            bytes: c.bytes,
+            bytes_share: share(c.bytes, total.bytes),
+            packets_share: share(c.packets, total.packets),
+        })
+        .collect()
+}
+
+fn ranking<K: Copy>(
+    items: &[(K, Counts)],
+    n: usize,
+    total: &Counts,
+    name: impl Fn(K) -> String,
+) -> Ranking {
     Ranking {
-        distinct: map.len() as u64,
-        by_bytes,
-        by_packets,
+        distinct: items.len() as u64,
+        by_bytes: best(items, n, total, |c| c.bytes, &name),
+        by_packets: best(items, n, total, |c| c.packets, &name),
     }
 }
 
-fn regroup(
-    map: &FxMap<String, Counts>,
-    f: impl Fn(&str) -> String,
-) -> FxMap<String, Counts> {
-    let mut out: FxMap<String, Counts> = FxMap::default();
-    for (k, c) in map {
-        out.entry(f(k)).or_default().merge(c);
+/// Sums counts per label: (label index, counts) and the labels.
+fn regroup<'a>(
+    items: impl Iterator<Item = (&'a str, &'a Counts)>,
+    label: impl Fn(&str) -> String,
+) -> (Vec<(usize, Counts)>, Vec<String>) {
+    let mut idx: FxMap<String, usize> = FxMap::default();
+    let mut out: Vec<Counts> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (k, c) in items {
+        let l = label(k);
+        let i = *idx.entry(l.clone()).or_insert_with(|| {
+            names.push(l);
+            out.push(Counts::default());
+            out.len() - 1
+        });
+        out[i].merge(c);
     }
-    out
+    (out.into_iter().enumerate().collect(), names)
 }
 
 /// The top-N lists. Subnets and transports are derived from the per-address and per-service
 /// totals (no second pass over rows).
 pub fn top(agg: &Agg, n: usize, grouping: &Grouping) -> Top {
     let t = &agg.totals;
+    let k = &agg.talkers;
+    let per_addr = |v: &Vec<Counts>| -> Vec<(u32, Counts)> {
+        v.iter()
+            .enumerate()
+            .filter(|(_, c)| c.records > 0)
+            .map(|(i, c)| (i as u32, *c))
+            .collect()
+    };
+    let addr_name = |i: u32| k.addrs.names[i as usize].clone();
+    let src = per_addr(&k.src);
+    let dst = per_addr(&k.dst);
+    let subnets = |v: &[(u32, Counts)]| -> Ranking {
+        let (grouped, names) = regroup(
+            v.iter().map(|(i, c)| (k.addrs.names[*i as usize].as_str(), c)),
+            |a| grouping.label(a),
+        );
+        ranking(&grouped, n, t, |i| names[i].clone())
+    };
+    let conv: Vec<(u64, Counts)> = k.conversations.iter().map(|(a, c)| (*a, *c)).collect();
+    let svc: Vec<(u32, Counts)> = k.services.iter().map(|(a, c)| (*a, *c)).collect();
+    let transports = {
+        let (grouped, names) = regroup(
+            svc.iter()
+                .map(|(s, c)| (k.transports.names[(*s >> 16) as usize].as_str(), c)),
+            |s| s.to_string(),
+        );
+        ranking(&grouped, n, t, |i| names[i].clone())
+    };
     Top {
         n,
-        sources: ranking(&agg.sources, n, t),
-        destinations: ranking(&agg.destinations, n, t),
-        source_subnets: ranking(&regroup(&agg.sources, |a| grouping.label(a)), n, t),
-        destination_subnets: ranking(&regroup(&agg.destinations, |a| grouping.label(a)), n, t),
-        conversations: ranking(&agg.conversations, n, t),
-        services: ranking(&agg.services, n, t),
-        transports: ranking(
-            &regroup(&agg.services, |s| {
-                s.rsplit_once('/').map_or(s, |(t, _)| t).to_string()
-            }),
-            n,
-            t,
-        ),
+        sources: ranking(&src, n, t, addr_name),
+        destinations: ranking(&dst, n, t, addr_name),
+        source_subnets: subnets(&src),
+        destination_subnets: subnets(&dst),
+        conversations: ranking(&conv, n, t, |c| k.conversation_name(c)),
+        services: ranking(&svc, n, t, |s| k.service_name(s)),
+        transports,
     }
 }
 

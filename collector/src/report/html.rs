@@ -75,6 +75,17 @@ const JS: &str = r#"
 })();
 "#;
 
+/// Axis label: up to 3 significant digits, no trailing zeros (`150 kbit/s`, `2.5 Mbit/s`).
+fn tick(v: f64) -> String {
+    let full = si(v, "bit/s");
+    match full.split_once(' ') {
+        Some((num, unit)) if num.contains('.') => {
+            format!("{} {unit}", num.trim_end_matches('0').trim_end_matches('.'))
+        }
+        _ => full,
+    }
+}
+
 fn nice_step(max: f64, ticks: f64) -> f64 {
     if max <= 0.0 {
         return 1.0;
@@ -115,7 +126,7 @@ fn time_label(us: i64, long: bool) -> String {
 /// One interface's chart (all its directions), bits per second.
 fn chart(r: &Report, idx: usize, ifname: &str, series: &[&SeriesOut], js: &mut Vec<String>) -> String {
     let (w, h) = (1200.0, 300.0);
-    let (x0, x1, y0, y1) = (70.0, w - 20.0, 16.0, h - 34.0);
+    let (x0, x1, y0, y1) = (84.0, w - 20.0, 16.0, h - 34.0);
     let n = r.series.buckets.max(1);
     let dx = (x1 - x0) / n as f64;
     let peak = series
@@ -151,7 +162,7 @@ fn chart(r: &Report, idx: usize, ifname: &str, series: &[&SeriesOut], js: &mut V
             r##"<line x1="{x0}" x2="{x1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#e5e7eb"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
             x0 - 6.0,
             yy + 4.0,
-            esc(&si(v, "bit/s"))
+            esc(&tick(v))
         );
         v += step;
     }
@@ -173,7 +184,19 @@ fn chart(r: &Report, idx: usize, ifname: &str, series: &[&SeriesOut], js: &mut V
         s,
         r##"<line x1="{x0}" x2="{x1}" y1="{y1}" y2="{y1}" stroke="#9ca3af"/>"##
     );
-    // Capacity and threshold.
+    // Capacity and threshold (a note when they are far above the traffic).
+    if let Some((c, t)) = cap
+        && c * t > ytop
+    {
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end" style="fill:#dc2626">capacity {} · threshold {} (above the scale)</text>"##,
+            x1 - 4.0,
+            y0 + 12.0,
+            esc(&tick(c)),
+            esc(&tick(c * t))
+        );
+    }
     if let Some((c, t)) = cap {
         for (val, label, dash) in [(c, "capacity", "8 4"), (c * t, "threshold", "3 3")] {
             if val <= ytop {
@@ -183,7 +206,7 @@ fn chart(r: &Report, idx: usize, ifname: &str, series: &[&SeriesOut], js: &mut V
                     r##"<line x1="{x0}" x2="{x1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#dc2626" stroke-dasharray="{dash}"/><text x="{}" y="{:.1}" text-anchor="end" style="fill:#dc2626">{label} {}</text>"##,
                     x1 - 4.0,
                     yy - 4.0,
-                    esc(&si(val, "bit/s"))
+                    esc(&tick(val))
                 );
             }
         }
@@ -257,7 +280,8 @@ fn bars(title: &str, r: &Ranking) -> String {
     for e in &r.by_bytes {
         let _ = write!(
             s,
-            r#"<div class="bar" title="{} packets ({}), {} records"><span class="k">{}</span><span class="t"><span class="f" style="width:{:.1}%;display:block"></span></span><span class="n">{} · {}</span></div>"#,
+            r#"<div class="bar" title="{}: {} packets ({}), {} records"><span class="k">{}</span><span class="t"><span class="f" style="width:{:.1}%;display:block"></span></span><span class="n">{} · {}</span></div>"#,
+            esc(&e.key),
             e.packets,
             pct(e.packets_share),
             e.records,
