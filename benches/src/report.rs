@@ -32,7 +32,7 @@ use parquet::arrow::{ProjectionMask, arrow_reader::ParquetRecordBatchReaderBuild
 /// 2026-11-20T00:00:00Z
 const DAY0: i64 = 20_777 * 86_400_000_000;
 const ROWS: u64 = 10_080_000;
-const MARKER: &str = ".complete-v1";
+const MARKER: &str = ".complete-v2";
 
 fn dataset_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/report-10m")
@@ -78,8 +78,9 @@ fn generate(dir: &Path) -> Result<()> {
         let dur = rnd(60_000_000) as i64;
         let mut k = FlowKey::ZERO;
         k.ip_version = 4;
+        // 20,000 sources, each talking to about 10 of 3,000 destinations (~200k conversations).
         let s = rnd(20_000) as u32;
-        let d = rnd(3_000) as u32;
+        let d = (s.wrapping_mul(2_654_435_761) >> 8).wrapping_add(rnd(10) as u32 * 977) % 3_000;
         k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, (s >> 16) as u8 + 1, (s >> 8) as u8, s as u8]);
         k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 172, 16, (d >> 8) as u8, d as u8]);
         k.protocol = if rnd(4) == 0 { 17 } else { 6 };

@@ -200,6 +200,7 @@ struct Talkers {
     transports: Interner,
     /// transport id << 16 | destination port.
     services: FxMap<u32, Counts>,
+    last_transport: Option<(String, u32)>,
 }
 
 fn at(v: &mut Vec<Counts>, i: u32) -> &mut Counts {
@@ -222,7 +223,14 @@ impl Talkers {
         at(&mut self.src, a).add(p, b);
         at(&mut self.dst, z).add(p, b);
         self.conversations.entry(pair(a, z)).or_default().add(p, b);
-        let t = self.transports.id(transport);
+        let t = match &self.last_transport {
+            Some((name, id)) if name == transport => *id,
+            _ => {
+                let id = self.transports.id(transport);
+                self.last_transport = Some((transport.to_string(), id));
+                id
+            }
+        };
         self.services
             .entry(t << 16 | dport as u32)
             .or_default()
@@ -287,17 +295,6 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ReportEr
         .ok_or_else(|| ReportError::Schema(format!("column {name} has an unexpected type")))
 }
 
-fn bump(map: &mut FxMap<String, Counts>, key: &str, packets: u64, bytes: u64) {
-    // get_mut first: no allocation when the key exists (the usual case).
-    if let Some(c) = map.get_mut(key) {
-        c.add(packets, bytes);
-    } else {
-        let mut c = Counts::default();
-        c.add(packets, bytes);
-        map.insert(key.to_string(), c);
-    }
-}
-
 impl Agg {
     /// Adds every selected row of `b` (a batch with at least [`COLUMNS`]).
     pub fn add_batch(&mut self, sel: &Selection, b: &RecordBatch) -> Result<(), ReportError> {
@@ -321,6 +318,7 @@ impl Agg {
         self.rows_read += b.num_rows() as u64;
         let mut key = String::with_capacity(96);
         let mut last_series: usize = usize::MAX;
+        let mut obs_tally: Vec<(&str, Counts)> = Vec::new();
         for i in 0..b.num_rows() {
             let e = end.value(i);
             if e < sel.from_us || e >= sel.to_us {
@@ -328,7 +326,15 @@ impl Agg {
             }
             let (p, by) = (packets.value(i).max(0) as u64, bytes.value(i).max(0) as u64);
             let o = obs.value(i);
-            bump(&mut self.observation_points, o, p, by);
+            // Per-batch tally of observation points (a handful), flushed below.
+            match obs_tally.iter_mut().find(|(name, _)| *name == o) {
+                Some((_, c)) => c.add(p, by),
+                None => {
+                    let mut c = Counts::default();
+                    c.add(p, by);
+                    obs_tally.push((o, c));
+                }
+            }
             if o != sel.observation_point {
                 continue;
             }
@@ -372,6 +378,14 @@ impl Agg {
                 p,
                 by,
             );
+        }
+        for (name, c) in obs_tally {
+            match self.observation_points.get_mut(name) {
+                Some(mine) => mine.merge(&c),
+                None => {
+                    self.observation_points.insert(name.to_string(), c);
+                }
+            }
         }
         Ok(())
     }

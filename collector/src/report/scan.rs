@@ -293,10 +293,14 @@ impl Plan {
                     })
                 })
                 .collect();
-            let mut total = Agg::default();
+            // The first worker's aggregate is the base (no copy); the others merge into it.
+            let mut total: Option<Agg> = None;
             for w in workers {
                 match w.join() {
-                    Ok(a) => total.merge(a),
+                    Ok(a) => match &mut total {
+                        Some(t) => t.merge(a),
+                        None => total = Some(a),
+                    },
                     Err(_) => {
                         if let Ok(mut slot) = first_err.lock() {
                             slot.get_or_insert(ReportError::Input("a scan thread panicked".into()));
@@ -308,7 +312,7 @@ impl Plan {
             if let Some(p) = progress {
                 let _ = p.join();
             }
-            total
+            total.unwrap_or_default()
         });
         if let Some(e) = first_err.into_inner().ok().flatten() {
             return Err(e);

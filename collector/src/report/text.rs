@@ -23,8 +23,13 @@ pub fn si(v: f64, unit: &str) -> String {
     }
 }
 
+/// Percentage with one decimal, or three below 1% (so small shares do not all read 0.0%).
 pub fn pct(f: f64) -> String {
-    format!("{:.1}%", f * 100.0)
+    if f != 0.0 && f.abs() < 0.01 {
+        format!("{:.3}%", f * 100.0)
+    } else {
+        format!("{:.1}%", f * 100.0)
+    }
 }
 
 /// Human duration of seconds (`6h`, `2d 3h`, `90s`).
