@@ -18,16 +18,18 @@ use std::{
     net::IpAddr,
 };
 
+use std::sync::Arc;
+
 use arrow_array::{
-    Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt16Array,
-    UInt32Array,
+    Array, ArrayRef, DictionaryArray, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt16Array, UInt32Array, types::Int32Type,
 };
 use serde::Serialize;
 
 use super::ReportError;
 
-/// FxHash (rustc's hasher): much faster than SipHash for the short keys aggregated here; the
-/// input is our own files, so hash flooding is not a concern.
+/// An FxHash-style hasher (rustc's) with a finaliser: much faster than SipHash for the short
+/// keys aggregated here; the input is our own files, so hash flooding is not a concern.
 #[derive(Default, Clone, Copy)]
 pub struct FxHasher(u64);
 
@@ -45,10 +47,25 @@ impl Hasher for FxHasher {
         }
     }
     fn write_u8(&mut self, i: u8) {
-        self.write(&[i]);
+        self.write_u64(i as u64);
     }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    /// splitmix64's finaliser: a multiply only carries entropy upwards, and the hash table
+    /// indexes by the low bits, so without it keys that differ only in high bits (the smaller
+    /// id of a conversation pair) would collide.
     fn finish(&self) -> u64 {
-        self.0
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 
@@ -217,9 +234,7 @@ fn pair(a: u32, b: u32) -> u64 {
 }
 
 impl Talkers {
-    fn add(&mut self, src: &str, dst: &str, transport: &str, dport: u16, p: u64, b: u64) {
-        let a = self.addrs.id(src);
-        let z = self.addrs.id(dst);
+    fn add(&mut self, a: u32, z: u32, transport: &str, dport: u16, p: u64, b: u64) {
         at(&mut self.src, a).add(p, b);
         at(&mut self.dst, z).add(p, b);
         self.conversations.entry(pair(a, z)).or_default().add(p, b);
@@ -272,6 +287,39 @@ impl Talkers {
     }
 }
 
+/// Columns read as `Dictionary(Int32, Utf8)` (see `scan::dictionary_hint`).
+pub const DICTIONARY_COLUMNS: &[&str] = &["source_address", "destination_address"];
+
+/// A text column as the reader delivered it: plain, or dictionary keys with the interned id of
+/// each dictionary value.
+enum Addr<'a> {
+    Plain(&'a StringArray),
+    Dict(&'a [i32], &'a [u32]),
+}
+
+/// Interned ids of the current dictionary of one column. The dictionary `ArrayRef` is kept, so
+/// `Arc::ptr_eq` identifies the same dictionary across batches of a column chunk (the reader
+/// shares it) and its memory cannot be reused for another one while cached.
+#[derive(Default)]
+struct DictCache {
+    values: Option<ArrayRef>,
+    ids: Vec<u32>,
+}
+
+impl DictCache {
+    fn ids(&mut self, values: &ArrayRef, interner: &mut Interner) -> Result<(), ReportError> {
+        if !self.values.as_ref().is_some_and(|v| Arc::ptr_eq(v, values)) {
+            let s = values.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                ReportError::Schema("address dictionary is not text".into())
+            })?;
+            self.ids.clear();
+            self.ids.extend((0..s.len()).map(|i| interner.id(s.value(i))));
+            self.values = Some(values.clone());
+        }
+        Ok(())
+    }
+}
+
 /// Partial aggregate of one scan thread.
 #[derive(Default)]
 pub struct Agg {
@@ -281,6 +329,8 @@ pub struct Agg {
     /// Every observation point seen in the time range (selected or not).
     pub observation_points: FxMap<String, Counts>,
     talkers: Talkers,
+    dict_src: DictCache,
+    dict_dst: DictCache,
     pub rows_read: u64,
     /// Smallest and largest selected `flow_end` (µs).
     pub min_end: Option<i64>,
@@ -305,8 +355,44 @@ impl Agg {
         let ifindex = col::<UInt32Array>(b, "interface_index")?;
         let dir = col::<StringArray>(b, "direction")?;
         let transport = col::<StringArray>(b, "network_transport")?;
-        let src = col::<StringArray>(b, "source_address")?;
-        let dst = col::<StringArray>(b, "destination_address")?;
+        let addr_col = |name: &str,
+                        cache: &mut DictCache,
+                        interner: &mut Interner|
+         -> Result<(Option<&StringArray>, Option<&[i32]>), ReportError> {
+            let c = b
+                .column_by_name(name)
+                .ok_or_else(|| ReportError::Schema(format!("column {name} missing")))?;
+            if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
+                return Ok((Some(s), None));
+            }
+            let d = c
+                .as_any()
+                .downcast_ref::<DictionaryArray<Int32Type>>()
+                .ok_or_else(|| ReportError::Schema(format!("column {name} has an unexpected type")))?;
+            if d.null_count() > 0 {
+                return Err(ReportError::Schema(format!("null values in {name}")));
+            }
+            cache.ids(d.values(), interner)?;
+            Ok((None, Some(d.keys().values().as_ref())))
+        };
+        // The caches are taken out of `self` for the batch so that their id slices can be
+        // borrowed while the talker maps are updated.
+        let mut dict_src = std::mem::take(&mut self.dict_src);
+        let mut dict_dst = std::mem::take(&mut self.dict_dst);
+        let (src_plain, src_keys) =
+            addr_col("source_address", &mut dict_src, &mut self.talkers.addrs)?;
+        let (dst_plain, dst_keys) =
+            addr_col("destination_address", &mut dict_dst, &mut self.talkers.addrs)?;
+        let src = match (src_plain, src_keys) {
+            (Some(s), _) => Addr::Plain(s),
+            (None, Some(k)) => Addr::Dict(k, &dict_src.ids),
+            _ => return Err(ReportError::Schema("source_address unreadable".into())),
+        };
+        let dst = match (dst_plain, dst_keys) {
+            (Some(s), _) => Addr::Plain(s),
+            (None, Some(k)) => Addr::Dict(k, &dict_dst.ids),
+            _ => return Err(ReportError::Schema("destination_address unreadable".into())),
+        };
         let dport = col::<UInt16Array>(b, "destination_port")?;
         let packets = col::<Int64Array>(b, "packets")?;
         let bytes = col::<Int64Array>(b, "bytes")?;
@@ -370,15 +456,26 @@ impl Agg {
             if !sel.talkers {
                 continue;
             }
+            let a = match &src {
+                Addr::Plain(s) => self.talkers.addrs.id(s.value(i)),
+                Addr::Dict(k, ids) => ids[k[i] as usize],
+            };
+            let z = match &dst {
+                Addr::Plain(s) => self.talkers.addrs.id(s.value(i)),
+                Addr::Dict(k, ids) => ids[k[i] as usize],
+            };
             self.talkers.add(
-                src.value(i),
-                dst.value(i),
+                a,
+                z,
                 transport.value(i),
                 dport.value(i),
                 p,
                 by,
             );
         }
+        drop((src, dst));
+        self.dict_src = dict_src;
+        self.dict_dst = dict_dst;
         for (name, c) in obs_tally {
             match self.observation_points.get_mut(name) {
                 Some(mine) => mine.merge(&c),
@@ -797,6 +894,72 @@ mod tests {
         assert_eq!(g.label("10.2.2.3"), "10.0.0.0/8");
         assert_eq!(g.label("192.168.1.1"), "other");
         assert_eq!(g.label("::1"), "other");
+    }
+
+    /// Address columns read plain (Utf8) or as dictionaries aggregate to the same report.
+    #[test]
+    fn plain_and_dictionary_columns_agree() {
+        use flowlens_schema::{
+            flow::{FlowKey, OBS_XDP},
+            record::{EndReason, FlowRecord, arrow_schema, to_record_batch},
+        };
+        let recs: Vec<FlowRecord> = (0..500u32)
+            .map(|i| {
+                let mut k = FlowKey::ZERO;
+                k.ip_version = 4;
+                k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, (i % 7) as u8, (i % 13) as u8]);
+                k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 9, 0, (i % 5) as u8]);
+                k.protocol = if i % 3 == 0 { 17 } else { 6 };
+                k.dst_port = [53, 443, 80][(i % 3) as usize];
+                k.observation_point = OBS_XDP;
+                FlowRecord {
+                    flow_start_us: i as i64 * 1_000_000,
+                    flow_end_us: i as i64 * 1_000_000 + (i as i64 % 4) * 700_000,
+                    key: k,
+                    interface_name: "eth0".into(),
+                    packets: 1 + i as u64 % 9,
+                    bytes: 100 + i as u64 * 3,
+                    tcp_flags: 0,
+                    dscp: 0,
+                    end_reason: EndReason::IdleTimeout,
+                    host: "h".into(),
+                    community_id: String::new(),
+                }
+            })
+            .collect();
+        let schema = arrow_schema();
+        let plain = to_record_batch(&schema, &recs).unwrap();
+        let mut cols = plain.columns().to_vec();
+        let mut fields: Vec<arrow_schema::Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for name in DICTIONARY_COLUMNS {
+            let i = schema.index_of(name).unwrap();
+            let s = cols[i].as_any().downcast_ref::<StringArray>().unwrap();
+            let d: DictionaryArray<Int32Type> = s.iter().map(|v| v.unwrap()).collect();
+            fields[i] = fields[i].clone().with_data_type(d.data_type().clone());
+            cols[i] = Arc::new(d);
+        }
+        let dict = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols).unwrap();
+        let sel = Selection {
+            from_us: 0,
+            to_us: i64::MAX,
+            observation_point: "xdp".into(),
+            bucket_us: 60_000_000,
+            talkers: true,
+        };
+        let g = Grouping::Prefix { v4: 24, v6: 64 };
+        let mut a = Agg::default();
+        a.add_batch(&sel, &plain).unwrap();
+        let mut b = Agg::default();
+        // Twice the same dictionary batch (cache hit), split over two aggregates, merged.
+        b.add_batch(&sel, &dict.slice(0, 250)).unwrap();
+        let mut c = Agg::default();
+        c.add_batch(&sel, &dict.slice(250, 250)).unwrap();
+        b.merge(c);
+        assert_eq!(top(&a, 5, &g), top(&b, 5, &g));
+        assert_eq!(a.totals, b.totals);
+        // (i % 7, i % 13) -> i % 5 for i < 500: 7 * 13 * 5 = 455 distinct pairs (CRT).
+        assert_eq!(top(&a, 5, &g).conversations.distinct, 455);
     }
 
     #[test]

@@ -66,6 +66,29 @@ fn parse_date(s: &str) -> Option<i64> {
     Some(era * 146_097 + doe - 719_468)
 }
 
+/// The file's Arrow schema with `source_address`/`destination_address` as
+/// `Dictionary(Int32, Utf8)` (when they are `Utf8`).
+fn dictionary_hint(schema: &arrow_schema::SchemaRef) -> arrow_schema::SchemaRef {
+    use arrow_schema::{DataType, Field, Schema};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if super::compute::DICTIONARY_COLUMNS.contains(&f.name().as_str())
+                && *f.data_type() == DataType::Utf8
+            {
+                f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// Counters of what was read and skipped (part of the JSON report).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ScanStats {
@@ -145,6 +168,15 @@ pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> Result<Plan, ReportError> {
         stats.files += 1;
         let f = File::open(&p).map_err(|e| ReportError::Io(p.display().to_string(), e))?;
         let md = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+            .and_then(|md| {
+                // Read the address columns as dictionaries: the aggregation then interns each
+                // distinct address once per column chunk instead of once per row.
+                let hint = dictionary_hint(md.schema());
+                ArrowReaderMetadata::try_new(
+                    md.metadata().clone(),
+                    ArrowReaderOptions::new().with_schema(hint),
+                )
+            })
             .map_err(|e| ReportError::Parquet(p.display().to_string(), e))?;
         let schema = md.metadata().file_metadata().schema_descr();
         let col_idx = |name: &str| schema.columns().iter().position(|c| c.name() == name);
