@@ -81,12 +81,23 @@ fn generate(dir: &Path) -> Result<()> {
         // 20,000 sources, each talking to about 10 of 3,000 destinations (~200k conversations).
         let s = rnd(20_000) as u32;
         let d = (s.wrapping_mul(2_654_435_761) >> 8).wrapping_add(rnd(10) as u32 * 977) % 3_000;
-        k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, (s >> 16) as u8 + 1, (s >> 8) as u8, s as u8]);
+        k.src_addr[10..].copy_from_slice(&[
+            0xff,
+            0xff,
+            10,
+            (s >> 16) as u8 + 1,
+            (s >> 8) as u8,
+            s as u8,
+        ]);
         k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 172, 16, (d >> 8) as u8, d as u8]);
         k.protocol = if rnd(4) == 0 { 17 } else { 6 };
         k.src_port = 1024 + rnd(60_000) as u16;
         k.dst_port = [443, 80, 53, 22, 8443, 5432][rnd(6) as usize];
-        k.observation_point = if rnd(10) == 0 { OBS_NF_LOCAL_OUT } else { OBS_XDP };
+        k.observation_point = if rnd(10) == 0 {
+            OBS_NF_LOCAL_OUT
+        } else {
+            OBS_XDP
+        };
         let ifi = rnd(4) as usize;
         k.ifindex = ifaces[ifi].1;
         let packets = 1 + rnd(2_000);
@@ -179,7 +190,12 @@ pub fn run(summary: &mut BTreeMap<String, f64>) -> Result<()> {
         hour.push(
             build(
                 &dir,
-                &["--from", "2026-11-20T12:00:00Z", "--to", "2026-11-20T13:00:00Z"],
+                &[
+                    "--from",
+                    "2026-11-20T12:00:00Z",
+                    "--to",
+                    "2026-11-20T13:00:00Z",
+                ],
                 2,
             )?
             .0,

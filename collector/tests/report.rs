@@ -70,10 +70,24 @@ fn addr16(a: IpAddr) -> [u8; 16] {
 fn pick_addr(r: &mut Lcg, v6: bool) -> IpAddr {
     if v6 {
         let sub = r.below(2) as u16;
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xa + sub, 1, 0, 0, 0, 1 + r.below(12) as u16))
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0xa + sub,
+            1,
+            0,
+            0,
+            0,
+            1 + r.below(12) as u16,
+        ))
     } else {
         match r.below(10) {
-            0..=5 => IpAddr::V4(Ipv4Addr::new(10, 1, r.below(3) as u8, 1 + r.below(15) as u8)),
+            0..=5 => IpAddr::V4(Ipv4Addr::new(
+                10,
+                1,
+                r.below(3) as u8,
+                1 + r.below(15) as u8,
+            )),
             6..=7 => IpAddr::V4(Ipv4Addr::new(10, 2, 0, 1 + r.below(10) as u8)),
             _ => IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1 + r.below(8) as u8)),
         }
@@ -130,7 +144,11 @@ fn generate(n: usize) -> (Vec<FlowRecord>, Vec<Rec>) {
         key.src_addr = addr16(src);
         key.dst_addr = addr16(dst);
         key.protocol = proto;
-        key.src_port = if proto == 6 || proto == 17 { 30_000 + (i % 20_000) as u16 } else { 0 };
+        key.src_port = if proto == 6 || proto == 17 {
+            30_000 + (i % 20_000) as u16
+        } else {
+            0
+        };
         key.dst_port = dport;
         key.observation_point = obs;
         key.ifindex = ifindex;
@@ -259,10 +277,10 @@ fn ranking(map: &BTreeMap<String, C>, n: usize, total: C) -> Value {
     };
     let mut v: Vec<(&String, &C)> = map.iter().collect();
     // BTreeMap iteration is key-ascending; a stable sort keeps that order among ties.
-    v.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+    v.sort_by_key(|a| std::cmp::Reverse(a.1.bytes));
     let by_bytes: Vec<Value> = v.iter().take(n).map(|(k, c)| entry(k, c)).collect();
     let mut v: Vec<(&String, &C)> = map.iter().collect();
-    v.sort_by(|a, b| b.1.packets.cmp(&a.1.packets));
+    v.sort_by_key(|a| std::cmp::Reverse(a.1.packets));
     let by_packets: Vec<Value> = v.iter().take(n).map(|(k, c)| entry(k, c)).collect();
     json!({"distinct": map.len(), "by_bytes": by_bytes, "by_packets": by_packets})
 }
@@ -347,12 +365,17 @@ fn touched(recs: &[&Rec], b: i64) -> (i64, i64) {
 }
 
 fn series(recs: &[&Rec], b: i64, first: i64, last: i64) -> Vec<SeriesExp> {
-    let keys: BTreeSet<(String, String)> =
-        recs.iter().map(|r| (r.iface.clone(), r.dir.to_string())).collect();
+    let keys: BTreeSet<(String, String)> = recs
+        .iter()
+        .map(|r| (r.iface.clone(), r.dir.to_string()))
+        .collect();
     let secs = b as f64 / 1e6;
     keys.into_iter()
         .map(|(iface, dir)| {
-            let mine: Vec<&&Rec> = recs.iter().filter(|r| r.iface == iface && r.dir == dir).collect();
+            let mine: Vec<&&Rec> = recs
+                .iter()
+                .filter(|r| r.iface == iface && r.dir == dir)
+                .collect();
             let mut c = C::default();
             let n = (last - first + 1) as usize;
             let (mut by, mut pk) = (vec![0.0; n], vec![0.0; n]);
@@ -363,7 +386,11 @@ fn series(recs: &[&Rec], b: i64, first: i64, last: i64) -> Vec<SeriesExp> {
                         if r.end.div_euclid(b) == k { 1.0 } else { 0.0 }
                     } else {
                         let ov = r.end.min((k + 1) * b) - r.start.max(k * b);
-                        if ov > 0 { ov as f64 / (r.end - r.start) as f64 } else { 0.0 }
+                        if ov > 0 {
+                            ov as f64 / (r.end - r.start) as f64
+                        } else {
+                            0.0
+                        }
                     };
                     by[i] += r.bytes as f64 * share;
                     pk[i] += r.packets as f64 * share;
@@ -389,10 +416,27 @@ fn stats(v: &[f64]) -> Value {
     })
 }
 
-/// (intercept, slope per second) of the least-squares line through (bucket midpoint, rate).
-fn fit(v: &[f64], secs: f64) -> (f64, f64) {
+/// Buckets (index into the series, count) wholly inside [from, to); all if none is.
+fn whole(first: i64, last: i64, b: i64, from: i64, to: i64) -> (usize, usize) {
+    let inside: Vec<usize> = (first..=last)
+        .enumerate()
+        .filter(|(_, k)| k * b >= from && (k + 1) * b <= to)
+        .map(|(i, _)| i)
+        .collect();
+    match (inside.first(), inside.last()) {
+        (Some(a), Some(z)) => (*a, z - a + 1),
+        _ => (0, (last - first + 1) as usize),
+    }
+}
+
+/// (intercept, slope per second) of the least-squares line through (bucket midpoint, rate),
+/// for buckets `s0..s0 + n` of a series (x measured from the series start).
+fn fit(all: &[f64], (s0, n): (usize, usize), secs: f64) -> (f64, f64) {
+    let v = &all[s0..s0 + n];
     let n = v.len() as f64;
-    let x: Vec<f64> = (0..v.len()).map(|i| secs * (i as f64 + 0.5)).collect();
+    let x: Vec<f64> = (s0..s0 + v.len())
+        .map(|i| secs * (i as f64 + 0.5))
+        .collect();
     let sx: f64 = x.iter().sum();
     let sy: f64 = v.iter().sum();
     let xm = sx / n;
@@ -418,13 +462,21 @@ struct Case<'a> {
 fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
     let (lo, hi) = (case.from.unwrap_or(i64::MIN), case.to.unwrap_or(i64::MAX));
     let in_range: Vec<&Rec> = all.iter().filter(|r| r.end >= lo && r.end < hi).collect();
-    let sel: Vec<&Rec> = in_range.iter().copied().filter(|r| r.obs == case.obs).collect();
+    let sel: Vec<&Rec> = in_range
+        .iter()
+        .copied()
+        .filter(|r| r.obs == case.obs)
+        .collect();
     let mut total = C::default();
     for r in &sel {
         total.add(r);
     }
-    let from = case.from.unwrap_or_else(|| sel.iter().map(|r| r.end).min().unwrap());
-    let to = case.to.unwrap_or_else(|| sel.iter().map(|r| r.end).max().unwrap() + 1);
+    let from = case
+        .from
+        .unwrap_or_else(|| sel.iter().map(|r| r.end).min().unwrap());
+    let to = case
+        .to
+        .unwrap_or_else(|| sel.iter().map(|r| r.end).max().unwrap() + 1);
     let b = case.bucket;
     let secs = b as f64 / 1e6;
 
@@ -457,10 +509,16 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
             !((h + 1) * HOUR <= lo || h * HOUR >= hi)
         })
         .collect();
-    let read: Vec<&&FileInfo> = kept.iter().filter(|f| !(f.max_end < lo || f.min_end >= hi)).collect();
+    let read: Vec<&&FileInfo> = kept
+        .iter()
+        .filter(|f| !(f.max_end < lo || f.min_end >= hi))
+        .collect();
     let rows_read = all
         .iter()
-        .filter(|r| read.iter().any(|f| r.end >= f.min_end && r.end <= f.max_end))
+        .filter(|r| {
+            read.iter()
+                .any(|f| r.end >= f.min_end && r.end <= f.max_end)
+        })
         .count();
 
     // Series.
@@ -472,15 +530,18 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
         last = last.max((t - 1).div_euclid(b));
     }
     let ser = series(&sel, b, first, last);
+    let w = whole(first, last, b, from, to);
+    let part = |v: &[f64]| v[w.0..w.0 + w.1].to_vec();
     let ser_json: Vec<Value> = ser
         .iter()
         .map(|s| {
-            let (a, k) = fit(&s.bps, secs);
+            let (a, k) = fit(&s.bps, w, secs);
             json!({
                 "interface": s.iface, "direction": s.dir,
                 "records": s.c.records, "packets": s.c.packets, "bytes": s.c.bytes,
                 "bytes_per_sec": s.bps, "packets_per_sec": s.pps,
-                "bytes_per_sec_stats": stats(&s.bps), "packets_per_sec_stats": stats(&s.pps),
+                "bytes_per_sec_stats": stats(&part(&s.bps)),
+                "packets_per_sec_stats": stats(&part(&s.pps)),
                 "trend": {"bytes_per_sec_intercept": a, "bytes_per_sec_slope_per_day": k * 86400.0},
             })
         })
@@ -489,7 +550,11 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
     // Top talkers.
     let mut m: [BTreeMap<String, C>; 7] = Default::default();
     for r in &sel {
-        let (lo_a, hi_a) = if r.src <= r.dst { (&r.src, &r.dst) } else { (&r.dst, &r.src) };
+        let (lo_a, hi_a) = if r.src <= r.dst {
+            (&r.src, &r.dst)
+        } else {
+            (&r.dst, &r.src)
+        };
         let keys = [
             r.src.clone(),
             r.dst.clone(),
@@ -530,15 +595,17 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
             pc.add(r);
         }
         let (a, z) = touched(&prev, b);
-        let ps = series(&prev, b, a.min(pf.div_euclid(b)), z.max((pt - 1).div_euclid(b)));
+        let (pfirst, plast) = (a.min(pf.div_euclid(b)), z.max((pt - 1).div_euclid(b)));
+        let ps = series(&prev, b, pfirst, plast);
+        let pw = whole(pfirst, plast, b, pf, pt);
         let ifs: Vec<Value> = ps
             .iter()
             .map(|s| {
-                let p95 = percentile(&s.bps, 95.0);
+                let p95 = percentile(&s.bps[pw.0..pw.0 + pw.1], 95.0);
                 let now = ser
                     .iter()
                     .find(|c| c.iface == s.iface && c.dir == s.dir)
-                    .map_or(0.0, |c| percentile(&c.bps, 95.0));
+                    .map_or(0.0, |c| percentile(&part(&c.bps), 95.0));
                 json!({"interface": s.iface, "direction": s.dir, "bytes": s.c.bytes,
                        "packets": s.c.packets, "p95_bytes_per_sec": p95,
                        "p95_change": if p95 == 0.0 { Value::Null } else { json!(now / p95 - 1.0) }})
@@ -562,9 +629,9 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
                 .iter()
                 .filter(|s| s.iface == *ifn)
                 .map(|s| {
-                    let p95 = percentile(&s.bps, 95.0) * 8.0;
-                    let peak = s.bps.iter().cloned().fold(0.0, f64::max) * 8.0;
-                    let slope = fit(&s.bps, secs).1 * 86400.0 * 8.0;
+                    let p95 = percentile(&part(&s.bps), 95.0) * 8.0;
+                    let peak = part(&s.bps).iter().cloned().fold(0.0, f64::max) * 8.0;
+                    let slope = fit(&s.bps, w, secs).1 * 86400.0 * 8.0;
                     let lim = case.threshold * cap;
                     let (status, days) = if p95 >= lim {
                         ("above_threshold", None)
@@ -611,6 +678,7 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
         "totals": total.json(),
         "series": {"start_us": first * b, "start": fmt_time(first * b),
                    "bucket_seconds": b / 1_000_000, "buckets": last - first + 1,
+                   "stats_first": w.0, "stats_buckets": w.1,
                    "interfaces": ser_json},
         "top": top,
         "growth": {"previous": previous},
@@ -626,7 +694,9 @@ fn compare(path: &str, want: &Value, got: &Value) -> usize {
             let ka: BTreeSet<&String> = a.keys().collect();
             let kb: BTreeSet<&String> = b.keys().collect();
             assert_eq!(ka, kb, "keys differ at {path}");
-            a.iter().map(|(k, v)| compare(&format!("{path}.{k}"), v, &b[k])).sum()
+            a.iter()
+                .map(|(k, v)| compare(&format!("{path}.{k}"), v, &b[k]))
+                .sum()
         }
         (Value::Array(a), Value::Array(b)) => {
             assert_eq!(a.len(), b.len(), "array length differs at {path}");
@@ -663,7 +733,11 @@ fn count_numbers(v: &Value) -> usize {
 }
 
 fn report(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(FLOWLENS).arg("report").args(args).output().unwrap();
+    let o = Command::new(FLOWLENS)
+        .arg("report")
+        .args(args)
+        .output()
+        .unwrap();
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -694,12 +768,22 @@ fn run_case(all: &[Rec], files: &[FileInfo], case: &Case, extra: &[&str], out: &
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, stdout, stderr) = report(&a);
     assert!(ok, "report failed: {stderr}");
-    assert!(stdout.contains("Throughput per interface"), "terminal table: {stdout}");
-    assert!(stderr.contains("scanned"), "progress/summary on stderr: {stderr}");
+    assert!(
+        stdout.contains("Throughput per interface"),
+        "terminal table: {stdout}"
+    );
+    assert!(
+        stderr.contains("scanned"),
+        "progress/summary on stderr: {stderr}"
+    );
     let got: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
     let want = expected(all, files, case);
     let n = compare("$", &want, &got);
-    assert_eq!(n, count_numbers(&got), "every number in the JSON was compared");
+    assert_eq!(
+        n,
+        count_numbers(&got),
+        "every number in the JSON was compared"
+    );
     assert!(n > 500, "the report has substance ({n} numbers)");
     got
 }
@@ -713,7 +797,11 @@ fn json_numbers_match_independent_computation() {
     assert!(files.len() >= 12, "{} files", files.len());
     // A hidden in-progress file must be skipped (it is not valid Parquet).
     let some_part = files[3].path.parent().unwrap();
-    std::fs::write(some_part.join(".flows-x.parquet.inprogress"), b"not parquet").unwrap();
+    std::fs::write(
+        some_part.join(".flows-x.parquet.inprogress"),
+        b"not parquet",
+    )
+    .unwrap();
 
     // 1: a range inside the data (partitions pruned by name; the 02:00-02:30 file by its
     // statistics), explicit subnets, capacities, previous period.
@@ -749,6 +837,10 @@ fn json_numbers_match_independent_computation() {
     // The interesting paths were exercised.
     assert!(got["scan"]["partitions_pruned"].as_u64().unwrap() >= 3);
     assert_eq!(got["scan"]["row_groups_pruned"], 1);
+    // Records ending after --from but starting before it spill into a bucket before it, which
+    // the statistics leave out.
+    assert_eq!(got["series"]["stats_first"], 1);
+    assert_eq!(got["series"]["stats_buckets"], 15);
     assert!(!got["growth"]["previous"].is_null());
     assert_eq!(got["observation_points"].as_array().unwrap().len(), 3);
     let statuses: BTreeSet<&str> = got["capacity"]
@@ -763,11 +855,13 @@ fn json_numbers_match_independent_computation() {
         "{statuses:?} {}",
         got["capacity"]
     );
-    assert!(got["top"]["source_subnets"]["by_bytes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["key"] == "other"));
+    assert!(
+        got["top"]["source_subnets"]["by_bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["key"] == "other")
+    );
 
     // 2: whole dataset, another observation point (egress), prefix grouping, no previous.
     let case = Case {
@@ -785,7 +879,12 @@ fn json_numbers_match_independent_computation() {
         &mine,
         &files,
         &case,
-        &["--observation-point", "nf_local_out", "--group-by-prefix", "16,/48"],
+        &[
+            "--observation-point",
+            "nf_local_out",
+            "--group-by-prefix",
+            "16,/48",
+        ],
         &dir.join("r2.json"),
     );
     assert!(got["growth"]["previous"].is_null());
@@ -832,29 +931,66 @@ fn bad_input_gives_one_line_errors() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--input", "/nonexistent/flows"], "no such directory"),
         (vec!["--input", "s3://bucket/flows"], "not supported yet"),
-        (vec!["--input", empty.to_str().unwrap()], "no .parquet files"),
-        (vec!["--input", d, "--from", "yesterday"], "--from \"yesterday\""),
+        (
+            vec!["--input", empty.to_str().unwrap()],
+            "no .parquet files",
+        ),
+        (
+            vec!["--input", d, "--from", "yesterday"],
+            "--from \"yesterday\"",
+        ),
         (vec!["--input", d, "--to", "2026-13-01T00:00:00Z"], "--to"),
         (vec!["--input", d, "--bucket", "5 parsecs"], "--bucket"),
-        (vec!["--input", d, "--bucket", "500ms"], "whole number of seconds"),
-        (vec!["--input", d, "--from", "2030-01-01T00:00:00Z"], "no flow records in"),
         (
-            vec!["--input", d, "--from", "2026-11-20T02:00:00Z", "--to", "2026-11-20T01:00:00Z"],
+            vec!["--input", d, "--bucket", "500ms"],
+            "whole number of seconds",
+        ),
+        (
+            vec!["--input", d, "--from", "2030-01-01T00:00:00Z"],
+            "no flow records in",
+        ),
+        (
+            vec![
+                "--input",
+                d,
+                "--from",
+                "2026-11-20T02:00:00Z",
+                "--to",
+                "2026-11-20T01:00:00Z",
+            ],
             "must be before",
         ),
-        (vec!["--input", d, "--link-capacity", "eth0=10GB"], "unknown unit"),
+        (
+            vec!["--input", d, "--link-capacity", "eth0=10GB"],
+            "unknown unit",
+        ),
         (vec!["--input", d, "--link-capacity", "eth0"], "IFACE=RATE"),
-        (vec!["--input", d, "--group-by-cidr", "10.0.0.1/8"], "host bits set"),
+        (
+            vec!["--input", d, "--group-by-cidr", "10.0.0.1/8"],
+            "host bits set",
+        ),
         (vec!["--input", d, "--threshold", "180%"], "--threshold"),
-        (vec!["--input", d, "--observation-point", "nf_forward"], "no records at observation point"),
+        (
+            vec!["--input", d, "--observation-point", "nf_forward"],
+            "no records at observation point",
+        ),
     ];
     for (args, needle) in cases {
         let (ok, _, stderr) = report(&args);
         assert!(!ok, "{args:?} should fail");
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("flowlens report:")).collect();
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with("flowlens report:"))
+            .collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line expected: {stderr}");
-        assert!(lines[0].starts_with("flowlens: error: "), "{args:?}: {stderr}");
-        assert!(lines[0].contains(needle), "{args:?}: {stderr} lacks {needle:?}");
+        assert!(
+            lines[0].starts_with("flowlens: error: "),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {stderr} lacks {needle:?}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -888,7 +1024,12 @@ fn png_stats(path: &Path) -> (usize, usize, usize, (u32, u32)) {
 fn html_report_renders_in_headless_chromium() {
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .expect("chromium is missing: run `cargo xtask setup` (installs Debian's chromium)");
     let dir = tmpdir("html");
     let data = dir.join("flows");
@@ -942,9 +1083,18 @@ fn html_report_renders_in_headless_chromium() {
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "chromium failed: {log}");
     assert!(!log.contains("Uncaught"), "script error: {log}");
-    assert!(dom.contains("data-ready=\"1\""), "the page script did not finish: {log}");
-    assert!(dom.contains("id=\"tip\""), "the script's tooltip element is missing");
-    assert!(dom.matches("class=\"series\"").count() >= 3, "a line per interface series");
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the page script did not finish: {log}"
+    );
+    assert!(
+        dom.contains("id=\"tip\""),
+        "the script's tooltip element is missing"
+    );
+    assert!(
+        dom.matches("class=\"series\"").count() >= 3,
+        "a line per interface series"
+    );
     assert!(dom.matches("class=\"bar\"").count() >= 20, "top-N bars");
 
     let shot = dir.join("shot.png");
@@ -957,11 +1107,24 @@ fn html_report_renders_in_headless_chromium() {
     let (colours, non_white, blue, (w, h)) = png_stats(&shot);
     assert_eq!((w, h), (1280, 2000));
     assert!(colours > 200, "{colours} distinct colours: blank page?");
-    assert!(non_white > (w * h / 20) as usize, "{non_white} non-white pixels");
-    assert!(blue > 500, "{blue} pixels of the ingress line colour: charts missing?");
+    assert!(
+        non_white > (w * h / 20) as usize,
+        "{non_white} non-white pixels"
+    );
+    assert!(
+        blue > 500,
+        "{blue} pixels of the ingress line colour: charts missing?"
+    );
     if let Ok(keep) = std::env::var("FLOWLENS_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, keep).unwrap();
-        std::fs::copy(&html, format!("{}.html", std::env::var("FLOWLENS_KEEP_SCREENSHOT").unwrap())).unwrap();
+        std::fs::copy(
+            &html,
+            format!(
+                "{}.html",
+                std::env::var("FLOWLENS_KEEP_SCREENSHOT").unwrap()
+            ),
+        )
+        .unwrap();
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -48,16 +48,17 @@ fn real_main() -> Result<()> {
         }
         "bench" => {
             let env = setup::setup()?;
-            run(cargo(&env).args([
-                "run",
-                "--release",
-                "-p",
-                "flowlens-benches",
-                "--bin",
-                "flowlens-bench",
-                "--",
-            ])
-            .args(&rest))
+            run(cargo(&env)
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "flowlens-benches",
+                    "--bin",
+                    "flowlens-bench",
+                    "--",
+                ])
+                .args(&rest))
         }
         "demo" => {
             let env = setup::setup()?;

@@ -36,13 +36,11 @@ pub struct FxHasher(u64);
 impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
         const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        let (chunks, rest) = bytes.as_chunks::<8>();
+        for c in chunks {
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(*c)).wrapping_mul(K);
         }
-        for &b in chunks.remainder() {
+        for &b in rest {
             self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
         }
     }
@@ -265,7 +263,12 @@ impl Talkers {
             let (a, z) = (map[(k >> 32) as usize], map[(k & 0xffff_ffff) as usize]);
             self.conversations.entry(pair(a, z)).or_default().merge(&c);
         }
-        let tmap: Vec<u32> = o.transports.names.iter().map(|n| self.transports.id(n)).collect();
+        let tmap: Vec<u32> = o
+            .transports
+            .names
+            .iter()
+            .map(|n| self.transports.id(n))
+            .collect();
         for (k, c) in o.services {
             let t = tmap[(k >> 16) as usize];
             self.services
@@ -283,7 +286,11 @@ impl Talkers {
     }
 
     fn service_name(&self, k: u32) -> String {
-        format!("{}/{}", self.transports.names[(k >> 16) as usize], k & 0xffff)
+        format!(
+            "{}/{}",
+            self.transports.names[(k >> 16) as usize],
+            k & 0xffff
+        )
     }
 }
 
@@ -309,11 +316,13 @@ struct DictCache {
 impl DictCache {
     fn ids(&mut self, values: &ArrayRef, interner: &mut Interner) -> Result<(), ReportError> {
         if !self.values.as_ref().is_some_and(|v| Arc::ptr_eq(v, values)) {
-            let s = values.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
-                ReportError::Schema("address dictionary is not text".into())
-            })?;
+            let s = values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| ReportError::Schema("address dictionary is not text".into()))?;
             self.ids.clear();
-            self.ids.extend((0..s.len()).map(|i| interner.id(s.value(i))));
+            self.ids
+                .extend((0..s.len()).map(|i| interner.id(s.value(i))));
             self.values = Some(values.clone());
         }
         Ok(())
@@ -368,7 +377,9 @@ impl Agg {
             let d = c
                 .as_any()
                 .downcast_ref::<DictionaryArray<Int32Type>>()
-                .ok_or_else(|| ReportError::Schema(format!("column {name} has an unexpected type")))?;
+                .ok_or_else(|| {
+                    ReportError::Schema(format!("column {name} has an unexpected type"))
+                })?;
             if d.null_count() > 0 {
                 return Err(ReportError::Schema(format!("null values in {name}")));
             }
@@ -381,8 +392,11 @@ impl Agg {
         let mut dict_dst = std::mem::take(&mut self.dict_dst);
         let (src_plain, src_keys) =
             addr_col("source_address", &mut dict_src, &mut self.talkers.addrs)?;
-        let (dst_plain, dst_keys) =
-            addr_col("destination_address", &mut dict_dst, &mut self.talkers.addrs)?;
+        let (dst_plain, dst_keys) = addr_col(
+            "destination_address",
+            &mut dict_dst,
+            &mut self.talkers.addrs,
+        )?;
         let src = match (src_plain, src_keys) {
             (Some(s), _) => Addr::Plain(s),
             (None, Some(k)) => Addr::Dict(k, &dict_src.ids),
@@ -464,16 +478,10 @@ impl Agg {
                 Addr::Plain(s) => self.talkers.addrs.id(s.value(i)),
                 Addr::Dict(k, ids) => ids[k[i] as usize],
             };
-            self.talkers.add(
-                a,
-                z,
-                transport.value(i),
-                dport.value(i),
-                p,
-                by,
-            );
+            self.talkers
+                .add(a, z, transport.value(i), dport.value(i), p, by);
         }
-        drop((src, dst));
+        let _ = (src, dst); // ends the borrows of the caches
         self.dict_src = dict_src;
         self.dict_dst = dict_dst;
         for (name, c) in obs_tally {
@@ -525,7 +533,11 @@ pub fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len.min(32))
+            };
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(a) => {
@@ -631,6 +643,10 @@ pub struct Series {
     pub start: String,
     pub bucket_seconds: u64,
     pub buckets: usize,
+    /// Index of the first bucket used for the statistics and the trend, and how many: the
+    /// buckets wholly inside the range (edge buckets hold only part of their traffic).
+    pub stats_first: usize,
+    pub stats_buckets: usize,
     /// Sorted by interface, then direction.
     pub interfaces: Vec<SeriesOut>,
 }
@@ -661,11 +677,17 @@ fn stats(v: &[f64]) -> RateStats {
 
 /// Least squares of `v[i]` against x = (i + 0.5) * bucket seconds; slope returned per second.
 pub fn least_squares(v: &[f64], bucket_s: f64) -> (f64, f64) {
+    least_squares_from(v, 0, bucket_s)
+}
+
+/// Like [`least_squares`] for a slice starting at bucket index `offset` of the series
+/// (x = (offset + i + 0.5) * bucket seconds, so the intercept is at the series start).
+pub fn least_squares_from(v: &[f64], offset: usize, bucket_s: f64) -> (f64, f64) {
     let n = v.len() as f64;
     if v.len() < 2 {
         return (v.first().copied().unwrap_or(0.0), 0.0);
     }
-    let xs = |i: usize| (i as f64 + 0.5) * bucket_s;
+    let xs = |i: usize| ((offset + i) as f64 + 0.5) * bucket_s;
     let mx = (0..v.len()).map(xs).sum::<f64>() / n;
     let my = v.iter().sum::<f64>() / n;
     let (mut sxy, mut sxx) = (0.0, 0.0);
@@ -679,9 +701,27 @@ pub fn least_squares(v: &[f64], bucket_s: f64) -> (f64, f64) {
 }
 
 /// Builds the series over buckets `[first, last]` (epoch bucket indices).
-pub fn series(agg: &Agg, bucket_us: i64, first: i64, last: i64) -> Series {
+/// Builds the series over buckets `[first, last]` (epoch bucket indices). Statistics and the
+/// trend use only the buckets that lie wholly inside `[from_us, to_us)` (all buckets if none
+/// does): an edge bucket holds only part of its traffic (records ending outside the range are
+/// not selected), and would drag the mean, the low percentiles and the trend.
+pub fn series(
+    agg: &Agg,
+    bucket_us: i64,
+    first: i64,
+    last: i64,
+    from_us: i64,
+    to_us: i64,
+) -> Series {
     let n = (last - first + 1).max(0) as usize;
     let bs = bucket_us as f64 / 1e6;
+    let lo = (from_us + bucket_us - 1).div_euclid(bucket_us).max(first);
+    let hi = (to_us.div_euclid(bucket_us) - 1).min(last);
+    let (s0, sn) = if hi >= lo {
+        ((lo - first) as usize, (hi - lo + 1) as usize)
+    } else {
+        (0, n)
+    };
     let mut out: Vec<SeriesOut> = agg
         .series
         .iter()
@@ -695,15 +735,15 @@ pub fn series(agg: &Agg, bucket_us: i64, first: i64, last: i64) -> Series {
                     p[idx as usize] = vp / bs;
                 }
             }
-            let (intercept, slope) = least_squares(&b, bs);
+            let (intercept, slope) = least_squares_from(&b[s0..s0 + sn], s0, bs);
             SeriesOut {
                 interface: ifn.clone(),
                 direction: dir.clone(),
                 records: s.counts.records,
                 packets: s.counts.packets,
                 bytes: s.counts.bytes,
-                bytes_per_sec_stats: stats(&b),
-                packets_per_sec_stats: stats(&p),
+                bytes_per_sec_stats: stats(&b[s0..s0 + sn]),
+                packets_per_sec_stats: stats(&p[s0..s0 + sn]),
                 trend: Trend {
                     bytes_per_sec_intercept: intercept,
                     bytes_per_sec_slope_per_day: slope * 86_400.0,
@@ -719,6 +759,8 @@ pub fn series(agg: &Agg, bucket_us: i64, first: i64, last: i64) -> Series {
         start: super::fmt_time(first * bucket_us),
         bucket_seconds: (bucket_us / 1_000_000) as u64,
         buckets: n,
+        stats_first: s0,
+        stats_buckets: sn,
         interfaces: out,
     }
 }
@@ -822,7 +864,8 @@ pub fn top(agg: &Agg, n: usize, grouping: &Grouping) -> Top {
     let dst = per_addr(&k.dst);
     let subnets = |v: &[(u32, Counts)]| -> Ranking {
         let (grouped, names) = regroup(
-            v.iter().map(|(i, c)| (k.addrs.names[*i as usize].as_str(), c)),
+            v.iter()
+                .map(|(i, c)| (k.addrs.names[*i as usize].as_str(), c)),
             |a| grouping.label(a),
         );
         ranking(&grouped, n, t, |i| names[i].clone())
@@ -907,7 +950,14 @@ mod tests {
             .map(|i| {
                 let mut k = FlowKey::ZERO;
                 k.ip_version = 4;
-                k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, (i % 7) as u8, (i % 13) as u8]);
+                k.src_addr[10..].copy_from_slice(&[
+                    0xff,
+                    0xff,
+                    10,
+                    0,
+                    (i % 7) as u8,
+                    (i % 13) as u8,
+                ]);
                 k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 9, 0, (i % 5) as u8]);
                 k.protocol = if i % 3 == 0 { 17 } else { 6 };
                 k.dst_port = [53, 443, 80][(i % 3) as usize];
@@ -964,7 +1014,9 @@ mod tests {
 
     #[test]
     fn least_squares_recovers_a_line() {
-        let v: Vec<f64> = (0..10).map(|i| 3.0 + 2.0 * (i as f64 + 0.5) * 60.0).collect();
+        let v: Vec<f64> = (0..10)
+            .map(|i| 3.0 + 2.0 * (i as f64 + 0.5) * 60.0)
+            .collect();
         let (a, b) = least_squares(&v, 60.0);
         assert!((a - 3.0).abs() < 1e-9 && (b - 2.0).abs() < 1e-12, "{a} {b}");
     }

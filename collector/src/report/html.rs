@@ -124,7 +124,13 @@ fn time_label(us: i64, long: bool) -> String {
 }
 
 /// One interface's chart (all its directions), bits per second.
-fn chart(r: &Report, idx: usize, ifname: &str, series: &[&SeriesOut], js: &mut Vec<String>) -> String {
+fn chart(
+    r: &Report,
+    idx: usize,
+    ifname: &str,
+    series: &[&SeriesOut],
+    js: &mut Vec<String>,
+) -> String {
     let (w, h) = (1200.0, 300.0);
     let (x0, x1, y0, y1) = (84.0, w - 20.0, 16.0, h - 34.0);
     let n = r.series.buckets.max(1);
@@ -244,8 +250,16 @@ fn chart(r: &Report, idx: usize, ifname: &str, series: &[&SeriesOut], js: &mut V
             esc(&sr.direction),
             esc(&si(p95, "bit/s"))
         );
-        let bits: Vec<String> = sr.bytes_per_sec.iter().map(|b| format!("{:.3}", b * 8.0)).collect();
-        let pk: Vec<String> = sr.packets_per_sec.iter().map(|p| format!("{p:.3}")).collect();
+        let bits: Vec<String> = sr
+            .bytes_per_sec
+            .iter()
+            .map(|b| format!("{:.3}", b * 8.0))
+            .collect();
+        let pk: Vec<String> = sr
+            .packets_per_sec
+            .iter()
+            .map(|p| format!("{p:.3}"))
+            .collect();
         lines_js.push(format!(
             r#"{{"name":{},"bits":[{}],"pkts":[{}]}}"#,
             json_str(&sr.direction),
@@ -325,7 +339,10 @@ pub fn render(r: &Report) -> String {
         (si(r.totals.packets as f64, ""), "packets"),
         (r.totals.records.to_string(), "flow records"),
         (si(peak, "bit/s"), "highest bucket rate"),
-        (r.series.interfaces.len().to_string(), "interface · direction series"),
+        (
+            r.series.interfaces.len().to_string(),
+            "interface · direction series",
+        ),
     ] {
         let _ = write!(
             h,
@@ -339,7 +356,14 @@ pub fn render(r: &Report) -> String {
         .observation_points
         .iter()
         .filter(|o| !o.selected)
-        .map(|o| format!("{} ({} records, {})", o.name, o.records, si(o.bytes as f64, "B")))
+        .map(|o| {
+            format!(
+                "{} ({} records, {})",
+                o.name,
+                o.records,
+                si(o.bytes as f64, "B")
+            )
+        })
         .collect();
     if !others.is_empty() {
         let _ = write!(
@@ -351,11 +375,21 @@ pub fn render(r: &Report) -> String {
 
     // Time series, one chart per interface.
     h.push_str("<section><h2>Throughput over time</h2><div class=\"legend\"><span><i style=\"background:#2563eb\"></i>ingress</span><span><i style=\"background:#db2777\"></i>egress</span><span>dashed: p95 of the bucket rates (nearest rank)</span><span style=\"color:#dc2626\">red: capacity / threshold</span></div>");
-    let mut ifaces: Vec<&str> = r.series.interfaces.iter().map(|s| s.interface.as_str()).collect();
+    let mut ifaces: Vec<&str> = r
+        .series
+        .interfaces
+        .iter()
+        .map(|s| s.interface.as_str())
+        .collect();
     ifaces.dedup();
     let mut js_charts = Vec::new();
     for (i, ifn) in ifaces.iter().enumerate() {
-        let ss: Vec<&SeriesOut> = r.series.interfaces.iter().filter(|s| s.interface == *ifn).collect();
+        let ss: Vec<&SeriesOut> = r
+            .series
+            .interfaces
+            .iter()
+            .filter(|s| s.interface == *ifn)
+            .collect();
         let _ = write!(h, "<h3>{}</h3>", esc(ifn));
         h.push_str(&chart(r, i, ifn, &ss, &mut js_charts));
     }
@@ -391,8 +425,14 @@ pub fn render(r: &Report) -> String {
                 );
             }
             for d in &c.directions {
-                let (cls, proj) = match (d.status.as_str(), &d.reaches_threshold_at, d.days_to_threshold) {
-                    ("above_threshold", _, _) => ("bad", format!("already above {}", pct(c.threshold))),
+                let (cls, proj) = match (
+                    d.status.as_str(),
+                    &d.reaches_threshold_at,
+                    d.days_to_threshold,
+                ) {
+                    ("above_threshold", _, _) => {
+                        ("bad", format!("already above {}", pct(c.threshold)))
+                    }
                     ("growing", at, Some(days)) => (
                         if days < 90.0 { "warn" } else { "ok" },
                         format!(
@@ -450,7 +490,11 @@ pub fn render(r: &Report) -> String {
     h.push_str("</section>");
 
     // Top talkers.
-    let _ = write!(h, "<section><h2>Top talkers (by bytes, top {})</h2><div class=\"grid\">", r.top.n);
+    let _ = write!(
+        h,
+        "<section><h2>Top talkers (by bytes, top {})</h2><div class=\"grid\">",
+        r.top.n
+    );
     let t = &r.top;
     for (title, rk) in [
         ("Sources", &t.sources),
@@ -474,9 +518,9 @@ pub fn render(r: &Report) -> String {
         r.scan.row_groups_pruned
     );
     let data = format!(r#"{{"charts":[{}]}}"#, js_charts.join(",")).replace("</", "<\\/");
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<script type=\"application/json\" id=\"report-data\">{data}</script><script>{JS}</script></body></html>\n"
+        "<script type=\"application/json\" id=\"report-data\">{data}</script><script>{JS}</script></body></html>"
     );
     h
 }

@@ -139,7 +139,8 @@ pub fn parse_time(what: &str, s: &str, now_us: i64) -> Result<i64, ReportError> 
     } else {
         s.to_string()
     };
-    let t = humantime::parse_rfc3339_weak(&full).map_err(|e| bad(what, s, format!("{e}; {hint}")))?;
+    let t =
+        humantime::parse_rfc3339_weak(&full).map_err(|e| bad(what, s, format!("{e}; {hint}")))?;
     let us = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_micros() as i64,
         Err(e) => -(e.duration().as_micros() as i64),
@@ -202,9 +203,13 @@ fn parse_prefixes(s: &str) -> Result<Grouping, ReportError> {
         } else {
             (None, item.trim_start_matches('/'))
         };
-        let n: u8 = len
-            .parse()
-            .map_err(|_| bad("--group-by-prefix", s, format!("{item:?} is not a prefix length")))?;
+        let n: u8 = len.parse().map_err(|_| {
+            bad(
+                "--group-by-prefix",
+                s,
+                format!("{item:?} is not a prefix length"),
+            )
+        })?;
         match fam {
             Some(4) | None if n <= 32 => v4 = n,
             Some(6) | None if n <= 128 => v6 = n,
@@ -227,7 +232,9 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), ReportError> {
         .split_once('/')
         .ok_or_else(|| err("expected ADDRESS/LEN, e.g. 10.0.0.0/8"))?;
     let a: IpAddr = a.parse().map_err(|_| err("not an IP address"))?;
-    let l: u8 = l.parse().map_err(|_| err("prefix length is not a number"))?;
+    let l: u8 = l
+        .parse()
+        .map_err(|_| err("prefix length is not a number"))?;
     if l > if a.is_ipv4() { 32 } else { 128 } {
         return Err(err("prefix length too long"));
     }
@@ -278,7 +285,11 @@ impl ReportArgs {
         let b = humantime::parse_duration(&self.bucket)
             .map_err(|e| bad("--bucket", &self.bucket, format!("{e}; e.g. 1m, 5m, 1h")))?;
         if b < Duration::from_secs(1) || b.subsec_nanos() != 0 {
-            return Err(bad("--bucket", &self.bucket, "must be a whole number of seconds, at least 1s"));
+            return Err(bad(
+                "--bucket",
+                &self.bucket,
+                "must be a whole number of seconds, at least 1s",
+            ));
         }
         if b > Duration::from_secs(366 * 86_400) {
             return Err(bad("--bucket", &self.bucket, "must be at most a year"));
@@ -296,9 +307,13 @@ impl ReportArgs {
         };
         let mut capacities = Vec::new();
         for c in &self.link_capacity {
-            let (ifn, rate) = c
-                .split_once('=')
-                .ok_or_else(|| bad("--link-capacity", c, "expected IFACE=RATE, e.g. eth0=10Gbit"))?;
+            let (ifn, rate) = c.split_once('=').ok_or_else(|| {
+                bad(
+                    "--link-capacity",
+                    c,
+                    "expected IFACE=RATE, e.g. eth0=10Gbit",
+                )
+            })?;
             if ifn.is_empty() {
                 return Err(bad("--link-capacity", c, "empty interface name"));
             }
@@ -316,7 +331,13 @@ impl ReportArgs {
             .parse::<f64>()
             .ok()
             .filter(|v| *v > 0.0 && *v <= 100.0)
-            .ok_or_else(|| bad("--threshold", th, "expected a percentage in (0, 100], e.g. 80%"))?
+            .ok_or_else(|| {
+                bad(
+                    "--threshold",
+                    th,
+                    "expected a percentage in (0, 100], e.g. 80%",
+                )
+            })?
             / 100.0;
         if self.top == 0 {
             return Err(bad("--top", "0", "must be at least 1"));
@@ -528,7 +549,11 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         return Err(ReportError::Input(format!(
             "no records at observation point {obs:?} in {} (points present: {})",
             range_text(),
-            if others.is_empty() { "none".into() } else { others.join(", ") }
+            if others.is_empty() {
+                "none".into()
+            } else {
+                others.join(", ")
+            }
         )));
     }
     let (min_end, max_end) = (agg.min_end.unwrap_or(0), agg.max_end.unwrap_or(0));
@@ -542,7 +567,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
             opts.bucket_us / 1_000_000
         )));
     }
-    let series = compute::series(&agg, opts.bucket_us, first, last);
+    let series = compute::series(&agg, opts.bucket_us, first, last, range_from, range_to);
     let top = compute::top(&agg, opts.top, &opts.grouping);
     let mut scan_stats = plan.stats.clone();
     scan_stats.rows_read = agg.rows_read;
@@ -568,7 +593,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
             match pagg {
                 Some(p) if p.totals.records > 0 => {
                     let (a, b) = bucket_range(&p, opts.bucket_us, Some(pf), Some(pt));
-                    let ps = compute::series(&p, opts.bucket_us, a, b);
+                    let ps = compute::series(&p, opts.bucket_us, a, b, pf, pt);
                     let interfaces = ps
                         .interfaces
                         .iter()
@@ -595,10 +620,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
                         to: fmt_time(pt),
                         totals: p.totals,
                         bytes_change: change(agg.totals.bytes as f64, p.totals.bytes as f64),
-                        packets_change: change(
-                            agg.totals.packets as f64,
-                            p.totals.packets as f64,
-                        ),
+                        packets_change: change(agg.totals.packets as f64, p.totals.packets as f64),
                         interfaces,
                     })
                 }
@@ -742,17 +764,31 @@ mod tests {
             parse_time("--from", "2026-11-26", now).unwrap(),
             20_783 * 86_400_000_000
         );
-        let e = parse_time("--from", "yesterday", now).unwrap_err().to_string();
+        let e = parse_time("--from", "yesterday", now)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("--from \"yesterday\""), "{e}");
         assert_eq!(fmt_time(1_795_675_443_000_000), "2026-11-26T06:44:03Z");
-        assert_eq!(fmt_time(1_795_675_443_000_001), "2026-11-26T06:44:03.000001Z");
+        assert_eq!(
+            fmt_time(1_795_675_443_000_001),
+            "2026-11-26T06:44:03.000001Z"
+        );
     }
 
     #[test]
     fn prefixes_and_cidrs() {
-        assert_eq!(parse_prefixes("24,64").unwrap(), Grouping::Prefix { v4: 24, v6: 64 });
-        assert_eq!(parse_prefixes("/48").unwrap(), Grouping::Prefix { v4: 24, v6: 48 });
-        assert_eq!(parse_prefixes("16").unwrap(), Grouping::Prefix { v4: 16, v6: 64 });
+        assert_eq!(
+            parse_prefixes("24,64").unwrap(),
+            Grouping::Prefix { v4: 24, v6: 64 }
+        );
+        assert_eq!(
+            parse_prefixes("/48").unwrap(),
+            Grouping::Prefix { v4: 24, v6: 48 }
+        );
+        assert_eq!(
+            parse_prefixes("16").unwrap(),
+            Grouping::Prefix { v4: 16, v6: 64 }
+        );
         assert_eq!(
             parse_prefixes("v6/32,v4/8").unwrap(),
             Grouping::Prefix { v4: 8, v6: 32 }
@@ -760,7 +796,12 @@ mod tests {
         assert!(parse_prefixes("v4/33").is_err());
         assert!(parse_prefixes("abc").is_err());
         assert!(parse_cidr("10.0.0.0/8").is_ok());
-        assert!(parse_cidr("10.0.0.1/8").unwrap_err().to_string().contains("10.0.0.0/8"));
+        assert!(
+            parse_cidr("10.0.0.1/8")
+                .unwrap_err()
+                .to_string()
+                .contains("10.0.0.0/8")
+        );
         assert!(parse_cidr("10.0.0.0").is_err());
         assert!(parse_cidr("2001:db8::/129").is_err());
     }
@@ -768,7 +809,10 @@ mod tests {
     #[test]
     fn default_point() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(default_observation_point(&v(&["nf_local_in", "xdp"])).unwrap(), "xdp");
+        assert_eq!(
+            default_observation_point(&v(&["nf_local_in", "xdp"])).unwrap(),
+            "xdp"
+        );
         assert_eq!(
             default_observation_point(&v(&["nf_pre_routing", "nf_local_in"])).unwrap(),
             "nf_local_in"

@@ -180,8 +180,7 @@ pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> Result<Plan, ReportError> {
             .map_err(|e| ReportError::Parquet(p.display().to_string(), e))?;
         let schema = md.metadata().file_metadata().schema_descr();
         let col_idx = |name: &str| schema.columns().iter().position(|c| c.name() == name);
-        let (Some(end_i), Some(obs_i)) = (col_idx("flow_end"), col_idx("observation_point"))
-        else {
+        let (Some(end_i), Some(obs_i)) = (col_idx("flow_end"), col_idx("observation_point")) else {
             return Err(ReportError::Schema(format!(
                 "{}: not a flowlens flow file (no flow_end/observation_point column)",
                 p.display()

@@ -94,7 +94,11 @@ fn ranking(out: &mut String, title: &str, r: &Ranking) {
             ]
         })
         .collect();
-    out.push_str(&table(&["key", "bytes", "share", "packets", "share"], &rows, 1));
+    out.push_str(&table(
+        &["key", "bytes", "share", "packets", "share"],
+        &rows,
+        1,
+    ));
     // The packet ranking only when it differs from the byte ranking.
     let same = r
         .by_bytes
@@ -116,7 +120,11 @@ fn ranking(out: &mut String, title: &str, r: &Ranking) {
                 ]
             })
             .collect();
-        out.push_str(&table(&["key", "packets", "share", "bytes", "share"], &rows, 1));
+        out.push_str(&table(
+            &["key", "packets", "share", "bytes", "share"],
+            &rows,
+            1,
+        ));
     }
 }
 
@@ -149,9 +157,10 @@ pub fn render(r: &Report) -> String {
     ));
 
     out.push_str(&format!(
-        "\nThroughput per interface and direction ({} buckets of {}; bits/s; percentiles: nearest rank)\n",
+        "\nThroughput per interface and direction ({} buckets of {}; bits/s; statistics over the {} whole buckets in the range, percentiles by nearest rank)\n",
         r.series.buckets,
-        dur(r.series.bucket_seconds as f64)
+        dur(r.series.bucket_seconds as f64),
+        r.series.stats_buckets
     ));
     let rows: Vec<Vec<String>> = r
         .series
@@ -174,7 +183,15 @@ pub fn render(r: &Report) -> String {
         .collect();
     out.push_str(&table(
         &[
-            "interface", "dir", "bytes", "mean", "p95", "p99", "peak", "p95 pkt/s", "trend",
+            "interface",
+            "dir",
+            "bytes",
+            "mean",
+            "p95",
+            "p99",
+            "peak",
+            "p95 pkt/s",
+            "trend",
         ],
         &rows,
         2,
@@ -187,8 +204,10 @@ pub fn render(r: &Report) -> String {
             p.to,
             si(p.totals.bytes as f64, "B"),
             si(r.totals.bytes as f64, "B"),
-            p.bytes_change.map_or("n/a".into(), |c| format!("{:+.1}%", c * 100.0)),
-            p.packets_change.map_or("n/a".into(), |c| format!("{:+.1}%", c * 100.0)),
+            p.bytes_change
+                .map_or("n/a".into(), |c| format!("{:+.1}%", c * 100.0)),
+            p.packets_change
+                .map_or("n/a".into(), |c| format!("{:+.1}%", c * 100.0)),
         ));
         let rows: Vec<Vec<String>> = p
             .interfaces
@@ -203,7 +222,11 @@ pub fn render(r: &Report) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(&["interface", "dir", "previous p95", "change"], &rows, 2));
+        out.push_str(&table(
+            &["interface", "dir", "previous p95", "change"],
+            &rows,
+            2,
+        ));
     } else {
         out.push_str("\nGrowth: no previous period (give --from, and data before it); see the trend column\n");
     }
@@ -229,7 +252,11 @@ pub fn render(r: &Report) -> String {
                     si(c.capacity_bits_per_sec, "bit/s"),
                     pct(d.utilisation_p95),
                     pct(d.utilisation_peak),
-                    match (d.status.as_str(), &d.reaches_threshold_at, d.days_to_threshold) {
+                    match (
+                        d.status.as_str(),
+                        &d.reaches_threshold_at,
+                        d.days_to_threshold,
+                    ) {
                         ("above_threshold", _, _) => {
                             format!("already above {}", pct(c.threshold))
                         }
@@ -245,7 +272,14 @@ pub fn render(r: &Report) -> String {
             }
         }
         out.push_str(&table(
-            &["interface", "dir", "capacity", "p95 util", "peak util", "reaches threshold"],
+            &[
+                "interface",
+                "dir",
+                "capacity",
+                "p95 util",
+                "peak util",
+                "reaches threshold",
+            ],
             &rows,
             2,
         ));
@@ -257,7 +291,11 @@ pub fn render(r: &Report) -> String {
     ranking(&mut out, "Top source subnets", &t.source_subnets);
     ranking(&mut out, "Top destination subnets", &t.destination_subnets);
     ranking(&mut out, "Top conversations", &t.conversations);
-    ranking(&mut out, "Top services (transport/destination port)", &t.services);
+    ranking(
+        &mut out,
+        "Top services (transport/destination port)",
+        &t.services,
+    );
     ranking(&mut out, "Transports", &t.transports);
     out
 }
