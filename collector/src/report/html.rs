@@ -159,6 +159,17 @@ fn chart(
         r#"<svg class="ts" data-chart="{idx}" viewBox="0 0 {w} {h}" role="img" aria-label="throughput of {}">"#,
         esc(ifname)
     );
+    // Edge buckets outside the range's whole buckets hold partial traffic: shade them.
+    let (sf, sn) = (r.series.stats_first, r.series.stats_buckets);
+    for i in (0..n).filter(|i| *i < sf || *i >= sf + sn) {
+        let _ = write!(
+            s,
+            r##"<rect class="partial" x="{:.1}" y="{y0}" width="{:.1}" height="{:.1}" fill="#e5e7eb" fill-opacity="0.6"><title>partial bucket (edge of the range)</title></rect>"##,
+            x0 + i as f64 * dx,
+            dx,
+            y1 - y0
+        );
+    }
     // Grid and y labels.
     let mut v = 0.0;
     while v <= ytop + step * 0.01 {
@@ -374,7 +385,7 @@ pub fn render(r: &Report) -> String {
     }
 
     // Time series, one chart per interface.
-    h.push_str("<section><h2>Throughput over time</h2><div class=\"legend\"><span><i style=\"background:#2563eb\"></i>ingress</span><span><i style=\"background:#db2777\"></i>egress</span><span>dashed: p95 of the bucket rates (nearest rank)</span><span style=\"color:#dc2626\">red: capacity / threshold</span></div>");
+    h.push_str("<section><h2>Throughput over time</h2><div class=\"legend\"><span><i style=\"background:#2563eb\"></i>ingress</span><span><i style=\"background:#db2777\"></i>egress</span><span>dashed: p95 of the bucket rates (nearest rank)</span><span><i style=\"background:#e5e7eb;height:10px\"></i>edge bucket, partial traffic</span><span style=\"color:#dc2626\">red: capacity / threshold</span></div>");
     let mut ifaces: Vec<&str> = r
         .series
         .interfaces
