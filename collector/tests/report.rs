@@ -949,6 +949,8 @@ fn bad_input_gives_one_line_errors() {
             vec!["--input", d, "--from", "2030-01-01T00:00:00Z"],
             "no flow records in",
         ),
+        // A relative time is accepted (the data is older than a day, so nothing is in range).
+        (vec!["--input", d, "--from", "-24h"], "no flow records in ["),
         (
             vec![
                 "--input",
@@ -992,6 +994,57 @@ fn bad_input_gives_one_line_errors() {
             "{args:?}: {stderr} lacks {needle:?}"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Files written without statistics (another writer): nothing can be pruned by statistics, the
+/// default observation point is found by reading that column, and the numbers still add up.
+#[test]
+fn files_without_statistics() {
+    use parquet::{
+        arrow::ArrowWriter,
+        file::properties::{EnabledStatistics, WriterProperties},
+    };
+    let dir = tmpdir("nostats");
+    let data = dir.join("flows");
+    let (recs, mine) = generate(600);
+    let part = data.join("date=2026-11-20/hour=00");
+    std::fs::create_dir_all(&part).unwrap();
+    let schema = flowlens_schema::record::arrow_schema();
+    let props = WriterProperties::builder()
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_max_row_group_row_count(Some(100))
+        .build();
+    let f = std::fs::File::create(part.join("foreign.parquet")).unwrap();
+    let mut w = ArrowWriter::try_new(f, schema.clone(), Some(props)).unwrap();
+    w.write(&flowlens_schema::record::to_record_batch(&schema, &recs).unwrap())
+        .unwrap();
+    w.close().unwrap();
+    let md = parquet::file::reader::FileReader::metadata(
+        &parquet::file::reader::SerializedFileReader::new(
+            std::fs::File::open(part.join("foreign.parquet")).unwrap(),
+        )
+        .unwrap(),
+    )
+    .clone();
+    assert!(
+        md.row_groups()
+            .iter()
+            .all(|rg| rg.columns().iter().all(|c| c.statistics().is_none())),
+        "the file really has no statistics"
+    );
+    let (ok, stdout, stderr) = report(&["--input", data.to_str().unwrap(), "--json", "-", "-q"]);
+    assert!(ok, "{stderr}");
+    let got: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(got["observation_point"], "xdp");
+    let xdp: Vec<&Rec> = mine.iter().filter(|r| r.obs == "xdp").collect();
+    assert_eq!(got["totals"]["records"], xdp.len());
+    assert_eq!(
+        got["totals"]["bytes"],
+        xdp.iter().map(|r| r.bytes).sum::<u64>()
+    );
+    assert_eq!(got["scan"]["row_groups"], 6);
+    assert_eq!(got["scan"]["rows_read"], 600);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
