@@ -1110,7 +1110,9 @@ fn html_report_renders_in_headless_chromium() {
     }
     let chrome = |extra: &[&str]| {
         let profile = tmpdir(&format!("chrome-{}", extra.len()));
-        let o = Command::new(chromium)
+        // Bounded: a browser that hangs fails the test instead of blocking the run.
+        let o = Command::new("timeout")
+            .args(["120", chromium])
             .args([
                 "--headless",
                 "--no-sandbox",
