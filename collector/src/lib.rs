@@ -10,6 +10,7 @@ pub mod flow_table;
 pub mod ifaces;
 pub mod netfilter;
 pub mod probe;
+pub mod report;
 pub mod run;
 pub mod sys;
 pub mod timebase;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use flowlens::{config::RunArgs, run, top};
+use flowlens::{config::RunArgs, report, run, top};
 
 /// flowlens: flow records from XDP and netfilter-hook eBPF probes, exported to Parquet (and stdout).
 #[derive(Parser)]
@@ -39,6 +39,12 @@ enum Cmd {
         #[arg(long)]
         csv: bool,
     },
+    /// Capacity-planning report from a directory of flowlens Parquet files: throughput per
+    /// interface and direction (peak, p95, p99), top talkers, growth, link utilisation.
+    ///
+    /// Example: flowlens report --input ./flows --from -24h --bucket 5m --html report.html
+    ///          --link-capacity eth0=10Gbit
+    Report(Box<report::ReportArgs>),
 }
 
 fn main() {
@@ -71,6 +77,7 @@ fn real_main() -> Result<()> {
                 print!("{}", top::table(&agg, limit));
             }
         }
+        Cmd::Report(args) => report::run(&args)?,
     }
     Ok(())
 }
