@@ -291,9 +291,7 @@ fn bench_value(now: u64) -> FlowValue {
 /// Drained entries → flow table → records, as `Pipeline::cycle` does (all flows end here).
 fn to_records(deltas: &[(FlowKey, FlowValue)]) -> usize {
     let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
-    for (k, v) in deltas {
-        table.merge(k, v);
-    }
+    table.merge_all(deltas);
     let mut ended = Vec::with_capacity(deltas.len());
     table.drain_all(&mut ended);
     let mut exporter = Exporter::new("bench-host");
@@ -397,19 +395,20 @@ fn rss_child() -> Result<()> {
     let mut probe = Probe::load(flowlens::config::DEFAULT_MAX_FLOWS)?;
     let mut drainer = probe.take_drainer()?;
     let dir = std::env::temp_dir().join(format!("flowlens-bench-rss-{}", std::process::id()));
-    let mut sink = ParquetSink::new(ParquetOptions {
+    let sink = ParquetSink::new(ParquetOptions {
         dir: dir.clone(),
         rotate_bytes: 128 << 20,
         rotate_interval: Duration::from_secs(300),
         host: "bench-host".into(),
     })?;
-    let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
-    let mut exporter = Exporter::new("bench-host");
+    let mut pipe = flowlens::run::Pipeline::new(
+        FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)),
+        Exporter::new("bench-host"),
+        vec![Box::new(sink)],
+    );
     let start = flowlens::timebase::monotonic_now_ns();
     let mut first_live = 0u32;
-    let mut deltas = Vec::new();
-    let mut ended = Vec::new();
-    let mut records = 0u64;
+    let mut max_table = 0usize;
     for sec in 0..SECONDS {
         let now = start + sec * 1_000_000_000;
         let v = FlowValue {
@@ -426,23 +425,20 @@ fn rss_child() -> Result<()> {
         for id in first_live..first_live + CONCURRENT {
             map.insert(&bench_key(id), &v, 0)?;
         }
-        deltas.clear();
-        drainer.drain(&mut deltas)?;
-        for (k, v) in &deltas {
-            table.merge(k, v);
+        pipe.cycle_at(&mut drainer, false, now)?;
+        max_table = max_table.max(pipe.table.len());
+        if std::env::var_os("FLOWLENS_BENCH_RSS_TRACE").is_some() {
+            let st = std::fs::read_to_string("/proc/self/status")?;
+            let rss = st
+                .lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .unwrap_or_default();
+            eprintln!("sec {sec}: table {} {rss}", pipe.table.len());
         }
-        ended.clear();
-        table.expire(now, &mut ended);
-        let tb = Timebase::sample();
-        let recs: Vec<_> = ended.iter().map(|e| exporter.record(e, &tb)).collect();
-        records += recs.len() as u64;
-        if !recs.is_empty() {
-            sink.write(&recs)?;
-        }
-        sink.tick()?;
         first_live += NEW_PER_SECOND;
     }
-    sink.close()?;
+    pipe.cycle(&mut drainer, true)?;
+    pipe.close()?;
     std::fs::remove_dir_all(&dir).ok();
     let status = std::fs::read_to_string("/proc/self/status")?;
     let hwm = status
@@ -451,7 +447,8 @@ fn rss_child() -> Result<()> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .context("VmHWM in /proc/self/status")?;
     println!(
-        "VmHWM_kB={hwm} records={records} flows={}",
+        "VmHWM_kB={hwm} records={} flows={} max_table={max_table}",
+        pipe.totals.records,
         first_live + CONCURRENT
     );
     Ok(())
@@ -521,6 +518,18 @@ fn main() -> Result<()> {
                 c["noop"],
                 c.get("nf").zip(c.get("nf_noop")).map(|(a, b)| a - b)
             );
+            return Ok(());
+        }
+        Some("records") => {
+            let now = flowlens::timebase::monotonic_now_ns();
+            let d: Vec<_> = (0..100_000)
+                .map(|i| (bench_key(i), bench_value(now)))
+                .collect();
+            let t = Instant::now();
+            for _ in 0..20 {
+                to_records(&d);
+            }
+            println!("{:.0} flows/s", 2_000_000.0 / t.elapsed().as_secs_f64());
             return Ok(());
         }
         Some("drain") => {
