@@ -26,7 +26,7 @@ enum Cmd {
     /// CAP_NET_ADMIN and CAP_PERFMON).
     ///
     /// Examples: flowlens run --xdp eth0 --sink parquet:./flows; flowlens run --netfilter forward
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the biggest flows found in a directory of flowlens Parquet files.
     Top {
         /// Directory written by the Parquet sink.
@@ -66,7 +66,7 @@ fn main() {
 fn real_main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(args) => {
-            let cfg = args.resolve()?;
+            let cfg = (*args).resolve()?;
             run::run(cfg)?;
         }
         Cmd::Top { input, limit, csv } => {
