@@ -16,6 +16,7 @@ pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 pub const DEFAULT_SINK: &str = "parquet:./flows";
 pub const DEFAULT_PARQUET_ROTATE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_PARQUET_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 1m)"))?;
@@ -51,7 +52,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpAttachMode>,
 
-    /// Where records go (repeatable): `parquet:DIR` or `stdout`. [default: parquet:./flows]
+    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `otlp:http://HOST:PORT` (OTLP/gRPC) or `stdout`. [default: parquet:./flows]
     #[arg(long = "sink", value_name = "KIND:TARGET")]
     #[serde(default)]
     pub sink: Vec<String>,
@@ -88,6 +89,24 @@ pub struct RunArgs {
     /// Close a Parquet file once it holds about this many bytes. [default: 134217728]
     #[arg(long, value_name = "BYTES")]
     pub parquet_rotate_bytes: Option<u64>,
+
+    /// OTLP: flow log records per export request. [default: 2048]
+    #[arg(long, value_name = "N")]
+    pub otlp_batch_records: Option<usize>,
+
+    /// OTLP: records waiting in memory at most while the receiver is slow or down; records past the bound are counted as lost. [default: 262144]
+    #[arg(long, value_name = "N")]
+    pub otlp_queue_records: Option<usize>,
+
+    /// OTLP: timeout of one export attempt (failed attempts are retried with backoff). [default: 10s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub otlp_timeout: Option<Duration>,
+
+    /// OTLP: also export cumulative byte and packet counters per interface, direction, transport and observation point (every 10s and at shutdown).
+    #[arg(long)]
+    #[serde(default)]
+    pub otlp_metrics: bool,
 }
 
 /// `flowlens run` settings after merging the config file, the command line and defaults.
@@ -104,6 +123,10 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     pub parquet_rotate_interval: Duration,
     pub parquet_rotate_bytes: u64,
+    pub otlp_batch_records: usize,
+    pub otlp_queue_records: usize,
+    pub otlp_timeout: Duration,
+    pub otlp_metrics: bool,
 }
 
 impl RunArgs {
@@ -165,6 +188,19 @@ impl RunArgs {
                 .parquet_rotate_bytes
                 .or(file.parquet_rotate_bytes)
                 .unwrap_or(DEFAULT_PARQUET_ROTATE_BYTES),
+            otlp_batch_records: self
+                .otlp_batch_records
+                .or(file.otlp_batch_records)
+                .unwrap_or(flowlens_sinks::otlp::DEFAULT_BATCH_RECORDS),
+            otlp_queue_records: self
+                .otlp_queue_records
+                .or(file.otlp_queue_records)
+                .unwrap_or(flowlens_sinks::otlp::DEFAULT_QUEUE_RECORDS),
+            otlp_timeout: self
+                .otlp_timeout
+                .or(file.otlp_timeout)
+                .unwrap_or(DEFAULT_OTLP_TIMEOUT),
+            otlp_metrics: self.otlp_metrics || file.otlp_metrics,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -186,6 +222,9 @@ impl RunConfig {
         if self.parquet_rotate_bytes == 0 {
             bail!("--parquet-rotate-bytes must be greater than zero");
         }
+        if self.otlp_batch_records == 0 || self.otlp_queue_records == 0 {
+            bail!("--otlp-batch-records and --otlp-queue-records must be at least 1");
+        }
         let mut seen = std::collections::HashSet::new();
         for i in &self.xdp {
             if !seen.insert(i) {
@@ -201,6 +240,7 @@ impl RunConfig {
                     .components()
                     .collect::<PathBuf>(),
                 SinkSpec::Stdout => PathBuf::from("-"),
+                SinkSpec::Otlp(e) => PathBuf::from(format!("otlp:{e}")),
             };
             if !dirs.insert(key) {
                 bail!("--sink {s} given twice (same destination)");

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord, stats};
 use flowlens_sinks::{
     Sink, SinkSpec,
+    otlp::{OtlpOptions, OtlpSink},
     parquet::{ParquetOptions, ParquetSink},
     stdout::StdoutSink,
 };
@@ -55,6 +56,14 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
                     })
                     .with_context(|| format!("sink {s}"))?,
                 ),
+                SinkSpec::Otlp(endpoint) => {
+                    let mut o = OtlpOptions::new(endpoint.clone(), host.clone());
+                    o.batch_records = cfg.otlp_batch_records;
+                    o.queue_records = cfg.otlp_queue_records;
+                    o.request_timeout = cfg.otlp_timeout;
+                    o.metrics = cfg.otlp_metrics;
+                    Box::new(OtlpSink::new(o).with_context(|| format!("sink {s}"))?)
+                }
             })
         })
         .collect()

@@ -5,6 +5,7 @@
 //! A sink that fails returns an error; the collector counts and logs it (the records of that
 //! batch are reported as lost, never silently).
 
+pub mod otlp;
 pub mod parquet;
 pub mod stdout;
 
@@ -24,6 +25,10 @@ pub enum SinkError {
     Parquet(#[from] ::parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("otlp: {0}")]
+    Otlp(String),
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
     #[error("invalid sink {spec:?}: {reason}")]
     Spec { spec: String, reason: String },
 }
@@ -88,6 +93,8 @@ pub enum SinkSpec {
     Parquet(PathBuf),
     /// `stdout`
     Stdout,
+    /// `otlp:http://HOST:PORT` (OTLP/gRPC, as `OTEL_EXPORTER_OTLP_ENDPOINT`)
+    Otlp(String),
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -113,7 +120,13 @@ impl std::str::FromStr for SinkSpec {
                 Ok(SinkSpec::Parquet(PathBuf::from(t)))
             }
             ("parquet", _) => Err(bad("expected parquet:DIR")),
-            _ => Err(bad("unknown sink kind; expected `parquet:DIR` or `stdout`")),
+            ("otlp", Some(t)) if !t.is_empty() => otlp::parse_endpoint(t)
+                .map(SinkSpec::Otlp)
+                .map_err(|r| bad(&r)),
+            ("otlp", _) => Err(bad("expected otlp:http://HOST:PORT")),
+            _ => Err(bad(
+                "unknown sink kind; expected `parquet:DIR`, `otlp:http://HOST:PORT` or `stdout`",
+            )),
         }
     }
 }
@@ -123,6 +136,7 @@ impl std::fmt::Display for SinkSpec {
         match self {
             SinkSpec::Parquet(p) => write!(f, "parquet:{}", p.display()),
             SinkSpec::Stdout => f.write_str("stdout"),
+            SinkSpec::Otlp(e) => write!(f, "otlp:{e}"),
         }
     }
 }
@@ -137,7 +151,16 @@ mod tests {
             "parquet:./f".parse::<SinkSpec>().unwrap(),
             SinkSpec::Parquet("./f".into())
         );
+        assert_eq!(
+            "otlp:http://127.0.0.1:4317".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Otlp("http://127.0.0.1:4317".into())
+        );
         for bad in [
+            "otlp:",
+            "otlp",
+            "otlp:127.0.0.1:4317",
+            "otlp:https://collector:4317",
+            "otlp:http://",
             "parquet",
             "parquet:",
             "kafka:x/y",
