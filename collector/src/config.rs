@@ -26,6 +26,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+fn de_key_values<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_key_value(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s)
@@ -90,6 +104,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub parquet_rotate_bytes: Option<u64>,
 
+    /// parquet:s3://: local directory where files are written before upload (and kept if an upload fails for good). [default: $TMPDIR/flowlens-spool/BUCKET/PREFIX]
+    #[arg(long, value_name = "DIR")]
+    pub parquet_spool_dir: Option<PathBuf>,
+
+    /// parquet:s3://: an object_store S3 setting (repeatable), e.g. `endpoint=http://127.0.0.1:9000`, `region=eu-west-1`, `allow_http=true`; wins over the AWS_* environment variables.
+    #[arg(long = "s3-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[serde(default, deserialize_with = "de_key_values")]
+    pub s3_option: Vec<(String, String)>,
+
     /// OTLP: flow log records per export request. [default: 2048]
     #[arg(long, value_name = "N")]
     pub otlp_batch_records: Option<usize>,
@@ -123,6 +146,8 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     pub parquet_rotate_interval: Duration,
     pub parquet_rotate_bytes: u64,
+    pub parquet_spool_dir: Option<PathBuf>,
+    pub s3_options: Vec<(String, String)>,
     pub otlp_batch_records: usize,
     pub otlp_queue_records: usize,
     pub otlp_timeout: Duration,
@@ -188,6 +213,12 @@ impl RunArgs {
                 .parquet_rotate_bytes
                 .or(file.parquet_rotate_bytes)
                 .unwrap_or(DEFAULT_PARQUET_ROTATE_BYTES),
+            parquet_spool_dir: self.parquet_spool_dir.or(file.parquet_spool_dir),
+            s3_options: if self.s3_option.is_empty() {
+                file.s3_option
+            } else {
+                self.s3_option
+            },
             otlp_batch_records: self
                 .otlp_batch_records
                 .or(file.otlp_batch_records)
@@ -225,6 +256,16 @@ impl RunConfig {
         if self.otlp_batch_records == 0 || self.otlp_queue_records == 0 {
             bail!("--otlp-batch-records and --otlp-queue-records must be at least 1");
         }
+        let s3_sinks = self
+            .sinks
+            .iter()
+            .filter(|s| matches!(s, SinkSpec::ParquetS3(_)))
+            .count();
+        if s3_sinks > 1 && self.parquet_spool_dir.is_some() {
+            bail!(
+                "--parquet-spool-dir is shared by every parquet:s3:// sink; with several, leave it unset (each gets its own)"
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for i in &self.xdp {
             if !seen.insert(i) {
@@ -241,6 +282,7 @@ impl RunConfig {
                     .collect::<PathBuf>(),
                 SinkSpec::Stdout => PathBuf::from("-"),
                 SinkSpec::Otlp(e) => PathBuf::from(format!("otlp:{e}")),
+                SinkSpec::ParquetS3(t) => PathBuf::from(format!("s3:{t}")),
             };
             if !dirs.insert(key) {
                 bail!("--sink {s} given twice (same destination)");

@@ -7,6 +7,7 @@
 
 pub mod otlp;
 pub mod parquet;
+pub mod s3;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub enum SinkError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("otlp: {0}")]
     Otlp(String),
+    #[error("upload: {0}")]
+    Upload(String),
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
     #[error("invalid sink {spec:?}: {reason}")]
@@ -91,6 +94,8 @@ pub struct SinkMetrics {
 pub enum SinkSpec {
     /// `parquet:DIR`
     Parquet(PathBuf),
+    /// `parquet:s3://BUCKET/PREFIX`
+    ParquetS3(s3::S3Target),
     /// `stdout`
     Stdout,
     /// `otlp:http://HOST:PORT` (OTLP/gRPC, as `OTEL_EXPORTER_OTLP_ENDPOINT`)
@@ -113,9 +118,9 @@ impl std::str::FromStr for SinkSpec {
             ("stdout", Some(_)) => Err(bad("`stdout` takes no target")),
             ("parquet", Some(t)) if !t.is_empty() => {
                 if t.contains("://") {
-                    return Err(bad(
-                        "object storage URLs are not supported yet; give a local directory",
-                    ));
+                    return s3::S3Target::parse(t)
+                        .map(SinkSpec::ParquetS3)
+                        .map_err(|r| bad(&r));
                 }
                 Ok(SinkSpec::Parquet(PathBuf::from(t)))
             }
@@ -135,6 +140,7 @@ impl std::fmt::Display for SinkSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SinkSpec::Parquet(p) => write!(f, "parquet:{}", p.display()),
+            SinkSpec::ParquetS3(t) => write!(f, "parquet:{t}"),
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::Otlp(e) => write!(f, "otlp:{e}"),
         }
@@ -155,6 +161,13 @@ mod tests {
             "otlp:http://127.0.0.1:4317".parse::<SinkSpec>().unwrap(),
             SinkSpec::Otlp("http://127.0.0.1:4317".into())
         );
+        assert_eq!(
+            "parquet:s3://bkt/a/b/".parse::<SinkSpec>().unwrap(),
+            SinkSpec::ParquetS3(s3::S3Target {
+                bucket: "bkt".into(),
+                prefix: "a/b".into()
+            })
+        );
         for bad in [
             "otlp:",
             "otlp",
@@ -165,7 +178,10 @@ mod tests {
             "parquet:",
             "kafka:x/y",
             "stdout:x",
-            "parquet:s3://b/p",
+            "parquet:gs://b/p",
+            "parquet:s3://",
+            "parquet:s3:///p",
+            "parquet:s3://b/../p",
             "",
         ] {
             let e = bad.parse::<SinkSpec>().unwrap_err().to_string();
