@@ -1,6 +1,8 @@
 //! End to end: the real `flowlens run` binary with XDP on a veth in a network namespace, real
-//! traffic, and two sinks at once (`--sink otlp:…` to an in-test OTLP/gRPC server and
-//! `--sink parquet:DIR`): both must receive the same records. Needs root (CI runs as root).
+//! traffic, and three sinks at once: `--sink otlp:…` to an in-test OTLP/gRPC server,
+//! `--sink parquet:DIR`, and `--sink parquet:s3://…` to a moto S3 server configured through the
+//! AWS_* environment variables. All must receive the same records. Needs root (CI runs as root)
+//! and moto/boto3/pyarrow (`cargo xtask setup`).
 
 use std::{
     collections::BTreeMap,
@@ -149,8 +151,19 @@ fn parquet_rows(dir: &std::path::Path) -> Vec<Row> {
     out
 }
 
+const S3_CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sinks/tests/s3_check.py");
+
+/// A process started in a namespace, killed (by its pid) on drop.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
-fn otlp_and_parquet_sinks_get_the_same_records() {
+fn otlp_parquet_and_s3_sinks_get_the_same_records() {
     let a = Netns::new("otlpa").unwrap();
     let b = Netns::new("otlpb").unwrap();
     let link = veth_pair(&a, &b).unwrap();
@@ -189,6 +202,55 @@ fn otlp_and_parquet_sinks_get_the_same_records() {
         });
     });
 
+    // moto (S3) on B's loopback too, on a port that was free there a moment ago.
+    let s3_port = b
+        .run_in(|| {
+            std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().unwrap().port())
+        })
+        .unwrap()
+        .unwrap();
+    let _moto = Killed(
+        b.command("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &s3_port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (run `cargo xtask setup`)"),
+    );
+    let s3_endpoint = format!("http://127.0.0.1:{s3_port}");
+    let s3_check = |args: &[&str]| -> String {
+        let t0 = Instant::now();
+        loop {
+            let o = b
+                .command("python3")
+                .arg(S3_CHECK)
+                .arg(args[0])
+                .arg(&s3_endpoint)
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            if o.status.success() {
+                return String::from_utf8(o.stdout).unwrap();
+            }
+            // moto may still be starting.
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "s3_check {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    s3_check(&["mkbucket", "e2e"]);
+    let spool = out.with_extension("spool");
+
     let child = b
         .command(FLOWLENS)
         .args(["run", "--xdp", &link.b_if, "--xdp-mode", "skb"])
@@ -198,6 +260,14 @@ fn otlp_and_parquet_sinks_get_the_same_records() {
         .arg("--sink")
         .arg(format!("parquet:{}", out.display()))
         .args(["--otlp-batch-records", "3"])
+        .args(["--sink", "parquet:s3://e2e/flows/run1"])
+        .arg("--parquet-spool-dir")
+        .arg(&spool)
+        .env("AWS_ENDPOINT_URL", &s3_endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
