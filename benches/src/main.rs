@@ -7,6 +7,8 @@
 //!   interleaved in rounds; medians reported.
 //! * Record path: synthetic drained deltas → flow table → records (flows/s), and Parquet
 //!   encoding (records/s, bytes/record).
+//! * OTLP: building and protobuf-encoding log export requests of the default batch size
+//!   (records/s, uncompressed bytes/record; gzip is applied by the gRPC layer on top).
 
 use std::{
     collections::BTreeMap,
@@ -25,8 +27,10 @@ use flowlens::{
 use flowlens_schema::{FlowKey, FlowValue};
 use flowlens_sinks::{
     Sink,
+    otlp::{DEFAULT_BATCH_RECORDS, encode},
     parquet::{ParquetOptions, ParquetSink},
 };
+use prost::Message as _;
 
 /// The packet mix: IPv4/IPv6, TCP/UDP/ICMP, with and without a VLAN tag, common sizes.
 fn packet_mix() -> Vec<(&'static str, Vec<u8>)> {
@@ -243,6 +247,18 @@ fn main() -> Result<()> {
     summary.insert("parquet_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("parquet_bytes_per_record".into(), bytes as f64 / n as f64);
     std::fs::remove_dir_all(&dir).ok();
+
+    // OTLP log request encoding (request building + protobuf serialisation), same records.
+    let resource = encode::resource("bench-host");
+    let mut otlp_bytes = 0usize;
+    let t = Instant::now();
+    for chunk in records.chunks(DEFAULT_BATCH_RECORDS) {
+        let req = encode::logs_request(&resource, chunk, 1);
+        otlp_bytes += std::hint::black_box(req.encode_to_vec()).len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    summary.insert("otlp_encode_records_per_sec".into(), n as f64 / secs);
+    summary.insert("otlp_bytes_per_record".into(), otlp_bytes as f64 / n as f64);
 
     println!(
         "flowlens benchmarks ({machine}; BPF_PROG_TEST_RUN medians of 7 interleaved rounds, 200k repeats x {} packet shapes)",

@@ -294,6 +294,32 @@ impl MetricsAggregator {
     }
 }
 
+/// `docs/SCHEMA.md`'s OTLP mapping table, generated from [`ATTRIBUTES`] and the schema columns.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| column | OTLP log record | value |\n|---|---|---|\n");
+    for (col, target) in ATTRIBUTES {
+        let ty = flowlens_schema::record::COLUMNS
+            .iter()
+            .find(|c| c.name == *col)
+            .map(|c| (c.data_type)());
+        let value = match (target, ty) {
+            (Target::Timestamp, _) => "unix ns".to_string(),
+            (_, Some(t)) if t == arrow_schema::DataType::Utf8 => "string".to_string(),
+            (Target::Attribute("flow.start_time_unix_nano"), _) => "int (unix ns)".to_string(),
+            (_, Some(_)) => "int".to_string(),
+            (_, None) => "?".to_string(),
+        };
+        let place = match target {
+            Target::Timestamp => "`time_unix_nano`".to_string(),
+            Target::Attribute(n) => format!("attribute `{n}`"),
+            Target::Resource(n) => format!("resource attribute `{n}`"),
+        };
+        let nullable = if *col == "vlan_id" { " (omitted when null)" } else { "" };
+        out.push_str(&format!("| `{col}` | {place} | {value}{nullable} |\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +360,27 @@ mod tests {
             .find(|a| a.key == key)
             .and_then(|a| a.value.as_ref())
             .and_then(|v| v.value.as_ref())
+    }
+
+    /// docs/SCHEMA.md must contain the generated OTLP table verbatim (between the `otlp`
+    /// markers). `FLOWLENS_BLESS=1 cargo test -p flowlens-sinks --lib` rewrites it.
+    #[test]
+    fn schema_doc_otlp_table_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/SCHEMA.md");
+        let doc = std::fs::read_to_string(path).expect("docs/SCHEMA.md");
+        let (begin, end) = ("<!-- otlp:begin -->\n", "<!-- otlp:end -->");
+        let b = doc.find(begin).expect("otlp begin marker") + begin.len();
+        let e = doc.find(end).expect("otlp end marker");
+        if std::env::var_os("FLOWLENS_BLESS").is_some() {
+            let new = format!("{}{}{}", &doc[..b], markdown_table(), &doc[e..]);
+            std::fs::write(path, new).unwrap();
+            return;
+        }
+        assert_eq!(
+            &doc[b..e],
+            markdown_table(),
+            "docs/SCHEMA.md OTLP table is out of date; run FLOWLENS_BLESS=1 cargo test -p flowlens-sinks --lib"
+        );
     }
 
     #[test]
