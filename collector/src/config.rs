@@ -66,7 +66,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpAttachMode>,
 
-    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `otlp:http://HOST:PORT` (OTLP/gRPC) or `stdout`. [default: parquet:./flows]
+    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `otlp:http://HOST:PORT` (OTLP/gRPC; bare `otlp` uses OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317) or `stdout`. [default: parquet:./flows]
     #[arg(long = "sink", value_name = "KIND:TARGET")]
     #[serde(default)]
     pub sink: Vec<String>,
@@ -322,6 +322,51 @@ mod tests {
     }
 
     #[test]
+    fn sink_options_from_cli_and_file() {
+        let c = args(&[
+            "--sink",
+            "otlp:http://127.0.0.1:4317",
+            "--sink",
+            "parquet:s3://bkt/pre",
+            "--otlp-metrics",
+            "--otlp-batch-records",
+            "100",
+            "--s3-option",
+            "endpoint=http://127.0.0.1:9000",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.sinks.len(), 2);
+        assert!(c.otlp_metrics);
+        assert_eq!(c.otlp_batch_records, 100);
+        assert_eq!(
+            c.otlp_queue_records,
+            flowlens_sinks::otlp::DEFAULT_QUEUE_RECORDS
+        );
+        assert_eq!(
+            c.s3_options,
+            vec![("endpoint".to_string(), "http://127.0.0.1:9000".to_string())]
+        );
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-s3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.toml");
+        std::fs::write(
+            &f,
+            "otlp-metrics = true\notlp-timeout = \"3s\"\ns3-option = [\"region=eu-west-1\"]\nparquet-spool-dir = \"/var/spool/fl\"\n",
+        )
+        .unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert!(c.otlp_metrics);
+        assert_eq!(c.otlp_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.s3_options,
+            vec![("region".to_string(), "eu-west-1".to_string())]
+        );
+        assert_eq!(c.parquet_spool_dir, Some(PathBuf::from("/var/spool/fl")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn file_values_apply_and_cli_wins() {
         let dir = std::env::temp_dir().join(format!("flowlens-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -383,6 +428,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max-flows"), "{e}");
+        let e = args(&["--sink", "otlp:https://x:4317"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TLS"), "{e}");
+        let e = args(&["--sink", "parquet:s3://"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3://BUCKET"), "{e}");
+        assert!(T::try_parse_from(["t", "--s3-option", "novalue"]).is_err());
+        let e = args(&[
+            "--sink",
+            "parquet:s3://a/x",
+            "--sink",
+            "parquet:s3://a/y",
+            "--parquet-spool-dir",
+            "/tmp/s",
+        ])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("parquet-spool-dir"), "{e}");
+        let e = args(&["--sink", "otlp:http://h:1", "--sink", "otlp:http://h:1"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+        let e = args(&["--otlp-batch-records", "0"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("otlp-batch-records"), "{e}");
         let e = args(&["--config", "/nonexistent/x.toml"])
             .resolve()
             .unwrap_err()

@@ -128,6 +128,14 @@ impl std::str::FromStr for SinkSpec {
             ("otlp", Some(t)) if !t.is_empty() => otlp::parse_endpoint(t)
                 .map(SinkSpec::Otlp)
                 .map_err(|r| bad(&r)),
+            // Bare `otlp`: the standard OpenTelemetry variable, else its documented default.
+            ("otlp", None) => {
+                let e = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .unwrap_or_else(|_| otlp::DEFAULT_ENDPOINT.to_string());
+                otlp::parse_endpoint(&e)
+                    .map(SinkSpec::Otlp)
+                    .map_err(|r| bad(&format!("OTEL_EXPORTER_OTLP_ENDPOINT={e:?}: {r}")))
+            }
             ("otlp", _) => Err(bad("expected otlp:http://HOST:PORT")),
             _ => Err(bad(
                 "unknown sink kind; expected `parquet:DIR`, `otlp:http://HOST:PORT` or `stdout`",
@@ -168,9 +176,12 @@ mod tests {
                 prefix: "a/b".into()
             })
         );
+        // Bare `otlp` takes OTEL_EXPORTER_OTLP_ENDPOINT or the OpenTelemetry default.
+        let want = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap_or_else(|_| "http://localhost:4317".into());
+        assert_eq!("otlp".parse::<SinkSpec>().unwrap(), SinkSpec::Otlp(want));
         for bad in [
             "otlp:",
-            "otlp",
             "otlp:127.0.0.1:4317",
             "otlp:https://collector:4317",
             "otlp:http://",

@@ -314,7 +314,11 @@ pub fn markdown_table() -> String {
             Target::Attribute(n) => format!("attribute `{n}`"),
             Target::Resource(n) => format!("resource attribute `{n}`"),
         };
-        let nullable = if *col == "vlan_id" { " (omitted when null)" } else { "" };
+        let nullable = if *col == "vlan_id" {
+            " (omitted when null)"
+        } else {
+            ""
+        };
         out.push_str(&format!("| `{col}` | {place} | {value}{nullable} |\n"));
     }
     out

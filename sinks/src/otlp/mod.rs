@@ -40,6 +40,9 @@ use crate::{Result, Sink, SinkError, SinkMetrics};
 use encode::MetricsAggregator;
 use service::{Delivery, RetryPolicy, send_with_retry};
 
+/// The OpenTelemetry default OTLP/gRPC endpoint (used for a bare `--sink otlp` when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is unset).
+pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
 /// Default records per export request (about 0.5-1 MB uncompressed, well under the 4 MiB gRPC
 /// default message limit of receivers).
 pub const DEFAULT_BATCH_RECORDS: usize = 2048;
