@@ -122,12 +122,16 @@ impl S3Options {
 }
 
 /// Builds the S3 client: environment first, then explicit options.
-pub fn build_store(bucket: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
+pub fn build_store(
+    target: &S3Target,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>> {
+    let bucket = &target.bucket;
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     for (k, v) in options {
         let key: AmazonS3ConfigKey = k.to_ascii_lowercase().parse().map_err(|_| SinkError::Spec {
-            spec: format!("s3 option {k}"),
-            reason: "unknown S3 option (see object_store's AmazonS3ConfigKey: endpoint, region, allow_http, access_key_id, ...)".into(),
+            spec: format!("parquet:{target}"),
+            reason: format!("unknown --s3-option key {k:?} (object_store AmazonS3ConfigKey names: endpoint, region, allow_http, access_key_id, secret_access_key, ...)"),
         })?;
         b = b.with_config(key, v);
     }
@@ -173,7 +177,7 @@ pub struct S3ParquetSink {
 impl S3ParquetSink {
     pub fn new(opts: S3Options) -> Result<Self> {
         let name = format!("parquet:{}", opts.target);
-        let store = build_store(&opts.target.bucket, &opts.store_options)?;
+        let store = build_store(&opts.target, &opts.store_options)?;
         let mut local = ParquetSink::new(ParquetOptions {
             dir: opts.spool_dir.clone(),
             rotate_bytes: opts.rotate_bytes,
@@ -470,5 +474,26 @@ impl Uploader {
         }
         w.finish().await.map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_and_options_are_validated() {
+        let t = S3Target::parse("s3://b/x/y/").unwrap();
+        assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("b", "x/y"));
+        assert_eq!(S3Target::parse("s3://b").unwrap().prefix, "");
+        for bad in ["gs://b/x", "s3://", "s3:///x", "s3://b/x//y", "s3://b/../x"] {
+            assert!(S3Target::parse(bad).is_err(), "{bad}");
+        }
+        let e = build_store(&t, &[("bogus".into(), "1".into())])
+            .err()
+            .expect("unknown key is rejected")
+            .to_string();
+        assert!(e.contains("bogus") && e.contains("parquet:s3://b/x/y"), "{e}");
+        assert!(build_store(&t, &[("endpoint".into(), "http://127.0.0.1:1".into())]).is_ok());
     }
 }
