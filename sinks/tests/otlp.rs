@@ -199,25 +199,25 @@ fn record(i: u32) -> FlowRecord {
         key.src_port = 10_000 + (i % 50_000) as u16;
         key.dst_port = 443;
     }
-    key.observation_point = if i % 4 == 0 {
+    key.observation_point = if i.is_multiple_of(4) {
         OBS_NF_LOCAL_OUT
     } else {
         OBS_XDP
     };
     key.ifindex = 2 + i % 2;
-    key.vlan_id = if i % 5 == 0 { 100 } else { VLAN_NONE };
+    key.vlan_id = if i.is_multiple_of(5) { 100 } else { VLAN_NONE };
     FlowRecord {
         flow_start_us: 1_790_000_000_000_000 + i as i64,
         flow_end_us: 1_790_000_000_000_000 + 1_000_000 + i as i64,
         key,
-        interface_name: if i % 2 == 0 {
+        interface_name: if i.is_multiple_of(2) {
             "eth0".into()
         } else {
             "eth1".into()
         },
         packets: 1 + i as u64 % 7,
         bytes: 60 + i as u64,
-        tcp_flags: if i % 3 == 0 { 0x1b } else { 0 },
+        tcp_flags: if i.is_multiple_of(3) { 0x1b } else { 0 },
         dscp: (i % 64) as u8,
         end_reason: EndReason::IdleTimeout,
         host: "testhost".into(),

@@ -304,7 +304,7 @@ pub fn markdown_table() -> String {
             .map(|c| (c.data_type)());
         let value = match (target, ty) {
             (Target::Timestamp, _) => "unix ns".to_string(),
-            (_, Some(t)) if t == arrow_schema::DataType::Utf8 => "string".to_string(),
+            (_, Some(arrow_schema::DataType::Utf8)) => "string".to_string(),
             (Target::Attribute("flow.start_time_unix_nano"), _) => "int (unix ns)".to_string(),
             (_, Some(_)) => "int".to_string(),
             (_, None) => "?".to_string(),

@@ -152,7 +152,7 @@ impl OtlpSink {
             spec: name.clone(),
             reason,
         };
-        let endpoint = parse_endpoint(&opts.endpoint).map_err(&bad)?;
+        let endpoint = parse_endpoint(&opts.endpoint).map_err(bad)?;
         if opts.batch_records == 0 || opts.queue_records == 0 {
             return Err(bad("batch and queue sizes must be at least 1".into()));
         }
