@@ -3,12 +3,25 @@
 //! `cargo xtask bench`; see docs/BENCHMARKS.md.
 //!
 //! * Probe cost per packet (`BPF_PROG_TEST_RUN`, kernel-timed): the no-op XDP program, the
-//!   shipped shared-map program (atomic adds) and its per-CPU-map twin, over a packet mix,
-//!   interleaved in rounds; medians reported.
+//!   shipped shared-map program (atomic adds) and its per-CPU-map twin, over a packet mix, and
+//!   the netfilter program, its direct-load twin and a no-op netfilter program over the IP
+//!   packets of the same mix (hook `local_out`), all interleaved in rounds; medians reported.
+//! * New-flow cost: every packet opens a flow (distinct keys, one run each), against the no-op
+//!   program run the same way.
+//! * Drain: `N` flows (10k, 100k, 1M) moved out of the kernel and turned into records, with the
+//!   batch swap drain and with the per-key drain other agents use, side by side.
 //! * Record path: synthetic drained deltas → flow table → records (flows/s), and Parquet
 //!   encoding (records/s, bytes/record).
 //! * OTLP: building and protobuf-encoding log export requests of the default batch size
 //!   (records/s, uncompressed bytes/record; gzip is applied by the gRPC layer on top).
+//! * Collector peak RSS (a child process) with 100k concurrent flows and 1M new flows per
+//!   simulated minute, through the real drain, flow table, exporter and Parquet sink.
+//! * `flowlens report` over 10 M rows (see `report.rs`).
+//!
+//! `flowlens-bench report` runs only the report section (no root needed) and merges its
+//! numbers into an existing `summary.json`.
+
+mod report;
 
 use std::{
     collections::BTreeMap,
@@ -19,12 +32,14 @@ use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use flowlens::{
+    drain::{DrainMethod, Drainer},
     export::Exporter,
     flow_table::FlowTable,
-    probe::{Probe, XDP_NOOP_PROGRAM, XDP_PERCPU_PROGRAM, XDP_PROGRAM},
+    netfilter::{Family, Hook, btf::Btf, nf_offsets},
+    probe::{NF_DIRECT_PROGRAM, NF_NOOP_PROGRAM, NF_PROGRAM, Probe, XDP_NOOP_PROGRAM, XDP_PROGRAM},
     timebase::Timebase,
 };
-use flowlens_schema::{FlowKey, FlowValue};
+use flowlens_schema::{FlowKey, FlowValue, NF_ACCEPT};
 use flowlens_sinks::{
     Sink,
     otlp::{DEFAULT_BATCH_RECORDS, encode},
@@ -102,21 +117,50 @@ fn packet_mix() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
-/// Median kernel-measured ns/packet per program, programs interleaved round by round.
+/// The IP packet inside an Ethernet frame of the mix (after an optional VLAN tag) and its family.
+fn l3_of(frame: &[u8]) -> (&[u8], Family) {
+    let off = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    let ip = &frame[off..];
+    let family = if ip[0] >> 4 == 6 {
+        Family::Ipv6
+    } else {
+        Family::Ipv4
+    };
+    (ip, family)
+}
+
+/// Median kernel-measured ns/packet per program, programs interleaved round by round: the XDP
+/// programs on the frames of the mix, the netfilter programs on the IP packets inside them (at
+/// `local_out`, where the kernel's harness gives the program a real output device to read).
 fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>> {
     let mix = packet_mix();
-    let mut probe = Probe::load_sized(65_536, 65_536)?;
-    let progs = [
-        ("noop", XDP_NOOP_PROGRAM),
-        ("shared_atomic", XDP_PROGRAM),
-        ("percpu", XDP_PERCPU_PROGRAM),
+    let offsets = nf_offsets(&Btf::from_kernel()?)?;
+    let mut probe = Probe::load_with(65_536, Some(offsets))?;
+    let xdp_progs = [("noop", XDP_NOOP_PROGRAM), ("shared_atomic", XDP_PROGRAM)];
+    let all_nf = [
+        ("nf_noop", NF_NOOP_PROGRAM),
+        ("nf", NF_PROGRAM),
+        ("nf_direct", NF_DIRECT_PROGRAM),
     ];
-    for (_, p) in progs {
+    // `FLOWLENS_BENCH_XDP_ONLY=1`: XDP programs only (for quick experiments on the XDP path).
+    let nf_progs = if std::env::var_os("FLOWLENS_BENCH_XDP_ONLY").is_some() {
+        &all_nf[..0]
+    } else {
+        &all_nf[..]
+    };
+    for (_, p) in xdp_progs {
         probe.xdp_program(p)?;
+    }
+    for &(_, p) in nf_progs {
+        probe.load_netfilter(p)?;
     }
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
-        for (label, p) in progs {
+        for (label, p) in xdp_progs {
             let prog = probe.xdp_program(p)?;
             let mut total = 0.0;
             for (_, frame) in &mix {
@@ -139,6 +183,25 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
                 .or_default()
                 .push(total / mix.len() as f64);
         }
+        for &(label, p) in nf_progs {
+            let prog = probe.load_netfilter(p)?;
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let (ip, family) = l3_of(frame);
+                let (verdict, ns) = prog
+                    .test_run(ip, Hook::LocalOut, family, repeat)
+                    .with_context(|| format!("test run of {p}"))?;
+                anyhow::ensure!(
+                    verdict == NF_ACCEPT as u32,
+                    "{p} returned {verdict} instead of NF_ACCEPT"
+                );
+                total += ns as f64;
+            }
+            samples
+                .entry(label)
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
     }
     Ok(samples
         .into_iter()
@@ -147,6 +210,274 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
             (k, v[v.len() / 2])
         })
         .collect())
+}
+
+/// Rewrites the L4 source port of a frame of the mix (checksums are not checked by the probe).
+fn with_src_port(frame: &[u8], port: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let l3 = if f[12..14] == [0x81, 0x00] { 18 } else { 14 };
+    let l4 = l3 + if f[l3] >> 4 == 6 { 40 } else { 20 };
+    f[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
+    f
+}
+
+/// Mean kernel-measured ns per packet when every packet opens a new flow (distinct keys, one
+/// run each), for the flow program and the no-op program run the same way; medians of rounds.
+fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
+    let mut probe = Probe::load(65_536)?;
+    probe.xdp_program(XDP_NOOP_PROGRAM)?;
+    probe.xdp_program(XDP_PROGRAM)?;
+    let mut drainer = probe.take_drainer()?;
+    let frames: Vec<Vec<u8>> = packet_mix()
+        .iter()
+        .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, 1024 + i)))
+        .collect();
+    let (mut flow, mut noop) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        out.clear();
+        drainer.drain(&mut out)?;
+        drainer.drain(&mut out)?;
+        for (p, acc) in [(XDP_PROGRAM, &mut flow), (XDP_NOOP_PROGRAM, &mut noop)] {
+            let prog = probe.xdp_program(p)?;
+            let mut total = 0.0;
+            for f in &frames {
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(f),
+                    repeat: 1,
+                    ..Default::default()
+                })?;
+                total += r.duration.as_nanos() as f64;
+            }
+            acc.push(total / frames.len() as f64);
+        }
+        out.clear();
+        let rep = drainer.drain(&mut out)?;
+        anyhow::ensure!(
+            rep.total().map(|a| a.new_flows) == Some(frames.len() as u64),
+            "new-flow bench: expected {} new flows, got {:?}",
+            frames.len(),
+            rep.total()
+        );
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    Ok((med(&mut flow), med(&mut noop)))
+}
+
+fn bench_key(i: u32) -> FlowKey {
+    let mut k = FlowKey::ZERO;
+    k.ip_version = 4;
+    k.protocol = 6;
+    k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 192, 168, 0, 1]);
+    k.src_port = 1024 + (i % 50_000) as u16;
+    k.dst_port = 443;
+    k.observation_point = 1;
+    k.ifindex = 1;
+    k
+}
+
+fn bench_value(now: u64) -> FlowValue {
+    FlowValue {
+        packets: 10,
+        bytes: 5000,
+        first_seen_ns: now.saturating_sub(2_000_000_000),
+        last_seen_ns: now.saturating_sub(1_000_000_000),
+        tcp_flags: 0x18,
+        dscp: 0,
+        _pad: [0; 7],
+    }
+}
+
+/// Drained entries → flow table → records, as `Pipeline::cycle` does (all flows end here).
+fn to_records(deltas: &[(FlowKey, FlowValue)]) -> usize {
+    let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
+    for (k, v) in deltas {
+        table.merge(k, v);
+    }
+    let mut ended = Vec::with_capacity(deltas.len());
+    table.drain_all(&mut ended);
+    let mut exporter = Exporter::new("bench-host");
+    let tb = Timebase::sample();
+    ended.iter().map(|e| exporter.record(e, &tb)).count()
+}
+
+/// Seconds to drain `n` kernel flow entries and turn them into records, and seconds for the
+/// drain alone: batch swap drain (`batch`) or the live-map per-key drain (`per_key`).
+fn drain_once(n: u32, method: &str) -> Result<(f64, f64)> {
+    // LRU maps evict before they are exactly full (per-CPU free lists): leave headroom.
+    let mut probe = Probe::load(n + n / 4 + 1024)?;
+    let now = flowlens::timebase::monotonic_now_ns();
+    let v = bench_value(now);
+    let mut out = Vec::with_capacity(n as usize);
+    let t_drain;
+    let t = Instant::now();
+    match method {
+        "batch" => {
+            let mut d = probe.take_drainer()?;
+            anyhow::ensure!(d.method() == DrainMethod::Batch);
+            let active = d.active();
+            let map = d.flow_map_mut(active);
+            for i in 0..n {
+                map.insert(&bench_key(i), &v, 0)?;
+            }
+            let t0 = Instant::now();
+            d.drain(&mut out)?;
+            t_drain = t0.elapsed().as_secs_f64();
+            anyhow::ensure!(d.method() == DrainMethod::Batch, "batch drain refused");
+        }
+        _ => {
+            let (mut d, _) = probe.take_per_key_drainer()?;
+            let map = d.flow_map_mut();
+            for i in 0..n {
+                map.insert(&bench_key(i), &v, 0)?;
+            }
+            let t0 = Instant::now();
+            d.drain(&mut out)?;
+            t_drain = t0.elapsed().as_secs_f64();
+        }
+    }
+    let _ = t;
+    let t0 = Instant::now();
+    let records = to_records(&out);
+    let t_records = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        out.len() == n as usize && records == n as usize,
+        "{method} drain of {n}: {} entries, {records} records",
+        out.len()
+    );
+    Ok((t_drain + t_records, t_drain))
+}
+
+/// Median flows/s (drain + records, and drain alone) per method and size, methods interleaved.
+fn drain_rates(sizes: &[u32], rounds: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
+    for &n in sizes {
+        let mut samples: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for _ in 0..rounds {
+            for m in ["batch", "per_key"] {
+                let (all, drain) = drain_once(n, m)?;
+                let e = samples.entry(m).or_default();
+                e.0.push(n as f64 / all);
+                e.1.push(n as f64 / drain);
+            }
+        }
+        let label = match n {
+            10_000 => "10k",
+            100_000 => "100k",
+            1_000_000 => "1m",
+            _ => anyhow::bail!("unlabelled size {n}"),
+        };
+        for (m, (mut all, mut drain)) in samples {
+            all.sort_by(|a, b| a.total_cmp(b));
+            drain.sort_by(|a, b| a.total_cmp(b));
+            summary.insert(
+                format!("drain_flows_per_sec_{m}_{label}"),
+                all[all.len() / 2],
+            );
+            summary.insert(
+                format!("drain_only_flows_per_sec_{m}_{label}"),
+                drain[drain.len() / 2],
+            );
+        }
+        summary.insert(
+            format!("drain_batch_over_per_key_{label}"),
+            summary[&format!("drain_flows_per_sec_batch_{label}")]
+                / summary[&format!("drain_flows_per_sec_per_key_{label}")],
+        );
+    }
+    Ok(())
+}
+
+/// Child process: the collector's steady state with 100k concurrent flows and 1M new flows per
+/// simulated minute (one drain per simulated second, default timeouts), through the real
+/// kernel maps, swap drain, flow table, exporter and Parquet sink. Prints `VmHWM_kB=N records=M`.
+fn rss_child() -> Result<()> {
+    const CONCURRENT: u32 = 100_000;
+    const NEW_PER_SECOND: u32 = 1_000_000 / 60;
+    const SECONDS: u64 = 90;
+    let mut probe = Probe::load(flowlens::config::DEFAULT_MAX_FLOWS)?;
+    let mut drainer = probe.take_drainer()?;
+    let dir = std::env::temp_dir().join(format!("flowlens-bench-rss-{}", std::process::id()));
+    let mut sink = ParquetSink::new(ParquetOptions {
+        dir: dir.clone(),
+        rotate_bytes: 128 << 20,
+        rotate_interval: Duration::from_secs(300),
+        host: "bench-host".into(),
+    })?;
+    let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
+    let mut exporter = Exporter::new("bench-host");
+    let start = flowlens::timebase::monotonic_now_ns();
+    let mut first_live = 0u32;
+    let mut deltas = Vec::new();
+    let mut ended = Vec::new();
+    let mut records = 0u64;
+    for sec in 0..SECONDS {
+        let now = start + sec * 1_000_000_000;
+        let v = FlowValue {
+            packets: 5,
+            bytes: 3000,
+            first_seen_ns: now,
+            last_seen_ns: now,
+            tcp_flags: 0x10,
+            dscp: 0,
+            _pad: [0; 7],
+        };
+        let active = drainer.active();
+        let map = drainer.flow_map_mut(active);
+        for id in first_live..first_live + CONCURRENT {
+            map.insert(&bench_key(id), &v, 0)?;
+        }
+        deltas.clear();
+        drainer.drain(&mut deltas)?;
+        for (k, v) in &deltas {
+            table.merge(k, v);
+        }
+        ended.clear();
+        table.expire(now, &mut ended);
+        let tb = Timebase::sample();
+        let recs: Vec<_> = ended.iter().map(|e| exporter.record(e, &tb)).collect();
+        records += recs.len() as u64;
+        if !recs.is_empty() {
+            sink.write(&recs)?;
+        }
+        sink.tick()?;
+        first_live += NEW_PER_SECOND;
+    }
+    sink.close()?;
+    std::fs::remove_dir_all(&dir).ok();
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("VmHWM in /proc/self/status")?;
+    println!(
+        "VmHWM_kB={hwm} records={records} flows={}",
+        first_live + CONCURRENT
+    );
+    Ok(())
+}
+
+fn rss_peak_mb() -> Result<(f64, f64)> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("rss-child")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rss child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| -> Result<f64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{k} in {text:?}"))
+    };
+    Ok((field("VmHWM_kB=")? / 1024.0, field("flows=")?))
 }
 
 fn synthetic_deltas(n: usize, now: u64) -> Vec<(FlowKey, FlowValue)> {
@@ -183,6 +514,27 @@ fn synthetic_deltas(n: usize, now: u64) -> Vec<(FlowKey, FlowValue)> {
 }
 
 fn main() -> Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("rss-child") => return rss_child(),
+        // For profiling one part: `perf record flowlens-bench drain`.
+        Some("probe") => {
+            let c = probe_cost(7, 200_000)?;
+            println!(
+                "xdp over noop {:.1} ns (noop {:.1}); nf over noop {:?}",
+                c["shared_atomic"] - c["noop"],
+                c["noop"],
+                c.get("nf").zip(c.get("nf_noop")).map(|(a, b)| a - b)
+            );
+            return Ok(());
+        }
+        Some("drain") => {
+            let mut s = BTreeMap::new();
+            drain_rates(&[100_000], 5, &mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
+        _ => {}
+    }
     let mut summary: BTreeMap<String, f64> = BTreeMap::new();
     let machine = format!(
         "{} cores",
@@ -191,17 +543,52 @@ fn main() -> Result<()> {
             .unwrap_or(0)
     );
 
+    let only_report = std::env::args().skip(1).any(|a| a == "report");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    if only_report {
+        if let Ok(s) = std::fs::read_to_string(target.join("summary.json"))
+            && let Ok(old) = serde_json::from_str::<BTreeMap<String, f64>>(&s)
+        {
+            summary.extend(old);
+        }
+        report::run(&mut summary)?;
+        return write_summary(&machine, &summary, &target);
+    }
+
     // Probe cost.
     let costs = probe_cost(7, 200_000)?;
-    let (noop, shared, percpu) = (costs["noop"], costs["shared_atomic"], costs["percpu"]);
+    let (noop, shared) = (costs["noop"], costs["shared_atomic"]);
     summary.insert("noop_xdp_ns_per_pkt".into(), noop);
     summary.insert("xdp_ns_per_pkt_existing_flow".into(), shared);
-    summary.insert("xdp_percpu_ns_per_pkt_existing_flow".into(), percpu);
     summary.insert("xdp_over_noop_ns_existing_flow".into(), shared - noop);
+    // The shipped netfilter program is the direct-load one (the probe-read variant is the
+    // fallback when the verifier refuses it).
+    let (nf_noop, nf, nf_read) = (costs["nf_noop"], costs["nf_direct"], costs["nf"]);
+    summary.insert("noop_nf_ns_per_pkt".into(), nf_noop);
+    summary.insert("nf_ns_per_pkt_existing_flow".into(), nf);
+    summary.insert("nf_over_noop_ns_existing_flow".into(), nf - nf_noop);
+    summary.insert("nf_probe_read_ns_per_pkt_existing_flow".into(), nf_read);
     summary.insert(
-        "xdp_percpu_over_noop_ns_existing_flow".into(),
-        percpu - noop,
+        "nf_probe_read_over_noop_ns_existing_flow".into(),
+        nf_read - nf_noop,
     );
+
+    // New flows.
+    let (new_flow, new_noop) = new_flow_cost(5, 2_000)?;
+    summary.insert("xdp_ns_per_pkt_new_flow".into(), new_flow);
+    summary.insert("noop_xdp_ns_per_pkt_single_run".into(), new_noop);
+    summary.insert("xdp_over_noop_ns_new_flow".into(), new_flow - new_noop);
+
+    // Drains, batch swap vs per key.
+    drain_rates(&[10_000, 100_000, 1_000_000], 3, &mut summary)?;
+
+    // Collector memory.
+    let (rss_mb, flows) = rss_peak_mb()?;
+    summary.insert(
+        "collector_peak_rss_mb_100k_concurrent_1m_per_min".into(),
+        rss_mb,
+    );
+    summary.insert("collector_rss_bench_flows".into(), flows);
 
     // Record path: drained deltas → flow table → records.
     let n = 100_000;
@@ -259,17 +646,27 @@ fn main() -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     summary.insert("otlp_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("otlp_bytes_per_record".into(), otlp_bytes as f64 / n as f64);
+    // flowlens report over 10 M rows.
+    report::run(&mut summary)?;
 
     println!(
         "flowlens benchmarks ({machine}; BPF_PROG_TEST_RUN medians of 7 interleaved rounds, 200k repeats x {} packet shapes)",
         packet_mix().len()
     );
+    write_summary(&machine, &summary, &target)
+}
+
+fn write_summary(
+    machine: &str,
+    summary: &BTreeMap<String, f64>,
+    target: &std::path::Path,
+) -> Result<()> {
+    println!("({machine})");
     println!("{:<44} {:>14}", "metric", "value");
-    for (k, v) in &summary {
+    for (k, v) in summary {
         println!("{k:<44} {v:>14.1}");
     }
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&target)?;
+    std::fs::create_dir_all(target)?;
     let json = format!(
         "{{\n{}\n}}\n",
         summary

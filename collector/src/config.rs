@@ -7,16 +7,54 @@ use anyhow::{Context, Result, bail};
 use flowlens_sinks::SinkSpec;
 use serde::{Deserialize, Deserializer};
 
-use crate::probe::XdpAttachMode;
+use crate::{netfilter::Hook, probe::XdpAttachMode};
 
 pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+pub const DEFAULT_EARLY_DRAIN_FILL: u8 = 50;
 pub const DEFAULT_SINK: &str = "parquet:./flows";
 pub const DEFAULT_PARQUET_ROTATE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_PARQUET_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default netfilter hook priority: below every built-in hook of the kernel, the lowest of which
+/// is conntrack's defragmentation at -400 (`NF_IP_PRI_CONNTRACK_DEFRAG`; then raw -300,
+/// conntrack -200, mangle -150, DNAT -100, filter 0, SNAT 100). flowlens thus counts each packet
+/// as it reached the hook: fragments as on the wire, addresses before NAT rewrites them, and
+/// packets a firewall drops later. See docs/ARCHITECTURE.md for when to pick another value.
+pub const DEFAULT_NETFILTER_PRIORITY: i32 = -450;
+
+/// Accepts a TOML string list either as an array (`["a", "b"]`) or as one comma list (`"a,b"`).
+fn de_comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_string()).collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn parse_priority(s: &str) -> Result<i32, String> {
+    let p: i32 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e} (a signed 32-bit integer, e.g. -450 or 200)"))?;
+    check_priority(p)
+}
+
+fn check_priority(p: i32) -> Result<i32, String> {
+    if crate::netfilter::RESERVED_PRIORITIES.contains(&p) {
+        return Err(format!(
+            "{p} is reserved by the kernel (NF_IP_PRI_FIRST/LAST); use a value strictly between"
+        ));
+    }
+    Ok(p)
+}
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 1m)"))?;
@@ -57,7 +95,7 @@ pub struct RunArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Attach the XDP probe to IFACE (repeatable). Default: every interface that is up, except loopback, bridge/bond ports, bridges and VLAN devices (which would see the same packets twice).
+    /// Attach the XDP probe to IFACE (repeatable). Default, when --netfilter is not given: every interface that is up, except loopback, bridge/bond ports, bridges and VLAN devices (which would see the same packets twice). With --netfilter, XDP runs only on the interfaces named here.
     #[arg(long = "xdp", value_name = "IFACE")]
     #[serde(default)]
     pub xdp: Vec<String>,
@@ -65,6 +103,15 @@ pub struct RunArgs {
     /// XDP attach mode: `auto` (native where the driver supports it), `native` or `skb` (generic). [default: auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpAttachMode>,
+
+    /// Attach the netfilter probe (Linux >= 6.4) to these hooks, IPv4 and IPv6: a comma list of pre_routing, local_in, forward, local_out, post_routing. It sees every interface of the network namespace, locally generated and forwarded traffic included. In the config file: `netfilter = ["forward"]` or `netfilter = "forward,local_out"`.
+    #[arg(long, value_name = "HOOKS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_comma_list")]
+    pub netfilter: Vec<String>,
+
+    /// Priority of the netfilter hooks (lower runs earlier). The default runs before conntrack defragmentation (-400), NAT (-100/100) and filtering (0): packets are counted as they reached the hook. Use e.g. 200 to see post-SNAT addresses at post_routing. [default: -450]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_priority)]
+    pub netfilter_priority: Option<i32>,
 
     /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `otlp:http://HOST:PORT` (OTLP/gRPC; bare `otlp` uses OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317) or `stdout`. [default: parquet:./flows]
     #[arg(long = "sink", value_name = "KIND:TARGET")]
@@ -86,9 +133,18 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
 
-    /// Size of the kernel flow map (LRU hash; entries between two drains). [default: 131072]
+    /// Flows the kernel holds between two drains (each of the two LRU flow buffers has this many entries). [default: 131072]
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
+
+    /// Stamp every packet with the precise clock. By default only a flow's first packet is; later ones use the kernel's coarse clock (one scheduler tick, e.g. 4 ms), which saves about 13 ns per packet. Flow end times are then up to one tick early.
+    #[arg(long)]
+    #[serde(default)]
+    pub precise_timestamps: bool,
+
+    /// Drain before the interval is up once the kernel buffer is this full (percent of --max-flows; 0 disables), so that bursts of new flows are not evicted. [default: 50]
+    #[arg(long, value_name = "PERCENT")]
+    pub early_drain_fill: Option<u8>,
 
     /// Stop after this long (detaches, drains a last time and closes the sinks). [default: run until SIGINT/SIGTERM]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -138,11 +194,17 @@ pub struct RunConfig {
     /// Empty: every interface that is up except loopback (resolved at start).
     pub xdp: Vec<String>,
     pub xdp_mode: XdpAttachMode,
+    /// Netfilter hooks to attach to (IPv4 and IPv6 each); empty: none.
+    pub netfilter: Vec<Hook>,
+    pub netfilter_priority: i32,
     pub sinks: Vec<SinkSpec>,
     pub drain_interval: Duration,
     pub active_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_flows: u32,
+    /// 0 = off.
+    pub early_drain_fill: u8,
+    pub precise_timestamps: bool,
     pub duration: Option<Duration>,
     pub parquet_rotate_interval: Duration,
     pub parquet_rotate_bytes: u64,
@@ -174,6 +236,20 @@ impl RunArgs {
         let pick_vec =
             |cli: Vec<String>, file: Vec<String>| if cli.is_empty() { file } else { cli };
         let xdp = pick_vec(self.xdp, file.xdp);
+        let netfilter = pick_vec(self.netfilter, file.netfilter)
+            .iter()
+            .map(|h| {
+                h.trim()
+                    .parse::<Hook>()
+                    .map_err(|e| anyhow::anyhow!("--netfilter: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let netfilter_priority = match self.netfilter_priority.or(file.netfilter_priority) {
+            Some(p) => {
+                check_priority(p).map_err(|e| anyhow::anyhow!("--netfilter-priority: {e}"))?
+            }
+            None => DEFAULT_NETFILTER_PRIORITY,
+        };
         let sink_strs = pick_vec(self.sink, file.sink);
         let sink_strs = if sink_strs.is_empty() {
             vec![DEFAULT_SINK.to_string()]
@@ -187,6 +263,8 @@ impl RunArgs {
         let cfg = RunConfig {
             xdp,
             xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            netfilter,
+            netfilter_priority,
             sinks,
             drain_interval: self
                 .drain_interval
@@ -204,6 +282,11 @@ impl RunArgs {
                 .max_flows
                 .or(file.max_flows)
                 .unwrap_or(DEFAULT_MAX_FLOWS),
+            precise_timestamps: self.precise_timestamps || file.precise_timestamps,
+            early_drain_fill: self
+                .early_drain_fill
+                .or(file.early_drain_fill)
+                .unwrap_or(DEFAULT_EARLY_DRAIN_FILL),
             duration: self.duration.or(file.duration),
             parquet_rotate_interval: self
                 .parquet_rotate_interval
@@ -243,6 +326,12 @@ impl RunConfig {
         if self.max_flows == 0 {
             bail!("--max-flows must be at least 1");
         }
+        if self.early_drain_fill > 100 {
+            bail!(
+                "--early-drain-fill {} is not a percentage (0-100; 0 disables early drains)",
+                self.early_drain_fill
+            );
+        }
         if self.drain_interval > self.idle_timeout {
             bail!(
                 "--drain-interval ({}) must not exceed --idle-timeout ({}): flows would end late",
@@ -270,6 +359,12 @@ impl RunConfig {
         for i in &self.xdp {
             if !seen.insert(i) {
                 bail!("--xdp {i} given twice");
+            }
+        }
+        let mut hooks = std::collections::HashSet::new();
+        for h in &self.netfilter {
+            if !hooks.insert(h) {
+                bail!("--netfilter: hook {h} given twice");
             }
         }
         // Two sinks on one directory would write files with the same names.
@@ -318,6 +413,8 @@ mod tests {
         assert_eq!(c.drain_interval, Duration::from_secs(1));
         assert_eq!(c.xdp_mode, XdpAttachMode::Auto);
         assert!(c.xdp.is_empty());
+        assert!(c.netfilter.is_empty());
+        assert_eq!(c.netfilter_priority, DEFAULT_NETFILTER_PRIORITY);
         assert_eq!(c.duration, None);
     }
 
@@ -363,6 +460,87 @@ mod tests {
             vec![("region".to_string(), "eu-west-1".to_string())]
         );
         assert_eq!(c.parquet_spool_dir, Some(PathBuf::from("/var/spool/fl")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn netfilter_hooks_and_priority() {
+        let c = args(&[
+            "--netfilter",
+            "forward,local_out",
+            "--netfilter-priority",
+            "-200",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.netfilter, vec![Hook::Forward, Hook::LocalOut]);
+        assert_eq!(c.netfilter_priority, -200);
+        let c = args(&["--netfilter", "pre_routing", "--netfilter", "post_routing"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.netfilter, vec![Hook::PreRouting, Hook::PostRouting]);
+        for (argv, want) in [
+            (
+                vec!["--netfilter", "forwrd"],
+                "unknown netfilter hook \"forwrd\"",
+            ),
+            (
+                vec!["--netfilter", "forward,"],
+                "unknown netfilter hook \"\"",
+            ),
+            (
+                vec!["--netfilter", "forward,forward"],
+                "forward given twice",
+            ),
+        ] {
+            let e = format!("{:#}", args(&argv).resolve().unwrap_err());
+            assert!(
+                e.contains(want) && e.contains("--netfilter"),
+                "{argv:?}: {e}"
+            );
+        }
+        for bad in ["-2147483648", "2147483647", "low", "99999999999"] {
+            let e = T::try_parse_from(["t", "--netfilter-priority", bad])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"))
+                .to_string();
+            assert!(e.contains("netfilter-priority"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn netfilter_in_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-nf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (text, want) in [
+            (
+                "netfilter = \"forward, local_in\"\nnetfilter-priority = 300\n",
+                Ok((vec![Hook::Forward, Hook::LocalIn], 300)),
+            ),
+            (
+                "netfilter = [\"post_routing\"]\n",
+                Ok((vec![Hook::PostRouting], DEFAULT_NETFILTER_PRIORITY)),
+            ),
+            (
+                "netfilter = [\"input\"]\n",
+                Err("unknown netfilter hook \"input\""),
+            ),
+            ("netfilter-priority = 2147483647\n", Err("reserved")),
+        ] {
+            let f = dir.join("nf.toml");
+            std::fs::write(&f, text).unwrap();
+            let r = args(&["--config", f.to_str().unwrap()]).resolve();
+            match want {
+                Ok((hooks, prio)) => {
+                    let c = r.unwrap();
+                    assert_eq!((c.netfilter, c.netfilter_priority), (hooks, prio), "{text}");
+                }
+                Err(w) => {
+                    let e = format!("{:#}", r.unwrap_err());
+                    assert!(e.contains(w), "{text}: {e}");
+                }
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,74 +1,171 @@
-//! Moving flow counters out of the kernel.
+//! Moving flow counters out of the kernel, exactly once.
 //!
-//! [`Drainer`] is the one interface the rest of the collector sees, so batch drains and
-//! double-buffered maps can replace [`PerKeyDrainer`] without touching the flow table or sinks.
+//! [`Drainer`] is the one interface the rest of the collector sees. [`SwapDrainer`] is the
+//! implementation `flowlens run` uses:
 //!
-//! [`PerKeyDrainer`] reads each key and deletes it (two syscalls per flow). Known limit: a packet
-//! that updates an entry after its value was read and before it is deleted is lost. The window is
-//! a few microseconds per flow per drain; double-buffered maps close it (see docs/ARCHITECTURE.md).
+//! 1. The probe writes flows into one of two LRU maps, the one the `ACTIVE` array names, and
+//!    counts every packet in a per-CPU `STATS` entry of that same buffer.
+//! 2. A drain flips `ACTIVE`, then waits for an RCU grace period ([`RcuBarrier`]): every program
+//!    run that could still hold the old buffer has finished when it returns.
+//! 3. The old buffer is now still. It is emptied with `BPF_MAP_LOOKUP_AND_DELETE_BATCH`
+//!    (per-key lookup + delete where the kernel refuses batches) and its counters are read.
+//!    Nothing can change between a read and its delete, so no update is lost; and because the
+//!    counters are as still as the flows, `keyed = drained + evicted` holds exactly per drain.
+//!
+//! What the drain cannot prevent, it counts: LRU evictions when a buffer overflows between two
+//! drains (`evicted`, the exact shortfall) and refused inserts (`map_errors`).
+//!
+//! [`PerKeyDrainer`] is the way other agents drain (read each key of the live map, then delete
+//! it). It is kept only as the baseline of the drain benchmark and of the loss demonstration in
+//! the tests: an update landing between its read and its delete is lost.
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use std::os::fd::AsFd;
+
+use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray};
 use flowlens_schema::{FlowKey, FlowValue, stats};
 
-/// Result of one drain.
+use crate::sys::{BatchError, RcuBarrier, lookup_and_delete_batch};
+
+pub type Counters = [u64; stats::COUNT as usize];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("flow map: {0}")]
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("waiting for running probe programs (RCU barrier): {0}")]
+    Barrier(std::io::Error),
+}
+
+/// How entries are moved out of a still buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainMethod {
+    /// `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, [`BATCH_CHUNK`] entries per syscall.
+    Batch,
+    /// List the keys, then lookup + delete each (two syscalls per entry).
+    PerKey,
+}
+
+/// Entries per batch syscall: large enough that the syscall cost vanishes, small enough that
+/// the scratch buffers stay at a few hundred KiB.
+pub const BATCH_CHUNK: usize = 4096;
+
+/// Conservation of one drained buffer (or a sum of them), in packets and IP-layer bytes.
+///
+/// `seen = non_ip + unparsed + map_errors + keyed`, `keyed = drained + evicted`; `excess` is
+/// what was drained beyond what was keyed (double counting: must stay 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DrainStats {
+pub struct Accounting {
+    pub seen_packets: u64,
+    pub non_ip_packets: u64,
+    pub unparsed_packets: u64,
+    /// Packets whose flow could not be inserted (map refused): counted, not keyed.
+    pub map_error_packets: u64,
+    pub keyed_packets: u64,
+    pub keyed_bytes: u64,
+    pub drained_packets: u64,
+    pub drained_bytes: u64,
+    /// Keyed but not drained: the LRU evicted their flow before the drain.
+    pub evicted_packets: u64,
+    pub evicted_bytes: u64,
+    pub excess_packets: u64,
+    pub excess_bytes: u64,
+    pub new_flows: u64,
+}
+
+impl Accounting {
+    fn from_counters(c: &Counters, drained_packets: u64, drained_bytes: u64) -> Accounting {
+        let seen = c[stats::PACKETS_SEEN as usize];
+        let non_ip = c[stats::NON_IP as usize];
+        let unparsed = c[stats::UNPARSED as usize];
+        let map_errors = c[stats::MAP_ERRORS as usize];
+        let keyed_packets = seen
+            .saturating_sub(non_ip)
+            .saturating_sub(unparsed)
+            .saturating_sub(map_errors);
+        let keyed_bytes = c[stats::BYTES_KEYED as usize];
+        Accounting {
+            seen_packets: seen,
+            non_ip_packets: non_ip,
+            unparsed_packets: unparsed,
+            map_error_packets: map_errors,
+            keyed_packets,
+            keyed_bytes,
+            drained_packets,
+            drained_bytes,
+            evicted_packets: keyed_packets.saturating_sub(drained_packets),
+            evicted_bytes: keyed_bytes.saturating_sub(drained_bytes),
+            excess_packets: drained_packets.saturating_sub(keyed_packets),
+            excess_bytes: drained_bytes.saturating_sub(keyed_bytes),
+            new_flows: c[stats::NEW_FLOWS as usize],
+        }
+    }
+
+    pub fn add(&mut self, o: &Accounting) {
+        self.seen_packets += o.seen_packets;
+        self.non_ip_packets += o.non_ip_packets;
+        self.unparsed_packets += o.unparsed_packets;
+        self.map_error_packets += o.map_error_packets;
+        self.keyed_packets += o.keyed_packets;
+        self.keyed_bytes += o.keyed_bytes;
+        self.drained_packets += o.drained_packets;
+        self.drained_bytes += o.drained_bytes;
+        self.evicted_packets += o.evicted_packets;
+        self.evicted_bytes += o.evicted_bytes;
+        self.excess_packets += o.excess_packets;
+        self.excess_bytes += o.excess_bytes;
+        self.new_flows += o.new_flows;
+    }
+
+    /// Packets the probe saw as IP but that will never be exported.
+    pub fn lost_packets(&self) -> u64 {
+        self.evicted_packets + self.map_error_packets
+    }
+}
+
+/// Result of one drain.
+#[derive(Clone, Debug, Default)]
+pub struct DrainReport {
     pub entries: usize,
-    /// Keys that vanished between listing and reading (LRU eviction): their counts are lost.
-    pub vanished: usize,
+    /// Per observation point (`OBS_*` index), for the buffer(s) drained. `None` for drainers
+    /// that cannot account exactly.
+    pub accounting: Option<[Accounting; stats::OBS_SLOTS as usize]>,
+}
+
+impl DrainReport {
+    pub fn total(&self) -> Option<Accounting> {
+        self.accounting.map(|a| {
+            let mut t = Accounting::default();
+            for p in &a {
+                t.add(p);
+            }
+            t
+        })
+    }
 }
 
 pub trait Drainer: Send {
-    /// Moves every flow entry out of the kernel map, appending `(key, delta)` pairs to `out`.
-    fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainStats, MapError>;
-}
+    /// Moves every flow entry the kernel finished writing out of the kernel map, appending
+    /// `(key, delta)` pairs to `out`.
+    fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainReport, DrainError>;
 
-pub struct PerKeyDrainer {
-    map: HashMap<MapData, FlowKey, FlowValue>,
-    keys: Vec<FlowKey>,
-}
+    /// The last drain, after the programs were detached: moves everything still in the kernel.
+    fn drain_final(
+        &mut self,
+        out: &mut Vec<(FlowKey, FlowValue)>,
+    ) -> Result<DrainReport, DrainError> {
+        self.drain(out)
+    }
 
-impl PerKeyDrainer {
-    pub fn new(map: HashMap<MapData, FlowKey, FlowValue>) -> Self {
-        PerKeyDrainer {
-            map,
-            keys: Vec::new(),
-        }
+    /// Flow entries inserted into the buffer being written now, and its capacity, for early
+    /// drains. `None` if unknown.
+    fn fill(&self) -> Option<(u64, u64)> {
+        None
     }
 }
 
-impl Drainer for PerKeyDrainer {
-    fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainStats, MapError> {
-        self.keys.clear();
-        for k in self.map.keys() {
-            self.keys.push(k?);
-        }
-        // When the LRU evicts the key the listing stands on, the kernel restarts the listing
-        // from the first bucket: drop the repeats.
-        self.keys.sort_unstable();
-        self.keys.dedup();
-        let mut st = DrainStats::default();
-        for k in &self.keys {
-            match self.map.get(k, 0) {
-                Ok(v) => {
-                    match self.map.remove(k) {
-                        Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(e) => return Err(e),
-                    }
-                    out.push((*k, v));
-                    st.entries += 1;
-                }
-                Err(MapError::KeyNotFound) => st.vanished += 1,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(st)
-    }
-}
-
-type Counters = [u64; stats::COUNT as usize];
-
-/// Reads the probe's per-CPU counters (one entry, every slot), summed over CPUs.
+/// Reads the probe's per-CPU counters.
 pub struct KernelStats {
     map: PerCpuArray<MapData, Counters>,
 }
@@ -78,13 +175,256 @@ impl KernelStats {
         KernelStats { map }
     }
 
-    pub fn read(&self) -> Result<Counters, MapError> {
+    /// One (buffer, observation point) entry, summed over CPUs.
+    pub fn read_entry(&self, buffer: u32, observation_point: u8) -> Result<Counters, MapError> {
         let mut out = [0u64; stats::COUNT as usize];
-        for cpu in self.map.get(&0, 0)?.iter() {
+        for cpu in self
+            .map
+            .get(&stats::index(buffer, observation_point), 0)?
+            .iter()
+        {
             for (sum, v) in out.iter_mut().zip(cpu) {
                 *sum += v;
             }
         }
         Ok(out)
+    }
+
+    /// Every entry summed: totals since load, all buffers and observation points.
+    pub fn read(&self) -> Result<Counters, MapError> {
+        let mut out = [0u64; stats::COUNT as usize];
+        for b in 0..stats::BUFFERS {
+            for p in 0..stats::OBS_SLOTS {
+                let e = self.read_entry(b, p as u8)?;
+                for (sum, v) in out.iter_mut().zip(e) {
+                    *sum += v;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+type FlowMap = HashMap<MapData, FlowKey, FlowValue>;
+
+/// The double-buffered, exactly-once drain (see the module docs).
+pub struct SwapDrainer {
+    flows: [FlowMap; 2],
+    active_map: Array<MapData, u32>,
+    stats: KernelStats,
+    barrier: RcuBarrier,
+    /// The buffer programs write now.
+    active: u32,
+    method: DrainMethod,
+    capacity: u64,
+    /// Counters of each (buffer, observation point) at that buffer's previous drain.
+    baseline: [[Counters; stats::OBS_SLOTS as usize]; 2],
+    keys: Vec<FlowKey>,
+    values: Vec<FlowValue>,
+    listed: Vec<FlowKey>,
+}
+
+impl SwapDrainer {
+    pub fn new(
+        flows: [FlowMap; 2],
+        mut active_map: Array<MapData, u32>,
+        stats: KernelStats,
+        capacity: u64,
+    ) -> Result<SwapDrainer, DrainError> {
+        let barrier = RcuBarrier::new().map_err(DrainError::Barrier)?;
+        active_map.set(0, &0, 0)?;
+        // The counters start at zero with the maps: packets counted before the drainer was set
+        // up belong to the first drain of their buffer.
+        let baseline = [[[0u64; stats::COUNT as usize]; stats::OBS_SLOTS as usize]; 2];
+        Ok(SwapDrainer {
+            flows,
+            active_map,
+            stats,
+            barrier,
+            active: 0,
+            method: DrainMethod::Batch,
+            capacity,
+            baseline,
+            keys: Vec::new(),
+            values: Vec::new(),
+            listed: Vec::new(),
+        })
+    }
+
+    /// Forces a drain method (benchmarks; tests of the fallback).
+    pub fn set_method(&mut self, m: DrainMethod) {
+        self.method = m;
+    }
+
+    pub fn method(&self) -> DrainMethod {
+        self.method
+    }
+
+    pub fn stats(&self) -> &KernelStats {
+        &self.stats
+    }
+
+    /// The buffer programs write now.
+    pub fn active(&self) -> u32 {
+        self.active
+    }
+
+    /// A flow buffer itself, for benchmarks and tests that fill it from user space.
+    pub fn flow_map_mut(&mut self, buffer: u32) -> &mut HashMap<MapData, FlowKey, FlowValue> {
+        &mut self.flows[(buffer & 1) as usize]
+    }
+
+    /// Empties buffer `b` (which nobody writes) into `out`.
+    fn empty_buffer(
+        &mut self,
+        b: usize,
+        out: &mut Vec<(FlowKey, FlowValue)>,
+    ) -> Result<usize, DrainError> {
+        if self.method == DrainMethod::Batch {
+            let fd = self.flows[b].map().fd().as_fd();
+            match lookup_and_delete_batch(
+                fd,
+                &mut self.keys,
+                &mut self.values,
+                (FlowKey::ZERO, FlowValue::default()),
+                BATCH_CHUNK,
+                |k, v| out.push((*k, *v)),
+            ) {
+                Ok(n) => return Ok(n),
+                Err(BatchError::Unsupported(e)) => {
+                    tracing::warn!(error = %e, "the kernel refuses batch drains of the flow map; draining key by key");
+                    self.method = DrainMethod::PerKey;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        per_key_drain(&mut self.flows[b], &mut self.listed, out).map_err(Into::into)
+    }
+}
+
+/// Lists the keys, then reads and deletes each. Exact only on a map nobody writes.
+fn per_key_drain(
+    map: &mut FlowMap,
+    listed: &mut Vec<FlowKey>,
+    out: &mut Vec<(FlowKey, FlowValue)>,
+) -> Result<usize, MapError> {
+    listed.clear();
+    for k in map.keys() {
+        listed.push(k?);
+    }
+    // When the LRU evicts the key a listing stands on, the kernel restarts the listing from the
+    // first bucket: drop the repeats.
+    listed.sort_unstable();
+    listed.dedup();
+    let mut n = 0;
+    for k in listed.iter() {
+        match map.get(k, 0) {
+            Ok(v) => {
+                match map.remove(k) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+                out.push((*k, v));
+                n += 1;
+            }
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl Drainer for SwapDrainer {
+    fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainReport, DrainError> {
+        let old = self.active;
+        let new = old ^ 1;
+        self.active_map.set(0, &new, 0)?;
+        self.active = new;
+        // After this, no program run writes `old` (or its counters) any more.
+        self.barrier.wait().map_err(DrainError::Barrier)?;
+        let start = out.len();
+        let entries = self.empty_buffer(old as usize, out)?;
+        let mut drained = [(0u64, 0u64); stats::OBS_SLOTS as usize];
+        for (k, v) in &out[start..] {
+            let d = &mut drained[(k.observation_point as u32 & (stats::OBS_SLOTS - 1)) as usize];
+            d.0 += v.packets;
+            d.1 += v.bytes;
+        }
+        let mut acc = [Accounting::default(); stats::OBS_SLOTS as usize];
+        for (p, a) in acc.iter_mut().enumerate() {
+            let now = self.stats.read_entry(old, p as u8)?;
+            let base = &mut self.baseline[old as usize][p];
+            let mut delta = [0u64; stats::COUNT as usize];
+            for i in 0..delta.len() {
+                delta[i] = now[i].wrapping_sub(base[i]);
+            }
+            *base = now;
+            *a = Accounting::from_counters(&delta, drained[p].0, drained[p].1);
+        }
+        Ok(DrainReport {
+            entries,
+            accounting: Some(acc),
+        })
+    }
+
+    /// Both buffers: a run that started before the detach may have picked either.
+    fn drain_final(
+        &mut self,
+        out: &mut Vec<(FlowKey, FlowValue)>,
+    ) -> Result<DrainReport, DrainError> {
+        let a = self.drain(out)?;
+        let b = self.drain(out)?;
+        let mut acc = a.accounting.unwrap_or_default();
+        if let Some(bb) = b.accounting {
+            for (x, y) in acc.iter_mut().zip(bb.iter()) {
+                x.add(y);
+            }
+        }
+        Ok(DrainReport {
+            entries: a.entries + b.entries,
+            accounting: Some(acc),
+        })
+    }
+
+    fn fill(&self) -> Option<(u64, u64)> {
+        let b = self.active;
+        let mut inserted = 0u64;
+        for p in 0..stats::OBS_SLOTS {
+            let now = self.stats.read_entry(b, p as u8).ok()?;
+            inserted += now[stats::NEW_FLOWS as usize]
+                .wrapping_sub(self.baseline[b as usize][p as usize][stats::NEW_FLOWS as usize]);
+        }
+        Some((inserted, self.capacity))
+    }
+}
+
+/// The other agents' drain: per-key lookup and delete on the live map. Loses updates that land
+/// between a read and its delete; kept as the benchmark and test baseline only.
+pub struct PerKeyDrainer {
+    map: FlowMap,
+    keys: Vec<FlowKey>,
+}
+
+impl PerKeyDrainer {
+    pub fn new(map: FlowMap) -> Self {
+        PerKeyDrainer {
+            map,
+            keys: Vec::new(),
+        }
+    }
+
+    /// The flow map itself, for benchmarks that fill it from user space.
+    pub fn flow_map_mut(&mut self) -> &mut HashMap<MapData, FlowKey, FlowValue> {
+        &mut self.map
+    }
+}
+
+impl Drainer for PerKeyDrainer {
+    fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainReport, DrainError> {
+        let entries = per_key_drain(&mut self.map, &mut self.keys, out)?;
+        Ok(DrainReport {
+            entries,
+            accounting: None,
+        })
     }
 }

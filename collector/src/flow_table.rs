@@ -62,14 +62,18 @@ impl FlowTable {
             return;
         }
         let flags = (d.tcp_flags & 0x1ff) as u16;
+        // The probe stamps a flow's first packet precisely and later ones with the coarse clock
+        // (one tick), and CPUs store last_seen without ordering: the last packet of a delta is
+        // never before its first.
+        let d_last = d.last_seen_ns.max(d.first_seen_ns);
         self.flows
             .entry(*key)
             .and_modify(|s| {
                 s.packets += d.packets;
                 s.bytes += d.bytes;
                 s.first_seen_ns = s.first_seen_ns.min(d.first_seen_ns);
-                if d.last_seen_ns >= s.last_seen_ns {
-                    s.last_seen_ns = d.last_seen_ns;
+                if d_last >= s.last_seen_ns {
+                    s.last_seen_ns = d_last;
                     s.dscp = d.dscp;
                 }
                 s.tcp_flags |= flags;
@@ -78,8 +82,7 @@ impl FlowTable {
                 packets: d.packets,
                 bytes: d.bytes,
                 first_seen_ns: d.first_seen_ns,
-                // CPUs store last_seen without ordering: never let it precede first_seen.
-                last_seen_ns: d.last_seen_ns.max(d.first_seen_ns),
+                last_seen_ns: d_last,
                 tcp_flags: flags,
                 dscp: d.dscp,
             });

@@ -53,18 +53,26 @@ pub fn up_non_loopback() -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Caches interface names by index (records carry the name as of export time).
+/// Caches interface names by index (records carry the name as of export time). Any interface
+/// of the collector's network namespace resolves, not only those with an XDP program: the
+/// netfilter hooks report every interface. Index 0 (no interface) and indexes that do not
+/// resolve (the interface is gone) give an empty name; misses are not cached, so an index
+/// resolves as soon as it exists.
 #[derive(Default)]
 pub struct NameCache {
     names: HashMap<u32, Arc<str>>,
+    empty: Arc<str>,
 }
 
 impl NameCache {
     pub fn get(&mut self, index: u32) -> Arc<str> {
-        self.names
-            .entry(index)
-            .or_insert_with(|| name_of(index).unwrap_or_default().into())
-            .clone()
+        if let Some(n) = self.names.get(&index) {
+            return n.clone();
+        }
+        match (index != 0).then(|| name_of(index)).flatten() {
+            Some(n) => self.names.entry(index).or_insert_with(|| n.into()).clone(),
+            None => self.empty.clone(),
+        }
     }
     /// Forgets cached names (interfaces may be renamed or replaced).
     pub fn clear(&mut self) {
@@ -89,5 +97,16 @@ mod tests {
         let e = index_of("no-such-if0").unwrap_err().to_string();
         assert!(e.contains("unknown interface"), "{e}");
         assert!(!up_non_loopback().unwrap().contains(&"lo".to_string()));
+    }
+
+    #[test]
+    fn name_cache_resolves_any_index_and_does_not_cache_misses() {
+        let mut c = NameCache::default();
+        assert_eq!(&*c.get(index_of("lo").unwrap()), "lo");
+        assert_eq!(&*c.get(0), "");
+        // An index that does not exist (yet) is not remembered as nameless.
+        let unused = u32::MAX - 7;
+        assert_eq!(&*c.get(unused), "");
+        assert!(!c.names.contains_key(&unused));
     }
 }

@@ -4,14 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use flowlens::{config::RunArgs, run, top};
+use flowlens::{config::RunArgs, report, run, top};
 
-/// flowlens: flow records from XDP eBPF probes, exported to Parquet (and stdout).
+/// flowlens: flow records from XDP and netfilter-hook eBPF probes, exported to Parquet (and stdout).
 #[derive(Parser)]
 #[command(
     name = "flowlens",
     version,
-    about = "flowlens: per-flow counters from XDP eBPF probes, exported as flow records to Parquet or stdout",
+    about = "flowlens: per-flow counters from XDP and netfilter-hook eBPF probes, exported as flow records to Parquet or stdout",
     after_help = "Log level: FLOWLENS_LOG=error|warn|info|debug|trace (default info), on stderr.",
     propagate_version = true
 )]
@@ -27,7 +27,7 @@ enum Cmd {
     /// Attach the probes and export flow records until stopped (needs root or CAP_BPF,
     /// CAP_NET_ADMIN and CAP_PERFMON).
     ///
-    /// Example: flowlens run --xdp eth0 --sink parquet:./flows
+    /// Examples: flowlens run --xdp eth0 --sink parquet:./flows; flowlens run --netfilter forward
     Run(RunArgs),
     /// Print the biggest flows found in a directory of flowlens Parquet files.
     Top {
@@ -41,6 +41,12 @@ enum Cmd {
         #[arg(long)]
         csv: bool,
     },
+    /// Capacity-planning report from a directory of flowlens Parquet files: throughput per
+    /// interface and direction (peak, p95, p99), top talkers, growth, link utilisation.
+    ///
+    /// Example: flowlens report --input ./flows --from -24h --bucket 5m --html report.html
+    ///          --link-capacity eth0=10Gbit
+    Report(Box<report::ReportArgs>),
 }
 
 fn main() {
@@ -73,6 +79,7 @@ fn real_main() -> Result<()> {
                 print!("{}", top::table(&agg, limit));
             }
         }
+        Cmd::Report(args) => report::run(&args)?,
     }
     Ok(())
 }

@@ -1,14 +1,19 @@
 //! Loading the embedded eBPF object and attaching its programs.
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
-use flowlens_schema::{FlowKey, FlowValue};
+use flowlens_schema::{FlowKey, FlowValue, NfOffsets};
 
-use crate::drain::{KernelStats, PerKeyDrainer};
+use crate::{
+    drain::{KernelStats, PerKeyDrainer, SwapDrainer},
+    netfilter::{Family, Hook, NetfilterLink, NetfilterProgram},
+};
 
 /// The probe object built by `build.rs` from `probe-ebpf/`.
 pub static PROBE_OBJECT: &[u8] =
@@ -16,8 +21,19 @@ pub static PROBE_OBJECT: &[u8] =
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
-/// Benchmark-only twin of [`XDP_PROGRAM`] writing per-CPU values into `FLOWS_PERCPU`.
-pub const XDP_PERCPU_PROGRAM: &str = "flowlens_xdp_percpu";
+/// The two flow buffers (see `drain.rs`).
+pub const FLOW_MAPS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+/// The netfilter-hook program (any inet hook, IPv4 and IPv6).
+pub const NF_PROGRAM: &str = "flowlens_nf";
+/// Benchmark twin of [`NF_PROGRAM`] that reads kernel structs with direct BTF-typed loads
+/// instead of `bpf_probe_read_kernel` (docs/ARCHITECTURE.md, "Kernel struct offsets").
+pub const NF_DIRECT_PROGRAM: &str = "flowlens_nf_direct";
+/// Benchmark counterpart of [`NF_PROGRAM`]: returns NF_ACCEPT and nothing else.
+pub const NF_NOOP_PROGRAM: &str = "flowlens_nf_noop";
+/// The probe's global holding kernel struct offsets for [`NF_PROGRAM`].
+const NF_OFFSETS_GLOBAL: &str = "NF_OFFSETS";
+/// The probe's global choosing the clock of packets after a flow's first.
+const PRECISE_TIMESTAMPS_GLOBAL: &str = "PRECISE_TIMESTAMPS";
 
 /// How XDP programs are attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -42,34 +58,171 @@ impl XdpAttachMode {
     }
 }
 
-/// The loaded probe. Dropping it detaches every program and frees the maps.
+/// The loaded probe. Dropping it detaches every program (XDP and netfilter links) and frees the
+/// maps.
 pub struct Probe {
+    /// Declared first: links close (netfilter hooks detach) before anything else is dropped.
+    nf_links: Vec<NetfilterLink>,
+    nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
     attached: Vec<String>,
+    /// Whether `NF_OFFSETS` was filled in (netfilter flow programs need it).
+    has_nf_offsets: bool,
+    max_flows: u32,
+}
+
+/// The fd of an aya map, whatever its type.
+fn map_fd(m: &Map) -> BorrowedFd<'_> {
+    let data: &MapData = match m {
+        Map::Array(d)
+        | Map::ArrayOfMaps(d)
+        | Map::BloomFilter(d)
+        | Map::CgroupArray(d)
+        | Map::CgroupStorage(d)
+        | Map::CgrpStorage(d)
+        | Map::CpuMap(d)
+        | Map::DevMap(d)
+        | Map::DevMapHash(d)
+        | Map::HashMap(d)
+        | Map::HashOfMaps(d)
+        | Map::InodeStorage(d)
+        | Map::LpmTrie(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuCgroupStorage(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::PerfEventArray(d)
+        | Map::ProgramArray(d)
+        | Map::Queue(d)
+        | Map::ReusePortSockArray(d)
+        | Map::RingBuf(d)
+        | Map::SockHash(d)
+        | Map::SockMap(d)
+        | Map::SkStorage(d)
+        | Map::Stack(d)
+        | Map::StackTraceMap(d)
+        | Map::Unsupported(d)
+        | Map::XskMap(d) => d,
+    };
+    data.fd().as_fd()
 }
 
 impl Probe {
-    /// Loads the probe with a flow map of `max_flows` entries. Programs are loaded lazily.
+    /// Loads the probe with two flow buffers of `max_flows` entries each. Programs are loaded
+    /// lazily.
     pub fn load(max_flows: u32) -> Result<Probe> {
-        Self::load_sized(max_flows, 1)
+        Self::load_with(max_flows, None)
     }
 
-    /// Like [`Probe::load`], also sizing the benchmark-only per-CPU flow map.
-    pub fn load_sized(max_flows: u32, percpu_flows: u32) -> Result<Probe> {
-        if max_flows == 0 || percpu_flows == 0 {
+    /// Like [`Probe::load`]; `nf_offsets` (from [`crate::netfilter::nf_offsets`]) are written
+    /// into the read-only global the netfilter program reads, and are required before
+    /// [`Probe::load_netfilter`] of [`NF_PROGRAM`].
+    pub fn load_with(max_flows: u32, nf_offsets: Option<NfOffsets>) -> Result<Probe> {
+        Self::load_opts(max_flows, nf_offsets, false)
+    }
+
+    /// Like [`Probe::load_with`]; `precise_timestamps` stamps every packet with
+    /// `bpf_ktime_get_ns` instead of only a flow's first one (`--precise-timestamps`).
+    pub fn load_opts(
+        max_flows: u32,
+        nf_offsets: Option<NfOffsets>,
+        precise_timestamps: bool,
+    ) -> Result<Probe> {
+        if max_flows == 0 {
             return Err(anyhow!("max-flows must be at least 1"));
         }
-        let ebpf = EbpfLoader::new()
-            .map_max_entries("FLOWS", max_flows)
-            .map_max_entries("FLOWS_PERCPU", percpu_flows)
-            .load(PROBE_OBJECT)
-            .context(
-                "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
-            )?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(FLOW_MAPS[0], max_flows)
+            .map_max_entries(FLOW_MAPS[1], max_flows);
+        let precise = u8::from(precise_timestamps);
+        loader.override_global(PRECISE_TIMESTAMPS_GLOBAL, &precise, true);
+        let offsets;
+        if let Some(o) = nf_offsets {
+            offsets = o;
+            loader.override_global(NF_OFFSETS_GLOBAL, &offsets, true);
+        }
+        let ebpf = loader.load(PROBE_OBJECT).context(
+            "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
+        )?;
         Ok(Probe {
+            nf_links: Vec::new(),
+            nf_programs: Vec::new(),
             ebpf,
             attached: Vec::new(),
+            has_nf_offsets: nf_offsets.is_some(),
+            max_flows,
         })
+    }
+
+    /// Loads netfilter program `name` of the probe object (once; later calls return the loaded
+    /// one). Its maps are the ones this probe already created, resolved by name: one set of
+    /// maps, one drain. Call before taking maps out with [`Probe::take_drainer`] /
+    /// [`Probe::take_stats`].
+    pub fn load_netfilter(&mut self, name: &str) -> Result<&NetfilterProgram> {
+        let i = match self.nf_programs.iter().position(|p| p.name() == name) {
+            Some(i) => i,
+            None => {
+                if name != NF_NOOP_PROGRAM && !self.has_nf_offsets {
+                    return Err(anyhow!(
+                        "{name} needs kernel struct offsets: load the probe with Probe::load_with(.., Some(nf_offsets))"
+                    ));
+                }
+                let maps = self.ebpf.maps().map(|(n, m)| (n, map_fd(m)));
+                let prog = NetfilterProgram::load(PROBE_OBJECT, name, maps)?;
+                self.nf_programs.push(prog);
+                self.nf_programs.len() - 1
+            }
+        };
+        Ok(&self.nf_programs[i])
+    }
+
+    /// Attaches the netfilter flow program to `hook` for IPv4 and IPv6 at `priority`.
+    ///
+    /// The direct-load variant ([`NF_DIRECT_PROGRAM`], about half the cost per packet) is used
+    /// where the verifier accepts it; otherwise [`NF_PROGRAM`], whose kernel reads go through
+    /// `bpf_probe_read_kernel` and load whatever the offsets.
+    pub fn attach_netfilter(&mut self, hook: Hook, priority: i32) -> Result<()> {
+        let name = self.netfilter_flow_program()?;
+        let prog = self
+            .nf_programs
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| anyhow!("{name} not loaded"))?;
+        for family in Family::BOTH {
+            let link = prog.attach(hook, family, priority)?;
+            tracing::debug!(%hook, %family, priority, link_id = link.id, "netfilter hook attached");
+            self.nf_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Loads (once) the netfilter flow program to attach and returns its name.
+    fn netfilter_flow_program(&mut self) -> Result<&'static str> {
+        if self
+            .nf_programs
+            .iter()
+            .any(|p| p.name() == NF_DIRECT_PROGRAM)
+        {
+            return Ok(NF_DIRECT_PROGRAM);
+        }
+        if self.nf_programs.iter().any(|p| p.name() == NF_PROGRAM) {
+            return Ok(NF_PROGRAM);
+        }
+        match self.load_netfilter(NF_DIRECT_PROGRAM) {
+            Ok(_) => Ok(NF_DIRECT_PROGRAM),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}").lines().next().unwrap_or_default(), "the verifier refused the direct-load netfilter program; using the bpf_probe_read_kernel variant (slower)");
+                self.load_netfilter(NF_PROGRAM)?;
+                Ok(NF_PROGRAM)
+            }
+        }
+    }
+
+    /// The attached netfilter links.
+    pub fn netfilter_links(&self) -> &[NetfilterLink] {
+        &self.nf_links
     }
 
     /// The XDP program (or the no-op twin), loaded into the kernel on first use.
@@ -100,23 +253,50 @@ impl Probe {
         &self.attached
     }
 
-    /// Takes the flow map out for draining (once).
-    pub fn take_drainer(&mut self) -> Result<PerKeyDrainer> {
+    fn take_flow_map(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<aya::maps::MapData, FlowKey, FlowValue>> {
         let map = self
             .ebpf
-            .take_map("FLOWS")
-            .ok_or_else(|| anyhow!("FLOWS map already taken"))?;
-        Ok(PerKeyDrainer::new(
-            HashMap::<_, FlowKey, FlowValue>::try_from(map)?,
-        ))
+            .take_map(name)
+            .ok_or_else(|| anyhow!("{name} map already taken"))?;
+        Ok(HashMap::try_from(map)?)
     }
 
-    /// Takes the per-CPU counters out (once).
-    pub fn take_stats(&mut self) -> Result<KernelStats> {
+    fn take_stats(&mut self) -> Result<KernelStats> {
         let map = self
             .ebpf
             .take_map("STATS")
             .ok_or_else(|| anyhow!("STATS map already taken"))?;
         Ok(KernelStats::new(PerCpuArray::try_from(map)?))
+    }
+
+    /// Takes the flow buffers, the active-buffer switch and the counters out for the
+    /// exactly-once drain (once).
+    pub fn take_drainer(&mut self) -> Result<SwapDrainer> {
+        let flows = [
+            self.take_flow_map(FLOW_MAPS[0])?,
+            self.take_flow_map(FLOW_MAPS[1])?,
+        ];
+        let active = self
+            .ebpf
+            .take_map("ACTIVE")
+            .ok_or_else(|| anyhow!("ACTIVE map already taken"))?;
+        let stats = self.take_stats()?;
+        SwapDrainer::new(
+            flows,
+            Array::try_from(active)?,
+            stats,
+            self.max_flows as u64,
+        )
+        .context("setting up the flow-map drain")
+    }
+
+    /// Benchmarks and tests only: the other agents' per-key drain on the live first buffer
+    /// (programs keep writing `FLOWS_0` because nobody flips the buffers), and the counters.
+    pub fn take_per_key_drainer(&mut self) -> Result<(PerKeyDrainer, KernelStats)> {
+        let map = self.take_flow_map(FLOW_MAPS[0])?;
+        Ok((PerKeyDrainer::new(map), self.take_stats()?))
     }
 }

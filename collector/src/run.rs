@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord, stats};
+use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord};
 use flowlens_sinks::{
     Sink, SinkSpec,
     otlp::{OtlpOptions, OtlpSink},
@@ -14,13 +14,17 @@ use flowlens_sinks::{
 
 use crate::{
     config::RunConfig,
-    drain::{Drainer, KernelStats},
+    drain::{Accounting, Drainer},
     export::Exporter,
     flow_table::{Ended, FlowTable},
     ifaces,
+    netfilter::{self, NetfilterError, btf::Btf},
     probe::Probe,
     timebase::{Timebase, monotonic_now_ns},
 };
+
+/// How often `flowlens run` checks whether the kernel buffer needs an early drain.
+const FILL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Totals reported at shutdown (and in logs).
 #[derive(Debug, Default, Clone, Copy)]
@@ -31,14 +35,13 @@ pub struct Totals {
     pub bytes: u64,
     pub sink_errors: u64,
     pub records_lost_in_sinks: u64,
-    pub vanished_entries: u64,
+    /// Drains started before the interval because the kernel buffer was filling up.
+    pub early_drains: u64,
     /// Packets/bytes moved out of the kernel map (before the flow table).
     pub drained_packets: u64,
     pub drained_bytes: u64,
-    /// At shutdown: packets/bytes the probe keyed but that never reached user space (drain races,
-    /// LRU evictions, refused inserts). Exact, because the probe is detached by then.
-    pub lost_packets: u64,
-    pub lost_bytes: u64,
+    /// Kernel-side conservation, summed over every drain (exact: see `drain.rs`).
+    pub accounting: Accounting,
 }
 
 /// Builds the sinks; fails before anything is attached if a target is unusable.
@@ -113,14 +116,16 @@ impl Pipeline {
         self.deltas.clear();
         // A failed drain still hands over what it moved out of the kernel, and the final cycle
         // still ends every open flow: the error is returned after the records are out.
-        let drain_err = match drainer.drain(&mut self.deltas) {
-            Ok(st) => {
-                self.totals.vanished_entries += st.vanished as u64;
-                if st.vanished > 0 {
-                    tracing::warn!(
-                        entries = st.vanished,
-                        "flow entries evicted by the kernel LRU during the drain; their counts are lost"
-                    );
+        let drained = if final_cycle {
+            drainer.drain_final(&mut self.deltas)
+        } else {
+            drainer.drain(&mut self.deltas)
+        };
+        let drain_err = match drained {
+            Ok(rep) => {
+                if let Some(a) = rep.total() {
+                    report_accounting(&a);
+                    self.totals.accounting.add(&a);
                 }
                 None
             }
@@ -195,85 +200,148 @@ impl Pipeline {
     }
 }
 
-fn log_kernel_stats(ks: &KernelStats) {
-    match ks.read() {
-        Ok(v) => tracing::info!(
-            packets_seen = v[stats::PACKETS_SEEN as usize],
-            non_ip = v[stats::NON_IP as usize],
-            unparsed = v[stats::UNPARSED as usize],
-            map_errors = v[stats::MAP_ERRORS as usize],
-            bytes_keyed = v[stats::BYTES_KEYED as usize],
-            "probe counters"
-        ),
-        Err(e) => tracing::warn!(error = %e, "reading probe counters"),
+/// Every drain: anything the probe saw that will not be exported is logged with numbers.
+fn report_accounting(a: &Accounting) {
+    if a.excess_packets > 0 || a.excess_bytes > 0 {
+        tracing::error!(
+            keyed_packets = a.keyed_packets,
+            drained_packets = a.drained_packets,
+            excess_packets = a.excess_packets,
+            excess_bytes = a.excess_bytes,
+            "conservation: more drained than the probe keyed (double counting)"
+        );
+    }
+    if a.evicted_packets > 0 || a.map_error_packets > 0 {
+        tracing::warn!(
+            evicted_packets = a.evicted_packets,
+            evicted_bytes = a.evicted_bytes,
+            map_error_packets = a.map_error_packets,
+            new_flows = a.new_flows,
+            "kernel flow buffer overflowed between two drains: these packets are lost (raise --max-flows or lower --drain-interval / --early-drain-fill)"
+        );
     }
 }
 
-/// After the final drain (probe detached): every packet the probe keyed must have been drained.
-/// Whatever was not is reported with numbers, never silently dropped.
-fn check_conservation(ks: &KernelStats, t: &mut Totals) {
-    let Ok(v) = ks.read() else {
-        tracing::warn!("could not read probe counters: conservation not checked");
-        return;
-    };
-    let keyed_packets = v[stats::PACKETS_SEEN as usize]
-        .saturating_sub(v[stats::NON_IP as usize])
-        .saturating_sub(v[stats::UNPARSED as usize]);
-    let keyed_bytes = v[stats::BYTES_KEYED as usize];
-    t.lost_packets = keyed_packets.saturating_sub(t.drained_packets);
-    t.lost_bytes = keyed_bytes.saturating_sub(t.drained_bytes);
-    if t.drained_packets > keyed_packets || t.drained_bytes > keyed_bytes {
+/// At shutdown: the sum of every drain's accounting, in one line.
+fn report_conservation(t: &Totals) {
+    let a = &t.accounting;
+    let fields = (
+        a.seen_packets,
+        a.non_ip_packets,
+        a.unparsed_packets,
+        a.keyed_packets + a.map_error_packets,
+        a.keyed_bytes,
+        t.drained_packets,
+        t.drained_bytes,
+        a.lost_packets(),
+        a.evicted_bytes,
+    );
+    let (seen, non_ip, unparsed, keyed, keyed_bytes, drained, drained_bytes, lost, lost_bytes) =
+        fields;
+    if a.excess_packets > 0 || a.excess_bytes > 0 {
         tracing::error!(
-            keyed_packets,
-            keyed_bytes,
-            drained_packets = t.drained_packets,
-            drained_bytes = t.drained_bytes,
+            seen_packets = seen,
+            keyed_packets = keyed,
+            drained_packets = drained,
+            excess_packets = a.excess_packets,
             "conservation: more drained than the probe keyed (double counting)"
         );
-    } else if t.lost_packets > 0 || t.lost_bytes > 0 {
+    } else if lost > 0 || lost_bytes > 0 {
         tracing::warn!(
-            keyed_packets,
-            drained_packets = t.drained_packets,
-            lost_packets = t.lost_packets,
-            lost_bytes = t.lost_bytes,
-            "conservation: packets counted by the probe never reached user space (drain races, LRU evictions or refused inserts)"
+            seen_packets = seen,
+            non_ip_packets = non_ip,
+            unparsed_packets = unparsed,
+            keyed_packets = keyed,
+            drained_packets = drained,
+            lost_packets = lost,
+            lost_bytes,
+            evicted_packets = a.evicted_packets,
+            map_error_packets = a.map_error_packets,
+            "conservation: packets counted by the probe never reached user space (LRU evictions or refused inserts)"
         );
     } else {
         tracing::info!(
-            keyed_packets,
+            seen_packets = seen,
+            non_ip_packets = non_ip,
+            unparsed_packets = unparsed,
+            keyed_packets = keyed,
             keyed_bytes,
-            drained_packets = t.drained_packets,
-            drained_bytes = t.drained_bytes,
+            drained_packets = drained,
+            drained_bytes,
             lost_packets = 0,
             "conservation: every keyed packet was drained"
         );
     }
 }
 
+/// Checks that this kernel runs netfilter programs and reads the struct offsets the probe needs.
+fn netfilter_offsets() -> Result<flowlens_schema::NfOffsets, NetfilterError> {
+    netfilter::probe_support()?;
+    Ok(netfilter::nf_offsets(&Btf::from_kernel()?)?)
+}
+
+/// Errors that mean "this kernel cannot run the netfilter probe at all" (as opposed to a hook
+/// that fails to attach, or a program the verifier rejects): with XDP also requested, flowlens
+/// warns and goes on with XDP only.
+fn netfilter_unavailable(e: &NetfilterError) -> bool {
+    matches!(e, NetfilterError::Unsupported(_) | NetfilterError::Btf(_))
+}
+
 /// Runs until SIGINT/SIGTERM or `cfg.duration`.
 pub fn run(cfg: RunConfig) -> Result<Totals> {
     let host: Arc<str> = ifaces::hostname().into();
     // Validate everything that can fail before attaching anything.
-    let ifaces_list = if cfg.xdp.is_empty() {
+    // XDP: the named interfaces; with neither --xdp nor --netfilter, the default set; with only
+    // --netfilter, none.
+    let ifaces_list = if !cfg.xdp.is_empty() {
+        cfg.xdp.clone()
+    } else if cfg.netfilter.is_empty() {
         let l = ifaces::up_non_loopback()?;
         if l.is_empty() {
             bail!("no interface is up except loopback; name one with --xdp IFACE");
         }
         l
     } else {
-        cfg.xdp.clone()
+        Vec::new()
     };
     for i in &ifaces_list {
         ifaces::index_of(i)?;
     }
     let sinks = build_sinks(&cfg, &host)?;
 
-    let mut probe = Probe::load(cfg.max_flows)?;
+    let (nf_hooks, nf_offsets) = if cfg.netfilter.is_empty() {
+        (Vec::new(), None)
+    } else {
+        match netfilter_offsets() {
+            Ok(o) => (cfg.netfilter.clone(), Some(o)),
+            Err(e) if netfilter_unavailable(&e) && !ifaces_list.is_empty() => {
+                tracing::warn!(
+                    error = %e,
+                    hooks = ?cfg.netfilter.iter().map(|h| h.name()).collect::<Vec<_>>(),
+                    "netfilter hooks unavailable on this kernel: continuing with XDP only"
+                );
+                (Vec::new(), None)
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("--netfilter")),
+        }
+    };
+
+    let mut probe = Probe::load_opts(cfg.max_flows, nf_offsets, cfg.precise_timestamps)?;
     for i in &ifaces_list {
         probe.attach_xdp(i, cfg.xdp_mode)?;
     }
+    for h in &nf_hooks {
+        probe.attach_netfilter(*h, cfg.netfilter_priority)?;
+    }
     let mut drainer = probe.take_drainer()?;
-    let kstats = probe.take_stats()?;
+    if !nf_hooks.is_empty() {
+        tracing::info!(
+            hooks = ?nf_hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
+            priority = cfg.netfilter_priority,
+            link_ids = ?probe.netfilter_links().iter().map(|l| l.id).collect::<Vec<_>>(),
+            "netfilter hooks attached (IPv4 and IPv6)"
+        );
+    }
     tracing::info!(interfaces = ?ifaces_list, mode = ?cfg.xdp_mode, sinks = ?cfg.sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "flowlens running");
 
     let mut pipe = Pipeline::new(
@@ -300,6 +368,10 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         };
         tokio::pin!(stop_after);
         let mut n: u64 = 0;
+        // Early drains: the buffer's fill level is checked this often (a few syscalls).
+        let mut fill_check = tokio::time::interval(FILL_CHECK_INTERVAL.min(cfg.drain_interval));
+        fill_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let early_at = (cfg.max_flows as u64 * cfg.early_drain_fill as u64 / 100).max(1);
         loop {
             tokio::select! {
                 biased;
@@ -311,21 +383,28 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
                     n += 1;
                     if n.is_multiple_of(60) {
                         pipe.exporter.names.clear();
-                        log_kernel_stats(&kstats);
+                    }
+                }
+                _ = fill_check.tick(), if cfg.early_drain_fill > 0 => {
+                    if let Some((inserted, _)) = drainer.fill()
+                        && inserted >= early_at
+                    {
+                        tracing::debug!(inserted, early_at, "kernel flow buffer filling up: draining early");
+                        pipe.totals.early_drains += 1;
+                        pipe.cycle(&mut drainer, false)?;
+                        tick.reset();
                     }
                 }
             }
         }
         Ok(())
     });
-    // Stop observing first, then take the last counts: nothing arrives after the final drain.
-    // Detaching does not wait for program runs in flight on other CPUs (they last microseconds);
-    // a short pause covers them before the last drain.
+    // Stop observing first, then take the last counts. Dropping the probe closes the netfilter
+    // link fds (unhooking them) and detaches XDP; the final drain swaps buffers twice, waiting
+    // out runs still in flight after the detach, so nothing arrives after it.
     drop(probe);
-    std::thread::sleep(std::time::Duration::from_millis(50));
     let last = pipe.cycle(&mut drainer, true);
-    log_kernel_stats(&kstats);
-    check_conservation(&kstats, &mut pipe.totals);
+    report_conservation(&pipe.totals);
     let closed = pipe.close();
     result?;
     last?;
@@ -340,4 +419,43 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         "flowlens stopped"
     );
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netfilter::{Family, Hook};
+
+    /// Only "the kernel cannot do it at all" falls back to XDP; a hook that fails to attach or a
+    /// rejected program stays an error.
+    #[test]
+    fn netfilter_fallback_is_only_for_missing_kernel_support() {
+        let errno = |n| std::io::Error::from_raw_os_error(n);
+        assert!(netfilter_unavailable(&NetfilterError::Unsupported(errno(
+            libc::EINVAL
+        ))));
+        assert!(netfilter_unavailable(&NetfilterError::Btf(
+            netfilter::btf::BtfError::NoStruct("bpf_nf_ctx".into())
+        )));
+        let attach = NetfilterError::Attach {
+            program: "flowlens_nf".into(),
+            hook: Hook::Forward,
+            family: Family::Ipv6,
+            priority: -450,
+            source: errno(libc::EBUSY),
+        };
+        assert!(!netfilter_unavailable(&attach));
+        let msg = attach.to_string();
+        assert!(
+            msg.contains("hook forward") && msg.contains("ipv6") && msg.contains("busy"),
+            "{msg}"
+        );
+        assert!(!netfilter_unavailable(&NetfilterError::Load {
+            program: "flowlens_nf".into(),
+            source: errno(libc::EACCES),
+            log: "R1 invalid mem access".into(),
+        }));
+        let unsupported = NetfilterError::Unsupported(errno(libc::EINVAL)).to_string();
+        assert!(unsupported.contains("Linux >= 6.4"), "{unsupported}");
+    }
 }

@@ -33,6 +33,15 @@ pub struct TopVal {
 
 /// Every complete `.parquet` file under `dir` (hidden in-progress files are skipped).
 pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    parquet_files_where(dir, &mut |_| true)
+}
+
+/// Like [`parquet_files`], but descends only into subdirectories for which `keep_dir` returns
+/// true (partition pruning: `flowlens report` skips `date=…/hour=…` directories outside its range).
+pub fn parquet_files_where(
+    dir: &Path,
+    keep_dir: &mut dyn FnMut(&Path) -> bool,
+) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -46,7 +55,9 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 continue;
             }
             if p.is_dir() {
-                stack.push(p);
+                if keep_dir(&p) {
+                    stack.push(p);
+                }
             } else if name.ends_with(".parquet") {
                 out.push(p);
             }

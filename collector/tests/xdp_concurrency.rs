@@ -79,3 +79,175 @@ fn concurrent_updates_of_one_flow_are_exact() {
     assert_eq!(out[0].1.packets, want);
     assert_eq!(out[0].1.bytes, want * (20 + 8 + 300));
 }
+
+/// The exactly-once drain under load: every CPU runs the real program over many flows while the
+/// collector's drain swaps buffers every few milliseconds. Summed over all drains, every flow has
+/// exactly the packets and bytes that were run, and the per-drain accounting balances.
+#[test]
+fn drains_during_concurrent_updates_lose_and_duplicate_nothing() {
+    use std::{
+        collections::HashMap,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+    let cpus = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .clamp(2, 8);
+    const FLOWS_PER_CPU: u16 = 64;
+    const REPEAT: u32 = 2_000;
+    const ROUNDS: u32 = 20;
+    const PAYLOAD: usize = 100;
+    let mut probe = Probe::load(4096).unwrap();
+    let prog_ptr = probe.xdp_program(XDP_PROGRAM).unwrap() as *mut aya::programs::Xdp as usize;
+    let mut drainer = probe.take_drainer().unwrap();
+    let frames: Vec<Vec<Vec<u8>>> = (0..cpus)
+        .map(|cpu| {
+            (0..FLOWS_PER_CPU)
+                .map(|i| {
+                    let mut f = Vec::new();
+                    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                        .ipv4([10, 2, cpu as u8, 1], [10, 2, 0, 2], 64)
+                        .udp(10_000 + i, 2222)
+                        .write(&mut f, &[1u8; PAYLOAD])
+                        .unwrap();
+                    f
+                })
+                .collect()
+        })
+        .collect();
+    let frames = Arc::new(frames);
+    let running = Arc::new(AtomicUsize::new(cpus));
+    let barrier = Arc::new(Barrier::new(cpus + 1));
+    let handles: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let (frames, barrier, running) = (frames.clone(), barrier.clone(), running.clone());
+            std::thread::spawn(move || {
+                pin_to_cpu(cpu);
+                // SAFETY: the Probe outlives the threads (joined below) and test_run takes &self.
+                let prog = unsafe { &*(prog_ptr as *const aya::programs::Xdp) };
+                barrier.wait();
+                for _ in 0..ROUNDS {
+                    for f in &frames[cpu] {
+                        let r = prog
+                            .test_run(TestRunOptions {
+                                data_in: Some(f),
+                                repeat: REPEAT,
+                                ..Default::default()
+                            })
+                            .unwrap();
+                        assert_eq!(r.return_value, 2);
+                    }
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    let mut sums: HashMap<flowlens_schema::FlowKey, (u64, u64)> = HashMap::new();
+    let mut out = Vec::new();
+    let mut drains = 0u32;
+    let mut nonempty = 0u32;
+    let mut add = |out: &mut Vec<(flowlens_schema::FlowKey, flowlens_schema::FlowValue)>,
+                   rep: flowlens::drain::DrainReport| {
+        let a = rep.total().unwrap();
+        assert_eq!(a.excess_packets, 0, "{a:?}");
+        assert_eq!(a.evicted_packets, 0, "{a:?}");
+        assert_eq!(a.drained_packets, a.keyed_packets, "{a:?}");
+        assert_eq!(a.drained_bytes, a.keyed_bytes, "{a:?}");
+        for (k, v) in out.drain(..) {
+            let s = sums.entry(k).or_default();
+            s.0 += v.packets;
+            s.1 += v.bytes;
+        }
+    };
+    barrier.wait();
+    while running.load(Ordering::SeqCst) > 0 {
+        let rep = drainer.drain(&mut out).unwrap();
+        drains += 1;
+        if !out.is_empty() {
+            nonempty += 1;
+        }
+        add(&mut out, rep);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    let rep = drainer.drain_final(&mut out).unwrap();
+    add(&mut out, rep);
+    assert!(
+        nonempty >= 5,
+        "only {nonempty} of {drains} drains found flows: the test did not drain during the load"
+    );
+    assert_eq!(sums.len(), cpus * FLOWS_PER_CPU as usize);
+    let want = ROUNDS as u64 * REPEAT as u64;
+    for (k, (p, b)) in &sums {
+        assert_eq!(*p, want, "flow {k:?}");
+        assert_eq!(*b, want * (20 + 8 + PAYLOAD as u64), "flow {k:?}");
+    }
+    eprintln!(
+        "{drains} drains ({nonempty} non-empty), {} flows exact",
+        sums.len()
+    );
+}
+
+/// Both ways of emptying a still buffer (batch lookup-and-delete, and the per-key fallback)
+/// move exactly the same entries, and leave the buffer empty.
+#[test]
+fn batch_and_per_key_drains_move_the_same_entries() {
+    use flowlens::drain::DrainMethod;
+    let mut probe = Probe::load(16_384).unwrap();
+    let prog_ptr = probe.xdp_program(XDP_PROGRAM).unwrap() as *mut aya::programs::Xdp as usize;
+    // SAFETY: the Probe outlives every use below.
+    let prog = unsafe { &*(prog_ptr as *const aya::programs::Xdp) };
+    let mut drainer = probe.take_drainer().unwrap();
+    const FLOWS: u16 = 10_000;
+    let run_all = |repeat: u32| {
+        for i in 0..FLOWS {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv6([0xfd; 16], [0xfe; 16], 64)
+                .tcp(i, 443, 1, 1000)
+                .write(&mut f, &[0u8; 10])
+                .unwrap();
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&f),
+                    repeat,
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(r.return_value, 2);
+        }
+    };
+    let mut by_method = Vec::new();
+    for (m, repeat) in [(DrainMethod::Batch, 3), (DrainMethod::PerKey, 5)] {
+        drainer.set_method(m);
+        run_all(repeat);
+        let mut out = Vec::new();
+        let rep = drainer.drain(&mut out).unwrap();
+        assert_eq!(drainer.method(), m, "the kernel refused {m:?}");
+        assert_eq!(rep.entries, FLOWS as usize, "{m:?}");
+        let a = rep.total().unwrap();
+        assert_eq!(a.keyed_packets, FLOWS as u64 * repeat as u64, "{m:?}");
+        assert_eq!((a.drained_packets, a.evicted_packets), (a.keyed_packets, 0));
+        assert_eq!(a.new_flows, FLOWS as u64, "{m:?}");
+        let mut keys: Vec<_> = out
+            .iter()
+            .map(|(k, v)| {
+                assert_eq!(v.packets, repeat as u64);
+                assert_eq!(v.bytes, repeat as u64 * (40 + 20 + 10));
+                k.src_port
+            })
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, (0..FLOWS).collect::<Vec<_>>(), "{m:?}");
+        by_method.push(out.len());
+        // The drained buffer is empty: the next drain (of the other, unused buffer) and the one
+        // after (this buffer again) find nothing.
+        for _ in 0..2 {
+            let mut again = Vec::new();
+            assert_eq!(drainer.drain(&mut again).unwrap().entries, 0);
+        }
+    }
+    assert_eq!(by_method[0], by_method[1]);
+}

@@ -1,13 +1,23 @@
 //! flowlens kernel probes.
 //!
 //! `flowlens_xdp` parses every ingress frame once with the shared parser
-//! ([`flowlens_schema::parse`]) and adds it to its flow in the `FLOWS` LRU hash map. It always
-//! returns `XDP_PASS`: the probe observes, it never changes traffic.
+//! ([`flowlens_schema::parse`]) and adds it to its flow in the active flow map. It always
+//! returns `XDP_PASS`: the probe observes, it never changes traffic. `flowlens_nf` does the same
+//! at netfilter hooks (BPF_PROG_TYPE_NETFILTER, loaded by the collector's own loader), starting
+//! the same parser at L3, and always returns `NF_ACCEPT`.
 //!
-//! Counters are exact under concurrency: a flow's entry is shared by all CPUs and updated with
-//! BPF atomic adds; a lost insert race (`EEXIST`) falls back to the atomic update of the winner's
-//! entry. (A per-CPU map would avoid the atomics but costs a value per CPU per flow and a merge in
-//! user space; see docs/ARCHITECTURE.md.)
+//! Every program counts a packet through [`account`], the one place that knows the map layout:
+//!
+//! * **Double buffering.** Flows go into `FLOWS_0` or `FLOWS_1`, whichever `ACTIVE` names. The
+//!   collector flips `ACTIVE`, waits for every program run that may still use the old buffer
+//!   (an RCU grace period, see `collector/src/drain.rs`), then drains the old buffer while nobody
+//!   writes it: no update can fall between a read and a delete.
+//! * **Per-buffer counters.** `STATS` has one per-CPU entry per (buffer, observation point), so
+//!   a drained buffer's counters are as still as its flows and the collector can check
+//!   `seen = exported + non_ip + unparsed + map_errors + evicted` exactly, every drain.
+//! * Counters are exact under concurrency: a flow's entry is shared by all CPUs and updated with
+//!   BPF atomic adds; a lost insert race (`EEXIST`) falls back to the winner's entry. (A per-CPU
+//!   map costs a value per CPU per flow and measured slower; see docs/BENCHMARKS.md.)
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -16,35 +26,43 @@
 #[cfg(target_arch = "bpf")]
 mod probe {
     use aya_ebpf::{
+        Global,
         bindings::xdp_action,
-        helpers::bpf_ktime_get_ns,
+        helpers::{
+            bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_buf,
+        },
         macros::{map, xdp},
-        maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
+        maps::{Array, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
     use flowlens_schema::{
-        FlowKey, FlowValue, OBS_XDP,
-        parse::{Packet, Parsed, parse_ethernet},
+        FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
+        OBS_XDP, VLAN_NONE,
+        parse::{Packet, Parsed, parse_ethernet, parse_ipv4, parse_ipv6},
         stats,
     };
 
-    /// Flow table; `max_entries` is replaced at load time (`--max-flows`).
+    /// Flow buffers; `max_entries` is replaced at load time (`--max-flows`).
     #[map]
-    static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+    static FLOWS_0: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+    #[map]
+    static FLOWS_1: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
 
-    /// The per-CPU alternative to `FLOWS`, used only by `flowlens_xdp_percpu` for the side-by-side
-    /// benchmark that justifies the shared map (one entry unless a benchmark resizes it).
+    /// Entry 0: the buffer programs write now (0 or 1). Written only by the collector.
     #[map]
-    static FLOWS_PERCPU: LruPerCpuHashMap<FlowKey, FlowValue> =
-        LruPerCpuHashMap::with_max_entries(1, 0);
+    static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
-    /// Per-CPU counters: one entry holding every slot of [`flowlens_schema::stats`], so a packet
-    /// costs one array lookup however many counters it touches.
+    /// Per-CPU counters, one entry per (buffer, observation point) ([`stats::index`]), each
+    /// holding every slot of [`flowlens_schema::stats`]: one array lookup per packet.
     #[map]
-    static STATS: PerCpuArray<[u64; stats::COUNT as usize]> = PerCpuArray::with_max_entries(1, 0);
+    static STATS: PerCpuArray<[u64; stats::COUNT as usize]> =
+        PerCpuArray::with_max_entries(stats::ENTRIES, 0);
 
     const BPF_NOEXIST: u64 = 1;
+
+    type Counters = *mut [u64; stats::COUNT as usize];
 
     struct Xdp<'a>(&'a XdpContext);
 
@@ -66,76 +84,75 @@ mod probe {
         }
     }
 
-    /// This CPU's counters.
     #[inline(always)]
-    fn counters() -> Option<*mut [u64; stats::COUNT as usize]> {
-        STATS.get_ptr_mut(0)
-    }
-
-    #[inline(always)]
-    fn bump(c: Option<*mut [u64; stats::COUNT as usize]>, slot: u32, by: u64) {
+    fn bump(c: Option<Counters>, slot: u32, by: u64) {
         if let Some(p) = c {
-            // SAFETY: this CPU's entry; XDP runs with preemption disabled; `slot` < COUNT.
+            // SAFETY: this CPU's entry; programs run with migration disabled; `slot` < COUNT.
             unsafe { (*p)[slot as usize] += by };
         }
     }
 
-    /// Parses the frame and fills in the key; counts non-IP and unparsed frames.
+    /// The buffer programs write now.
     #[inline(always)]
-    fn classify(ctx: &XdpContext) -> Option<(FlowKey, u64, u64, u8)> {
-        let c = counters();
+    fn active_buffer() -> u32 {
+        match ACTIVE.get_ptr(0) {
+            // SAFETY: entry 0 of a one-entry array; a volatile read because user space flips it.
+            Some(p) => (unsafe { core::ptr::read_volatile(p) }) & 1,
+            None => 0,
+        }
+    }
+
+    /// Counts one packet seen at `observation_point` on `ifindex`: the single entry point of
+    /// every program (XDP and netfilter) into the maps.
+    /// `COARSE_CLOCK_OK`: whether the program type may call `bpf_ktime_get_coarse_ns`.
+    #[inline(always)]
+    pub fn account<const COARSE_CLOCK_OK: bool>(
+        parsed: Parsed,
+        observation_point: u8,
+        ifindex: u32,
+    ) {
+        let buffer = active_buffer();
+        let c = STATS.get_ptr_mut(stats::index(buffer, observation_point));
         bump(c, stats::PACKETS_SEEN, 1);
-        let meta = match parse_ethernet(&Xdp(ctx)) {
+        let meta = match parsed {
             Parsed::Flow(m) => m,
             Parsed::NonIp => {
                 bump(c, stats::NON_IP, 1);
-                return None;
+                return;
             }
             Parsed::Unparsed => {
                 bump(c, stats::UNPARSED, 1);
-                return None;
+                return;
             }
         };
         let mut key = meta.key;
-        key.observation_point = OBS_XDP;
-        // SAFETY: reading the ingress ifindex from the xdp_md context.
-        key.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        bump(c, stats::BYTES_KEYED, meta.ip_len as u64);
-        Some((key, meta.ip_len as u64, meta.tcp_flags as u64, meta.dscp))
+        key.observation_point = observation_point;
+        key.ifindex = ifindex;
+        let bytes = meta.ip_len as u64;
+        let flags = meta.tcp_flags as u64;
+        // SAFETY: both clock helpers have no preconditions.
+        let now = if COARSE_CLOCK_OK && PRECISE_TIMESTAMPS.load() == 0 {
+            unsafe { bpf_ktime_get_coarse_ns() }
+        } else {
+            unsafe { bpf_ktime_get_ns() }
+        };
+        let flows = if buffer == 0 { &FLOWS_0 } else { &FLOWS_1 };
+        match record(flows, &key, bytes, flags, meta.dscp, now) {
+            Stored::Updated => bump(c, stats::BYTES_KEYED, bytes),
+            Stored::Inserted => {
+                bump(c, stats::BYTES_KEYED, bytes);
+                bump(c, stats::NEW_FLOWS, 1);
+            }
+            Stored::Refused => bump(c, stats::MAP_ERRORS, 1),
+        }
     }
 
     #[xdp]
     pub fn flowlens_xdp(ctx: XdpContext) -> u32 {
-        if let Some((key, bytes, flags, dscp)) = classify(&ctx) {
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            record(&key, bytes, flags, dscp, now);
-        }
-        xdp_action::XDP_PASS
-    }
-
-    /// Benchmark twin of `flowlens_xdp` with per-CPU values (plain adds, no atomics).
-    #[xdp]
-    pub fn flowlens_xdp_percpu(ctx: XdpContext) -> u32 {
-        if let Some((key, bytes, flags, dscp)) = classify(&ctx) {
-            // SAFETY: bpf_ktime_get_ns has no preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            if let Some(v) = FLOWS_PERCPU.get_ptr_mut(&key) {
-                // SAFETY: this CPU's value; XDP runs with preemption disabled.
-                unsafe {
-                    (*v).packets += 1;
-                    (*v).bytes += bytes;
-                    (*v).tcp_flags |= flags;
-                    (*v).last_seen_ns = now;
-                    (*v).dscp = dscp;
-                }
-            } else {
-                let fresh = FlowValue::first(bytes, flags, dscp, now);
-                if FLOWS_PERCPU.insert(&key, &fresh, 0).is_err() {
-                    bump(counters(), stats::MAP_ERRORS, 1);
-                }
-            }
-        }
+        let parsed = parse_ethernet(&Xdp(&ctx));
+        // SAFETY: reading the ingress ifindex from the xdp_md context.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        account::<true>(parsed, OBS_XDP, ifindex);
         xdp_action::XDP_PASS
     }
 
@@ -155,20 +172,44 @@ mod probe {
         }
     }
 
+    enum Stored {
+        Updated,
+        Inserted,
+        Refused,
+    }
+
+    /// 1: XDP stamps packets with `bpf_ktime_get_ns`. 0 (default): with the coarse clock
+    /// (`bpf_ktime_get_coarse_ns`: the same CLOCK_MONOTONIC at scheduler-tick resolution), which
+    /// costs about 15 ns less per packet. Netfilter programs may not call the coarse helper and
+    /// always stamp precisely. Set at load time (`--precise-timestamps`); in frozen `.rodata`, so
+    /// the verifier removes the branch not taken.
+    #[unsafe(no_mangle)]
+    static PRECISE_TIMESTAMPS: Global<u8> = Global::new(0);
+
     #[inline(always)]
-    fn record(key: &FlowKey, bytes: u64, flags: u64, dscp: u8, now: u64) {
-        if let Some(v) = FLOWS.get_ptr_mut(key) {
+    fn record(
+        flows: &LruHashMap<FlowKey, FlowValue>,
+        key: &FlowKey,
+        bytes: u64,
+        flags: u64,
+        dscp: u8,
+        now: u64,
+    ) -> Stored {
+        if let Some(v) = flows.get_ptr_mut(key) {
             update(v, bytes, flags, dscp, now);
-            return;
+            return Stored::Updated;
         }
         let fresh = FlowValue::first(bytes, flags, dscp, now);
-        if FLOWS.insert(key, &fresh, BPF_NOEXIST).is_ok() {
-            return;
+        if flows.insert(key, &fresh, BPF_NOEXIST).is_ok() {
+            return Stored::Inserted;
         }
         // Another CPU inserted the flow between our lookup and insert: add to its entry.
-        match FLOWS.get_ptr_mut(key) {
-            Some(v) => update(v, bytes, flags, dscp, now),
-            None => bump(counters(), stats::MAP_ERRORS, 1),
+        match flows.get_ptr_mut(key) {
+            Some(v) => {
+                update(v, bytes, flags, dscp, now);
+                Stored::Updated
+            }
+            None => Stored::Refused,
         }
     }
 
@@ -176,6 +217,161 @@ mod probe {
     #[xdp]
     pub fn flowlens_xdp_noop(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    // ---- netfilter (BPF_PROG_TYPE_NETFILTER) ----
+    //
+    // aya-obj 0.6 rejects an ELF section named `netfilter` (the whole object would fail to
+    // parse), so the netfilter programs live in `socket` sections, which aya registers as socket
+    // filters and never loads by itself. The collector's netfilter loader
+    // (collector/src/netfilter) loads them as BPF_PROG_TYPE_NETFILTER with the maps of this
+    // same object.
+
+    /// Kernel struct offsets, written by the loader from the running kernel's BTF.
+    #[unsafe(no_mangle)]
+    static NF_OFFSETS: Global<NfOffsets> = Global::new(NfOffsets {
+        skb_len: 0,
+        skb_data_len: 0,
+        skb_data: 0,
+        state_hook: 0,
+        state_pf: 0,
+        state_in: 0,
+        state_out: 0,
+        dev_ifindex: 0,
+    });
+
+    /// Hooks at or below this number (`NF_INET_FORWARD`) report the input interface, the others
+    /// (`LOCAL_OUT`, `POST_ROUTING`) the output interface.
+    const NF_INET_FORWARD: u8 = 2;
+    const NF_INET_POST_ROUTING: u8 = 4;
+
+    /// Reads a `T` of a kernel struct at `addr` (a struct pointer plus an `NF_OFFSETS` offset).
+    ///
+    /// `DIRECT = false` (shipped): `bpf_probe_read_kernel`, whose source argument the verifier
+    /// does not check, so nothing about the offsets can make the program fail to load.
+    /// `DIRECT = true` (benchmark twin `flowlens_nf_direct`): a plain load through the BTF-typed
+    /// pointer; it verifies only because `.rodata` is frozen (the verifier then knows each offset
+    /// as a constant and matches it against a BTF field of the same size), and it is faster.
+    #[inline(always)]
+    fn kread<T, const DIRECT: bool>(addr: u64) -> Option<T> {
+        if DIRECT {
+            // SAFETY: `addr` is a field of a struct the kernel handed us (offset from BTF); the
+            // verifier turns this into an exception-handled BTF load (PROBE_MEM).
+            Some(unsafe { core::ptr::read_volatile(addr as *const T) })
+        } else {
+            // SAFETY: bpf_probe_read_kernel copies into a local and fails (instead of
+            // faulting) on an unreadable address.
+            unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+        }
+    }
+
+    /// The IP packet of an skb at a netfilter inet hook, where `skb->data` is the network
+    /// header. Reads go through `bpf_probe_read_kernel` and stay inside the linear part
+    /// (`len - data_len`); `covers` answers for the whole packet (`len`).
+    struct Skb {
+        data: u64,
+        headlen: usize,
+        len: usize,
+    }
+
+    impl Packet for Skb {
+        #[inline(always)]
+        fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+            if off + N > self.headlen {
+                return None;
+            }
+            let mut buf = [0u8; N];
+            // SAFETY: as in `kread`; `buf` has room for exactly N bytes.
+            let r = unsafe {
+                bpf_probe_read_kernel_buf((self.data + off as u64) as *const u8, &mut buf)
+            };
+            r.ok().map(|()| buf)
+        }
+        #[inline(always)]
+        fn covers(&self, end_off: usize) -> bool {
+            end_off <= self.len
+        }
+    }
+
+    /// Counts a packet that could not be keyed, before its hook is known (observation-point
+    /// slot 0 of the active buffer, which no program keys flows under).
+    #[inline(always)]
+    fn skipped(slot: u32) {
+        let c = STATS.get_ptr_mut(stats::index(active_buffer(), 0));
+        bump(c, stats::PACKETS_SEEN, 1);
+        bump(c, slot, 1);
+    }
+
+    #[inline(always)]
+    fn nf_observe<const DIRECT: bool>(ctx: *const u64) {
+        let o = NF_OFFSETS.load();
+        // SAFETY: the context of a netfilter program is `struct bpf_nf_ctx { state, skb }`; the
+        // loader checked those two offsets (0 and 8) against the kernel's BTF.
+        let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
+        let (Some(hook), Some(pf)) = (
+            kread::<u8, DIRECT>(state + o.state_hook as u64),
+            kread::<u8, DIRECT>(state + o.state_pf as u64),
+        ) else {
+            skipped(stats::UNPARSED);
+            return;
+        };
+        if hook > NF_INET_POST_ROUTING {
+            // Not an inet hook: the loader attaches only to the five inet hooks.
+            skipped(stats::NON_IP);
+            return;
+        }
+        let dev_off = if hook <= NF_INET_FORWARD {
+            o.state_in
+        } else {
+            o.state_out
+        };
+        let ifindex = match kread::<u64, DIRECT>(state + dev_off as u64) {
+            Some(dev) if dev != 0 => kread::<u32, DIRECT>(dev + o.dev_ifindex as u64).unwrap_or(0),
+            _ => 0,
+        };
+        let (Some(data), Some(len), Some(data_len)) = (
+            kread::<u64, DIRECT>(skb + o.skb_data as u64),
+            kread::<u32, DIRECT>(skb + o.skb_len as u64),
+            kread::<u32, DIRECT>(skb + o.skb_data_len as u64),
+        ) else {
+            skipped(stats::UNPARSED);
+            return;
+        };
+        let pkt = Skb {
+            data,
+            headlen: len.saturating_sub(data_len) as usize,
+            len: len as usize,
+        };
+        let parsed = match pf {
+            NFPROTO_IPV4 => parse_ipv4(&pkt, 0, VLAN_NONE),
+            NFPROTO_IPV6 => parse_ipv6(&pkt, 0, VLAN_NONE),
+            _ => Parsed::NonIp,
+        };
+        account::<false>(parsed, OBS_NF_PRE_ROUTING + hook, ifindex);
+    }
+
+    /// Netfilter hook probe (IPv4 and IPv6, any inet hook): counts the packet, returns NF_ACCEPT.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf")]
+    pub extern "C" fn flowlens_nf(ctx: *const u64) -> i32 {
+        nf_observe::<false>(ctx);
+        NF_ACCEPT
+    }
+
+    /// Benchmark twin of `flowlens_nf` reading the kernel structs with direct BTF loads instead
+    /// of `bpf_probe_read_kernel` (packet bytes are read the same way in both).
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf_direct")]
+    pub extern "C" fn flowlens_nf_direct(ctx: *const u64) -> i32 {
+        nf_observe::<true>(ctx);
+        NF_ACCEPT
+    }
+
+    /// Counterpart for benchmarks: a netfilter program that only accepts.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "socket/flowlens_nf_noop")]
+    pub extern "C" fn flowlens_nf_noop(_ctx: *const u64) -> i32 {
+        NF_ACCEPT
     }
 
     #[panic_handler]

@@ -5,7 +5,8 @@
 
 /// Observation point of the XDP ingress program.
 pub const OBS_XDP: u8 = 1;
-/// Netfilter hook observation points (reserved for the netfilter probe).
+/// Netfilter hook observation points: `OBS_NF_PRE_ROUTING + hooknum` for the kernel's
+/// `NF_INET_*` hook numbers (0 = pre_routing ... 4 = post_routing).
 pub const OBS_NF_PRE_ROUTING: u8 = 2;
 pub const OBS_NF_LOCAL_IN: u8 = 3;
 pub const OBS_NF_FORWARD: u8 = 4;
@@ -99,7 +100,10 @@ impl FlowValue {
     }
 }
 
-/// Slots of the per-CPU `STATS` entry (an array of `COUNT` `u64`s, one entry per CPU).
+/// The per-CPU `STATS` map: one entry per (flow-map buffer, observation point), each an array
+/// of `COUNT` `u64` slots. A program adds to the entry of the buffer it writes its flows into, so
+/// once the collector has swapped buffers and waited out running programs, a buffer's counters
+/// and its flow map are both still and can be compared exactly (see docs/ARCHITECTURE.md).
 pub mod stats {
     /// Every packet the program ran on.
     pub const PACKETS_SEEN: u32 = 0;
@@ -111,18 +115,63 @@ pub mod stats {
     pub const MAP_ERRORS: u32 = 3;
     /// IP-layer bytes of all keyed packets.
     pub const BYTES_KEYED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Flow entries inserted: how full the buffer is (entries are only removed by the drain,
+    /// or by LRU eviction when it is full). Drives the early drain.
+    pub const NEW_FLOWS: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const NAMES: [&str; COUNT as usize] = [
         "packets_seen",
         "non_ip",
         "unparsed",
         "map_errors",
         "bytes_keyed",
+        "new_flows",
     ];
+
+    /// Observation-point slots per buffer (`OBS_*` values are below this).
+    pub const OBS_SLOTS: u32 = 8;
+    /// Flow-map buffers (double buffering).
+    pub const BUFFERS: u32 = 2;
+    /// Entries of the `STATS` map.
+    pub const ENTRIES: u32 = BUFFERS * OBS_SLOTS;
+
+    /// `STATS` index of (buffer, observation point).
+    #[inline(always)]
+    pub const fn index(buffer: u32, observation_point: u8) -> u32 {
+        buffer * OBS_SLOTS + (observation_point as u32 & (OBS_SLOTS - 1))
+    }
+}
+
+/// Netfilter verdict the netfilter probe always returns: it observes, it never drops.
+pub const NF_ACCEPT: i32 = 1;
+/// Netfilter protocol families the probe attaches to (`NFPROTO_*`).
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// Byte offsets into kernel structs that the netfilter probe reads, found by the loader in the
+/// running kernel's BTF (`/sys/kernel/btf/vmlinux`) and handed to the program as the read-only
+/// global `NF_OFFSETS`: Rust eBPF has no CO-RE, so the layout of `struct sk_buff` and friends
+/// must come from the running kernel, not from the build machine.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NfOffsets {
+    /// `struct sk_buff`: `len` (u32), `data_len` (u32), `data` (pointer).
+    pub skb_len: u32,
+    pub skb_data_len: u32,
+    pub skb_data: u32,
+    /// `struct nf_hook_state`: `hook` (u8), `pf` (u8), `in`, `out` (pointers).
+    pub state_hook: u32,
+    pub state_pf: u32,
+    pub state_in: u32,
+    pub state_out: u32,
+    /// `struct net_device`: `ifindex` (int).
+    pub dev_ifindex: u32,
 }
 
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: #[repr(C)], Copy, eight u32 fields, no padding.
+    unsafe impl aya::Pod for super::NfOffsets {}
     // SAFETY: both types are #[repr(C)], Copy, contain only integers and byte arrays, and have no
     // implicit padding (the explicit `_pad` fields fill every gap; see the size test below).
     unsafe impl aya::Pod for super::FlowKey {}
@@ -136,5 +185,18 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16 + 16 + 2 * 3 + 6 + 4);
         assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7);
+    }
+
+    #[test]
+    fn stats_index_separates_buffers_and_points() {
+        let mut seen = std::collections::HashSet::new();
+        for b in 0..stats::BUFFERS {
+            for p in 0..stats::OBS_SLOTS as u8 {
+                let i = stats::index(b, p);
+                assert!(i < stats::ENTRIES);
+                assert!(seen.insert(i), "index {i} used twice");
+            }
+        }
+        assert!(OBS_NF_POST_ROUTING < stats::OBS_SLOTS as u8);
     }
 }

@@ -155,13 +155,13 @@ pub const COLUMNS: &[Column] = &[
         name: "observation_point",
         data_type: || DataType::Utf8,
         nullable: false,
-        description: "Where the packets were seen: `xdp` (ingress, before the stack).",
+        description: "Where the packets were seen: `xdp` (ingress, before the stack), or a netfilter hook: `nf_pre_routing`, `nf_local_in`, `nf_forward`, `nf_local_out`, `nf_post_routing`. A packet seen at two points is in one record per point: filter on one point when summing traffic.",
     },
     Column {
         name: "interface_name",
         data_type: || DataType::Utf8,
         nullable: false,
-        description: "Interface the packets were seen on (name at export time; empty if it is gone).",
+        description: "Interface the packets were seen on (name at export time; empty if it is gone): the ingress interface for `xdp`, `nf_pre_routing`, `nf_local_in` and `nf_forward`, the output interface for `nf_local_out` and `nf_post_routing`.",
     },
     Column {
         name: "interface_index",
@@ -173,7 +173,7 @@ pub const COLUMNS: &[Column] = &[
         name: "direction",
         data_type: || DataType::Utf8,
         nullable: false,
-        description: "`ingress` or `egress` relative to this host.",
+        description: "`ingress` or `egress` relative to this host: `egress` for `nf_local_out` and `nf_post_routing`, `ingress` otherwise (`nf_forward` reports the interface the packet came in on).",
     },
     Column {
         name: "network_type",

@@ -6,6 +6,8 @@
 //! * [`veth_pair`]: two namespaces joined by a veth pair with IPv4 + IPv6 addresses and
 //!   permanent neighbour entries (so no ARP / neighbour discovery traffic disturbs counts);
 //!   [`Link::disable_gso`] makes TCP travel as MTU-sized frames instead of GSO super-packets.
+//! * [`routed`]: host A — router R — host B (two veth pairs, forwarding on in R, routes in A
+//!   and B), for forwarded traffic.
 //! * [`udp_exchange`], [`tcp_transfer`], [`icmp_echo`]: bounded traffic generators.
 //! * [`Capture`]: an AF_PACKET observer of the frames an interface receives.
 //! * [`flows_of`]: per-flow packet / byte totals of captured frames, computed with
@@ -18,6 +20,7 @@ mod capture;
 mod flows;
 mod link;
 mod netns;
+mod router;
 mod sys;
 mod traffic;
 
@@ -25,4 +28,5 @@ pub use capture::{Capture, MAX_FRAME};
 pub use flows::{FlowTuple, flows_of};
 pub use link::{Link, ifindex, veth_pair};
 pub use netns::{Netns, NsThread};
+pub use router::{Routed, routed};
 pub use traffic::{icmp_echo, tcp_transfer, udp_exchange};

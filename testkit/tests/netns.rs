@@ -292,3 +292,71 @@ fn run_in_command_and_ip_work_inside_the_namespace() {
     assert!(Netns::new("bad tag").is_err());
     assert!(Netns::new("").is_err());
 }
+
+/// A reaches B only through R: UDP both ways over IPv4 and IPv6 arrives, and R's interfaces
+/// see every datagram on the way; the namespaces are gone after drop.
+#[test]
+fn routed_forwards_both_families_through_r() {
+    let t = flowlens_testkit::routed("rt").unwrap();
+    let names = [
+        t.a.name().to_string(),
+        t.r.name().to_string(),
+        t.b.name().to_string(),
+    ];
+    let cap_ab = Capture::start(&t.r, &t.ar.b_if).unwrap();
+    let cap_ba = Capture::start(&t.r, &t.rb.a_if).unwrap();
+    for v6 in [false, true] {
+        let (a, b) = (t.a_addr(v6), t.b_addr(v6));
+        assert_ne!(
+            a.to_string().rsplit_once(['.', ':']).unwrap().0,
+            b.to_string().rsplit_once(['.', ':']).unwrap().0,
+            "A and B must be on different subnets"
+        );
+        let ab = udp_exchange(
+            &t.a,
+            &t.b,
+            SocketAddr::new(a, 41000 + v6 as u16),
+            SocketAddr::new(b, 6000),
+            30,
+            200,
+        )
+        .unwrap();
+        assert_eq!(ab, 30);
+        let ba = udp_exchange(
+            &t.b,
+            &t.a,
+            SocketAddr::new(b, 42000 + v6 as u16),
+            SocketAddr::new(a, 6001),
+            12,
+            50,
+        )
+        .unwrap();
+        assert_eq!(ba, 12);
+    }
+    let ab = flows_of(&cap_ab.stop().unwrap());
+    let ba = flows_of(&cap_ba.stop().unwrap());
+    for v6 in [false, true] {
+        let hdr = if v6 { 40 } else { 20 };
+        let k = FlowTuple {
+            src: t.a_addr(v6),
+            dst: t.b_addr(v6),
+            proto: 17,
+            src_port: 41000 + v6 as u16,
+            dst_port: 6000,
+        };
+        assert_eq!(ab.get(&k), Some(&(30, 30 * (hdr + 8 + 200))), "{ab:#?}");
+        let k = FlowTuple {
+            src: t.b_addr(v6),
+            dst: t.a_addr(v6),
+            proto: 17,
+            src_port: 42000 + v6 as u16,
+            dst_port: 6001,
+        };
+        assert_eq!(ba.get(&k), Some(&(12, 12 * (hdr + 8 + 50))), "{ba:#?}");
+    }
+    drop(t);
+    let list = netns_list();
+    for n in names {
+        assert!(!listed(&list, &n), "{n} still exists");
+    }
+}

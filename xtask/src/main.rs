@@ -1,8 +1,8 @@
 //! `cargo xtask <command>`: everything needed to go from a clean clone to a tested build.
 //!
 //! * `setup`: installs what is missing: the pinned eBPF nightly (with rust-src), bpf-linker built
-//!   against that nightly's own LLVM, Debian packages the tests use (iproute2), and the Python
-//!   test peers (moto, boto3, pyarrow from PyPI).
+//!   against that nightly's own LLVM, Debian packages the tests use (iproute2, chromium), and the
+//!   Python test peers (moto, boto3, pyarrow from PyPI).
 //! * `build`: setup + release build of `flowlens`.
 //! * `test`: setup + every test, kernel tests included (needs root).
 //! * `bench`: setup + the benchmarks (docs/BENCHMARKS.md).
@@ -28,6 +28,7 @@ const HELP: &str =
   build   setup, then build flowlens (release): target/release/flowlens
   test    setup, then run every test (kernel tests need root)
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
+          (`cargo xtask bench report`: only the flowlens report benchmark)
   demo    setup, build, run flowlens between two network namespaces and show the top flows";
 
 fn real_main() -> Result<()> {
@@ -48,14 +49,17 @@ fn real_main() -> Result<()> {
         }
         "bench" => {
             let env = setup::setup()?;
-            run(cargo(&env).args([
-                "run",
-                "--release",
-                "-p",
-                "flowlens-benches",
-                "--bin",
-                "flowlens-bench",
-            ]))
+            run(cargo(&env)
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "flowlens-benches",
+                    "--bin",
+                    "flowlens-bench",
+                    "--",
+                ])
+                .args(&rest))
         }
         "demo" => {
             let env = setup::setup()?;

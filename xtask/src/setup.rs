@@ -223,7 +223,15 @@ pub fn setup() -> Result<Env> {
     let nightly = nightly()?;
     let sysroot = ensure_nightly(&nightly)?;
     let bin = ensure_bpf_linker(&nightly, &sysroot)?;
-    ensure_apt(&[("ip", "iproute2")])?;
+    // util-linux (`unshare`, `mount`) is essential in Debian; listed because the netfilter
+    // fallback test hides the kernel's BTF in a private mount namespace with it.
+    // chromium: the HTML report test (collector/tests/report.rs) opens the report headless.
+    ensure_apt(&[
+        ("ip", "iproute2"),
+        ("unshare", "util-linux"),
+        ("mount", "mount"),
+        ("chromium", "chromium"),
+    ])?;
     ensure_python_modules()?;
     let mut path = OsString::from(bin.as_os_str());
     if let Some(p) = std::env::var_os("PATH") {

@@ -1,0 +1,221 @@
+//! `flowlens report` scan speed over >= 10 million rows.
+//!
+//! The dataset (one day, 10.08 M rows, written through the real Parquet sink) is generated once
+//! into `target/bench/report-10m/` and reused while its marker file says it is complete.
+//! Measured side by side in one run:
+//! * `report_rows_per_sec`: the full report (`flowlens::report::build`, 2 threads) over the day;
+//! * `report_rows_per_sec_1_thread`: the same with one thread;
+//! * `report_1h_seconds` vs `report_day_seconds`: one hour of the day (partition pruning);
+//! * `decode_projected_rows_per_sec` vs `decode_all_columns_rows_per_sec`: only the parquet
+//!   decoding (one thread, no aggregation) of the 12 report columns vs all 23 columns.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use flowlens::report::{self, ReportArgs};
+use flowlens_schema::{
+    flow::{FlowKey, OBS_NF_LOCAL_OUT, OBS_XDP},
+    record::{EndReason, FlowRecord},
+};
+use flowlens_sinks::{
+    Sink,
+    parquet::{ParquetOptions, ParquetSink},
+};
+use parquet::arrow::{ProjectionMask, arrow_reader::ParquetRecordBatchReaderBuilder};
+
+/// 2026-11-20T00:00:00Z
+const DAY0: i64 = 20_777 * 86_400_000_000;
+const ROWS: u64 = 10_080_000;
+const MARKER: &str = ".complete-v2";
+
+fn dataset_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/report-10m")
+}
+
+/// Writes ROWS records spread over one day, in time order, through the Parquet sink.
+fn generate(dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut sink = ParquetSink::new(ParquetOptions {
+        dir: dir.to_path_buf(),
+        rotate_bytes: 128 << 20,
+        rotate_interval: Duration::from_secs(86_400),
+        host: Arc::from("bench"),
+    })?;
+    let mut x: u64 = 7;
+    let mut rnd = move |n: u64| {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) % n
+    };
+    let ifaces: [(&str, u32); 4] = [("eth0", 2), ("eth1", 3), ("eth2", 4), ("bond0", 5)];
+    let names: Vec<Arc<str>> = ifaces.iter().map(|(n, _)| Arc::from(*n)).collect();
+    let host: Arc<str> = Arc::from("bench");
+    let step = 86_400_000_000 / ROWS as i64;
+    let t = Instant::now();
+    let mut chunk = Vec::with_capacity(50_000);
+    let mut hour = 0;
+    for i in 0..ROWS {
+        let end = DAY0 + i as i64 * step;
+        let h = (end - DAY0) / 3_600_000_000;
+        if h != hour {
+            // Close the finished hour's file.
+            sink.write(&chunk)?;
+            chunk.clear();
+            sink.close()?;
+            hour = h;
+            eprintln!(
+                "bench: generating the report dataset: hour {h}/24, {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let dur = rnd(60_000_000) as i64;
+        let mut k = FlowKey::ZERO;
+        k.ip_version = 4;
+        // 20,000 sources, each talking to about 10 of 3,000 destinations (~200k conversations).
+        let s = rnd(20_000) as u32;
+        let d = (s.wrapping_mul(2_654_435_761) >> 8).wrapping_add(rnd(10) as u32 * 977) % 3_000;
+        k.src_addr[10..].copy_from_slice(&[
+            0xff,
+            0xff,
+            10,
+            (s >> 16) as u8 + 1,
+            (s >> 8) as u8,
+            s as u8,
+        ]);
+        k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 172, 16, (d >> 8) as u8, d as u8]);
+        k.protocol = if rnd(4) == 0 { 17 } else { 6 };
+        k.src_port = 1024 + rnd(60_000) as u16;
+        k.dst_port = [443, 80, 53, 22, 8443, 5432][rnd(6) as usize];
+        k.observation_point = if rnd(10) == 0 {
+            OBS_NF_LOCAL_OUT
+        } else {
+            OBS_XDP
+        };
+        let ifi = rnd(4) as usize;
+        k.ifindex = ifaces[ifi].1;
+        let packets = 1 + rnd(2_000);
+        chunk.push(FlowRecord {
+            flow_start_us: end - dur,
+            flow_end_us: end,
+            key: k,
+            interface_name: names[ifi].clone(),
+            packets,
+            bytes: packets * (64 + rnd(1_400)),
+            tcp_flags: 0x18,
+            dscp: 0,
+            end_reason: EndReason::ActiveTimeout,
+            host: host.clone(),
+            community_id: String::new(),
+        });
+        if chunk.len() == chunk.capacity() {
+            sink.write(&chunk)?;
+            chunk.clear();
+        }
+    }
+    sink.write(&chunk)?;
+    sink.close()?;
+    anyhow::ensure!(sink.metrics().lost == 0, "rows lost while generating");
+    std::fs::write(dir.join(MARKER), ROWS.to_string())?;
+    Ok(())
+}
+
+fn build(dir: &Path, extra: &[&str], threads: usize) -> Result<(f64, u64)> {
+    let mut args = vec!["x", "--input", dir.to_str().context("utf-8 path")?, "-q"];
+    args.extend_from_slice(extra);
+    #[derive(clap::Parser)]
+    struct P {
+        #[command(flatten)]
+        a: ReportArgs,
+    }
+    let p = <P as clap::Parser>::try_parse_from(&args)?;
+    let mut opts = p.a.resolve(report::now_us())?;
+    opts.threads = threads;
+    let t = Instant::now();
+    let r = report::build(&opts)?;
+    Ok((t.elapsed().as_secs_f64(), r.scan.rows_read))
+}
+
+fn decode(dir: &Path, projected: bool) -> Result<f64> {
+    let files = flowlens::top::parquet_files(dir)?;
+    let t = Instant::now();
+    let mut rows = 0u64;
+    for f in files {
+        let b = ParquetRecordBatchReaderBuilder::try_new(File::open(&f)?)?;
+        let b = if projected {
+            let m = ProjectionMask::columns(
+                b.parquet_schema(),
+                report::compute::COLUMNS.iter().copied(),
+            );
+            b.with_projection(m)
+        } else {
+            b
+        };
+        for batch in b.with_batch_size(8192).build()? {
+            rows += batch?.num_rows() as u64;
+        }
+    }
+    Ok(rows as f64 / t.elapsed().as_secs_f64())
+}
+
+pub fn run(summary: &mut BTreeMap<String, f64>) -> Result<()> {
+    let dir = dataset_dir();
+    let ok = std::fs::read_to_string(dir.join(MARKER)).is_ok_and(|s| s.trim() == ROWS.to_string());
+    if !ok {
+        generate(&dir)?;
+    }
+    let bytes: u64 = flowlens::top::parquet_files(&dir)?
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    // Warm the page cache once so every measurement reads from memory alike.
+    build(&dir, &["--top", "10"], 2)?;
+    let mut day = Vec::new();
+    let mut day1 = Vec::new();
+    let mut hour = Vec::new();
+    let mut proj = Vec::new();
+    let mut all = Vec::new();
+    let mut rows = 0;
+    for _ in 0..3 {
+        let (s, r) = build(&dir, &[], 2)?;
+        rows = r;
+        day.push(s);
+        day1.push(build(&dir, &[], 1)?.0);
+        hour.push(
+            build(
+                &dir,
+                &[
+                    "--from",
+                    "2026-11-20T12:00:00Z",
+                    "--to",
+                    "2026-11-20T13:00:00Z",
+                ],
+                2,
+            )?
+            .0,
+        );
+        proj.push(decode(&dir, true)?);
+        all.push(decode(&dir, false)?);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (d, d1, h) = (med(&mut day), med(&mut day1), med(&mut hour));
+    anyhow::ensure!(rows >= 10_000_000, "only {rows} rows scanned");
+    summary.insert("report_rows".into(), rows as f64);
+    summary.insert("report_dataset_mib".into(), bytes as f64 / (1 << 20) as f64);
+    summary.insert("report_day_seconds".into(), d);
+    summary.insert("report_rows_per_sec".into(), rows as f64 / d);
+    summary.insert("report_rows_per_sec_1_thread".into(), rows as f64 / d1);
+    summary.insert("report_1h_seconds".into(), h);
+    summary.insert("decode_projected_rows_per_sec".into(), med(&mut proj));
+    summary.insert("decode_all_columns_rows_per_sec".into(), med(&mut all));
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! Finding and reading the Parquet files: Hive partition pruning by directory name, row-group
+//! pruning by `flow_end` statistics, column projection, and a parallel scan (one work item per
+//! row group, pulled by `threads` workers) with progress on stderr.
+
+use std::{
+    fs::File,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use parquet::{
+    arrow::{
+        ProjectionMask,
+        arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder},
+    },
+    file::statistics::Statistics,
+};
+use serde::Serialize;
+
+use super::{
+    ReportError,
+    compute::{Agg, COLUMNS, Selection},
+};
+
+/// `[start, end)` in µs of a `date=YYYY-MM-DD[/hour=HH]` path, if the path has such components.
+pub fn partition_interval(path: &Path) -> Option<(i64, i64)> {
+    let mut day: Option<i64> = None;
+    let mut hour: Option<i64> = None;
+    for c in path.components() {
+        let c = c.as_os_str().to_string_lossy();
+        if let Some(d) = c.strip_prefix("date=") {
+            day = parse_date(d);
+            hour = None;
+        } else if let Some(h) = c.strip_prefix("hour=") {
+            hour = h.parse::<i64>().ok().filter(|h| (0..24).contains(h));
+        }
+    }
+    let day_us = day? * 86_400_000_000;
+    Some(match hour {
+        Some(h) => (day_us + h * 3_600_000_000, day_us + (h + 1) * 3_600_000_000),
+        None => (day_us, day_us + 86_400_000_000),
+    })
+}
+
+/// Days since the epoch of `YYYY-MM-DD`.
+fn parse_date(s: &str) -> Option<i64> {
+    let mut it = s.splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Inverse of civil_from_days (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The file's Arrow schema with `source_address`/`destination_address` as
+/// `Dictionary(Int32, Utf8)` (when they are `Utf8`).
+fn dictionary_hint(schema: &arrow_schema::SchemaRef) -> arrow_schema::SchemaRef {
+    use arrow_schema::{DataType, Field, Schema};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if super::compute::DICTIONARY_COLUMNS.contains(&f.name().as_str())
+                && *f.data_type() == DataType::Utf8
+            {
+                f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Counters of what was read and skipped (part of the JSON report).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ScanStats {
+    /// Partition directories skipped by name (their files were never listed).
+    pub partitions_pruned: u64,
+    /// `.parquet` files listed in the kept partitions.
+    pub files: u64,
+    /// Files all of whose row groups were pruned by statistics.
+    pub files_pruned: u64,
+    pub row_groups: u64,
+    pub row_groups_pruned: u64,
+    /// Rows decoded (in kept row groups).
+    pub rows_read: u64,
+    /// Rows that passed the time range and observation point filter.
+    pub rows_selected: u64,
+}
+
+/// One row group to read.
+struct Unit {
+    file: usize,
+    row_group: usize,
+    rows: u64,
+}
+
+/// The files and row groups a scan will read, with their footers loaded once.
+pub struct Plan {
+    files: Vec<(PathBuf, ArrowReaderMetadata)>,
+    units: Vec<Unit>,
+    pub stats: ScanStats,
+    /// Observation points present in the kept row groups according to their statistics:
+    /// every row group's min and max value (exact for the names flowlens writes, see
+    /// `default_observation_point`). `None` if some row group has no statistics.
+    pub observation_points_in_stats: Option<Vec<String>>,
+}
+
+fn i64_stats(s: Option<&Statistics>) -> Option<(i64, i64)> {
+    match s? {
+        Statistics::Int64(v) => Some((*v.min_opt()?, *v.max_opt()?)),
+        _ => None,
+    }
+}
+
+fn str_stats(s: Option<&Statistics>) -> Option<(String, String)> {
+    match s? {
+        Statistics::ByteArray(v) => Some((
+            v.min_opt()?.as_utf8().ok()?.to_string(),
+            v.max_opt()?.as_utf8().ok()?.to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// Lists the files under `dir` whose partitions overlap `[from, to)` and keeps the row groups
+/// whose `flow_end` statistics overlap it.
+pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> Result<Plan, ReportError> {
+    let mut stats = ScanStats::default();
+    let mut pruned = 0u64;
+    let paths = crate::top::parquet_files_where(dir, &mut |p| match partition_interval(p) {
+        Some((a, b)) if b <= from_us || a >= to_us => {
+            pruned += 1;
+            false
+        }
+        _ => true,
+    })
+    .map_err(|e| ReportError::Input(format!("{e:#}")))?;
+    stats.partitions_pruned = pruned;
+    let mut files = Vec::new();
+    let mut units = Vec::new();
+    let mut obs: Option<Vec<String>> = Some(Vec::new());
+    for p in paths {
+        // Files outside the partition range (e.g. a file placed by hand) are checked too.
+        if let Some((a, b)) = partition_interval(&p)
+            && (b <= from_us || a >= to_us)
+        {
+            continue;
+        }
+        stats.files += 1;
+        let f = File::open(&p).map_err(|e| ReportError::Io(p.display().to_string(), e))?;
+        let md = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+            .and_then(|md| {
+                // Read the address columns as dictionaries: the aggregation then interns each
+                // distinct address once per column chunk instead of once per row.
+                let hint = dictionary_hint(md.schema());
+                ArrowReaderMetadata::try_new(
+                    md.metadata().clone(),
+                    ArrowReaderOptions::new().with_schema(hint),
+                )
+            })
+            .map_err(|e| ReportError::Parquet(p.display().to_string(), e))?;
+        let schema = md.metadata().file_metadata().schema_descr();
+        let col_idx = |name: &str| schema.columns().iter().position(|c| c.name() == name);
+        let (Some(end_i), Some(obs_i)) = (col_idx("flow_end"), col_idx("observation_point")) else {
+            return Err(ReportError::Schema(format!(
+                "{}: not a flowlens flow file (no flow_end/observation_point column)",
+                p.display()
+            )));
+        };
+        let before = units.len();
+        for (rg_i, rg) in md.metadata().row_groups().iter().enumerate() {
+            stats.row_groups += 1;
+            if let Some((min, max)) = i64_stats(rg.column(end_i).statistics())
+                && (max < from_us || min >= to_us)
+            {
+                stats.row_groups_pruned += 1;
+                continue;
+            }
+            if rg.num_rows() == 0 {
+                continue;
+            }
+            match (&mut obs, str_stats(rg.column(obs_i).statistics())) {
+                (Some(v), Some((a, b))) => {
+                    v.push(a);
+                    v.push(b);
+                }
+                (o, _) => *o = None,
+            }
+            units.push(Unit {
+                file: files.len(),
+                row_group: rg_i,
+                rows: rg.num_rows() as u64,
+            });
+        }
+        if units.len() == before {
+            stats.files_pruned += 1;
+        }
+        files.push((p, md));
+    }
+    if let Some(v) = &mut obs {
+        v.sort();
+        v.dedup();
+    }
+    Ok(Plan {
+        files,
+        units,
+        stats,
+        observation_points_in_stats: obs,
+    })
+}
+
+impl Plan {
+    pub fn rows(&self) -> u64 {
+        self.units.iter().map(|u| u.rows).sum()
+    }
+
+    /// Distinct values of `observation_point` in the planned row groups (reads only that column).
+    pub fn read_observation_points(&self) -> Result<Vec<String>, ReportError> {
+        let mut out: Vec<String> = Vec::new();
+        for u in &self.units {
+            let (path, md) = &self.files[u.file];
+            let f = File::open(path).map_err(|e| ReportError::Io(path.display().to_string(), e))?;
+            let b = ParquetRecordBatchReaderBuilder::new_with_metadata(f, md.clone());
+            let mask = ProjectionMask::columns(b.parquet_schema(), ["observation_point"]);
+            let r = b
+                .with_projection(mask)
+                .with_row_groups(vec![u.row_group])
+                .build()
+                .map_err(|e| ReportError::Parquet(path.display().to_string(), e))?;
+            for batch in r {
+                let batch = batch.map_err(|e| ReportError::Schema(e.to_string()))?;
+                let a = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .ok_or_else(|| ReportError::Schema("observation_point is not text".into()))?;
+                for v in a.iter().flatten() {
+                    if !out.iter().any(|o| o == v) {
+                        out.push(v.to_string());
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads every planned row group (projected to [`COLUMNS`]) into per-thread aggregates and
+    /// merges them. Progress goes to stderr every second unless `quiet`.
+    pub fn scan(
+        &self,
+        sel: &Selection,
+        threads: usize,
+        quiet: bool,
+        label: &str,
+    ) -> Result<Agg, ReportError> {
+        let next = AtomicUsize::new(0);
+        let rows_done = AtomicU64::new(0);
+        let units_done = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let first_err: Mutex<Option<ReportError>> = Mutex::new(None);
+        let total_rows = self.rows();
+        let t0 = Instant::now();
+        let threads = threads.clamp(1, self.units.len().max(1));
+        let result = std::thread::scope(|s| {
+            let progress = (!quiet).then(|| {
+                s.spawn(|| {
+                    let mut last = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        if last.elapsed() >= Duration::from_secs(1) {
+                            last = Instant::now();
+                            let _ = writeln!(
+                                std::io::stderr(),
+                                "flowlens report: {label}: {}/{} row groups, {}/{} rows, {:.1} s",
+                                units_done.load(Ordering::Relaxed),
+                                self.units.len(),
+                                rows_done.load(Ordering::Relaxed),
+                                total_rows,
+                                t0.elapsed().as_secs_f64()
+                            );
+                        }
+                    }
+                })
+            });
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut agg = Agg::default();
+                        loop {
+                            if first_err.lock().map(|e| e.is_some()).unwrap_or(true) {
+                                break;
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(u) = self.units.get(i) else { break };
+                            if let Err(e) = self.read_unit(u, sel, &mut agg, &rows_done) {
+                                if let Ok(mut slot) = first_err.lock() {
+                                    slot.get_or_insert(e);
+                                }
+                                break;
+                            }
+                            units_done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        agg
+                    })
+                })
+                .collect();
+            // The first worker's aggregate is the base (no copy); the others merge into it.
+            let mut total: Option<Agg> = None;
+            for w in workers {
+                match w.join() {
+                    Ok(a) => match &mut total {
+                        Some(t) => t.merge(a),
+                        None => total = Some(a),
+                    },
+                    Err(_) => {
+                        if let Ok(mut slot) = first_err.lock() {
+                            slot.get_or_insert(ReportError::Input("a scan thread panicked".into()));
+                        }
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            if let Some(p) = progress {
+                let _ = p.join();
+            }
+            total.unwrap_or_default()
+        });
+        if let Some(e) = first_err.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        if !quiet {
+            let secs = t0.elapsed().as_secs_f64();
+            let _ = writeln!(
+                std::io::stderr(),
+                "flowlens report: {label}: scanned {} files, {} row groups, {} rows in {:.2} s ({:.0} rows/s)",
+                self.files.len() as u64 - self.stats.files_pruned,
+                self.units.len(),
+                result.rows_read,
+                secs,
+                result.rows_read as f64 / secs.max(1e-9)
+            );
+        }
+        Ok(result)
+    }
+
+    fn read_unit(
+        &self,
+        u: &Unit,
+        sel: &Selection,
+        agg: &mut Agg,
+        rows_done: &AtomicU64,
+    ) -> Result<(), ReportError> {
+        let (path, md) = &self.files[u.file];
+        let name = || path.display().to_string();
+        let f = File::open(path).map_err(|e| ReportError::Io(name(), e))?;
+        let b = ParquetRecordBatchReaderBuilder::new_with_metadata(f, md.clone());
+        let mask = ProjectionMask::columns(b.parquet_schema(), COLUMNS.iter().copied());
+        let reader = b
+            .with_projection(mask)
+            .with_row_groups(vec![u.row_group])
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| ReportError::Parquet(name(), e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| ReportError::Schema(format!("{}: {e}", name())))?;
+            agg.add_batch(sel, &batch)
+                .map_err(|e| ReportError::Schema(format!("{}: {e}", name())))?;
+            rows_done.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_intervals() {
+        // 2026-11-26 = day 20418.
+        let day = 20_783 * 86_400_000_000i64;
+        assert_eq!(
+            partition_interval(Path::new("/x/date=2026-11-26/hour=07/f.parquet")),
+            Some((day + 7 * 3_600_000_000, day + 8 * 3_600_000_000))
+        );
+        assert_eq!(
+            partition_interval(Path::new("/x/date=2026-11-26")),
+            Some((day, day + 86_400_000_000))
+        );
+        assert_eq!(partition_interval(Path::new("/x/other/f.parquet")), None);
+        for d in [0i64, 19_723, 19_782, -1, 20_783] {
+            let (y, m, dd) = flowlens_sinks::parquet::civil_from_days(d);
+            assert_eq!(parse_date(&format!("{y:04}-{m:02}-{dd:02}")), Some(d));
+        }
+    }
+}
