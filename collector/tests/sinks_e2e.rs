@@ -342,5 +342,51 @@ fn otlp_parquet_and_s3_sinks_get_the_same_records() {
         line.contains(&format!("acknowledged={}", from_otlp.len())),
         "{line}"
     );
+
+    // S3: same records (community ids, bytes) as the local Parquet files, under Hive keys.
+    let s3_line = stderr
+        .lines()
+        .find(|l| l.contains("sink closed") && l.contains("s3://"))
+        .expect("s3 sink metrics line");
+    assert!(
+        s3_line.contains(&format!("acknowledged={}", from_parquet.len()))
+            && s3_line.contains("lost=0"),
+        "{s3_line}"
+    );
+    let mut s3_cids = Vec::new();
+    let mut s3_bytes = 0i64;
+    let listing = s3_check(&["read", "e2e", "flows/run1"]);
+    assert!(!listing.is_empty(), "no objects under s3://e2e/flows/run1");
+    for l in listing.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        assert!(
+            f[0].starts_with("flows/run1/date=")
+                && f[0].contains("/hour=")
+                && f[0].ends_with(".parquet")
+                && !f[0].contains("inprogress"),
+            "{}",
+            f[0]
+        );
+        s3_bytes += f[4].parse::<i64>().unwrap();
+        s3_cids.extend(f[5].split(',').map(String::from));
+    }
+    s3_cids.sort();
+    let mut pq_cids: Vec<String> = from_parquet.iter().map(|r| r.0.clone()).collect();
+    pq_cids.sort();
+    assert_eq!(
+        s3_cids, pq_cids,
+        "S3 objects and local files hold different records"
+    );
+    assert_eq!(s3_bytes, from_parquet.iter().map(|r| r.4).sum::<i64>());
     std::fs::remove_dir_all(&out).unwrap();
+    // Uploaded files are removed from the spool; only empty partition directories remain.
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .flat_map(|h| std::fs::read_dir(h.path()).into_iter().flatten().flatten())
+        .map(|f| f.path())
+        .collect();
+    assert!(left.is_empty(), "files left in the spool: {left:?}");
+    std::fs::remove_dir_all(&spool).unwrap();
 }
