@@ -295,9 +295,7 @@ fn bench_value(now: u64) -> FlowValue {
 /// Drained entries → flow table → records, as `Pipeline::cycle` does (all flows end here).
 fn to_records(deltas: &[(FlowKey, FlowValue)]) -> usize {
     let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
-    for (k, v) in deltas {
-        table.merge(k, v);
-    }
+    table.merge_all(deltas);
     let mut ended = Vec::with_capacity(deltas.len());
     table.drain_all(&mut ended);
     let mut exporter = Exporter::new("bench-host");
@@ -352,6 +350,22 @@ fn drain_once(n: u32, method: &str) -> Result<(f64, f64)> {
     Ok((t_drain + t_records, t_drain))
 }
 
+/// Median wall time of a drain that finds nothing: the buffer swap and its RCU grace period,
+/// paid once per drain whatever the number of flows (the collector waits, the CPU does not).
+fn empty_drain_ms(rounds: usize) -> Result<f64> {
+    let mut probe = Probe::load(1024)?;
+    let mut d = probe.take_drainer()?;
+    let mut out = Vec::new();
+    let mut ms: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            d.drain(&mut out).map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(ms[ms.len() / 2])
+}
+
 /// Median flows/s (drain + records, and drain alone) per method and size, methods interleaved.
 fn drain_rates(sizes: &[u32], rounds: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
     for &n in sizes {
@@ -401,19 +415,20 @@ fn rss_child() -> Result<()> {
     let mut probe = Probe::load(flowlens::config::DEFAULT_MAX_FLOWS)?;
     let mut drainer = probe.take_drainer()?;
     let dir = std::env::temp_dir().join(format!("flowlens-bench-rss-{}", std::process::id()));
-    let mut sink = ParquetSink::new(ParquetOptions {
+    let sink = ParquetSink::new(ParquetOptions {
         dir: dir.clone(),
         rotate_bytes: 128 << 20,
         rotate_interval: Duration::from_secs(300),
         host: "bench-host".into(),
     })?;
-    let mut table = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15));
-    let mut exporter = Exporter::new("bench-host");
+    let mut pipe = flowlens::run::Pipeline::new(
+        FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)),
+        Exporter::new("bench-host"),
+        vec![Box::new(sink)],
+    );
     let start = flowlens::timebase::monotonic_now_ns();
     let mut first_live = 0u32;
-    let mut deltas = Vec::new();
-    let mut ended = Vec::new();
-    let mut records = 0u64;
+    let mut max_table = 0usize;
     for sec in 0..SECONDS {
         let now = start + sec * 1_000_000_000;
         let v = FlowValue {
@@ -430,23 +445,20 @@ fn rss_child() -> Result<()> {
         for id in first_live..first_live + CONCURRENT {
             map.insert(&bench_key(id), &v, 0)?;
         }
-        deltas.clear();
-        drainer.drain(&mut deltas)?;
-        for (k, v) in &deltas {
-            table.merge(k, v);
+        pipe.cycle_at(&mut drainer, false, now)?;
+        max_table = max_table.max(pipe.table.len());
+        if std::env::var_os("FLOWLENS_BENCH_RSS_TRACE").is_some() {
+            let st = std::fs::read_to_string("/proc/self/status")?;
+            let rss = st
+                .lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .unwrap_or_default();
+            eprintln!("sec {sec}: table {} {rss}", pipe.table.len());
         }
-        ended.clear();
-        table.expire(now, &mut ended);
-        let tb = Timebase::sample();
-        let recs: Vec<_> = ended.iter().map(|e| exporter.record(e, &tb)).collect();
-        records += recs.len() as u64;
-        if !recs.is_empty() {
-            sink.write(&recs)?;
-        }
-        sink.tick()?;
         first_live += NEW_PER_SECOND;
     }
-    sink.close()?;
+    pipe.cycle(&mut drainer, true)?;
+    pipe.close()?;
     std::fs::remove_dir_all(&dir).ok();
     let status = std::fs::read_to_string("/proc/self/status")?;
     let hwm = status
@@ -455,10 +467,116 @@ fn rss_child() -> Result<()> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .context("VmHWM in /proc/self/status")?;
     println!(
-        "VmHWM_kB={hwm} records={records} flows={}",
+        "VmHWM_kB={hwm} records={} flows={} max_table={max_table}",
+        pipe.totals.records,
         first_live + CONCURRENT
     );
     Ok(())
+}
+
+/// One second of UDP (64-byte payloads) from A to B over a veth pair: packets per second that
+/// reached B's socket, with the flow program attached to B's end (native XDP) or not.
+fn veth_round(
+    a: &flowlens_testkit::Netns,
+    b: &flowlens_testkit::Netns,
+    link: &flowlens_testkit::Link,
+    program: Option<&'static str>,
+) -> Result<f64> {
+    use std::{
+        net::{SocketAddr, UdpSocket},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+            mpsc,
+        },
+    };
+    const SECONDS: f64 = 1.0;
+    let dst = SocketAddr::new(link.b_v4.into(), 9999);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The probe lives in a thread inside B (attachment is per namespace) until told to stop.
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let ifname = link.b_if.clone();
+    let prober = b.spawn_in(move || {
+        let Some(program) = program else {
+            let _ = ready_tx.send(Ok(()));
+            let _ = done_rx.recv();
+            return;
+        };
+        let probe = Probe::load(65_536).and_then(|mut p| {
+            p.attach_xdp_program(program, &ifname, flowlens::probe::XdpAttachMode::Native)?;
+            Ok(p)
+        });
+        match probe {
+            Ok(p) => {
+                let _ = ready_tx.send(Ok(()));
+                let _ = done_rx.recv();
+                drop(p);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(format!("{e:#}")));
+            }
+        }
+    })?;
+    ready_rx
+        .recv()?
+        .map_err(|e| anyhow::anyhow!("attaching the probe: {e}"))?;
+    let rx_stop = stop.clone();
+    let receiver = b.spawn_in(move || -> std::io::Result<u64> {
+        let s = UdpSocket::bind(dst)?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let mut buf = [0u8; 2048];
+        let mut n = 0u64;
+        loop {
+            match s.recv(&mut buf) {
+                Ok(_) => n += 1,
+                Err(_) if rx_stop.load(Ordering::Relaxed) => return Ok(n),
+                Err(_) => {}
+            }
+        }
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    let sender = a.spawn_in(move || -> std::io::Result<u64> {
+        let s = UdpSocket::bind(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0))?;
+        let payload = [0u8; 64];
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed().as_secs_f64() < SECONDS {
+            for _ in 0..64 {
+                if s.send_to(&payload, dst).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    })?;
+    let _sent = sender.join()?;
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let received = receiver.join()?;
+    let _ = done_tx.send(());
+    prober.join();
+    Ok(received as f64 / SECONDS)
+}
+
+/// Median packets/s through a veth pair with no XDP program, the no-op XDP program (veth's own
+/// XDP path costs a lot) and the flow program, rounds interleaved.
+fn veth_pps(rounds: usize) -> Result<(f64, f64, f64)> {
+    use flowlens_testkit::{Netns, veth_pair};
+    let a = Netns::new("bench-a")?;
+    let b = Netns::new("bench-b")?;
+    let link = veth_pair(&a, &b)?;
+    let (mut without, mut noop, mut with) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        without.push(veth_round(&a, &b, &link, None)?);
+        noop.push(veth_round(&a, &b, &link, Some(XDP_NOOP_PROGRAM))?);
+        with.push(veth_round(&a, &b, &link, Some(XDP_PROGRAM))?);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    Ok((med(&mut without), med(&mut noop), med(&mut with)))
 }
 
 fn rss_peak_mb() -> Result<(f64, f64)> {
@@ -527,6 +645,27 @@ fn main() -> Result<()> {
             );
             return Ok(());
         }
+        Some("records") => {
+            let now = flowlens::timebase::monotonic_now_ns();
+            let d: Vec<_> = (0..100_000)
+                .map(|i| (bench_key(i), bench_value(now)))
+                .collect();
+            let t = Instant::now();
+            for _ in 0..20 {
+                to_records(&d);
+            }
+            println!("{:.0} flows/s", 2_000_000.0 / t.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        Some("veth") => {
+            let (without, noop, with) = veth_pps(5)?;
+            println!(
+                "veth pps without {without:.0}, noop xdp {noop:.0}, flowlens {with:.0}: {:.3} of none, {:.3} of noop",
+                with / without,
+                with / noop
+            );
+            return Ok(());
+        }
         Some("drain") => {
             let mut s = BTreeMap::new();
             drain_rates(&[100_000], 5, &mut s)?;
@@ -580,7 +719,16 @@ fn main() -> Result<()> {
     summary.insert("xdp_over_noop_ns_new_flow".into(), new_flow - new_noop);
 
     // Drains, batch swap vs per key.
+    summary.insert("drain_empty_swap_ms".into(), empty_drain_ms(21)?);
     drain_rates(&[10_000, 100_000, 1_000_000], 3, &mut summary)?;
+
+    // End to end through a veth pair.
+    let (without, noop_pps, with) = veth_pps(5)?;
+    summary.insert("veth_pps_without_probe".into(), without);
+    summary.insert("veth_pps_noop_xdp".into(), noop_pps);
+    summary.insert("veth_pps_with_probe".into(), with);
+    summary.insert("veth_pps_ratio_with_over_without".into(), with / without);
+    summary.insert("veth_pps_ratio_with_over_noop_xdp".into(), with / noop_pps);
 
     // Collector memory.
     let (rss_mb, flows) = rss_peak_mb()?;

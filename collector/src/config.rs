@@ -416,6 +416,32 @@ mod tests {
         assert!(c.netfilter.is_empty());
         assert_eq!(c.netfilter_priority, DEFAULT_NETFILTER_PRIORITY);
         assert_eq!(c.duration, None);
+        assert_eq!(c.early_drain_fill, 50);
+        assert!(!c.precise_timestamps);
+    }
+
+    #[test]
+    fn drain_and_clock_options() {
+        let c = args(&["--early-drain-fill", "0", "--precise-timestamps"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.early_drain_fill, 0);
+        assert!(c.precise_timestamps);
+        let e = format!(
+            "{:#}",
+            args(&["--early-drain-fill", "101"]).resolve().unwrap_err()
+        );
+        assert!(
+            e.contains("--early-drain-fill 101") && e.contains("0-100"),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-drain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "early-drain-fill = 75\nprecise-timestamps = true\n").unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!((c.early_drain_fill, c.precise_timestamps), (75, true));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

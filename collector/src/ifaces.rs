@@ -60,7 +60,7 @@ pub fn up_non_loopback() -> Result<Vec<String>> {
 /// resolves as soon as it exists.
 #[derive(Default)]
 pub struct NameCache {
-    names: HashMap<u32, Arc<str>>,
+    names: HashMap<u32, Arc<str>, foldhash::fast::RandomState>,
     empty: Arc<str>,
 }
 

@@ -241,8 +241,18 @@ impl Probe {
 
     /// Attaches the XDP flow program to `iface`.
     pub fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<()> {
+        self.attach_xdp_program(XDP_PROGRAM, iface, mode)
+    }
+
+    /// Attaches XDP program `name` (the flow program or, for benchmarks, the no-op twin).
+    pub fn attach_xdp_program(
+        &mut self,
+        name: &str,
+        iface: &str,
+        mode: XdpAttachMode,
+    ) -> Result<()> {
         let index = crate::ifaces::index_of(iface)?;
-        let prog = self.xdp_program(XDP_PROGRAM)?;
+        let prog = self.xdp_program(name)?;
         prog.attach(index, mode.aya())
             .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))?;
         self.attached.push(iface.to_string());

@@ -23,6 +23,9 @@ use crate::{
     timebase::{Timebase, monotonic_now_ns},
 };
 
+/// Records built and written per sink call (bounds memory in bursts of ended flows).
+const RECORD_CHUNK: usize = 8192;
+
 /// How often `flowlens run` checks whether the kernel buffer needs an early drain.
 const FILL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -113,6 +116,17 @@ impl Pipeline {
 
     /// One cycle: drain, merge, expire (or end everything when `final_cycle`), export.
     pub fn cycle(&mut self, drainer: &mut dyn Drainer, final_cycle: bool) -> Result<()> {
+        self.cycle_at(drainer, final_cycle, monotonic_now_ns())
+    }
+
+    /// [`Pipeline::cycle`] with flows expired as of `now_ns` (CLOCK_MONOTONIC): benchmarks run
+    /// the pipeline on a simulated clock.
+    pub fn cycle_at(
+        &mut self,
+        drainer: &mut dyn Drainer,
+        final_cycle: bool,
+        now_ns: u64,
+    ) -> Result<()> {
         self.deltas.clear();
         // A failed drain still hands over what it moved out of the kernel, and the final cycle
         // still ends every open flow: the error is returned after the records are out.
@@ -132,37 +146,44 @@ impl Pipeline {
             Err(e) => Some(e),
         };
         self.totals.drains += 1;
-        for (k, v) in &self.deltas {
+        for (_, v) in &self.deltas {
             self.totals.drained_packets += v.packets;
             self.totals.drained_bytes += v.bytes;
-            self.table.merge(k, v);
         }
+        self.table.merge_all(&self.deltas);
         self.ended.clear();
         if final_cycle {
             self.table.drain_all(&mut self.ended);
         } else {
-            self.table.expire(monotonic_now_ns(), &mut self.ended);
+            self.table.expire(now_ns, &mut self.ended);
         }
         let tb = Timebase::sample();
-        self.records.clear();
-        for e in &self.ended {
-            self.records.push(self.exporter.record(e, &tb));
+        // Records are built and handed to the sinks in chunks, so a burst of ended flows (say,
+        // every flow reaching the active timeout at once) is never all in memory as records.
+        for chunk in self.ended.chunks(RECORD_CHUNK) {
+            self.records.clear();
+            for e in chunk {
+                self.records.push(self.exporter.record(e, &tb));
+            }
+            self.totals.records += self.records.len() as u64;
+            for r in &self.records {
+                self.totals.packets += r.packets;
+                self.totals.bytes += r.bytes;
+            }
+            for s in &mut self.sinks {
+                if let Err(e) = s.write(&self.records) {
+                    self.totals.sink_errors += 1;
+                    self.totals.records_lost_in_sinks += self.records.len() as u64;
+                    tracing::error!(sink = s.name(), records = self.records.len(), error = %e, "sink failed; these records are lost for this sink");
+                }
+            }
         }
-        self.totals.records += self.records.len() as u64;
-        for r in &self.records {
-            self.totals.packets += r.packets;
-            self.totals.bytes += r.bytes;
-        }
-        for s in &mut self.sinks {
-            let res = if self.records.is_empty() {
-                s.tick()
-            } else {
-                s.write(&self.records)
-            };
-            if let Err(e) = res {
-                self.totals.sink_errors += 1;
-                self.totals.records_lost_in_sinks += self.records.len() as u64;
-                tracing::error!(sink = s.name(), records = self.records.len(), error = %e, "sink failed; these records are lost for this sink");
+        if self.ended.is_empty() {
+            for s in &mut self.sinks {
+                if let Err(e) = s.tick() {
+                    self.totals.sink_errors += 1;
+                    tracing::error!(sink = s.name(), error = %e, "sink tick failed");
+                }
             }
         }
         match drain_err {

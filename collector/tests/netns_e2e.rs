@@ -706,8 +706,7 @@ fn lru_overflow_is_reported_not_silent() {
     // Every packet the probe keyed was either exported or reported lost...
     assert!(lost > 0, "{line}");
     assert_eq!(got + lost, keyed, "{line}");
-    // ...and the probe keyed exactly the test's packets: the shortfall against what was sent is
-    // exactly the reported loss.
+    // ...and against what was sent (an AF_PACKET capture).
     let sent: u64 = flows_of(&cap.stop().unwrap())
         .iter()
         .filter(|(t, _)| t.dst_port == 9100 && t.proto == 17)
@@ -719,7 +718,14 @@ fn lru_overflow_is_reported_not_silent() {
         .filter(|(t, _)| t.dst_port == 9100 && t.proto == 17)
         .map(|(_, s)| s.packets)
         .sum();
-    assert_eq!(sent - ours, lost, "{line}");
+    // Our flows' shortfall is part of the reported loss (link-local chatter keyed by the probe
+    // can be evicted too, so the loss may be larger; `got + lost == keyed` above is exact).
+    assert!(sent > ours, "nothing of ours was evicted: {line}");
+    assert!(
+        sent - ours <= lost,
+        "{} of ours missing, {lost} reported: {line}",
+        sent - ours
+    );
     // The drain that found the overflow said so too, with the evicted count.
     assert!(
         stderr.contains("kernel flow buffer overflowed") && stderr.contains("evicted_packets="),

@@ -81,7 +81,10 @@ struct Kernel {
 
 impl Kernel {
     fn load() -> Kernel {
-        let mut probe = Probe::load(MAX_FLOWS).expect("loading the probe (root or CAP_BPF needed)");
+        // Precise timestamps: these tests check that each packet's time lands in its flow.
+        // (The coarse default is checked in `coarse_timestamps_are_within_a_tick`.)
+        let mut probe = Probe::load_opts(MAX_FLOWS, None, true)
+            .expect("loading the probe (root or CAP_BPF needed)");
         probe
             .xdp_program(XDP_PROGRAM)
             .expect("verifying flowlens_xdp");
@@ -2730,4 +2733,47 @@ fn differential_kernel_twin_etherparse() {
     );
     // Nothing left behind in the map, counters consistent.
     assert!(k.drain().is_empty());
+}
+
+/// The default clock for XDP is the kernel's coarse CLOCK_MONOTONIC (one scheduler tick): a
+/// packet's stamp is at most one tick (at most 10 ms at HZ=100) before the run and never after it.
+#[test]
+fn coarse_timestamps_are_within_a_tick() {
+    let mut probe = Probe::load(MAX_FLOWS).unwrap();
+    probe.xdp_program(XDP_PROGRAM).unwrap();
+    let (mut d, _) = probe.take_per_key_drainer().unwrap();
+    let frame = tcp_frame_for_time_test();
+    let t0 = monotonic_ns();
+    let prog = probe.xdp_program(XDP_PROGRAM).unwrap();
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    let t1 = monotonic_ns();
+    assert_eq!(r.return_value, XDP_PASS);
+    let mut out = Vec::new();
+    d.drain(&mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    let v = out[0].1;
+    assert_eq!(v.packets, 3);
+    const TICK_MAX: u64 = 10_000_000;
+    for t in [v.first_seen_ns, v.last_seen_ns] {
+        assert!(
+            t + TICK_MAX >= t0 && t <= t1,
+            "stamp {t} outside [{t0} - 10 ms, {t1}]"
+        );
+    }
+}
+
+fn tcp_frame_for_time_test() -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 9, 0, 1], [10, 9, 0, 2], 64)
+        .tcp(1234, 80, 1, 1000)
+        .write(&mut f, &[0u8; 20])
+        .unwrap();
+    f
 }

@@ -143,13 +143,13 @@ pub const COLUMNS: &[Column] = &[
         name: "flow_start",
         data_type: ts,
         nullable: false,
-        description: "First packet of the flow in this record (µs, UTC).",
+        description: "First packet of the flow in this record (µs, UTC). XDP records use the kernel's coarse clock (one scheduler tick, e.g. 4 ms) unless `--precise-timestamps`; netfilter records are precise.",
     },
     Column {
         name: "flow_end",
         data_type: ts,
         nullable: false,
-        description: "Last packet of the flow in this record (µs, UTC).",
+        description: "Last packet of the flow in this record (µs, UTC); same clock as `flow_start`.",
     },
     Column {
         name: "observation_point",
