@@ -11,6 +11,14 @@ use flowlens::{
     probe::{Probe, XDP_PROGRAM},
 };
 
+/// The tests here pin busy threads to every CPU; run one at a time (in parallel, the RCU grace
+/// periods the drains wait for took minutes instead of milliseconds).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; sched_setaffinity(0) pins
     // the calling thread.
@@ -26,6 +34,7 @@ fn pin_to_cpu(cpu: usize) {
 
 #[test]
 fn concurrent_updates_of_one_flow_are_exact() {
+    let _one = serial();
     let cpus = std::thread::available_parallelism()
         .unwrap()
         .get()
@@ -85,6 +94,7 @@ fn concurrent_updates_of_one_flow_are_exact() {
 /// exactly the packets and bytes that were run, and the per-drain accounting balances.
 #[test]
 fn drains_during_concurrent_updates_lose_and_duplicate_nothing() {
+    let _one = serial();
     use std::{
         collections::HashMap,
         sync::atomic::{AtomicUsize, Ordering},
