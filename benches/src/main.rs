@@ -794,6 +794,7 @@ fn main() -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     summary.insert("otlp_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("otlp_bytes_per_record".into(), otlp_bytes as f64 / n as f64);
+
     // flowlens report over 10 M rows.
     report::run(&mut summary)?;
 
