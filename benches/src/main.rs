@@ -13,6 +13,8 @@
 //! * Record path: synthetic drained deltas → flow table → records (flows/s), Parquet
 //!   encoding (records/s, bytes/record), and Kafka message encoding, protobuf and JSON
 //!   (records/s, bytes/record before librdkafka's batch compression).
+//! * OTLP: building and protobuf-encoding log export requests of the default batch size
+//!   (records/s, uncompressed bytes/record; gzip is applied by the gRPC layer on top).
 //! * Collector peak RSS (a child process) with 100k concurrent flows and 1M new flows per
 //!   simulated minute, through the real drain, flow table, exporter and Parquet sink.
 //! * `flowlens report` over 10 M rows (see `report.rs`).
@@ -42,8 +44,10 @@ use flowlens_schema::{FlowKey, FlowValue, NF_ACCEPT};
 use flowlens_sinks::{
     Sink,
     kafka::{Encoder, KafkaFormat, message_key},
+    otlp::{DEFAULT_BATCH_RECORDS, encode},
     parquet::{ParquetOptions, ParquetSink},
 };
+use prost::Message as _;
 
 /// The packet mix: IPv4/IPv6, TCP/UDP/ICMP, with and without a VLAN tag, common sizes.
 fn packet_mix() -> Vec<(&'static str, Vec<u8>)> {
@@ -780,6 +784,18 @@ fn main() -> Result<()> {
     summary.insert("parquet_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("parquet_bytes_per_record".into(), bytes as f64 / n as f64);
     std::fs::remove_dir_all(&dir).ok();
+
+    // OTLP log request encoding (request building + protobuf serialisation), same records.
+    let resource = encode::resource("bench-host");
+    let mut otlp_bytes = 0usize;
+    let t = Instant::now();
+    for chunk in records.chunks(DEFAULT_BATCH_RECORDS) {
+        let req = encode::logs_request(&resource, chunk, 1);
+        otlp_bytes += std::hint::black_box(req.encode_to_vec()).len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    summary.insert("otlp_encode_records_per_sec".into(), n as f64 / secs);
+    summary.insert("otlp_bytes_per_record".into(), otlp_bytes as f64 / n as f64);
 
     // Kafka message encoding (value + key per record), same records, formats side by side,
     // best of 3 rounds each, interleaved.

@@ -20,6 +20,7 @@ pub const DEFAULT_EARLY_DRAIN_FILL: u8 = 50;
 pub const DEFAULT_SINK: &str = "parquet:./flows";
 pub const DEFAULT_PARQUET_ROTATE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_PARQUET_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default netfilter hook priority: below every built-in hook of the kernel, the lowest of which
 /// is conntrack's defragmentation at -400 (`NF_IP_PRI_CONNTRACK_DEFRAG`; then raw -300,
 /// conntrack -200, mangle -150, DNAT -100, filter 0, SNAT 100). flowlens thus counts each packet
@@ -75,6 +76,20 @@ where
     s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+fn de_key_values<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_key_value(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s)
@@ -110,7 +125,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_priority)]
     pub netfilter_priority: Option<i32>,
 
-    /// Where records go (repeatable; each sink gets every record): `parquet:DIR`, `kafka:BROKERS/TOPIC` (BROKERS = host:port[,host:port...]) or `stdout`. [default: parquet:./flows]
+    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC` (BROKERS = host:port[,host:port...]), `otlp:http://HOST:PORT` (OTLP/gRPC; bare `otlp` uses OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317) or `stdout`. [default: parquet:./flows]
     #[arg(long = "sink", value_name = "KIND:TARGET")]
     #[serde(default)]
     pub sink: Vec<String>,
@@ -157,6 +172,33 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub parquet_rotate_bytes: Option<u64>,
 
+    /// parquet:s3://: local directory where files are written before upload (and kept if an upload fails for good). [default: $TMPDIR/flowlens-spool/BUCKET/PREFIX]
+    #[arg(long, value_name = "DIR")]
+    pub parquet_spool_dir: Option<PathBuf>,
+
+    /// parquet:s3://: an object_store S3 setting (repeatable), e.g. `endpoint=http://127.0.0.1:9000`, `region=eu-west-1`, `allow_http=true`; wins over the AWS_* environment variables.
+    #[arg(long = "s3-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[serde(default, deserialize_with = "de_key_values")]
+    pub s3_option: Vec<(String, String)>,
+
+    /// OTLP: flow log records per export request. [default: 2048]
+    #[arg(long, value_name = "N")]
+    pub otlp_batch_records: Option<usize>,
+
+    /// OTLP: records waiting in memory at most while the receiver is slow or down; records past the bound are counted as lost. [default: 262144]
+    #[arg(long, value_name = "N")]
+    pub otlp_queue_records: Option<usize>,
+
+    /// OTLP: timeout of one export attempt (failed attempts are retried with backoff). [default: 10s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub otlp_timeout: Option<Duration>,
+
+    /// OTLP: also export cumulative byte and packet counters per interface, direction, transport and observation point (every 10s and at shutdown).
+    #[arg(long)]
+    #[serde(default)]
+    pub otlp_metrics: bool,
+
     /// Kafka message format: `protobuf` (flowlens.v1.FlowRecord, schema/proto/flow.proto) or `json` (keys = column names). [default: protobuf]
     #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<KafkaFormat>())]
     #[serde(default, deserialize_with = "de_from_str")]
@@ -197,6 +239,12 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     pub parquet_rotate_interval: Duration,
     pub parquet_rotate_bytes: u64,
+    pub parquet_spool_dir: Option<PathBuf>,
+    pub s3_options: Vec<(String, String)>,
+    pub otlp_batch_records: usize,
+    pub otlp_queue_records: usize,
+    pub otlp_timeout: Duration,
+    pub otlp_metrics: bool,
     pub kafka_format: KafkaFormat,
     /// Validated `--kafka-option` pairs, in order.
     pub kafka_options: Vec<(String, String)>,
@@ -288,6 +336,25 @@ impl RunArgs {
                 .parquet_rotate_bytes
                 .or(file.parquet_rotate_bytes)
                 .unwrap_or(DEFAULT_PARQUET_ROTATE_BYTES),
+            parquet_spool_dir: self.parquet_spool_dir.or(file.parquet_spool_dir),
+            s3_options: if self.s3_option.is_empty() {
+                file.s3_option
+            } else {
+                self.s3_option
+            },
+            otlp_batch_records: self
+                .otlp_batch_records
+                .or(file.otlp_batch_records)
+                .unwrap_or(flowlens_sinks::otlp::DEFAULT_BATCH_RECORDS),
+            otlp_queue_records: self
+                .otlp_queue_records
+                .or(file.otlp_queue_records)
+                .unwrap_or(flowlens_sinks::otlp::DEFAULT_QUEUE_RECORDS),
+            otlp_timeout: self
+                .otlp_timeout
+                .or(file.otlp_timeout)
+                .unwrap_or(DEFAULT_OTLP_TIMEOUT),
+            otlp_metrics: self.otlp_metrics || file.otlp_metrics,
             kafka_format: self.kafka_format.or(file.kafka_format).unwrap_or_default(),
             kafka_options,
             kafka_queue_max_records: self
@@ -328,6 +395,19 @@ impl RunConfig {
         if self.kafka_queue_max_records == 0 {
             bail!("--kafka-queue-max-records must be at least 1");
         }
+        if self.otlp_batch_records == 0 || self.otlp_queue_records == 0 {
+            bail!("--otlp-batch-records and --otlp-queue-records must be at least 1");
+        }
+        let s3_sinks = self
+            .sinks
+            .iter()
+            .filter(|s| matches!(s, SinkSpec::ParquetS3(_)))
+            .count();
+        if s3_sinks > 1 && self.parquet_spool_dir.is_some() {
+            bail!(
+                "--parquet-spool-dir is shared by every parquet:s3:// sink; with several, leave it unset (each gets its own)"
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for i in &self.xdp {
             if !seen.insert(i) {
@@ -350,6 +430,8 @@ impl RunConfig {
                     .collect::<PathBuf>(),
                 SinkSpec::Stdout => PathBuf::from("-"),
                 SinkSpec::Kafka { .. } => PathBuf::from(s.to_string()),
+                SinkSpec::Otlp(e) => PathBuf::from(format!("otlp:{e}")),
+                SinkSpec::ParquetS3(t) => PathBuf::from(format!("s3:{t}")),
             };
             if !dirs.insert(key) {
                 bail!("--sink {s} given twice (same destination)");
@@ -474,6 +556,51 @@ mod tests {
         std::fs::write(&f, "early-drain-fill = 75\nprecise-timestamps = true\n").unwrap();
         let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
         assert_eq!((c.early_drain_fill, c.precise_timestamps), (75, true));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sink_options_from_cli_and_file() {
+        let c = args(&[
+            "--sink",
+            "otlp:http://127.0.0.1:4317",
+            "--sink",
+            "parquet:s3://bkt/pre",
+            "--otlp-metrics",
+            "--otlp-batch-records",
+            "100",
+            "--s3-option",
+            "endpoint=http://127.0.0.1:9000",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.sinks.len(), 2);
+        assert!(c.otlp_metrics);
+        assert_eq!(c.otlp_batch_records, 100);
+        assert_eq!(
+            c.otlp_queue_records,
+            flowlens_sinks::otlp::DEFAULT_QUEUE_RECORDS
+        );
+        assert_eq!(
+            c.s3_options,
+            vec![("endpoint".to_string(), "http://127.0.0.1:9000".to_string())]
+        );
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-s3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.toml");
+        std::fs::write(
+            &f,
+            "otlp-metrics = true\notlp-timeout = \"3s\"\ns3-option = [\"region=eu-west-1\"]\nparquet-spool-dir = \"/var/spool/fl\"\n",
+        )
+        .unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert!(c.otlp_metrics);
+        assert_eq!(c.otlp_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.s3_options,
+            vec![("region".to_string(), "eu-west-1".to_string())]
+        );
+        assert_eq!(c.parquet_spool_dir, Some(PathBuf::from("/var/spool/fl")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -651,6 +778,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max-flows"), "{e}");
+        let e = args(&["--sink", "otlp:https://x:4317"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TLS"), "{e}");
+        let e = args(&["--sink", "parquet:s3://"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3://BUCKET"), "{e}");
+        assert!(T::try_parse_from(["t", "--s3-option", "novalue"]).is_err());
+        let e = args(&[
+            "--sink",
+            "parquet:s3://a/x",
+            "--sink",
+            "parquet:s3://a/y",
+            "--parquet-spool-dir",
+            "/tmp/s",
+        ])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("parquet-spool-dir"), "{e}");
+        let e = args(&["--sink", "otlp:http://h:1", "--sink", "otlp:http://h:1"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+        let e = args(&["--otlp-batch-records", "0"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("otlp-batch-records"), "{e}");
         let e = args(&["--config", "/nonexistent/x.toml"])
             .resolve()
             .unwrap_err()

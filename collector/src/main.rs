@@ -20,6 +20,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach the probes and export flow records until stopped (needs root or CAP_BPF,

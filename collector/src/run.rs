@@ -7,7 +7,9 @@ use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord};
 use flowlens_sinks::{
     Sink, SinkSpec,
     kafka::{KafkaOptions, KafkaSink},
+    otlp::{OtlpOptions, OtlpSink},
     parquet::{ParquetOptions, ParquetSink},
+    s3::{S3Options, S3ParquetSink},
     stdout::StdoutSink,
 };
 
@@ -62,6 +64,27 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
                     })
                     .with_context(|| format!("sink {s}"))?,
                 ),
+                SinkSpec::ParquetS3(target) => {
+                    let spool = cfg.parquet_spool_dir.clone().unwrap_or_else(|| {
+                        std::env::temp_dir()
+                            .join("flowlens-spool")
+                            .join(&target.bucket)
+                            .join(&target.prefix)
+                    });
+                    let mut o = S3Options::new(target.clone(), spool, host.clone());
+                    o.rotate_bytes = cfg.parquet_rotate_bytes;
+                    o.rotate_interval = cfg.parquet_rotate_interval;
+                    o.store_options = cfg.s3_options.clone();
+                    Box::new(S3ParquetSink::new(o).with_context(|| format!("sink {s}"))?)
+                }
+                SinkSpec::Otlp(endpoint) => {
+                    let mut o = OtlpOptions::new(endpoint.clone(), host.clone());
+                    o.batch_records = cfg.otlp_batch_records;
+                    o.queue_records = cfg.otlp_queue_records;
+                    o.request_timeout = cfg.otlp_timeout;
+                    o.metrics = cfg.otlp_metrics;
+                    Box::new(OtlpSink::new(o).with_context(|| format!("sink {s}"))?)
+                }
                 SinkSpec::Kafka { brokers, topic } => {
                     let sink = KafkaSink::new(KafkaOptions {
                         brokers: brokers.clone(),

@@ -6,7 +6,9 @@
 //! batch are reported as lost, never silently).
 
 pub mod kafka;
+pub mod otlp;
 pub mod parquet;
+pub mod s3;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -33,8 +35,14 @@ pub enum SinkError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    #[error("{sink}: {records} records were not delivered (counted as lost)")]
+    #[error("{sink}: {records} records were not delivered (counted as lost or rejected)")]
     Lost { sink: String, records: u64 },
+    #[error("otlp: {0}")]
+    Otlp(String),
+    #[error("upload: {0}")]
+    Upload(String),
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
     #[error("invalid sink {spec:?}: {reason}")]
     Spec { spec: String, reason: String },
 }
@@ -97,10 +105,14 @@ pub struct SinkMetrics {
 pub enum SinkSpec {
     /// `parquet:DIR`
     Parquet(PathBuf),
+    /// `parquet:s3://BUCKET/PREFIX`
+    ParquetS3(s3::S3Target),
     /// `stdout`
     Stdout,
     /// `kafka:BROKERS/TOPIC`, BROKERS = `host:port[,host:port...]`
     Kafka { brokers: String, topic: String },
+    /// `otlp:http://HOST:PORT` (OTLP/gRPC, as `OTEL_EXPORTER_OTLP_ENDPOINT`)
+    Otlp(String),
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -119,9 +131,9 @@ impl std::str::FromStr for SinkSpec {
             ("stdout", Some(_)) => Err(bad("`stdout` takes no target")),
             ("parquet", Some(t)) if !t.is_empty() => {
                 if t.contains("://") {
-                    return Err(bad(
-                        "object storage URLs are not supported yet; give a local directory",
-                    ));
+                    return s3::S3Target::parse(t)
+                        .map(SinkSpec::ParquetS3)
+                        .map_err(|r| bad(&r));
                 }
                 Ok(SinkSpec::Parquet(PathBuf::from(t)))
             }
@@ -131,8 +143,20 @@ impl std::str::FromStr for SinkSpec {
                 Ok(SinkSpec::Kafka { brokers, topic })
             }
             ("kafka", None) => Err(bad("expected kafka:BROKERS/TOPIC")),
+            ("otlp", Some(t)) if !t.is_empty() => otlp::parse_endpoint(t)
+                .map(SinkSpec::Otlp)
+                .map_err(|r| bad(&r)),
+            // Bare `otlp`: the standard OpenTelemetry variable, else its documented default.
+            ("otlp", None) => {
+                let e = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .unwrap_or_else(|_| otlp::DEFAULT_ENDPOINT.to_string());
+                otlp::parse_endpoint(&e)
+                    .map(SinkSpec::Otlp)
+                    .map_err(|r| bad(&format!("OTEL_EXPORTER_OTLP_ENDPOINT={e:?}: {r}")))
+            }
+            ("otlp", _) => Err(bad("expected otlp:http://HOST:PORT")),
             _ => Err(bad(
-                "unknown sink kind; expected `parquet:DIR`, `kafka:BROKERS/TOPIC` or `stdout`",
+                "unknown sink kind; expected `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC`, `otlp:http://HOST:PORT` or `stdout`",
             )),
         }
     }
@@ -173,8 +197,10 @@ impl std::fmt::Display for SinkSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SinkSpec::Parquet(p) => write!(f, "parquet:{}", p.display()),
+            SinkSpec::ParquetS3(t) => write!(f, "parquet:{t}"),
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::Kafka { brokers, topic } => write!(f, "kafka:{brokers}/{topic}"),
+            SinkSpec::Otlp(e) => write!(f, "otlp:{e}"),
         }
     }
 }
@@ -200,7 +226,26 @@ mod tests {
         );
         let k = "kafka:b1:9092/t".parse::<SinkSpec>().unwrap();
         assert_eq!(k.to_string().parse::<SinkSpec>().unwrap(), k);
+        assert_eq!(
+            "otlp:http://127.0.0.1:4317".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Otlp("http://127.0.0.1:4317".into())
+        );
+        assert_eq!(
+            "parquet:s3://bkt/a/b/".parse::<SinkSpec>().unwrap(),
+            SinkSpec::ParquetS3(s3::S3Target {
+                bucket: "bkt".into(),
+                prefix: "a/b".into()
+            })
+        );
+        // Bare `otlp` takes OTEL_EXPORTER_OTLP_ENDPOINT or the OpenTelemetry default.
+        let want = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap_or_else(|_| "http://localhost:4317".into());
+        assert_eq!("otlp".parse::<SinkSpec>().unwrap(), SinkSpec::Otlp(want));
         for bad in [
+            "otlp:",
+            "otlp:127.0.0.1:4317",
+            "otlp:https://collector:4317",
+            "otlp:http://",
             "parquet",
             "parquet:",
             "kafka:x/y",
@@ -214,7 +259,10 @@ mod tests {
             "kafka:h:9092,/t",
             "kafka:h:9092/bad topic",
             "stdout:x",
-            "parquet:s3://b/p",
+            "parquet:gs://b/p",
+            "parquet:s3://",
+            "parquet:s3:///p",
+            "parquet:s3://b/../p",
             "",
         ] {
             let e = bad.parse::<SinkSpec>().unwrap_err().to_string();

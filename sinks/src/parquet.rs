@@ -56,6 +56,10 @@ pub struct ParquetSink {
     seq: u64,
     /// Files completed so far (final paths), for logs and tests.
     pub completed: Vec<PathBuf>,
+    /// Files completed since the last [`ParquetSink::take_new_files`], with their row counts.
+    new_files: Vec<(PathBuf, u64)>,
+    /// Whether to fill `new_files` (only a wrapping sink drains it).
+    track_new_files: bool,
     /// Rows of files that could not be completed (left as `.inprogress`).
     lost: u64,
     /// Rows accepted into files so far.
@@ -107,6 +111,18 @@ pub fn partition_path(us: i64) -> String {
 }
 
 impl ParquetSink {
+    /// The sink's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.opts.dir
+    }
+
+    /// Files completed (footer written, synced, renamed) since the last call, with their rows:
+    /// what the object-storage sink uploads.
+    pub fn take_new_files(&mut self) -> Vec<(PathBuf, u64)> {
+        self.track_new_files = true;
+        std::mem::take(&mut self.new_files)
+    }
+
     /// Creates the directory if needed and checks that it is writable.
     pub fn new(opts: ParquetOptions) -> Result<Self> {
         std::fs::create_dir_all(&opts.dir)
@@ -125,6 +141,8 @@ impl ParquetSink {
             open: BTreeMap::new(),
             seq: 0,
             completed: Vec::new(),
+            new_files: Vec::new(),
+            track_new_files: false,
             lost: 0,
             sent: 0,
             acknowledged: 0,
@@ -190,6 +208,9 @@ impl ParquetSink {
         }
         tracing::debug!(file = %f.fin.display(), "parquet file complete");
         self.acknowledged += f.rows;
+        if self.track_new_files {
+            self.new_files.push((f.fin.clone(), f.rows));
+        }
         self.completed.push(f.fin);
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! `cargo xtask <command>`: everything needed to go from a clean clone to a tested build.
 //!
 //! * `setup`: installs what is missing: the pinned eBPF nightly (with rust-src), bpf-linker built
-//!   against that nightly's own LLVM, Debian packages the tests use (iproute2, chromium), and
-//!   tansu (the Kafka broker the Kafka sink tests run against).
+//!   against that nightly's own LLVM, Debian packages the tests use (iproute2, chromium), the
+//!   Python test peers (moto, boto3, pyarrow from PyPI), and tansu (the Kafka broker the Kafka sink
+//!   tests run against).
 //! * `build`: setup + release build of `flowlens`.
 //! * `test`: setup + every test, kernel tests included (needs root).
 //! * `bench`: setup + the benchmarks (docs/BENCHMARKS.md).
@@ -24,7 +25,7 @@ fn main() {
 
 const HELP: &str =
     "usage: cargo xtask <setup|build|test|bench|demo|help> [-- extra cargo test args]
-  setup   install the pinned eBPF nightly, bpf-linker, apt packages and tansu if missing
+  setup   install the pinned eBPF nightly, bpf-linker, apt and pip test packages and tansu if missing
   build   setup, then build flowlens (release): target/release/flowlens
   test    setup, then run every test (kernel tests need root)
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json

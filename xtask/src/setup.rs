@@ -176,6 +176,49 @@ fn ensure_apt(bins: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Python modules the tests use as independent peers and readers: `moto` (S3-compatible server,
+/// `python3 -m moto.server`), `boto3` and `pyarrow` (read the uploaded Parquet objects back).
+/// (module to import, pip requirement). Installed only when the import fails.
+const PYTHON_MODULES: &[(&str, &str)] = &[
+    ("moto.server", "moto[server]"),
+    ("boto3", "boto3"),
+    ("pyarrow", "pyarrow"),
+];
+
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn ensure_python_modules() -> Result<()> {
+    ensure_apt(&[("python3", "python3")])?;
+    let missing: Vec<&str> = PYTHON_MODULES
+        .iter()
+        .filter(|(m, _)| !python_has(m))
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !python_has("pip") {
+        ensure_apt(&[("pip3", "python3-pip")])?;
+    }
+    eprintln!("xtask: installing python packages {missing:?}");
+    // Debian marks its python as externally managed (PEP 668); these are test tools for root.
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(&missing)
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+        .env("PIP_ROOT_USER_ACTION", "ignore"))?;
+    if let Some((m, _)) = PYTHON_MODULES.iter().find(|(m, _)| !python_has(m)) {
+        bail!("python module {m} still missing after pip install");
+    }
+    Ok(())
+}
+
 /// tansu, the Kafka-compatible broker the Kafka sink tests run against (a real peer; Debian has
 /// no Kafka broker). `dynostore` gives it the in-memory storage the tests use. Building it takes
 /// minutes, so it is installed only when `~/.cargo/bin/tansu` is missing.
@@ -220,6 +263,7 @@ pub fn setup() -> Result<Env> {
         ("mount", "mount"),
         ("chromium", "chromium"),
     ])?;
+    ensure_python_modules()?;
     ensure_tansu()?;
     let mut path = OsString::from(bin.as_os_str());
     if let Some(p) = std::env::var_os("PATH") {

@@ -12,8 +12,8 @@
 //! default). A record that finds the queue full is dropped at once and counted as lost (the
 //! collector thread never blocks: blocking would stall the kernel map drain and lose more).
 //! A record still unacknowledged when its timeout expires, or when `close` gives up after
-//! `close_timeout`, is counted as lost; one the broker refused for good is counted as
-//! rejected (and lost). At any time `acknowledged + lost + queued == records written`.
+//! `close_timeout`, is counted as lost; one the broker (or librdkafka) refused for good is
+//! counted as rejected. At any time `acknowledged + rejected + lost + queued == records written`.
 
 pub mod encode;
 pub mod service;
@@ -306,10 +306,10 @@ impl Sink for KafkaSink {
         self.unaccounted_at_close = self.sent.saturating_sub(accounted);
         self.report();
         let m = self.metrics();
-        if m.lost > 0 {
+        if m.lost + m.rejected > 0 {
             return Err(SinkError::Lost {
                 sink: self.name.clone(),
-                records: m.lost,
+                records: m.lost + m.rejected,
             });
         }
         Ok(())
@@ -322,19 +322,20 @@ impl Sink for KafkaSink {
     fn metrics(&self) -> SinkMetrics {
         let c = &self.counters;
         let failed = c.failed.load(Ordering::Relaxed);
+        let broker_rejected = c.rejected.load(Ordering::Relaxed);
         SinkMetrics {
             sent: self.sent,
             acknowledged: c.acked.load(Ordering::Relaxed),
             retried: c.retransmitted.load(Ordering::Relaxed),
-            rejected: c.rejected.load(Ordering::Relaxed) + self.refused_locally,
+            rejected: broker_rejected + self.refused_locally,
             // Handed to librdkafka, no delivery report yet (librdkafka's own outq_len also
             // counts requests and events, so it is not used here).
             queued: self.sent.saturating_sub(
                 c.acked.load(Ordering::Relaxed) + failed + self.unaccounted_at_close,
             ),
+            // Disjoint from `rejected`: acknowledged + rejected + lost = records written.
             lost: self.dropped_queue_full
-                + self.refused_locally
-                + failed
+                + failed.saturating_sub(broker_rejected)
                 + self.unaccounted_at_close,
         }
     }

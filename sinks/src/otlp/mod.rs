@@ -1,0 +1,449 @@
+//! OTLP/gRPC sink: flow records as OpenTelemetry log records, optional capacity metrics.
+//!
+//! Layout (as Vector's sinks): [`encode`] builds requests (pure), [`service`] sends them with the
+//! OTLP retry rules, this module owns the queue and the worker.
+//!
+//! Threading: the [`Sink`] trait is synchronous and the collector calls it from its own loop, so
+//! the sink owns one worker thread running a single-threaded tokio runtime with the gRPC client.
+//! `write` only moves records into a bounded in-memory queue (it never waits for the network).
+//! The worker takes up to `batch_records` records at a time, builds one export request, and sends
+//! it with retries; one request is in flight at a time, so records are delivered in order.
+//!
+//! Accounting (every record ends in exactly one of these): `acknowledged` (the server accepted
+//! it), `rejected` (refused for good: counted from `partial_success.rejected_log_records`, or the
+//! whole request on a non-retryable error), `lost` (did not fit into the queue, retries ran out,
+//! or still unacknowledged when `close` gave up). `queued` is the queue plus the request in flight.
+
+pub mod encode;
+pub mod service;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use flowlens_schema::record::FlowRecord;
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::logs_service_client::LogsServiceClient,
+        metrics::v1::metrics_service_client::MetricsServiceClient,
+    },
+    resource::v1::Resource,
+};
+use tonic::{codec::CompressionEncoding, transport::Endpoint};
+
+use crate::{Result, Sink, SinkError, SinkMetrics};
+use encode::MetricsAggregator;
+use service::{Delivery, RetryPolicy, send_with_retry};
+
+/// The OpenTelemetry default OTLP/gRPC endpoint (used for a bare `--sink otlp` when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is unset).
+pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
+/// Default records per export request (about 0.5-1 MB uncompressed, well under the 4 MiB gRPC
+/// default message limit of receivers).
+pub const DEFAULT_BATCH_RECORDS: usize = 2048;
+/// Default bound of the in-memory queue, in records (a few hundred bytes each).
+pub const DEFAULT_QUEUE_RECORDS: usize = 262_144;
+
+/// Options of the OTLP sink.
+#[derive(Clone, Debug)]
+pub struct OtlpOptions {
+    /// `http://HOST:PORT` of an OTLP/gRPC receiver.
+    pub endpoint: String,
+    pub host: Arc<str>,
+    /// Records per export request.
+    pub batch_records: usize,
+    /// Records waiting in memory at most; past this, records are counted as lost.
+    pub queue_records: usize,
+    /// Timeout of one export attempt.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// `close` waits this long for the queue to drain; the rest is reported lost.
+    pub close_timeout: Duration,
+    /// Export byte/packet counters (`--otlp-metrics`) every `metrics_interval` and at close.
+    pub metrics: bool,
+    pub metrics_interval: Duration,
+}
+
+impl OtlpOptions {
+    pub fn new(endpoint: impl Into<String>, host: Arc<str>) -> Self {
+        OtlpOptions {
+            endpoint: endpoint.into(),
+            host,
+            batch_records: DEFAULT_BATCH_RECORDS,
+            queue_records: DEFAULT_QUEUE_RECORDS,
+            request_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            close_timeout: Duration::from_secs(30),
+            metrics: false,
+            metrics_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Validates an OTLP endpoint (`http://HOST:PORT`); returns it normalised.
+pub fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
+    if s.starts_with("https://") {
+        return Err("TLS (https://) is not supported yet; use http:// (e.g. a local OpenTelemetry Collector)".into());
+    }
+    if !s.starts_with("http://") {
+        return Err(
+            "expected an http://HOST:PORT endpoint, as in OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        );
+    }
+    Endpoint::from_shared(s.to_string()).map_err(|e| format!("bad endpoint URL: {e}"))?;
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    acknowledged: AtomicU64,
+    retried: AtomicU64,
+    rejected: AtomicU64,
+    lost: AtomicU64,
+    in_flight: AtomicU64,
+    /// Metric exports that failed for good (cumulative sums: the next one makes up for it).
+    metric_exports_failed: AtomicU64,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<FlowRecord>>,
+    wake: tokio::sync::Notify,
+    closing: AtomicBool,
+    /// Set by `close`: the worker stops retrying at this instant.
+    deadline: Mutex<Option<Instant>>,
+    counters: Counters,
+    metrics: Mutex<MetricsAggregator>,
+}
+
+impl Shared {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline.lock().map(|d| *d).unwrap_or(None)
+    }
+}
+
+/// The OTLP sink (see the module documentation).
+pub struct OtlpSink {
+    name: String,
+    opts: OtlpOptions,
+    shared: Arc<Shared>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl OtlpSink {
+    /// Validates the options and starts the worker (the connection itself is made lazily, so a
+    /// receiver that is down at start is retried like any other outage).
+    pub fn new(opts: OtlpOptions) -> Result<Self> {
+        let name = format!("otlp:{}", opts.endpoint);
+        let bad = |reason: String| SinkError::Spec {
+            spec: name.clone(),
+            reason,
+        };
+        let endpoint = parse_endpoint(&opts.endpoint).map_err(bad)?;
+        if opts.batch_records == 0 || opts.queue_records == 0 {
+            return Err(bad("batch and queue sizes must be at least 1".into()));
+        }
+        let ep = Endpoint::from_shared(endpoint)
+            .map_err(|e| bad(e.to_string()))?
+            .timeout(opts.request_timeout)
+            .connect_timeout(opts.request_timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            counters: Counters::default(),
+            metrics: Mutex::new(MetricsAggregator::default()),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SinkError::io("starting the OTLP runtime", e))?;
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let w = Worker {
+            opts: opts.clone(),
+            shared: shared.clone(),
+            resource: encode::resource(&opts.host),
+            start_ns: now_ns(),
+        };
+        let worker = std::thread::Builder::new()
+            .name("flowlens-otlp".into())
+            .spawn(move || {
+                rt.block_on(w.run(ep));
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| SinkError::io("starting the OTLP worker thread", e))?;
+        Ok(OtlpSink {
+            name,
+            opts,
+            shared,
+            worker: Some(worker),
+            done,
+        })
+    }
+
+    fn queued(&self) -> u64 {
+        let q = self.shared.queue.lock().map(|q| q.len()).unwrap_or(0) as u64;
+        q + self.shared.counters.in_flight.load(Relaxed)
+    }
+}
+
+impl Sink for OtlpSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.opts.metrics
+            && let Ok(mut m) = self.shared.metrics.lock()
+        {
+            m.add(records);
+        }
+        let dropped = {
+            let mut q = self
+                .shared
+                .queue
+                .lock()
+                .map_err(|_| SinkError::Otlp("queue lock poisoned".into()))?;
+            let room = self.opts.queue_records.saturating_sub(q.len());
+            let take = room.min(records.len());
+            q.extend(records[..take].iter().cloned());
+            (records.len() - take) as u64
+        };
+        self.shared.wake.notify_one();
+        if dropped > 0 {
+            self.shared.counters.lost.fetch_add(dropped, Relaxed);
+            tracing::warn!(
+                sink = %self.name,
+                dropped,
+                bound = self.opts.queue_records,
+                "OTLP queue full (receiver slow or down); records past the bound are lost"
+            );
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(worker) = self.worker.take() else {
+            return Ok(());
+        };
+        if let Ok(mut d) = self.shared.deadline.lock() {
+            *d = Some(Instant::now() + self.opts.close_timeout);
+        }
+        self.shared.closing.store(true, Relaxed);
+        self.shared.wake.notify_one();
+        // The worker stops retrying at the deadline; an attempt in flight is cut there too.
+        let finished = self
+            .done
+            .recv_timeout(self.opts.close_timeout + Duration::from_secs(2))
+            .is_ok();
+        if finished {
+            let _ = worker.join();
+        }
+        let c = &self.shared.counters;
+        let unresolved = if finished {
+            0
+        } else {
+            // Detached worker: whatever it still holds is lost for our accounting.
+            self.queued()
+        };
+        if unresolved > 0 {
+            c.lost.fetch_add(unresolved, Relaxed);
+        }
+        let m = self.metrics();
+        if m.lost > 0 || m.rejected > 0 {
+            return Err(SinkError::Otlp(format!(
+                "{} records not delivered ({} lost, {} rejected by the receiver)",
+                m.lost + m.rejected,
+                m.lost,
+                m.rejected
+            )));
+        }
+        Ok(())
+    }
+
+    fn records_lost(&self) -> u64 {
+        self.shared.counters.lost.load(Relaxed)
+    }
+
+    fn metrics(&self) -> SinkMetrics {
+        let c = &self.shared.counters;
+        SinkMetrics {
+            sent: c.sent.load(Relaxed),
+            acknowledged: c.acknowledged.load(Relaxed),
+            retried: c.retried.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            queued: if self.worker.is_some() {
+                self.queued()
+            } else {
+                0
+            },
+            lost: c.lost.load(Relaxed),
+        }
+    }
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        if self.worker.is_some()
+            && let Err(e) = self.close()
+        {
+            tracing::error!(sink = %self.name, error = %e, "closing OTLP sink on drop");
+        }
+    }
+}
+
+struct Worker {
+    opts: OtlpOptions,
+    shared: Arc<Shared>,
+    resource: Resource,
+    start_ns: u64,
+}
+
+impl Worker {
+    async fn run(self, ep: Endpoint) {
+        let channel = ep.connect_lazy();
+        let logs = LogsServiceClient::new(channel.clone())
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let metrics = MetricsServiceClient::new(channel)
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let c = &self.shared.counters;
+        let mut last_metrics = Instant::now();
+        let mut batch: Vec<FlowRecord> = Vec::with_capacity(self.opts.batch_records);
+        loop {
+            batch.clear();
+            if let Ok(mut q) = self.shared.queue.lock() {
+                let n = q.len().min(self.opts.batch_records);
+                batch.extend(q.drain(..n));
+                c.in_flight.store(n as u64, Relaxed);
+            }
+            if batch.is_empty() {
+                if self.shared.closing.load(Relaxed) {
+                    break;
+                }
+                if self.opts.metrics && last_metrics.elapsed() >= self.opts.metrics_interval {
+                    self.export_metrics(&metrics).await;
+                    last_metrics = Instant::now();
+                }
+                let wait = if self.opts.metrics {
+                    self.opts.metrics_interval
+                } else {
+                    Duration::from_secs(3600)
+                };
+                let _ = tokio::time::timeout(wait, self.shared.wake.notified()).await;
+                continue;
+            }
+            let n = batch.len() as u64;
+            if self.shared.deadline().is_some_and(|d| Instant::now() >= d) {
+                // Shutdown deadline passed: don't start new requests.
+                c.lost.fetch_add(n, Relaxed);
+                c.in_flight.store(0, Relaxed);
+                continue;
+            }
+            let req = encode::logs_request(&self.resource, &batch, now_ns());
+            c.sent.fetch_add(n, Relaxed);
+            let delivery = send_with_retry(
+                &self.opts.retry,
+                || self.shared.deadline(),
+                || {
+                    let mut client = logs.clone();
+                    let req = req.clone();
+                    async move {
+                        let resp = client.export(req).await?.into_inner();
+                        Ok(resp
+                            .partial_success
+                            .map(|p| (p.rejected_log_records.max(0) as u64, p.error_message))
+                            .unwrap_or_default())
+                    }
+                },
+            )
+            .await;
+            let retries = match &delivery {
+                Delivery::Accepted { retries, .. }
+                | Delivery::Refused { retries, .. }
+                | Delivery::GaveUp { retries, .. } => *retries as u64,
+            };
+            c.retried.fetch_add(retries * n, Relaxed);
+            match delivery {
+                Delivery::Accepted {
+                    rejected, message, ..
+                } => {
+                    let rejected = rejected.min(n);
+                    c.acknowledged.fetch_add(n - rejected, Relaxed);
+                    if rejected > 0 {
+                        c.rejected.fetch_add(rejected, Relaxed);
+                        tracing::warn!(endpoint = %self.opts.endpoint, rejected, message = %message, "OTLP receiver rejected log records (partial success; not retried)");
+                    }
+                }
+                Delivery::Refused { status, .. } => {
+                    c.rejected.fetch_add(n, Relaxed);
+                    tracing::error!(endpoint = %self.opts.endpoint, records = n, status = %status, "OTLP receiver refused the export (not retryable); records rejected");
+                }
+                Delivery::GaveUp { status, retries } => {
+                    c.lost.fetch_add(n, Relaxed);
+                    tracing::error!(endpoint = %self.opts.endpoint, records = n, retries, status = %status, "OTLP export failed after retries; records lost");
+                }
+            }
+            c.in_flight.store(0, Relaxed);
+            if self.opts.metrics && last_metrics.elapsed() >= self.opts.metrics_interval {
+                self.export_metrics(&metrics).await;
+                last_metrics = Instant::now();
+            }
+        }
+        if self.opts.metrics {
+            self.export_metrics(&metrics).await;
+        }
+    }
+
+    async fn export_metrics(&self, client: &MetricsServiceClient<tonic::transport::Channel>) {
+        let req = match self.shared.metrics.lock() {
+            Ok(m) if !m.totals.is_empty() => m.request(&self.resource, self.start_ns, now_ns()),
+            _ => return,
+        };
+        let delivery = send_with_retry(
+            &self.opts.retry,
+            || self.shared.deadline(),
+            || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move {
+                    let resp = client.export(req).await?.into_inner();
+                    Ok(resp
+                        .partial_success
+                        .map(|p| (p.rejected_data_points.max(0) as u64, p.error_message))
+                        .unwrap_or_default())
+                }
+            },
+        )
+        .await;
+        match delivery {
+            Delivery::Accepted { rejected: 0, .. } => {}
+            other => {
+                self.shared
+                    .counters
+                    .metric_exports_failed
+                    .fetch_add(1, Relaxed);
+                tracing::warn!(endpoint = %self.opts.endpoint, outcome = ?other, "OTLP metrics export not fully accepted (the next cumulative export supersedes it)");
+            }
+        }
+    }
+}
