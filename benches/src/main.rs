@@ -670,7 +670,7 @@ fn main() -> Result<()> {
         }
         Some("drain") => {
             let mut s = BTreeMap::new();
-            drain_rates(&[100_000], 5, &mut s)?;
+            drain_rates(&[100_000, 1_000_000], 3, &mut s)?;
             println!("{s:#?}");
             return Ok(());
         }

@@ -161,7 +161,10 @@ pub fn community_id_v1(
         len += 4;
     }
 
-    let digest = sha1_smol::Sha1::from(&input[..len]).digest().bytes();
+    // RustCrypto's SHA-1 picks the SHA-NI instructions at run time where the CPU has them
+    // (about 4x faster than the portable code on the record path).
+    use sha1::Digest as _;
+    let digest: [u8; 20] = sha1::Sha1::digest(&input[..len]).into();
 
     let mut id = String::with_capacity(ID_LEN);
     id.push_str("1:");
