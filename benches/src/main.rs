@@ -314,7 +314,6 @@ fn drain_once(n: u32, method: &str) -> Result<(f64, f64)> {
     let v = bench_value(now);
     let mut out = Vec::with_capacity(n as usize);
     let t_drain;
-    let t = Instant::now();
     match method {
         "batch" => {
             let mut d = probe.take_drainer()?;
@@ -340,7 +339,6 @@ fn drain_once(n: u32, method: &str) -> Result<(f64, f64)> {
             t_drain = t0.elapsed().as_secs_f64();
         }
     }
-    let _ = t;
     let t0 = Instant::now();
     let records = to_records(&out);
     let t_records = t0.elapsed().as_secs_f64();
@@ -601,35 +599,8 @@ fn rss_peak_mb() -> Result<(f64, f64)> {
 }
 
 fn synthetic_deltas(n: usize, now: u64) -> Vec<(FlowKey, FlowValue)> {
-    (0..n)
-        .map(|i| {
-            let mut k = FlowKey::ZERO;
-            k.ip_version = 4;
-            k.protocol = 6;
-            k.src_addr[10..].copy_from_slice(&[
-                0xff,
-                0xff,
-                10,
-                (i >> 16) as u8,
-                (i >> 8) as u8,
-                i as u8,
-            ]);
-            k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 192, 168, 0, 1]);
-            k.src_port = (i % 50_000) as u16 + 1024;
-            k.dst_port = 443;
-            k.observation_point = 1;
-            k.ifindex = 1;
-            let v = FlowValue {
-                packets: 10,
-                bytes: 5000,
-                first_seen_ns: now - 2_000_000_000,
-                last_seen_ns: now - 1_000_000_000,
-                tcp_flags: 0x18,
-                dscp: 0,
-                _pad: [0; 7],
-            };
-            (k, v)
-        })
+    (0..n as u32)
+        .map(|i| (bench_key(i), bench_value(now)))
         .collect()
 }
 
@@ -649,9 +620,7 @@ fn main() -> Result<()> {
         }
         Some("records") => {
             let now = flowlens::timebase::monotonic_now_ns();
-            let d: Vec<_> = (0..100_000)
-                .map(|i| (bench_key(i), bench_value(now)))
-                .collect();
+            let d = synthetic_deltas(100_000, now);
             let t = Instant::now();
             for _ in 0..20 {
                 to_records(&d);

@@ -85,13 +85,18 @@ impl FlowTable {
     }
 
     /// Adds one drain's deltas: first makes room for the flows among them that are new to the
-    /// table (one lookup each), so a rebuild, when needed, is sized for what the table will hold.
+    /// table, so a rebuild, when needed, is sized for what the table will hold.
+    ///
+    /// The counting pass runs only when the table might not have room for every delta, so the
+    /// usual drain hashes each key once.
     pub fn merge_all(&mut self, deltas: &[(FlowKey, FlowValue)]) {
-        let new = deltas
-            .iter()
-            .filter(|(k, _)| !self.flows.contains_key(k))
-            .count();
-        self.reserve(new);
+        if self.flows.capacity() - self.flows.len() < deltas.len() {
+            let new = deltas
+                .iter()
+                .filter(|(k, _)| !self.flows.contains_key(k))
+                .count();
+            self.reserve(new);
+        }
         for (k, v) in deltas {
             self.merge(k, v);
         }

@@ -261,19 +261,12 @@ fn report_accounting(a: &Accounting) {
 /// At shutdown: the sum of every drain's accounting, in one line.
 fn report_conservation(t: &Totals) {
     let a = &t.accounting;
-    let fields = (
-        a.seen_packets,
-        a.non_ip_packets,
-        a.unparsed_packets,
-        a.keyed_packets + a.map_error_packets,
-        a.keyed_bytes,
-        t.drained_packets,
-        t.drained_bytes,
-        a.lost_packets(),
-        a.evicted_bytes,
-    );
-    let (seen, non_ip, unparsed, keyed, keyed_bytes, drained, drained_bytes, lost, lost_bytes) =
-        fields;
+    let (seen, non_ip, unparsed) = (a.seen_packets, a.non_ip_packets, a.unparsed_packets);
+    // "keyed" here counts every parsed IP packet, refused inserts included, so that
+    // `keyed = drained + lost` (lost = evicted + refused).
+    let keyed = a.keyed_packets + a.map_error_packets;
+    let (keyed_bytes, drained, drained_bytes) = (a.keyed_bytes, t.drained_packets, t.drained_bytes);
+    let (lost, lost_bytes) = (a.lost_packets(), a.evicted_bytes);
     if a.excess_packets > 0 || a.excess_bytes > 0 {
         tracing::error!(
             seen_packets = seen,

@@ -1,39 +1,38 @@
 //! The raw `bpf(2)` commands the drain needs and aya 0.16 does not offer: batch
 //! lookup-and-delete (aya issue 1124) and an RCU barrier for BPF programs.
 //!
-//! Everything `unsafe` about the drain lives here. Attribute structs are the prefixes of the
-//! kernel's `union bpf_attr` members that these commands read; the kernel zero-fills the rest
-//! of the union when the size passed is smaller than its own.
+//! Also the one `bpf(2)` wrapper of the collector ([`bpf`], [`zeroed_attr`], [`owned`]), which
+//! the netfilter loader (`netfilter/sys.rs`) uses too. Attribute structs come from
+//! `aya_obj::generated`; every command starts from an all-zero `bpf_attr`, as the kernel requires.
 
 use std::{
     io,
-    mem::size_of,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
-
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
 /// `ENOTSUPP` (kernel-internal, leaks to user space from some map types).
 const ENOTSUPP: i32 = 524;
 
-/// Calls `bpf(cmd, attr, sizeof(attr))`.
-///
-/// # Safety
-/// `attr` must be the attribute layout `cmd` expects, and every pointer in it must be valid for
-/// what the kernel does with it (reads or writes of the sizes the attribute states).
-unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: forwarded to the caller; the size passed is exactly that of `*attr`.
+/// An all-zero `bpf_attr`: what the kernel expects in every field a command does not use.
+pub(crate) fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a plain C union of integers and arrays; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// `bpf(cmd, attr, sizeof(bpf_attr))`: the one raw `bpf(2)` call of the collector (the drain
+/// here and the netfilter loader).
+pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr that lives across the call; the
+    // size passed is its size. Pointers inside it were set by the callers to buffers that
+    // outlive the call and have the sizes the command's attributes state.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            size_of::<T>() as libc::c_uint,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
         )
     };
     if r < 0 {
@@ -43,43 +42,23 @@ unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
     }
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
+/// Takes ownership of a file descriptor the kernel just returned.
+pub(crate) fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
 }
 
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn map_create(attr: &mut MapCreateAttr) -> io::Result<OwnedFd> {
-    // SAFETY: a MAP_CREATE attribute with no pointers.
-    let fd = unsafe { sys_bpf(BPF_MAP_CREATE, attr)? };
-    // SAFETY: on success MAP_CREATE returns a new file descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+/// `BPF_MAP_CREATE` of a map with 4-byte keys and values and `max_entries` 1.
+fn map_create(map_type: bpf_map_type, inner_map_fd: Option<&OwnedFd>) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the BPF_MAP_CREATE member of the zeroed union.
+    let u = unsafe { &mut attr.__bindgen_anon_1 };
+    u.map_type = map_type as u32;
+    u.key_size = 4;
+    u.value_size = 4;
+    u.max_entries = 1;
+    u.inner_map_fd = inner_map_fd.map_or(0, |f| f.as_raw_fd() as u32);
+    bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map(owned)
 }
 
 /// Waits until every BPF program run that started before the call has finished.
@@ -96,21 +75,8 @@ pub struct RcuBarrier {
 
 impl RcuBarrier {
     pub fn new() -> io::Result<RcuBarrier> {
-        let inner = map_create(&mut MapCreateAttr {
-            map_type: BPF_MAP_TYPE_ARRAY,
-            key_size: 4,
-            value_size: 4,
-            max_entries: 1,
-            ..Default::default()
-        })?;
-        let outer = map_create(&mut MapCreateAttr {
-            map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
-            key_size: 4,
-            value_size: 4,
-            max_entries: 1,
-            inner_map_fd: inner.as_raw_fd() as u32,
-            ..Default::default()
-        })?;
+        let inner = map_create(bpf_map_type::BPF_MAP_TYPE_ARRAY, None)?;
+        let outer = map_create(bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(&inner))?;
         Ok(RcuBarrier { outer, inner })
     }
 
@@ -118,16 +84,14 @@ impl RcuBarrier {
     pub fn wait(&self) -> io::Result<()> {
         let key: u32 = 0;
         let value: u32 = self.inner.as_raw_fd() as u32;
-        let mut attr = ElemAttr {
-            map_fd: self.outer.as_raw_fd() as u32,
-            _pad: 0,
-            key: &key as *const u32 as u64,
-            value: &value as *const u32 as u64,
-            flags: 0, // BPF_ANY
-        };
-        // SAFETY: key and value point to live u32s, the sizes the outer map was created with.
-        unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr)? };
-        Ok(())
+        let mut attr = zeroed_attr();
+        // SAFETY: writing the element member of the zeroed union; key and value point to live
+        // u32s, the sizes the outer map was created with (flags 0 = BPF_ANY).
+        let u = unsafe { &mut attr.__bindgen_anon_2 };
+        u.map_fd = self.outer.as_raw_fd() as u32;
+        u.key = &key as *const u32 as u64;
+        u.__bindgen_anon_1.value = &value as *const u32 as u64;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
     }
 }
 
@@ -165,25 +129,25 @@ pub fn lookup_and_delete_batch<K: Copy, V: Copy>(
         keys.resize(chunk, zero.0);
         values.clear();
         values.resize(chunk, zero.1);
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &in_token as *const u32 as u64
-            },
-            out_batch: &mut out_token as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: map.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
+        let mut attr = zeroed_attr();
+        // SAFETY: writing the batch member of the zeroed union. keys/values hold `chunk`
+        // elements of the map's key/value size (caller's contract on K and V); the tokens are
+        // live u32s; the kernel writes at most `count` entries and updates `count`.
+        let b = unsafe { &mut attr.batch };
+        b.in_batch = if first {
+            0
+        } else {
+            &in_token as *const u32 as u64
         };
-        // SAFETY: keys/values hold `chunk` elements of the map's key/value size (caller's
-        // contract on K and V); the tokens are live u32s; the kernel writes at most `count`
-        // entries and updates `count`.
-        let r = unsafe { sys_bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr) };
-        let n = (attr.count as usize).min(chunk);
+        b.out_batch = &mut out_token as *mut u32 as u64;
+        b.keys = keys.as_mut_ptr() as u64;
+        b.values = values.as_mut_ptr() as u64;
+        b.count = chunk as u32;
+        b.map_fd = map.as_raw_fd() as u32;
+        let r = bpf(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
+        // SAFETY: reading back the member written above (the kernel updated `count`).
+        let count = unsafe { attr.batch.count };
+        let n = (count as usize).min(chunk);
         for i in 0..n {
             sink(&keys[i], &values[i]);
         }

@@ -555,12 +555,7 @@ fn senders_on_every_cpu_with_100ms_drains_are_counted_exactly() {
         .map(|cpu| {
             let (a, b) = (a.clone(), b.clone());
             std::thread::spawn(move || {
-                // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                }
+                flowlens_testkit::pin_to_cpu(cpu);
                 let mut sent = 0u64;
                 for i in 0..FLOWS_PER_SENDER {
                     let port = 23000 + cpu as u16 * 100 + i;

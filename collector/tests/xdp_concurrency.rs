@@ -10,6 +10,7 @@ use flowlens::{
     drain::Drainer,
     probe::{Probe, XDP_PROGRAM},
 };
+use flowlens_testkit::pin_to_cpu;
 
 /// The tests here pin busy threads to every CPU; run one at a time (in parallel, the RCU grace
 /// periods the drains wait for took minutes instead of milliseconds).
@@ -17,19 +18,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; sched_setaffinity(0) pins
-    // the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
 }
 
 #[test]

@@ -35,3 +35,20 @@ pub use link::{Link, ifindex, veth_pair};
 pub use netns::{Netns, NsThread};
 pub use router::{Routed, routed};
 pub use traffic::{icmp_echo, tcp_transfer, udp_exchange};
+
+/// Pins the calling thread to `cpu` (tests that need work on every CPU at once).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; sched_setaffinity(0) pins
+    // the calling thread.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        r,
+        0,
+        "sched_setaffinity to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}

@@ -1,44 +1,17 @@
 //! The raw `bpf(2)` commands the netfilter loader needs. All `unsafe` of the loader is here.
 //!
 //! Attribute structs come from `aya_obj::generated` (the kernel's UAPI as bindgen sees it); each
-//! command zeroes the whole `bpf_attr` union first, as the kernel requires for unused bytes.
+//! command zeroes the whole `bpf_attr` union first, as the kernel requires for unused bytes. The
+//! `bpf(2)` call itself is the collector's one wrapper, `crate::sys::bpf`.
 
 use std::{
     io,
-    os::fd::{FromRawFd, OwnedFd, RawFd},
+    os::fd::{OwnedFd, RawFd},
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_insn, bpf_link_info, bpf_prog_info};
+use aya_obj::generated::{bpf_cmd, bpf_insn, bpf_link_info, bpf_prog_info};
 
-fn zeroed_attr() -> bpf_attr {
-    // SAFETY: bpf_attr is a plain C union of integers and arrays; all-zero is valid (and what
-    // the kernel expects in every field a command does not use).
-    unsafe { std::mem::zeroed() }
-}
-
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr that lives across the call; the
-    // size passed is its size. Pointers inside it were set by the callers to buffers that
-    // outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn owned(fd: i64) -> OwnedFd {
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-}
+use crate::sys::{bpf, owned, zeroed_attr};
 
 /// `BPF_PROG_LOAD`. `log` (if non-empty) receives the verifier log at `log_level`.
 pub(super) struct ProgLoad<'a> {
