@@ -226,6 +226,7 @@ impl Pipeline {
                 rejected = m.rejected,
                 queued = m.queued,
                 lost = m.lost,
+                spooled = m.spooled,
                 "sink closed"
             );
         }

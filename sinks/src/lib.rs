@@ -90,6 +90,7 @@ pub trait Sink: Send {
 /// `sent` handed to the destination, `acknowledged` confirmed durable by it, `retried` re-sent
 /// after a retryable failure, `rejected` refused by the destination for good, `queued` waiting
 /// in memory right now, `lost` accepted by the sink but never delivered.
+/// `spooled` records waiting in the on-disk spool right now, `spool_bytes` its size on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkMetrics {
     pub sent: u64,
@@ -98,6 +99,8 @@ pub struct SinkMetrics {
     pub rejected: u64,
     pub queued: u64,
     pub lost: u64,
+    pub spooled: u64,
+    pub spool_bytes: u64,
 }
 
 /// A parsed `--sink` value.

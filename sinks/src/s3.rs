@@ -358,6 +358,7 @@ impl Sink for S3ParquetSink {
             rejected: 0,
             queued: l.queued + c.pending.load(Relaxed),
             lost: l.lost + c.lost.load(Relaxed),
+            ..SinkMetrics::default()
         }
     }
 }

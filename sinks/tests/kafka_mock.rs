@@ -72,7 +72,8 @@ fn delivered_and_read_back(format: KafkaFormat) {
             retried: m.retried,
             rejected: 0,
             queued: 0,
-            lost: 0
+            lost: 0,
+            ..SinkMetrics::default()
         }
     );
     let got = consume_all(&bootstrap, "flows", recs.len(), SETTLE, TIMEOUT).unwrap();

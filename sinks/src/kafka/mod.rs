@@ -337,6 +337,7 @@ impl Sink for KafkaSink {
             lost: self.dropped_queue_full
                 + failed.saturating_sub(broker_rejected)
                 + self.unaccounted_at_close,
+            ..SinkMetrics::default()
         }
     }
 }

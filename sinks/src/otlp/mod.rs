@@ -296,6 +296,7 @@ impl Sink for OtlpSink {
                 0
             },
             lost: c.lost.load(Relaxed),
+            ..SinkMetrics::default()
         }
     }
 }
