@@ -259,9 +259,19 @@ fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let col = before.len() - line_start + 1;
+            // The key of a `key = value` line whose value is wrong, so the line names it.
+            let key = text[line_start..]
+                .lines()
+                .next()
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && span.start > line_start + k.len())
+                .map(|k| format!(" ({k})"))
+                .unwrap_or_default();
             format!(
-                "config file {} line {line} column {col}: {msg}",
+                "config file {} line {line} column {col}{key}: {msg}",
                 path.display()
             )
         }

@@ -51,7 +51,11 @@ fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
 fn assert_one_line_error(what: &str, o: &Output, code: i32, wants: &[&str]) {
     let err = String::from_utf8_lossy(&o.stderr);
     let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(o.status.code(), Some(code), "{what}: exit status; stderr:\n{err}");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit status; stderr:\n{err}"
+    );
     assert_eq!(lines.len(), 1, "{what}: not one line:\n{err}");
     assert!(lines[0].starts_with("flowlens: error: "), "{what}: {err}");
     for w in wants {
@@ -96,12 +100,18 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
         std::fs::write(&p, text).unwrap();
         p.display().to_string()
     };
-    let unknown_key = conf("unknown-key.toml", &format!("xdp = [\"{iface}\"]\nsinks = [\"stdout\"]\n"));
+    let unknown_key = conf(
+        "unknown-key.toml",
+        &format!("xdp = [\"{iface}\"]\nsinks = [\"stdout\"]\n"),
+    );
     let bad_duration = conf(
         "bad-duration.toml",
         &format!("xdp = [\"{iface}\"]\ndrain-interval = \"5 fortnights\"\n"),
     );
-    let wrong_type = conf("wrong-type.toml", &format!("xdp = [\"{iface}\"]\nmax-flows = \"many\"\n"));
+    let wrong_type = conf(
+        "wrong-type.toml",
+        &format!("xdp = [\"{iface}\"]\nmax-flows = \"many\"\n"),
+    );
     let syntax = conf("syntax.toml", "xdp = [\n");
     let missing = dir.join("missing.toml").display().to_string();
 
@@ -137,7 +147,15 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
             vec!["--max-flows"],
         ),
         (
-            vec!["run", "--xdp", iface, "--idle-timeout", "1s", "--drain-interval", "2s"],
+            vec![
+                "run",
+                "--xdp",
+                iface,
+                "--idle-timeout",
+                "1s",
+                "--drain-interval",
+                "2s",
+            ],
             1,
             vec!["must not exceed"],
         ),
@@ -157,7 +175,13 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
             vec!["--netfilter", "\"prerouting\""],
         ),
         (
-            vec!["run", "--netfilter", "forward", "--netfilter-priority", "-2147483648"],
+            vec![
+                "run",
+                "--netfilter",
+                "forward",
+                "--netfilter-priority",
+                "-2147483648",
+            ],
             2,
             vec!["--netfilter-priority", "reserved"],
         ),
@@ -183,7 +207,13 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
             vec!["invalid sink \"parquet:gs://bucket/p\""],
         ),
         (
-            vec!["run", "--xdp", iface, "--sink", "parquet:/proc/flowlens-cannot-exist"],
+            vec![
+                "run",
+                "--xdp",
+                iface,
+                "--sink",
+                "parquet:/proc/flowlens-cannot-exist",
+            ],
             1,
             vec!["parquet:/proc/flowlens-cannot-exist"],
         ),
@@ -193,12 +223,22 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
             vec![&under_file],
         ),
         (
-            vec!["run", "--xdp", iface, "--sink", "stdout", "--sink", "stdout"],
+            vec![
+                "run", "--xdp", iface, "--sink", "stdout", "--sink", "stdout",
+            ],
             1,
             vec!["given twice"],
         ),
         (
-            vec!["run", "--xdp", iface, "--sink", "kafka:127.0.0.1:9/t", "--kafka-option", "no.such.setting=1"],
+            vec![
+                "run",
+                "--xdp",
+                iface,
+                "--sink",
+                "kafka:127.0.0.1:9/t",
+                "--kafka-option",
+                "no.such.setting=1",
+            ],
             1,
             vec!["no.such.setting"],
         ),
@@ -206,17 +246,22 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
         (
             vec!["run", "--config", &unknown_key],
             1,
-            vec![&unknown_key, "line 2 column 1", "unknown field `sinks`", "`sink`"],
+            vec![
+                &unknown_key,
+                "line 2 column 1",
+                "unknown field `sinks`",
+                "`sink`",
+            ],
         ),
         (
             vec!["run", "--config", &bad_duration],
             1,
-            vec![&bad_duration, "line 2", "fortnights"],
+            vec![&bad_duration, "line 2", "(drain-interval)", "fortnights"],
         ),
         (
             vec!["run", "--config", &wrong_type],
             1,
-            vec![&wrong_type, "line 2"],
+            vec![&wrong_type, "line 2", "(max-flows)"],
         ),
         (vec!["run", "--config", &syntax], 1, vec![&syntax, "line "]),
         (
@@ -241,7 +286,14 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
         .command("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
-        .args([FLOWLENS, "run", "--netfilter", "forward", "--sink", "stdout"])
+        .args([
+            FLOWLENS,
+            "run",
+            "--netfilter",
+            "forward",
+            "--sink",
+            "stdout",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -323,7 +375,10 @@ fn runs_as_nobody_with_only_bpf_perfmon_net_admin() {
     // XDP is attached first, then the netfilter links (IPv4 and IPv6): wait for both.
     let t0 = Instant::now();
     while !(xdp_attached(&b, &link.b_if) && netfilter_links(child.id()) == 2) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "probes never attached");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "probes never attached"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // `ip netns exec` and `setpriv` exec in place: the child's pid is flowlens's.
@@ -411,7 +466,12 @@ fn netfilter_links(pid: u32) -> usize {
 fn assert_owned_by_nobody(f: &Path) {
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata(f).unwrap().uid();
-    assert_eq!(uid.to_string(), NOBODY, "{} owned by uid {uid}", f.display());
+    assert_eq!(
+        uid.to_string(),
+        NOBODY,
+        "{} owned by uid {uid}",
+        f.display()
+    );
 }
 
 fn deploy_dir() -> PathBuf {
@@ -454,7 +514,10 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify:\n{err}");
+    assert!(
+        o.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify:\n{err}"
+    );
 
     // Kubernetes: capabilities of every container, read with an independent YAML parser.
     let py = "import json,sys,yaml\n\
