@@ -859,6 +859,20 @@ fn killed_writer_leaves_no_partial_parquet_file() {
     );
     // The killed process could not detach: the link-based XDP attachment goes away with its fd.
     wait_attached(&b, &link.b_if, false);
+    // The next start on the same directory reports what the killed run left unfinished.
+    let o = b
+        .command(FLOWLENS)
+        .args(["run", "--xdp", &link.b_if, "--duration", "200ms", "--sink"])
+        .arg(format!("parquet:{}", out.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("unfinished Parquet files left by an earlier flowlens that was killed")
+            && err.contains(&format!("files={inprogress} ")),
+        "{err}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
