@@ -212,9 +212,7 @@ fn seeds() -> Vec<Seed> {
     // first-fragment headers of growing size), every transport.
     let kinds = [0u8, 43, 60, 44, 43, 60, 43, 60, 43, 60];
     for n in 0..=MAX_IPV6_EXT_HEADERS + 2 {
-        let exts: Vec<(u8, u8, u16)> = (0..n)
-            .map(|i| (kinds[i], (i % 3) as u8, 0u16))
-            .collect();
+        let exts: Vec<(u8, u8, u16)> = (0..n).map(|i| (kinds[i], (i % 3) as u8, 0u16)).collect();
         for &(proto, doff) in &l4s {
             let proto = if proto == IPPROTO_AH { 59 } else { proto };
             let i = out.len();
@@ -254,7 +252,11 @@ fn seeds() -> Vec<Seed> {
         (
             "0x9100 tag",
             0x9100,
-            [&[0, 5, 8, 0][..], &ipv4(5, IPPROTO_UDP, 0, 0, &transport(17, 0, 0))].concat(),
+            [
+                &[0, 5, 8, 0][..],
+                &ipv4(5, IPPROTO_UDP, 0, 0, &transport(17, 0, 0)),
+            ]
+            .concat(),
         ),
     ] {
         out.push(Seed {
@@ -294,10 +296,10 @@ fn stamp_range(s: &Seed) -> Option<std::ops::Range<usize>> {
 /// reaches that far), so that keyed frames get keys of their own. Mutations never touch those
 /// bytes, so stamping after mutating is the same as stamping before.
 fn stamp(s: &Seed, f: &mut [u8], id: u32) {
-    if let Some(r) = stamp_range(s) {
-        if let Some(b) = f.get_mut(r) {
-            b.copy_from_slice(&id.to_be_bytes());
-        }
+    if let Some(r) = stamp_range(s)
+        && let Some(b) = f.get_mut(r)
+    {
+        b.copy_from_slice(&id.to_be_bytes());
     }
 }
 
@@ -336,7 +338,17 @@ fn mutations(s: &Seed, base: &[u8], r: &mut Rng, out: &mut Vec<(&'static str, Ve
             }
             for &at in &s.ext_len_bytes {
                 let cur = base[at];
-                for v in [0u8, 1, 2, 3, 4, 31, 255, cur.wrapping_sub(1), cur.wrapping_add(1)] {
+                for v in [
+                    0u8,
+                    1,
+                    2,
+                    3,
+                    4,
+                    31,
+                    255,
+                    cur.wrapping_sub(1),
+                    cur.wrapping_add(1),
+                ] {
                     if v != cur {
                         let mut f = base.to_vec();
                         f[at] = v;
@@ -481,6 +493,7 @@ fn compare(
     got: &[(FlowKey, FlowValue)],
     delta: &Stats,
     frames: &[Frame],
+    seed_names: &[String],
     bytes_of: impl Fn(&Frame) -> &[u8],
 ) -> Vec<String> {
     let mut errs = Vec::new();
@@ -510,10 +523,10 @@ fn compare(
             .map(|&i| {
                 let f = &frames[i];
                 format!(
-                    "\n    frame #{i} ({}, seed {}, vlan stack {}): {}",
+                    "\n    frame #{i} of the batch ({} of seed '{}', {}): {}",
                     f.what,
-                    f.seed,
-                    f.stack,
+                    seed_names[f.seed],
+                    STACKS[f.stack],
                     hex(bytes_of(f))
                 )
             })
@@ -521,7 +534,10 @@ fn compare(
     };
     for (k, (w, idx)) in &want.flows {
         match kernel.remove(k) {
-            None => errs.push(format!("twin keyed {k:?}, kernel has no entry{}", describe(idx))),
+            None => errs.push(format!(
+                "twin keyed {k:?}, kernel has no entry{}",
+                describe(idx)
+            )),
             Some(v) => {
                 let same = (v.packets, v.bytes, v.tcp_flags, v.dscp, v._pad)
                     == (w.packets, w.bytes, w.tcp_flags, w.dscp, [0; 7]);
@@ -618,9 +634,12 @@ fn xdp_corpus_matches_the_twin() {
     let seed = corpus_seed();
     let started = std::time::Instant::now();
     let frames = corpus(seed);
+    let names: Vec<String> = seeds().into_iter().map(|s| s.name).collect();
     let built = started.elapsed();
     let mut probe = Probe::load_opts(MAX_FLOWS, None, false).expect("loading the probe (root)");
-    probe.xdp_program(XDP_PROGRAM).expect("verifying flowlens_xdp");
+    probe
+        .xdp_program(XDP_PROGRAM)
+        .expect("verifying flowlens_xdp");
     let mut maps = Maps::take(&mut probe);
     let prog = probe.xdp_program(XDP_PROGRAM).expect("flowlens_xdp");
     let mut tally = Tally::default();
@@ -667,7 +686,7 @@ fn xdp_corpus_matches_the_twin() {
             want.add(twin, OBS_XDP, LO_IFINDEX, j);
         }
         unique_keyed += want.flows.values().filter(|(v, _)| v.packets == 1).count() as u64;
-        let errs = compare(&want, &got, &delta, chunk, |f| &f.bytes);
+        let errs = compare(&want, &got, &delta, chunk, &names, |f| &f.bytes);
         errors.extend(errs.into_iter().map(|e| format!("batch {b}: {e}")));
         if errors.len() > 20 {
             break;
@@ -679,7 +698,7 @@ fn xdp_corpus_matches_the_twin() {
          and drains {kernel_time:.2?}, total {:.2?}; {keyed} keyed, {unique_keyed} of them on a \
          key of their own",
         frames.len(),
-        seeds().len(),
+        names.len(),
         started.elapsed()
     );
     tally.print();
@@ -698,7 +717,11 @@ fn xdp_corpus_matches_the_twin() {
         assert_eq!(keyed == 0, i >= 5, "{keyed} keyed frames under {name}");
     }
     for (v, min) in [("keyed", 10_000), ("non-IP", 300), ("unparsed", 10_000)] {
-        assert!(tally.count("", v) >= min, "only {} {v} frames", tally.count("", v));
+        assert!(
+            tally.count("", v) >= min,
+            "only {} {v} frames",
+            tally.count("", v)
+        );
     }
     for what in [
         "ipv4 ihl",
@@ -710,7 +733,10 @@ fn xdp_corpus_matches_the_twin() {
         "random padding",
     ] {
         assert!(tally.count(what, "keyed") > 0, "no keyed '{what}' frame");
-        assert!(tally.count(what, "unparsed") > 0, "no unparsed '{what}' frame");
+        assert!(
+            tally.count(what, "unparsed") > 0,
+            "no unparsed '{what}' frame"
+        );
     }
     assert!(
         unique_keyed * 10 >= keyed * 9,
@@ -723,7 +749,9 @@ fn xdp_corpus_matches_the_twin() {
 #[test]
 fn xdp_refuses_frames_below_the_ethernet_header() {
     let mut probe = Probe::load_opts(64, None, false).expect("loading the probe (root)");
-    probe.xdp_program(XDP_PROGRAM).expect("verifying flowlens_xdp");
+    probe
+        .xdp_program(XDP_PROGRAM)
+        .expect("verifying flowlens_xdp");
     let mut maps = Maps::take(&mut probe);
     let prog = probe.xdp_program(XDP_PROGRAM).expect("flowlens_xdp");
     let frame = ether(0x0800, &[0x45, 0, 0, 20]);
@@ -734,7 +762,11 @@ fn xdp_refuses_frames_below_the_ethernet_header() {
             repeat: 1,
             ..Default::default()
         });
-        assert!(r.is_err(), "a {len}-byte frame ran: {:?}", r.map(|o| o.return_value));
+        assert!(
+            r.is_err(),
+            "a {len}-byte frame ran: {:?}",
+            r.map(|o| o.return_value)
+        );
     }
     let (flows, d) = maps.drain();
     assert!(flows.is_empty());
@@ -748,6 +780,7 @@ fn netfilter_corpus_matches_the_twin() {
     let seed = corpus_seed();
     let started = std::time::Instant::now();
     let all = corpus(seed);
+    let names: Vec<String> = seeds().into_iter().map(|s| s.name).collect();
     // (frame, IP-layer offset, family): every frame whose ethertype chain is complete and IP.
     // Untagged frames only: under tags the IP layers are the same bytes again.
     let frames: Vec<(Frame, usize, Family)> = all
@@ -765,7 +798,9 @@ fn netfilter_corpus_matches_the_twin() {
         .collect();
     let offsets = nf_offsets(&Btf::from_kernel().expect("kernel BTF")).expect("nf offsets");
     let mut probe = Probe::load_opts(MAX_FLOWS, Some(offsets), false).expect("loading the probe");
-    probe.load_netfilter(NF_PROGRAM).expect("verifying flowlens_nf");
+    probe
+        .load_netfilter(NF_PROGRAM)
+        .expect("verifying flowlens_nf");
     let mut maps = Maps::take(&mut probe);
     let prog = probe.load_netfilter(NF_PROGRAM).expect("flowlens_nf");
     let obs = OBS_NF_PRE_ROUTING + Hook::LocalOut.hooknum() as u8;
@@ -820,7 +855,7 @@ fn netfilter_corpus_matches_the_twin() {
             }
         }
         let (got, delta) = maps.drain();
-        let errs = compare(&want, &got, &delta, &batch, |f| &f.bytes);
+        let errs = compare(&want, &got, &delta, &batch, &names, |f| &f.bytes);
         errors.extend(errs.into_iter().map(|e| format!("batch {b}: {e}")));
         if errors.len() > 20 {
             break;
@@ -841,6 +876,10 @@ fn netfilter_corpus_matches_the_twin() {
     }
     assert!(ran >= 30_000, "only {ran} packets ran");
     for v in ["keyed", "unparsed"] {
-        assert!(tally.count("", v) >= 1000, "only {} {v} packets", tally.count("", v));
+        assert!(
+            tally.count("", v) >= 1000,
+            "only {} {v} packets",
+            tally.count("", v)
+        );
     }
 }

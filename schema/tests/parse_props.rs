@@ -25,8 +25,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use flowlens_schema::{
-    FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
-    IPPROTO_UDPLITE, VLAN_NONE,
+    FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
+    VLAN_NONE,
     parse::{FlowMeta, MAX_IPV6_EXT_HEADERS, Parsed, parse_ethernet},
 };
 use proptest::{
@@ -70,12 +70,25 @@ enum L4 {
         opt_words: u8,
     },
     /// UDP or (`lite`) UDP-Lite.
-    Udp { sport: u16, dport: u16, lite: bool },
-    Sctp { sport: u16, dport: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+        lite: bool,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP (`v6 = false`, protocol 1) or ICMPv6 (protocol 58), in either IP version.
-    Icmp { ty: u8, code: u8, v6: bool },
+    Icmp {
+        ty: u8,
+        code: u8,
+        v6: bool,
+    },
     /// A protocol without a parsed header (never one of the above nor an IPv6 extension).
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
 }
 
 impl L4 {
@@ -149,7 +162,11 @@ impl L4 {
                 meta.key.dst_port = dport;
             }
             // ICMP is only read in IPv4 and ICMPv6 only in IPv6; otherwise keyed without type.
-            L4::Icmp { ty, code, v6: icmp6 } if icmp6 == v6 => {
+            L4::Icmp {
+                ty,
+                code,
+                v6: icmp6,
+            } if icmp6 == v6 => {
                 meta.key.icmp_type = ty;
                 meta.key.icmp_code = code;
             }
@@ -613,8 +630,10 @@ fn run<S: Strategy>(
     for c in seed_bytes.chunks_mut(8) {
         c.copy_from_slice(&seed.to_le_bytes());
     }
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+    let mut runner = TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
     let started = std::time::Instant::now();
     match runner.run(&strategy, test) {
         Ok(()) => println!(
@@ -648,7 +667,10 @@ impl Tally {
         }
         for &(what, min) in at_least {
             let n = self.0.get(what).copied().unwrap_or(0);
-            assert!(n >= min, "{test}: only {n} cases of '{what}' (want >= {min})");
+            assert!(
+                n >= min,
+                "{test}: only {n} cases of '{what}' (want >= {min})"
+            );
         }
     }
 }
@@ -760,7 +782,13 @@ fn reference_agrees_with_hand_checked_frames() {
         panic!("UDP/IPv4 not keyed");
     };
     assert_eq!(
-        (m.key.src_port, m.key.dst_port, m.key.protocol, m.ip_len, m.dscp),
+        (
+            m.key.src_port,
+            m.key.dst_port,
+            m.key.protocol,
+            m.ip_len,
+            m.dscp
+        ),
         (12345, 53, 17, 32, 46)
     );
     assert_eq!(m.key.src_addr[10..], [0xff, 0xff, 10, 0, 0, 1]);

@@ -15,8 +15,8 @@
 #![allow(dead_code)]
 
 use flowlens_schema::{
-    FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
-    IPPROTO_UDPLITE, VLAN_NONE,
+    FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
+    VLAN_NONE,
     parse::{FlowMeta, MAX_IPV6_EXT_HEADERS, Parsed, parse_ethernet},
 };
 
@@ -235,7 +235,10 @@ pub fn check(frame: &[u8]) -> Result<Parsed, String> {
     let got = parse_ethernet(frame);
     let want = classify(frame);
     if got != want.parsed {
-        return Err(format!("parser says {got:?}, reference says {:?}", want.parsed));
+        return Err(format!(
+            "parser says {got:?}, reference says {:?}",
+            want.parsed
+        ));
     }
     let end = match (got, want.l3) {
         (Parsed::Flow(m), Some(l3)) => {
