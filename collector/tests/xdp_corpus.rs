@@ -102,6 +102,8 @@ struct Frame {
     seed: usize,
     /// Index of the VLAN stack (0 = untagged, then 1, 1, 2, 2, 3, 3 tags).
     stack: usize,
+    /// The number written into the source address (see [`stamp`]).
+    stamp: u32,
 }
 
 fn ether(ethertype: u16, l3: &[u8]) -> Vec<u8> {
@@ -413,12 +415,14 @@ fn corpus(seed: u64) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut muts = Vec::new();
     let push = |frames: &mut Vec<Frame>, s: &Seed, what, mut bytes: Vec<u8>, seed, stack| {
-        stamp(s, &mut bytes, frames.len() as u32);
+        let id = frames.len() as u32;
+        stamp(s, &mut bytes, id);
         frames.push(Frame {
             bytes,
             what,
             seed,
             stack,
+            stamp: id,
         });
     };
     // Every seed untagged and under one to three tags of both TPIDs, each with all its
@@ -555,7 +559,23 @@ fn compare(
         }
     }
     for (k, v) in kernel {
-        errs.push(format!("kernel keyed {k:?} {v:?}, the twin never did"));
+        // The source address carries the frame's stamp (unless a flip or the IP version moved it).
+        let id = u32::from_be_bytes([
+            k.src_addr[12],
+            k.src_addr[13],
+            k.src_addr[14],
+            k.src_addr[15],
+        ]);
+        let idx: Vec<usize> = frames
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.stamp == id)
+            .map(|(i, _)| i)
+            .collect();
+        errs.push(format!(
+            "kernel keyed {k:?} {v:?}, the twin never did; stamp {id}:{}",
+            describe(&idx)
+        ));
     }
     errs
 }
@@ -840,6 +860,7 @@ fn netfilter_corpus_matches_the_twin() {
                         what: f.what,
                         seed: f.seed,
                         stack: f.stack,
+                        stamp: f.stamp,
                     });
                     ran += 1;
                 }
