@@ -25,6 +25,7 @@ mod reference;
 
 use std::collections::BTreeMap;
 
+use aya::programs::{TestRun, TestRunOptions};
 use flowlens::{
     drain::{Drainer, KernelStats, PerKeyDrainer},
     netfilter::{Family, Hook, btf::Btf, nf_offsets},
@@ -672,7 +673,6 @@ fn xdp_corpus_matches_the_twin() {
         let mut want = Expected::default();
         let t = std::time::Instant::now();
         for (j, f) in chunk.iter().enumerate() {
-            use aya::programs::{TestRun, TestRunOptions};
             let r = prog
                 .test_run(TestRunOptions {
                     data_in: Some(&f.bytes),
@@ -776,7 +776,6 @@ fn xdp_refuses_frames_below_the_ethernet_header() {
     let prog = probe.xdp_program(XDP_PROGRAM).expect("flowlens_xdp");
     let frame = ether(0x0800, &[0x45, 0, 0, 20]);
     for len in 0..14 {
-        use aya::programs::{TestRun, TestRunOptions};
         let r = prog.test_run(TestRunOptions {
             data_in: Some(&frame[..len]),
             repeat: 1,
