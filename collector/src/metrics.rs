@@ -662,7 +662,8 @@ fn render(state: &State, now: Instant) -> String {
         }
     }
     points.sort_unstable();
-    let per_point: [(&str, &str, fn(&Accounting) -> u64); 9] = [
+    type PointField = fn(&Accounting) -> u64;
+    let per_point: [(&str, &str, PointField); 9] = [
         (
             "flowlens_packets_seen_total",
             "Packets the probe saw (every packet passes; counted at each drain).",

@@ -409,12 +409,14 @@ fn quiet_hosts(tag: &str) -> (Netns, Netns, Link) {
     let a = Netns::new(&format!("{tag}a")).unwrap();
     let b = Netns::new(&format!("{tag}b")).unwrap();
     let link = veth_pair(&a, &b).unwrap();
+    // /proc/sys/net is the namespace's own under `ip netns exec`.
     let o = a
-        .command("sysctl")
-        .args([
-            "-qw",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", link.a_if),
-        ])
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo 1 > /proc/sys/net/ipv6/conf/{}/disable_ipv6",
+            link.a_if
+        ))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
