@@ -943,3 +943,98 @@ fn metrics_listen_errors_and_warnings() {
         "{err}"
     );
 }
+
+/// A kernel buffer too small for the traffic overflows at every drain: the evictions are
+/// counted exactly in the metrics (keyed = drained + evicted, seen = frames captured), while the
+/// repeating warning is logged once (rate-limited), not once per drain.
+#[test]
+fn evictions_are_counted_and_their_warning_rate_limited() {
+    let (a, b, link) = quiet_hosts("evi");
+    let fl = Flowlens::start(
+        &b,
+        &[
+            "--xdp".into(),
+            link.b_if.clone(),
+            "--xdp-mode".into(),
+            "skb".into(),
+            "--drain-interval".into(),
+            "300ms".into(),
+            "--max-flows".into(),
+            "8".into(),
+            "--early-drain-fill".into(),
+            "0".into(),
+            "--sink".into(),
+            "stdout".into(),
+            "--metrics-listen".into(),
+            "0".into(),
+        ],
+    );
+    let addr = fl.metrics_addr();
+    wait_until("/readyz 200", Duration::from_secs(20), || {
+        (http(&b, addr, "GET", "/readyz").0 == 200).then_some(())
+    });
+    let cap = Capture::start(&b, &link.b_if).unwrap();
+    let xdp = [("observation_point", "xdp")];
+    let (src, dst) = (IpAddr::V4(link.a_v4), IpAddr::V4(link.b_v4));
+    let mut sent = 0u32;
+    let mut evicted_after = Vec::new();
+    // Three rounds of 200 one-datagram flows, each round drained before the next.
+    for round in 0..3u16 {
+        for f in 0..200u16 {
+            sent += udp_exchange(
+                &a,
+                &b,
+                SocketAddr::new(src, 20000 + round * 1000 + f),
+                SocketAddr::new(dst, 9402),
+                1,
+                32,
+            )
+            .unwrap();
+        }
+        let before = evicted_after.last().copied().unwrap_or(0.0);
+        let m = wait_until(
+            "every packet of the round drained or evicted",
+            Duration::from_secs(20),
+            || {
+                let m = scrape(&b, addr);
+                let seen = m.val("flowlens_packets_seen_total", &xdp);
+                (seen == sent as f64).then_some(m)
+            },
+        );
+        let evicted = m.val("flowlens_packets_evicted_total", &xdp);
+        assert!(
+            evicted > before,
+            "round {round}: no new evictions ({evicted})"
+        );
+        assert_eq!(
+            m.val("flowlens_packets_keyed_total", &xdp),
+            m.val("flowlens_drained_packets_total", &[]) + evicted,
+            "keyed = drained + evicted"
+        );
+        evicted_after.push(evicted);
+    }
+    assert_eq!(sent, 600);
+    let frames = cap.stop().unwrap();
+    assert_eq!(frames.len(), 600, "captured frames");
+    let m = scrape(&b, addr);
+    assert_eq!(m.val("flowlens_packets_seen_total", &xdp), 600.0);
+    assert_eq!(m.val("flowlens_packets_map_error_total", &xdp), 0.0);
+    let log = fl.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("kernel flow buffer overflowed between two drains"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "one warning for three overflowing drains:\n{log}"
+    );
+    let (ok, log) = fl.stop();
+    assert!(ok, "flowlens failed");
+    // The shutdown summary still has every lost packet.
+    let lost = format!("lost_packets={}", evicted_after[2] as u64);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("conservation:") && l.contains(&lost)),
+        "{lost} in the shutdown summary:\n{log}"
+    );
+}
