@@ -644,7 +644,7 @@ fn metrics_match_traffic_and_sinks() {
             &a,
             &b,
             SocketAddr::new(src, 32100 + f),
-            SocketAddr::new(dst, 9400),
+            SocketAddr::new(dst, 9400 + f),
             PER_FLOW,
             PAYLOAD,
         )
@@ -984,8 +984,9 @@ fn evictions_are_counted_and_their_warning_rate_limited() {
             sent += udp_exchange(
                 &a,
                 &b,
-                SocketAddr::new(src, 20000 + round * 1000 + f),
-                SocketAddr::new(dst, 9402),
+                // A port of its own per flow: no socket is bound twice to one port.
+                SocketAddr::new(src, 0),
+                SocketAddr::new(dst, 20000 + round * 1000 + f),
                 1,
                 32,
             )
