@@ -231,8 +231,18 @@ pub struct RunArgs {
     pub sink_stall_timeout: Option<Duration>,
 }
 
+/// `metrics-listen = "127.0.0.1:9464"`, `"9464"` or `9464`.
 fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
-    let s = String::deserialize(d)?;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum PortOrAddr {
+        Port(u16),
+        Addr(String),
+    }
+    let s = match PortOrAddr::deserialize(d)? {
+        PortOrAddr::Port(p) => p.to_string(),
+        PortOrAddr::Addr(a) => a,
+    };
     crate::metrics::parse_listen(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
@@ -525,6 +535,9 @@ mod tests {
         std::fs::write(&f, "metrics-listen = \"[::1]:9100\"\n").unwrap();
         let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
         assert_eq!(c.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+        std::fs::write(&f, "metrics-listen = 9464\n").unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         std::fs::write(&f, "metrics-listen = \"eth0:1\"\n").unwrap();
         let e = format!(
             "{:#}",
