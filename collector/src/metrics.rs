@@ -58,6 +58,8 @@ pub enum MetricsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--metrics-listen: reading the bound address: {0}")]
+    LocalAddr(std::io::Error),
     #[error("starting the metrics server thread: {0}")]
     Thread(std::io::Error),
 }
@@ -333,10 +335,7 @@ impl Observer {
 
     /// Starts serving on `listener` (from [`bind`]) until the returned server is dropped.
     pub fn serve(&self, listener: TcpListener) -> Result<Server, MetricsError> {
-        let addr = listener.local_addr().map_err(|source| MetricsError::Bind {
-            addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-            source,
-        })?;
+        let addr = listener.local_addr().map_err(MetricsError::LocalAddr)?;
         let stop = Arc::new(AtomicBool::new(false));
         let state = self.state.clone();
         let stop2 = stop.clone();

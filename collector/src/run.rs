@@ -74,7 +74,7 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
         .iter()
         .map(|s| -> Result<Box<dyn Sink>> {
             Ok(match s {
-                SinkSpec::Stdout => Box::new(StdoutSink),
+                SinkSpec::Stdout => Box::new(StdoutSink::default()),
                 SinkSpec::Parquet(dir) => Box::new(
                     ParquetSink::new(ParquetOptions {
                         dir: dir.clone(),

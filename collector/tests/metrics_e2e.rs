@@ -959,6 +959,8 @@ fn evictions_are_counted_and_their_warning_rate_limited() {
             "skb".into(),
             "--drain-interval".into(),
             "300ms".into(),
+            "--idle-timeout".into(),
+            "500ms".into(),
             "--max-flows".into(),
             "8".into(),
             "--early-drain-fill".into(),
@@ -1020,6 +1022,22 @@ fn evictions_are_counted_and_their_warning_rate_limited() {
     let m = scrape(&b, addr);
     assert_eq!(m.val("flowlens_packets_seen_total", &xdp), 600.0);
     assert_eq!(m.val("flowlens_packets_map_error_total", &xdp), 0.0);
+    // Every record printed counts as delivered by the stdout sink.
+    let stdout = [("sink", "stdout")];
+    let m = wait_until("every drained flow ended", Duration::from_secs(20), || {
+        let m = scrape(&b, addr);
+        (m.val("flowlens_flows_open", &[]) == 0.0
+            && m.val("flowlens_flow_record_packets_total", &[])
+                == m.val("flowlens_drained_packets_total", &[]))
+        .then_some(m)
+    });
+    let records = m.val("flowlens_flow_records_total", &[]);
+    assert!(records > 0.0);
+    assert_eq!(m.val("flowlens_sink_records_sent_total", &stdout), records);
+    assert_eq!(
+        m.val("flowlens_sink_records_acknowledged_total", &stdout),
+        records
+    );
     let log = fl.log();
     let warnings = log
         .lines()
