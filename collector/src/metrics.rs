@@ -351,6 +351,11 @@ impl Observer {
         })
     }
 
+    /// The body `GET /metrics` would serve now (benchmarks).
+    pub fn render_metrics(&self) -> String {
+        render(&self.state, Instant::now())
+    }
+
     /// Renders the response to `GET path` (status, content type, body) as of now.
     #[cfg(test)]
     fn respond(&self, path: &str) -> (u16, &'static str, String) {
