@@ -172,6 +172,11 @@ impl Pipeline {
         final_cycle: bool,
         now_ns: u64,
     ) -> Result<()> {
+        // `sinks` is public: keep the per-sink state in step if a caller changed it.
+        let n = self.sinks.len();
+        self.sink_failures.resize(n, SinkFailures::default());
+        self.log.sink_write.resize(n, RateLimited::default());
+        self.log.sink_tick.resize(n, RateLimited::default());
         self.deltas.clear();
         // A failed drain still hands over what it moved out of the kernel, and the final cycle
         // still ends every open flow: the error is returned after the records are out.

@@ -1057,3 +1057,76 @@ fn evictions_are_counted_and_their_warning_rate_limited() {
         "{lost} in the shutdown summary:\n{log}"
     );
 }
+
+/// XDP and a netfilter hook at once: each observation point has its own series, and each
+/// counts the traffic it saw (the same datagrams, once per point).
+#[test]
+fn metrics_per_observation_point() {
+    let (a, b, link) = quiet_hosts("mop");
+    let fl = Flowlens::start(
+        &b,
+        &[
+            "--xdp".into(),
+            link.b_if.clone(),
+            "--xdp-mode".into(),
+            "skb".into(),
+            "--netfilter".into(),
+            "local_in".into(),
+            "--drain-interval".into(),
+            "200ms".into(),
+            "--sink".into(),
+            "stdout".into(),
+            "--metrics-listen".into(),
+            "0".into(),
+        ],
+    );
+    let addr = fl.metrics_addr();
+    let body = wait_until("/readyz 200", Duration::from_secs(20), || {
+        let (st, body) = http(&b, addr, "GET", "/readyz");
+        (st == 200).then_some(body)
+    });
+    assert!(
+        body.contains(&format!("xdp: {}", link.b_if)) && body.contains("netfilter: local_in"),
+        "{body}"
+    );
+    let n = udp_exchange(
+        &a,
+        &b,
+        SocketAddr::new(IpAddr::V4(link.a_v4), 32300),
+        SocketAddr::new(IpAddr::V4(link.b_v4), 9403),
+        30,
+        200,
+    )
+    .unwrap();
+    assert_eq!(n, 30);
+    let m = wait_until("both points drained", Duration::from_secs(20), || {
+        let m = scrape(&b, addr);
+        let seen = |p| m.val("flowlens_packets_seen_total", &[("observation_point", p)]);
+        (seen("xdp") >= 30.0 && seen("nf_local_in") >= 30.0).then_some(m)
+    });
+    // XDP on B's veth sees exactly the datagrams. local_in also sees every locally delivered
+    // packet of the namespace, including the scrapes themselves over loopback: at least 30.
+    let x = [("observation_point", "xdp")];
+    let nf = [("observation_point", "nf_local_in")];
+    assert_eq!(m.val("flowlens_packets_seen_total", &x), 30.0);
+    assert_eq!(m.val("flowlens_packets_keyed_total", &x), 30.0);
+    assert_eq!(m.val("flowlens_keyed_bytes_total", &x), 30.0 * 228.0);
+    let nf_keyed = m.val("flowlens_packets_keyed_total", &nf);
+    assert!(nf_keyed >= 30.0, "{nf_keyed}");
+    assert!(m.val("flowlens_keyed_bytes_total", &nf) >= 30.0 * 228.0);
+    assert_eq!(m.val("flowlens_packets_seen_total", &nf), nf_keyed);
+    // The two points add up to what was drained (no eviction at this scale).
+    assert_eq!(
+        m.val("flowlens_drained_packets_total", &[]),
+        30.0 + nf_keyed
+    );
+    assert_eq!(
+        m.get(
+            "flowlens_packets_seen_total",
+            &[("observation_point", "nf_forward")]
+        ),
+        None
+    );
+    let (ok, _) = fl.stop();
+    assert!(ok, "flowlens failed");
+}
