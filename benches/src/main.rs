@@ -17,11 +17,14 @@
 //!   (records/s, uncompressed bytes/record; gzip is applied by the gRPC layer on top).
 //! * Collector peak RSS (a child process) with 100k concurrent flows and 1M new flows per
 //!   simulated minute, through the real drain, flow table, exporter and Parquet sink.
+//! * Metrics endpoint (`metrics.rs`): a 10k-flow pipeline cycle with and without the
+//!   observer's snapshot, the snapshot and `/metrics` rendering alone, a loopback scrape.
 //! * `flowlens report` over 10 M rows (see `report.rs`).
 //!
 //! `flowlens-bench report` runs only the report section (no root needed) and merges its
 //! numbers into an existing `summary.json`.
 
+mod metrics;
 mod report;
 
 use std::{
@@ -637,6 +640,13 @@ fn main() -> Result<()> {
             );
             return Ok(());
         }
+        Some("metrics") => {
+            let now = flowlens::timebase::monotonic_now_ns();
+            let mut s = BTreeMap::new();
+            metrics::run(synthetic_deltas(10_000, now), &mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
         Some("drain") => {
             let mut s = BTreeMap::new();
             drain_rates(&[100_000, 1_000_000], 3, &mut s)?;
@@ -797,6 +807,9 @@ fn main() -> Result<()> {
         summary.insert(format!("kafka_{label}_encode_records_per_sec"), rate);
         summary.insert(format!("kafka_{label}_bytes_per_record"), bpr);
     }
+
+    // Metrics endpoint: per-cycle snapshot, rendering, scrape.
+    metrics::run(synthetic_deltas(10_000, now), &mut summary)?;
 
     // flowlens report over 10 M rows.
     report::run(&mut summary)?;

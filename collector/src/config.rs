@@ -27,6 +27,7 @@ pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// as it reached the hook: fragments as on the wire, addresses before NAT rewrites them, and
 /// packets a firewall drops later. See docs/ARCHITECTURE.md for when to pick another value.
 pub const DEFAULT_NETFILTER_PRIORITY: i32 = -450;
+pub const DEFAULT_SINK_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts a TOML string list either as an array (`["a", "b"]`) or as one comma list (`"a,b"`).
 fn de_comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -217,6 +218,34 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_duration")]
     pub kafka_close_timeout: Option<Duration>,
+
+    // --- metrics endpoint (issue 7) ---
+    /// Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`) over HTTP on this address: `PORT` or `:PORT` (binds 127.0.0.1), `IP:PORT`, `[IPV6]:PORT`; port 0 picks a free one (logged). An address beyond loopback is allowed but warned about. [default: off; the usual port is 9464]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_listen)]
+    #[serde(default, deserialize_with = "de_listen")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Readiness: a sink holding records that it has not had acknowledged for this long (or that lost or rejected records this recently) makes /readyz fail. Parquet sinks get --parquet-rotate-interval on top (they acknowledge when a file is completed). [default: 60s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub sink_stall_timeout: Option<Duration>,
+}
+
+/// `metrics-listen = "127.0.0.1:9464"`, `"9464"` or `9464`.
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum PortOrAddr {
+        Port(u16),
+        Addr(String),
+    }
+    let s = match PortOrAddr::deserialize(d)? {
+        PortOrAddr::Port(p) => p.to_string(),
+        PortOrAddr::Addr(a) => a,
+    };
+    crate::metrics::parse_listen(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `flowlens run` settings after merging the config file, the command line and defaults.
@@ -250,6 +279,9 @@ pub struct RunConfig {
     pub kafka_options: Vec<(String, String)>,
     pub kafka_queue_max_records: u32,
     pub kafka_close_timeout: Duration,
+    /// `None`: no metrics endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub sink_stall_timeout: Duration,
 }
 
 /// A TOML error as one line: `config file PATH line L column C: MESSAGE`.
@@ -387,6 +419,11 @@ impl RunArgs {
                 .kafka_close_timeout
                 .or(file.kafka_close_timeout)
                 .unwrap_or(DEFAULT_CLOSE_TIMEOUT),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            sink_stall_timeout: self
+                .sink_stall_timeout
+                .or(file.sink_stall_timeout)
+                .unwrap_or(DEFAULT_SINK_STALL_TIMEOUT),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -498,6 +535,40 @@ mod tests {
         assert!(c.kafka_options.is_empty());
         assert_eq!(c.early_drain_fill, 50);
         assert!(!c.precise_timestamps);
+        assert_eq!(c.metrics_listen, None, "no listener unless asked");
+        assert_eq!(c.sink_stall_timeout, DEFAULT_SINK_STALL_TIMEOUT);
+    }
+
+    #[test]
+    fn metrics_options_from_cli_and_file() {
+        let c = args(&["--metrics-listen", "9464", "--sink-stall-timeout", "5s"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.sink_stall_timeout, Duration::from_secs(5));
+        let e = T::try_parse_from(["t", "--metrics-listen", "nowhere"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("metrics-listen") && e.contains("nowhere"), "{e}");
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("m.toml");
+        std::fs::write(&f, "metrics-listen = \"[::1]:9100\"\n").unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+        std::fs::write(&f, "metrics-listen = 9464\n").unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        std::fs::write(&f, "metrics-listen = \"eth0:1\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            args(&["--config", f.to_str().unwrap()])
+                .resolve()
+                .unwrap_err()
+        );
+        assert!(e.contains("eth0:1") && e.contains("m.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod drain;
 pub mod export;
 pub mod flow_table;
 pub mod ifaces;
+pub mod metrics;
 pub mod netfilter;
 pub mod privileges;
 pub mod probe;

@@ -7,6 +7,7 @@ use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord};
 use flowlens_sinks::{
     Sink, SinkSpec,
     kafka::{KafkaOptions, KafkaSink},
+    log_limit::RateLimited,
     otlp::{OtlpOptions, OtlpSink},
     parquet::{ParquetOptions, ParquetSink},
     s3::{S3Options, S3ParquetSink},
@@ -18,7 +19,7 @@ use crate::{
     drain::{Accounting, Drainer},
     export::Exporter,
     flow_table::{Ended, FlowTable},
-    ifaces,
+    ifaces, metrics,
     netfilter::{self, NetfilterError, btf::Btf},
     probe::Probe,
     timebase::{Timebase, monotonic_now_ns},
@@ -46,6 +47,25 @@ pub struct Totals {
     pub drained_bytes: u64,
     /// Kernel-side conservation, summed over every drain (exact: see `drain.rs`).
     pub accounting: Accounting,
+    /// The same per observation point (`OBS_*` index), for the metrics endpoint.
+    pub per_observation_point: [Accounting; flowlens_schema::stats::OBS_SLOTS as usize],
+}
+
+/// Failed calls of one sink (the records of a failed `write` are lost for that sink).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SinkFailures {
+    pub errors: u64,
+    pub records_lost: u64,
+}
+
+/// Log lines of events that repeat every cycle while a condition lasts (rate-limited).
+#[derive(Default)]
+struct LogLimits {
+    evicted: RateLimited,
+    excess: RateLimited,
+    /// Per sink: failed writes, failed ticks.
+    sink_write: Vec<RateLimited>,
+    sink_tick: Vec<RateLimited>,
 }
 
 /// Builds the sinks; fails before anything is attached if a target is unusable.
@@ -54,7 +74,7 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
         .iter()
         .map(|s| -> Result<Box<dyn Sink>> {
             Ok(match s {
-                SinkSpec::Stdout => Box::new(StdoutSink),
+                SinkSpec::Stdout => Box::new(StdoutSink::default()),
                 SinkSpec::Parquet(dir) => Box::new(
                     ParquetSink::new(ParquetOptions {
                         dir: dir.clone(),
@@ -111,6 +131,9 @@ pub struct Pipeline {
     pub exporter: Exporter,
     pub sinks: Vec<Box<dyn Sink>>,
     pub totals: Totals,
+    /// Per sink, in the order of `sinks`.
+    pub sink_failures: Vec<SinkFailures>,
+    log: LogLimits,
     deltas: Vec<(FlowKey, FlowValue)>,
     ended: Vec<Ended>,
     records: Vec<FlowRecord>,
@@ -118,11 +141,18 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(table: FlowTable, exporter: Exporter, sinks: Vec<Box<dyn Sink>>) -> Self {
+        let n = sinks.len();
         Pipeline {
             table,
             exporter,
             sinks,
             totals: Totals::default(),
+            sink_failures: vec![SinkFailures::default(); n],
+            log: LogLimits {
+                sink_write: vec![RateLimited::default(); n],
+                sink_tick: vec![RateLimited::default(); n],
+                ..LogLimits::default()
+            },
             deltas: Vec::new(),
             ended: Vec::new(),
             records: Vec::new(),
@@ -142,6 +172,11 @@ impl Pipeline {
         final_cycle: bool,
         now_ns: u64,
     ) -> Result<()> {
+        // `sinks` is public: keep the per-sink state in step if a caller changed it.
+        let n = self.sinks.len();
+        self.sink_failures.resize(n, SinkFailures::default());
+        self.log.sink_write.resize(n, RateLimited::default());
+        self.log.sink_tick.resize(n, RateLimited::default());
         self.deltas.clear();
         // A failed drain still hands over what it moved out of the kernel, and the final cycle
         // still ends every open flow: the error is returned after the records are out.
@@ -153,8 +188,13 @@ impl Pipeline {
         let drain_err = match drained {
             Ok(rep) => {
                 if let Some(a) = rep.total() {
-                    report_accounting(&a);
+                    report_accounting(&a, &mut self.log);
                     self.totals.accounting.add(&a);
+                }
+                if let Some(per) = &rep.accounting {
+                    for (t, a) in self.totals.per_observation_point.iter_mut().zip(per) {
+                        t.add(a);
+                    }
                 }
                 None
             }
@@ -185,19 +225,27 @@ impl Pipeline {
                 self.totals.packets += r.packets;
                 self.totals.bytes += r.bytes;
             }
-            for s in &mut self.sinks {
+            for (i, s) in self.sinks.iter_mut().enumerate() {
                 if let Err(e) = s.write(&self.records) {
+                    let n = self.records.len() as u64;
                     self.totals.sink_errors += 1;
-                    self.totals.records_lost_in_sinks += self.records.len() as u64;
-                    tracing::error!(sink = s.name(), records = self.records.len(), error = %e, "sink failed; these records are lost for this sink");
+                    self.totals.records_lost_in_sinks += n;
+                    self.sink_failures[i].errors += 1;
+                    self.sink_failures[i].records_lost += n;
+                    if let Some(suppressed) = self.log.sink_write[i].check() {
+                        tracing::error!(sink = s.name(), records = n, suppressed, error = %e, "sink failed; these records are lost for this sink");
+                    }
                 }
             }
         }
         if self.ended.is_empty() {
-            for s in &mut self.sinks {
+            for (i, s) in self.sinks.iter_mut().enumerate() {
                 if let Err(e) = s.tick() {
                     self.totals.sink_errors += 1;
-                    tracing::error!(sink = s.name(), error = %e, "sink tick failed");
+                    self.sink_failures[i].errors += 1;
+                    if let Some(suppressed) = self.log.sink_tick[i].check() {
+                        tracing::error!(sink = s.name(), suppressed, error = %e, "sink tick failed");
+                    }
                 }
             }
         }
@@ -237,10 +285,14 @@ impl Pipeline {
     }
 }
 
-/// Every drain: anything the probe saw that will not be exported is logged with numbers.
-fn report_accounting(a: &Accounting) {
-    if a.excess_packets > 0 || a.excess_bytes > 0 {
+/// Every drain: anything the probe saw that will not be exported is logged with numbers (at
+/// most once per interval while it repeats; the shutdown line and the metrics have the sums).
+fn report_accounting(a: &Accounting, log: &mut LogLimits) {
+    if (a.excess_packets > 0 || a.excess_bytes > 0)
+        && let Some(suppressed) = log.excess.check()
+    {
         tracing::error!(
+            suppressed,
             keyed_packets = a.keyed_packets,
             drained_packets = a.drained_packets,
             excess_packets = a.excess_packets,
@@ -248,8 +300,11 @@ fn report_accounting(a: &Accounting) {
             "conservation: more drained than the probe keyed (double counting)"
         );
     }
-    if a.evicted_packets > 0 || a.map_error_packets > 0 {
+    if (a.evicted_packets > 0 || a.map_error_packets > 0)
+        && let Some(suppressed) = log.evicted.check()
+    {
         tracing::warn!(
+            suppressed,
             evicted_packets = a.evicted_packets,
             evicted_bytes = a.evicted_bytes,
             map_error_packets = a.map_error_packets,
@@ -317,6 +372,59 @@ fn netfilter_unavailable(e: &NetfilterError) -> bool {
     matches!(e, NetfilterError::Unsupported(_) | NetfilterError::Btf(_))
 }
 
+/// One timer or early cycle, reported to the metrics endpoint (if any).
+fn observed_cycle(
+    pipe: &mut Pipeline,
+    drainer: &mut dyn crate::drain::Drainer,
+    observer: Option<&metrics::Observer>,
+) -> Result<()> {
+    let Some(o) = observer else {
+        return pipe.cycle(drainer, false);
+    };
+    o.cycle_start();
+    let t0 = std::time::Instant::now();
+    let r = pipe.cycle(drainer, false);
+    o.cycle_end(pipe, t0.elapsed());
+    r
+}
+
+/// The metrics endpoint's view of this run: observation points in use and each sink's stall
+/// window (Parquet sinks acknowledge at file completion, so theirs adds the rotate interval).
+fn observer_for(
+    cfg: &RunConfig,
+    sinks: &[Box<dyn Sink>],
+    xdp: bool,
+    nf_hooks: &[netfilter::Hook],
+) -> metrics::Observer {
+    let mut points = Vec::new();
+    if xdp {
+        points.push(flowlens_schema::OBS_XDP);
+    }
+    for h in nf_hooks {
+        points.push(flowlens_schema::OBS_NF_PRE_ROUTING + h.hooknum() as u8);
+    }
+    let infos = cfg
+        .sinks
+        .iter()
+        .zip(sinks)
+        .map(|(spec, s)| metrics::SinkInfo {
+            name: s.name().to_string(),
+            stall_window: match spec {
+                SinkSpec::Parquet(_) | SinkSpec::ParquetS3(_) => {
+                    cfg.sink_stall_timeout + cfg.parquet_rotate_interval
+                }
+                _ => cfg.sink_stall_timeout,
+            },
+        })
+        .collect();
+    metrics::Observer::new(
+        points,
+        cfg.max_flows,
+        metrics::Observer::loop_stall(cfg.drain_interval),
+        infos,
+    )
+}
+
 /// Runs until SIGINT/SIGTERM or `cfg.duration`.
 pub fn run(cfg: RunConfig) -> Result<Totals> {
     let host: Arc<str> = ifaces::hostname().into();
@@ -338,6 +446,8 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         ifaces::index_of(i).context("--xdp")?;
     }
     crate::privileges::check()?;
+    // Metrics endpoint: bound first, so a taken port fails before anything is attached.
+    let metrics_listener = cfg.metrics_listen.map(metrics::bind).transpose()?;
     let sinks = build_sinks(&cfg, &host)?;
 
     // Signal listeners exist before anything is attached: a SIGTERM that arrives while the
@@ -372,6 +482,16 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         }
     };
 
+    // Served from here on (its own thread): /readyz fails until the probes are attached.
+    let (observer, _metrics_server) = match metrics_listener {
+        Some(l) => {
+            let o = observer_for(&cfg, &sinks, !ifaces_list.is_empty(), &nf_hooks);
+            let server = o.serve(l)?;
+            (Some(o), Some(server))
+        }
+        None => (None, None),
+    };
+
     let mut probe = Probe::load_opts(cfg.max_flows, nf_offsets, cfg.precise_timestamps)?;
     for i in &ifaces_list {
         probe.attach_xdp(i, cfg.xdp_mode)?;
@@ -387,6 +507,17 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
             link_ids = ?probe.netfilter_links().iter().map(|l| l.id).collect::<Vec<_>>(),
             "netfilter hooks attached (IPv4 and IPv6)"
         );
+    }
+    if let Some(o) = &observer {
+        let mut what = Vec::new();
+        if !ifaces_list.is_empty() {
+            what.push(format!("xdp: {}", ifaces_list.join(",")));
+        }
+        if !nf_hooks.is_empty() {
+            let names: Vec<&str> = nf_hooks.iter().map(|h| h.name()).collect();
+            what.push(format!("netfilter: {}", names.join(",")));
+        }
+        o.attached(what.join("; "));
     }
     tracing::info!(interfaces = ?ifaces_list, mode = ?cfg.xdp_mode, sinks = ?cfg.sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "flowlens running");
 
@@ -418,19 +549,24 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = &mut stop_after => { tracing::info!("duration reached: stopping"); break; }
                 _ = tick.tick() => {
-                    pipe.cycle(&mut drainer, false)?;
+                    observed_cycle(&mut pipe, &mut drainer, observer.as_ref())?;
                     n += 1;
                     if n.is_multiple_of(60) {
                         pipe.exporter.names.clear();
                     }
                 }
-                _ = fill_check.tick(), if cfg.early_drain_fill > 0 => {
-                    if let Some((inserted, _)) = drainer.fill()
+                _ = fill_check.tick(), if cfg.early_drain_fill > 0 || observer.is_some() => {
+                    let fill = drainer.fill();
+                    if let (Some(o), Some((inserted, _))) = (&observer, fill) {
+                        o.fill(inserted);
+                    }
+                    if let Some((inserted, _)) = fill
+                        && cfg.early_drain_fill > 0
                         && inserted >= early_at
                     {
                         tracing::debug!(inserted, early_at, "kernel flow buffer filling up: draining early");
                         pipe.totals.early_drains += 1;
-                        pipe.cycle(&mut drainer, false)?;
+                        observed_cycle(&mut pipe, &mut drainer, observer.as_ref())?;
                         tick.reset();
                     }
                 }
@@ -438,6 +574,9 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         }
         Ok(())
     });
+    if let Some(o) = &observer {
+        o.stopping();
+    }
     // Stop observing first, then take the last counts. Dropping the probe closes the netfilter
     // link fds (unhooking them) and detaches XDP; the final drain swaps buffers twice, waiting
     // out runs still in flight after the detach, so nothing arrives after it.

@@ -6,6 +6,7 @@
 //! batch are reported as lost, never silently).
 
 pub mod kafka;
+pub mod log_limit;
 pub mod otlp;
 pub mod parquet;
 pub mod s3;

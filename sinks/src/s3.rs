@@ -198,6 +198,7 @@ impl S3ParquetSink {
             opts: opts.clone(),
             counters: counters.clone(),
             deadline: deadline.clone(),
+            retry_log: Default::default(),
         };
         let worker = std::thread::Builder::new()
             .name("flowlens-s3".into())
@@ -378,6 +379,8 @@ struct Uploader {
     opts: S3Options,
     counters: Arc<Counters>,
     deadline: Arc<Mutex<Option<Instant>>>,
+    /// Retries repeat while the store is down: logged at most once per interval.
+    retry_log: crate::log_limit::RateLimited,
 }
 
 impl Uploader {
@@ -385,7 +388,7 @@ impl Uploader {
         self.deadline.lock().map(|d| *d).unwrap_or(None)
     }
 
-    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Upload>) {
+    async fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<Upload>) {
         while let Some(job) = rx.recv().await {
             let c = &self.counters;
             let mut backoff = self.opts.initial_backoff;
@@ -405,7 +408,9 @@ impl Uploader {
                         if self.deadline().is_some_and(|d| wake >= d) {
                             break Err(e);
                         }
-                        tracing::warn!(key = %job.key, attempt, error = %e, "S3 upload failed; retrying");
+                        if let Some(suppressed) = self.retry_log.check() {
+                            tracing::warn!(key = %job.key, attempt, suppressed, error = %e, "S3 upload failed; retrying");
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                         attempt += 1;

@@ -6,7 +6,12 @@ use flowlens_schema::record::{FlowRecord, observation_point_name, transport_name
 
 use crate::{Result, Sink, SinkError};
 
-pub struct StdoutSink;
+/// Counts the lines it wrote: standard output is line-buffered, so a written line has reached
+/// the file descriptor (`sent` = `acknowledged`).
+#[derive(Debug, Default)]
+pub struct StdoutSink {
+    written: u64,
+}
 
 /// Formats one record as a line (no trailing newline).
 pub fn format_record(r: &FlowRecord) -> String {
@@ -64,8 +69,16 @@ impl Sink for StdoutSink {
         let mut out = std::io::stdout().lock();
         for r in records {
             writeln!(out, "{}", format_record(r)).map_err(|e| SinkError::io("stdout", e))?;
+            self.written += 1;
         }
         Ok(())
+    }
+    fn metrics(&self) -> crate::SinkMetrics {
+        crate::SinkMetrics {
+            sent: self.written,
+            acknowledged: self.written,
+            ..Default::default()
+        }
     }
     fn close(&mut self) -> Result<()> {
         std::io::stdout()

@@ -164,6 +164,9 @@ pub struct KafkaSink {
     /// Failures already logged (`tick` logs new ones).
     failures_logged: u64,
     drops_logged: u64,
+    /// `report` runs every tick; while failures continue it logs at most once per interval
+    /// (each line carries every record failed since the previous one).
+    report_limit: crate::log_limit::RateLimited,
 }
 
 impl KafkaSink {
@@ -181,6 +184,8 @@ impl KafkaSink {
         let ctx = DeliveryContext {
             counters: counters.clone(),
             name: name.clone(),
+            log_limit: Default::default(),
+            error_limit: Default::default(),
         };
         let producer: ThreadedProducer<DeliveryContext> = opts
             .client_config()
@@ -202,6 +207,7 @@ impl KafkaSink {
             unaccounted_at_close: 0,
             failures_logged: 0,
             drops_logged: 0,
+            report_limit: Default::default(),
         })
     }
 
@@ -227,6 +233,12 @@ impl KafkaSink {
     /// Logs failures and drops that happened since the last call.
     fn report(&mut self) {
         let failed = self.counters.failed.load(Ordering::Relaxed);
+        let dropped = self.dropped_queue_full + self.refused_locally;
+        if (failed > self.failures_logged || dropped > self.drops_logged)
+            && self.report_limit.check().is_none()
+        {
+            return;
+        }
         if failed > self.failures_logged {
             let last = self
                 .counters
@@ -238,7 +250,6 @@ impl KafkaSink {
             tracing::error!(sink = %self.name, records = failed - self.failures_logged, last_error = %last, "kafka deliveries failed; these records are lost");
             self.failures_logged = failed;
         }
-        let dropped = self.dropped_queue_full + self.refused_locally;
         if dropped > self.drops_logged {
             tracing::error!(sink = %self.name, records = dropped - self.drops_logged, queue_bound = self.opts.queue_max_records, "kafka queue full (brokers unreachable or too slow) or record refused; these records are lost");
             self.drops_logged = dropped;
@@ -304,6 +315,7 @@ impl Sink for KafkaSink {
         let c = &self.counters;
         let accounted = c.acked.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
         self.unaccounted_at_close = self.sent.saturating_sub(accounted);
+        self.report_limit = crate::log_limit::RateLimited::new(Duration::ZERO);
         self.report();
         let m = self.metrics();
         if m.lost + m.rejected > 0 {

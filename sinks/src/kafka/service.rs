@@ -41,6 +41,10 @@ pub struct Counters {
 pub struct DeliveryContext {
     pub counters: std::sync::Arc<Counters>,
     pub name: String,
+    /// librdkafka repeats its complaints while a broker is down (every reconnect attempt):
+    /// warnings and errors are logged at most once per interval, with the count suppressed.
+    pub log_limit: crate::log_limit::SharedRateLimited,
+    pub error_limit: crate::log_limit::SharedRateLimited,
 }
 
 /// Broker error codes are non-negative; librdkafka's local errors (timeout, purge, transport)
@@ -56,10 +60,14 @@ impl ClientContext for DeliveryContext {
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error => {
-                tracing::error!(sink = %self.name, facility = fac, "librdkafka: {msg}")
+                if let Some(suppressed) = self.log_limit.check() {
+                    tracing::error!(sink = %self.name, facility = fac, suppressed, "librdkafka: {msg}")
+                }
             }
             RDKafkaLogLevel::Warning => {
-                tracing::warn!(sink = %self.name, facility = fac, "librdkafka: {msg}")
+                if let Some(suppressed) = self.log_limit.check() {
+                    tracing::warn!(sink = %self.name, facility = fac, suppressed, "librdkafka: {msg}")
+                }
             }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 tracing::info!(sink = %self.name, facility = fac, "librdkafka: {msg}")
@@ -72,7 +80,9 @@ impl ClientContext for DeliveryContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // Transport errors (broker down) arrive here repeatedly; records wait in the queue.
-        tracing::warn!(sink = %self.name, error = %error, "kafka client: {reason}");
+        if let Some(suppressed) = self.error_limit.check() {
+            tracing::warn!(sink = %self.name, error = %error, suppressed, "kafka client: {reason}");
+        }
     }
 
     fn stats(&self, s: Statistics) {

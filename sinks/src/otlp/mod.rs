@@ -27,6 +27,8 @@ use std::{
 };
 
 use flowlens_schema::record::FlowRecord;
+
+use crate::log_limit::SharedRateLimited;
 use opentelemetry_proto::tonic::{
     collector::{
         logs::v1::logs_service_client::LogsServiceClient,
@@ -119,6 +121,17 @@ struct Shared {
     deadline: Mutex<Option<Instant>>,
     counters: Counters,
     metrics: Mutex<MetricsAggregator>,
+    /// Repeating warnings and errors are logged at most once per interval (see `log_limit`).
+    log: LogLimits,
+}
+
+#[derive(Default)]
+struct LogLimits {
+    queue_full: SharedRateLimited,
+    partial: SharedRateLimited,
+    refused: SharedRateLimited,
+    gave_up: SharedRateLimited,
+    metrics_failed: SharedRateLimited,
 }
 
 impl Shared {
@@ -168,6 +181,7 @@ impl OtlpSink {
             deadline: Mutex::new(None),
             counters: Counters::default(),
             metrics: Mutex::new(MetricsAggregator::default()),
+            log: LogLimits::default(),
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -230,9 +244,14 @@ impl Sink for OtlpSink {
         self.shared.wake.notify_one();
         if dropped > 0 {
             self.shared.counters.lost.fetch_add(dropped, Relaxed);
+        }
+        if dropped > 0
+            && let Some(suppressed) = self.shared.log.queue_full.check()
+        {
             tracing::warn!(
                 sink = %self.name,
                 dropped,
+                suppressed,
                 bound = self.opts.queue_records,
                 "OTLP queue full (receiver slow or down); records past the bound are lost"
             );
@@ -392,16 +411,24 @@ impl Worker {
                     c.acknowledged.fetch_add(n - rejected, Relaxed);
                     if rejected > 0 {
                         c.rejected.fetch_add(rejected, Relaxed);
-                        tracing::warn!(endpoint = %self.opts.endpoint, rejected, message = %message, "OTLP receiver rejected log records (partial success; not retried)");
+                    }
+                    if rejected > 0
+                        && let Some(suppressed) = self.shared.log.partial.check()
+                    {
+                        tracing::warn!(endpoint = %self.opts.endpoint, rejected, suppressed, message = %message, "OTLP receiver rejected log records (partial success; not retried)");
                     }
                 }
                 Delivery::Refused { status, .. } => {
                     c.rejected.fetch_add(n, Relaxed);
-                    tracing::error!(endpoint = %self.opts.endpoint, records = n, status = %status, "OTLP receiver refused the export (not retryable); records rejected");
+                    if let Some(suppressed) = self.shared.log.refused.check() {
+                        tracing::error!(endpoint = %self.opts.endpoint, records = n, suppressed, status = %status, "OTLP receiver refused the export (not retryable); records rejected");
+                    }
                 }
                 Delivery::GaveUp { status, retries } => {
                     c.lost.fetch_add(n, Relaxed);
-                    tracing::error!(endpoint = %self.opts.endpoint, records = n, retries, status = %status, "OTLP export failed after retries; records lost");
+                    if let Some(suppressed) = self.shared.log.gave_up.check() {
+                        tracing::error!(endpoint = %self.opts.endpoint, records = n, retries, suppressed, status = %status, "OTLP export failed after retries; records lost");
+                    }
                 }
             }
             c.in_flight.store(0, Relaxed);
@@ -443,7 +470,9 @@ impl Worker {
                     .counters
                     .metric_exports_failed
                     .fetch_add(1, Relaxed);
-                tracing::warn!(endpoint = %self.opts.endpoint, outcome = ?other, "OTLP metrics export not fully accepted (the next cumulative export supersedes it)");
+                if let Some(suppressed) = self.shared.log.metrics_failed.check() {
+                    tracing::warn!(endpoint = %self.opts.endpoint, outcome = ?other, suppressed, "OTLP metrics export not fully accepted (the next cumulative export supersedes it)");
+                }
             }
         }
     }
