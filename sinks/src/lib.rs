@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod otlp;
 pub mod parquet;
 pub mod s3;
+pub mod spool;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -62,7 +63,8 @@ pub type Result<T, E = SinkError> = std::result::Result<T, E>;
 pub trait Sink: Send {
     /// Short name for logs (`parquet:/var/lib/flows`).
     fn name(&self) -> &str;
-    /// Accepts a batch of records. The sink may buffer them.
+    /// Accepts a batch of records. The sink may buffer them. On `Err` the sink keeps none of
+    /// the batch (all or nothing), so a [`spool::SpooledSink`] can spool it instead.
     fn write(&mut self, records: &[FlowRecord]) -> Result<()>;
     /// Called on every collector tick (also with no records): time-based rotation and flushing.
     fn tick(&mut self) -> Result<()> {
@@ -75,6 +77,18 @@ pub trait Sink: Send {
     /// e.g. rows of a file that could not be completed. Reported, never silent.
     fn records_lost(&self) -> u64 {
         0
+    }
+    /// Records `write` can take right now without dropping any (room in its memory queue).
+    /// The default: no bound.
+    fn room(&self) -> u64 {
+        u64::MAX
+    }
+    /// How many of the records passed to `write` so far (counted in order since the sink was
+    /// created) are settled - acknowledged, rejected or counted lost - with every record before
+    /// them settled too (a FIFO watermark; exact as long as `write` never had to drop records
+    /// for lack of [`Sink::room`]). `None`: records are settled when `write` returns.
+    fn settled(&self) -> Option<u64> {
+        None
     }
     /// Delivery counters of this sink (see [`SinkMetrics`]). The default knows only losses.
     fn metrics(&self) -> SinkMetrics {
