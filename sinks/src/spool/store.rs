@@ -511,6 +511,12 @@ impl Store {
                 break;
             }
         }
+        // The read position may have been at the end of the segment the cursor just left
+        // (the same place in the stream): move it along.
+        if self.read < self.commit {
+            self.read = self.commit;
+            self.reader = None;
+        }
         self.write_cursor()?;
         while self
             .segments
