@@ -99,6 +99,34 @@ pub trait Sink: Send {
     }
 }
 
+/// A boxed sink is a sink (so wrappers such as [`spool::SpooledSink`] take `Box<dyn Sink>`).
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
+        (**self).write(records)
+    }
+    fn tick(&mut self) -> Result<()> {
+        (**self).tick()
+    }
+    fn close(&mut self) -> Result<()> {
+        (**self).close()
+    }
+    fn records_lost(&self) -> u64 {
+        (**self).records_lost()
+    }
+    fn room(&self) -> u64 {
+        (**self).room()
+    }
+    fn settled(&self) -> Option<u64> {
+        (**self).settled()
+    }
+    fn metrics(&self) -> SinkMetrics {
+        (**self).metrics()
+    }
+}
+
 /// Per-sink delivery counters, in records. Every sink reports the same set so that operators
 /// (logs now, a metrics endpoint later) can compare them:
 /// `sent` handed to the destination, `acknowledged` confirmed durable by it, `retried` re-sent

@@ -50,6 +50,28 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// Default records read from the spool per inner `write` during replay.
 pub const DEFAULT_REPLAY_CHUNK: usize = 4096;
 
+/// The directory name of a sink's spool under the spool parent directory: the sink spec with
+/// every character outside `[A-Za-z0-9._-]` replaced by `_`, then a hash of the exact spec
+/// (so two different sinks never share a directory, and the name still says which sink it is).
+pub fn dir_name(sink_spec: &str) -> String {
+    let clean: String = sink_spec
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // FNV-1a, 64 bit: stable across versions and platforms.
+    let h = sink_spec.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{clean}-{:08x}", h as u32)
+}
+
 /// Options of [`SpooledSink`].
 #[derive(Clone, Debug)]
 pub struct SpoolOptions {
@@ -408,5 +430,16 @@ impl<S: Sink> Drop for SpooledSink<S> {
         {
             tracing::error!(sink = %self.name, error = %e, "closing spooled sink on drop");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dir_names_are_readable_and_distinct() {
+        let a = super::dir_name("kafka:127.0.0.1:9092/flows");
+        assert!(a.starts_with("kafka_127.0.0.1_9092_flows-"), "{a}");
+        assert_ne!(a, super::dir_name("kafka:127.0.0.1:9092_flows"));
+        assert_eq!(a, super::dir_name("kafka:127.0.0.1:9092/flows"));
     }
 }
