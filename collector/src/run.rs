@@ -61,9 +61,9 @@ fn spool_options(cfg: &RunConfig, spec: &SinkSpec) -> Option<SpoolOptions> {
     let mut o = SpoolOptions::new(parent.join(flowlens_sinks::spool::dir_name(&spec.to_string())));
     o.max_bytes = cfg.spool_max_bytes;
     o.grace = cfg.shutdown_grace;
-    // The inner close: SPOOLED_CLOSE_TIMEOUT, plus the OTLP worker's 2 s detach margin.
+    // The inner close: SPOOLED_CLOSE_TIMEOUT and a margin for the spool writes after it.
     o.close_reserve =
-        (SPOOLED_CLOSE_TIMEOUT + std::time::Duration::from_secs(2)).min(cfg.shutdown_grace / 2);
+        (SPOOLED_CLOSE_TIMEOUT + std::time::Duration::from_millis(500)).min(cfg.shutdown_grace / 2);
     Some(o)
 }
 

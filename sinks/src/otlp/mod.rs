@@ -419,7 +419,12 @@ impl Worker {
                 }
                 Delivery::GaveUp { status, retries } => {
                     c.lost.fetch_add(n, Relaxed);
-                    tracing::error!(endpoint = %self.opts.endpoint, records = n, retries, status = %status, "OTLP export failed after retries; records lost");
+                    if self.shared.deadline().is_some() {
+                        // Shutdown: the spool (if any) keeps these; `close` reports the outcome.
+                        tracing::warn!(endpoint = %self.opts.endpoint, records = n, retries, status = %status, "OTLP export unfinished at the shutdown deadline");
+                    } else {
+                        tracing::error!(endpoint = %self.opts.endpoint, records = n, retries, status = %status, "OTLP export failed after retries; records lost");
+                    }
                 }
             }
             c.in_flight.store(0, Relaxed);
