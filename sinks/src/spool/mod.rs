@@ -24,8 +24,8 @@
 //! clean shutdown. Duplicates happen only for records that were handed to the inner sink and
 //! not yet settled when flowlens was killed (at most the inner sink's memory queue), or for
 //! Kafka records acknowledged out of order after the last settled one at shutdown (same bound).
-//! Dedup key: (`host`, `observation_point`, `community_id` or the 5-tuple, `flow_start`): a flow
-//! record is unique by it. Records only in memory (direct mode) when flowlens is SIGKILLed are
+//! Dedup key: (`host`, `observation_point`, `interface_name`, `community_id`, `source_address`,
+//! `source_port`, `flow_start`): a flow record is unique by it. Records only in memory (direct mode) when flowlens is SIGKILLed are
 //! lost; the spool protects against outages and clean restarts, and a crash loses at most
 //! one memory queue.
 
@@ -45,7 +45,7 @@ use crate::{Result, Sink, SinkError, SinkMetrics};
 
 /// Default bound of one sink's spool on disk.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-/// Default shutdown grace (total, for every sink in parallel... each sink gets it).
+/// Default shutdown grace (the collector closes its sinks in parallel, each with this grace).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// Default records read from the spool per inner `write` during replay.
 pub const DEFAULT_REPLAY_CHUNK: usize = 4096;
