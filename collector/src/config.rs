@@ -278,6 +278,33 @@ pub struct RunConfig {
     pub shutdown_grace: Duration,
 }
 
+/// A TOML error as one line: `config file PATH line L column C: MESSAGE`.
+fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let col = before.len() - line_start + 1;
+            // The key of a `key = value` line whose value is wrong, so the line names it.
+            let key = text[line_start..]
+                .lines()
+                .next()
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && span.start > line_start + k.len())
+                .map(|k| format!(" ({k})"))
+                .unwrap_or_default();
+            format!(
+                "config file {} line {line} column {col}{key}: {msg}",
+                path.display()
+            )
+        }
+        None => format!("config file {}: {msg}", path.display()),
+    }
+}
+
 impl RunArgs {
     /// Reads `--config` (if given) and merges it under the command-line values.
     pub fn resolve(self) -> Result<RunConfig> {
@@ -285,13 +312,8 @@ impl RunArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<RunArgs>(&text).map_err(|e| {
-                    anyhow::anyhow!(
-                        "config file {}: {}",
-                        path.display(),
-                        e.to_string().trim_end()
-                    )
-                })?
+                toml::from_str::<RunArgs>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}", toml_error(path, &text, &e)))?
             }
             None => RunArgs::default(),
         };

@@ -9,6 +9,7 @@ pub mod export;
 pub mod flow_table;
 pub mod ifaces;
 pub mod netfilter;
+pub mod privileges;
 pub mod probe;
 pub mod report;
 pub mod run;

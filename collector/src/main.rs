@@ -65,8 +65,34 @@ fn main() {
     }
 }
 
+/// Parses the command line. Usage errors are one line (`flowlens: error: …`, exit status 2)
+/// like every other error; `--help` and `--version` print as usual.
+fn parse_cli() -> Cli {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("flowlens: error: {first} (see --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn real_main() -> Result<()> {
-    match Cli::parse().cmd {
+    match parse_cli().cmd {
         Cmd::Run(args) => {
             let cfg = (*args).resolve()?;
             run::run(cfg)?;

@@ -410,9 +410,25 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         Vec::new()
     };
     for i in &ifaces_list {
-        ifaces::index_of(i)?;
+        ifaces::index_of(i).context("--xdp")?;
     }
+    crate::privileges::check()?;
     let sinks = build_sinks(&cfg, &host)?;
+
+    // Signal listeners exist before anything is attached: a SIGTERM that arrives while the
+    // probe is loading stops flowlens cleanly right after (the default action would kill it
+    // mid-start).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _in_rt = rt.enter();
+        (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        )
+    };
 
     let (nf_hooks, nf_offsets) = if cfg.netfilter.is_empty() {
         (Vec::new(), None)
@@ -455,16 +471,9 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         sinks,
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let result: Result<()> = rt.block_on(async {
         let mut tick = tokio::time::interval(cfg.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        use tokio::signal::unix::{SignalKind, signal};
-        // One persistent listener each, created before the loop, so no signal is missed.
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         let stop_after = async {
             match cfg.duration {
                 Some(d) => tokio::time::sleep(d).await,

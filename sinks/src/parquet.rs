@@ -133,6 +133,16 @@ impl ParquetSink {
         File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| SinkError::io(format!("{} is not writable", opts.dir.display()), e))?;
+        let (stale, bytes) = stale_in_progress(&opts.dir, &opts.host);
+        if !stale.is_empty() {
+            tracing::warn!(
+                dir = %opts.dir.display(),
+                files = stale.len(),
+                bytes,
+                first = %stale[0].display(),
+                "unfinished Parquet files left by an earlier flowlens that was killed (SIGKILL, crash, power loss): their rows were lost with it; the files are hidden from readers and can be deleted"
+            );
+        }
         Ok(ParquetSink {
             name: format!("parquet:{}", opts.dir.display()),
             opts,
@@ -237,6 +247,50 @@ impl ParquetSink {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// Hidden `.flows-HOST-MS-PID-SEQ.parquet.inprogress` files of this host under `dir` whose
+/// writer process no longer runs, and their total size.
+fn stale_in_progress(dir: &std::path::Path, host: &str) -> (Vec<PathBuf>, u64) {
+    let (mut stale, mut bytes) = (Vec::new(), 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                // Only the sink's own partition directories.
+                if e.file_name().to_string_lossy().contains('=') {
+                    stack.push(e.path());
+                }
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name
+                .strip_prefix(".flows-")
+                .and_then(|n| n.strip_suffix(".parquet.inprogress"))
+            else {
+                continue;
+            };
+            // HOST may contain '-': split from the right.
+            let mut parts = stem.rsplitn(4, '-');
+            let (_seq, pid, _ms, file_host) =
+                (parts.next(), parts.next(), parts.next(), parts.next());
+            let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let alive =
+                pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if file_host == Some(host) && !alive {
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                stale.push(e.path());
+            }
+        }
+    }
+    stale.sort();
+    (stale, bytes)
 }
 
 impl Sink for ParquetSink {

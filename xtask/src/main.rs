@@ -26,7 +26,8 @@ fn main() {
 const HELP: &str =
     "usage: cargo xtask <setup|build|test|bench|demo|help> [-- extra cargo test args]
   setup   install the pinned eBPF nightly, bpf-linker, apt and pip test packages and tansu if missing
-  build   setup, then build flowlens (release): target/release/flowlens
+  build   install the pinned eBPF nightly and bpf-linker if missing (no test peers), then
+          build flowlens (release): target/release/flowlens
   test    setup, then run every test (kernel tests need root)
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
           (`cargo xtask bench report`: only the flowlens report benchmark)
@@ -41,7 +42,7 @@ fn real_main() -> Result<()> {
     match cmd {
         "setup" => setup::setup().map(|_| ()),
         "build" => {
-            let env = setup::setup()?;
+            let env = setup::toolchain()?;
             build_release(&env)
         }
         "test" => {

@@ -183,6 +183,8 @@ const PYTHON_MODULES: &[(&str, &str)] = &[
     ("moto.server", "moto[server]"),
     ("boto3", "boto3"),
     ("pyarrow", "pyarrow"),
+    // deploy/kubernetes/daemonset.yaml is parsed to check the capabilities it grants.
+    ("yaml", "pyyaml"),
 ];
 
 fn python_has(module: &str) -> bool {
@@ -250,10 +252,22 @@ fn ensure_tansu() -> Result<()> {
         .arg(home.join(".cargo")))
 }
 
-pub fn setup() -> Result<Env> {
+/// What building flowlens needs: the pinned eBPF nightly and bpf-linker (no test peers).
+pub fn toolchain() -> Result<Env> {
     let nightly = nightly()?;
     let sysroot = ensure_nightly(&nightly)?;
     let bin = ensure_bpf_linker(&nightly, &sysroot)?;
+    let mut path = OsString::from(bin.as_os_str());
+    if let Some(p) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(p);
+    }
+    Ok(Env { path })
+}
+
+/// The toolchain plus everything the tests use as real peers and readers.
+pub fn setup() -> Result<Env> {
+    let env = toolchain()?;
     // util-linux (`unshare`, `mount`) is essential in Debian; listed because the netfilter
     // fallback test hides the kernel's BTF in a private mount namespace with it.
     // chromium: the HTML report test (collector/tests/report.rs) opens the report headless.
@@ -262,13 +276,12 @@ pub fn setup() -> Result<Env> {
         ("unshare", "util-linux"),
         ("mount", "mount"),
         ("chromium", "chromium"),
+        // collector/tests/hardening.rs: flowlens as `nobody` with only the deployment's
+        // capabilities (setpriv), and the shipped unit checked by `systemd-analyze verify`.
+        ("setpriv", "util-linux"),
+        ("systemd-analyze", "systemd"),
     ])?;
     ensure_python_modules()?;
     ensure_tansu()?;
-    let mut path = OsString::from(bin.as_os_str());
-    if let Some(p) = std::env::var_os("PATH") {
-        path.push(":");
-        path.push(p);
-    }
-    Ok(Env { path })
+    Ok(env)
 }
