@@ -422,6 +422,7 @@ fn rss_child() -> Result<()> {
         rotate_bytes: 128 << 20,
         rotate_interval: Duration::from_secs(300),
         host: "bench-host".into(),
+        journal: None,
     })?;
     let mut pipe = flowlens::run::Pipeline::new(
         FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)),
@@ -782,6 +783,7 @@ fn main() -> Result<()> {
         rotate_bytes: u64::MAX,
         rotate_interval: Duration::from_secs(3600),
         host: "bench-host".into(),
+        journal: None,
     })?;
     let t = Instant::now();
     for chunk in records.chunks(10_000) {

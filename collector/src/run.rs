@@ -8,7 +8,7 @@ use flowlens_sinks::{
     Sink, SinkSpec,
     kafka::{KafkaOptions, KafkaSink},
     otlp::{OtlpOptions, OtlpSink},
-    parquet::{ParquetOptions, ParquetSink},
+    parquet::{JournalOptions, ParquetOptions, ParquetSink},
     s3::{S3Options, S3ParquetSink},
     spool::{SpoolOptions, SpooledSink},
     stdout::StdoutSink,
@@ -67,6 +67,16 @@ fn spool_options(cfg: &RunConfig, spec: &SinkSpec) -> Option<SpoolOptions> {
     Some(o)
 }
 
+/// The write-ahead journal of a local Parquet sink (`None`: `--no-spool`): its rows survive a
+/// full or failing output disk and a killed flowlens (see `flowlens_sinks::parquet`).
+fn parquet_journal(cfg: &RunConfig, spec: &SinkSpec) -> Option<JournalOptions> {
+    let parent = cfg.spool_dir.as_ref()?;
+    Some(JournalOptions {
+        dir: parent.join(flowlens_sinks::spool::dir_name(&spec.to_string())),
+        max_bytes: cfg.spool_max_bytes,
+    })
+}
+
 /// Builds the sinks; fails before anything is attached if a target (or its spool directory)
 /// is unusable. Kafka and OTLP sinks get an on-disk spool unless `--no-spool`; their own
 /// give-up timers are then off (the spool, not a timer, bounds an outage). Parquet and stdout
@@ -93,6 +103,7 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
                         rotate_bytes: cfg.parquet_rotate_bytes,
                         rotate_interval: cfg.parquet_rotate_interval,
                         host: host.clone(),
+                        journal: parquet_journal(cfg, s),
                     })
                     .with_context(|| format!("sink {s}"))?,
                 ),

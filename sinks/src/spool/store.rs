@@ -534,6 +534,14 @@ impl Store {
         Ok(())
     }
 
+    /// The position after the last appended record (where the next append starts).
+    pub fn end_pos(&self) -> Pos {
+        self.segments.back().map_or(self.commit, |s| Pos {
+            seq: s.seq,
+            offset: s.len,
+        })
+    }
+
     /// The position the next [`Store::read`] starts at.
     pub fn read_pos(&self) -> Pos {
         self.read
