@@ -268,6 +268,10 @@ impl ParquetSink {
     fn finish(&mut self, f: OpenFile) -> Result<()> {
         let (rows, tmp) = (f.rows, f.tmp.clone());
         let res = self.finish_inner(f);
+        if res.is_err() && self.journal.is_some() {
+            // Its rows are in the journal; the partial file would only hold space.
+            let _ = std::fs::remove_file(&tmp);
+        }
         if let Err(e) = &res
             && self.journal.is_none()
         {
