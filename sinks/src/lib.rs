@@ -18,11 +18,12 @@ use flowlens_schema::record::FlowRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{context}: {source}")]
+    /// The I/O error is part of the message, not a `source`, so a one-line `{:#}` report does
+    /// not repeat it.
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("parquet: {0}")]
     Parquet(#[from] ::parquet::errors::ParquetError),
@@ -52,7 +53,7 @@ impl SinkError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         SinkError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }
