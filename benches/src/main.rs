@@ -20,6 +20,8 @@
 //! * Metrics endpoint (`metrics.rs`): a 10k-flow pipeline cycle with and without the
 //!   observer's snapshot, the snapshot and `/metrics` rendering alone, a loopback scrape.
 //! * `flowlens report` over 10 M rows (see `report.rs`).
+//! * The on-disk spool: append (fdatasync per 8192-record batch) and replay (read and fsynced
+//!   cursor commit per 4096-record chunk) of 1 M records in $TMPDIR (`flowlens-bench spool`).
 //!
 //! `flowlens-bench report` runs only the report section (no root needed) and merges its
 //! numbers into an existing `summary.json`.
@@ -423,6 +425,7 @@ fn rss_child() -> Result<()> {
         rotate_bytes: 128 << 20,
         rotate_interval: Duration::from_secs(300),
         host: "bench-host".into(),
+        journal: None,
     })?;
     let mut pipe = flowlens::run::Pipeline::new(
         FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)),
@@ -607,8 +610,50 @@ fn synthetic_deltas(n: usize, now: u64) -> Vec<(FlowKey, FlowValue)> {
         .collect()
 }
 
+/// The on-disk spool: append (one fdatasync per 8192-record batch, as a drain's chunk) and
+/// replay (read + cursor commit, fsynced, per 4096-record chunk) of `n` records, in
+/// $TMPDIR. Best of 3 rounds each.
+fn spool_rates(n: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
+    use flowlens_sinks::spool::Store;
+    let records = flowlens_testkit::records::conversations(n / 2);
+    let dir = std::env::temp_dir().join(format!("flowlens-bench-spool-{}", std::process::id()));
+    let (mut append_best, mut replay_best, mut bpr) = (0f64, 0f64, 0f64);
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut store, _) = Store::open(&dir, 1 << 40, 32 << 20)?;
+        let t = Instant::now();
+        for c in records.chunks(8192) {
+            anyhow::ensure!(store.append(c)? == c.len(), "spool full");
+        }
+        append_best = append_best.max(records.len() as f64 / t.elapsed().as_secs_f64());
+        bpr = store.bytes() as f64 / records.len() as f64;
+        let mut out = Vec::with_capacity(4096);
+        let t = Instant::now();
+        let mut got = 0;
+        while store.unread() > 0 {
+            out.clear();
+            let pos = store.read(4096, &mut out)?;
+            store.commit(pos, out.len() as u64)?;
+            got += out.len();
+        }
+        anyhow::ensure!(got == records.len(), "replayed {got} of {}", records.len());
+        replay_best = replay_best.max(got as f64 / t.elapsed().as_secs_f64());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    summary.insert("spool_append_records_per_sec".into(), append_best);
+    summary.insert("spool_replay_records_per_sec".into(), replay_best);
+    summary.insert("spool_bytes_per_record".into(), bpr);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
+        Some("spool") => {
+            let mut s = BTreeMap::new();
+            spool_rates(1_000_000, &mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
         Some("rss-child") => return rss_child(),
         // For profiling one part: `perf record flowlens-bench drain`.
         Some("probe") => {
@@ -748,6 +793,7 @@ fn main() -> Result<()> {
         rotate_bytes: u64::MAX,
         rotate_interval: Duration::from_secs(3600),
         host: "bench-host".into(),
+        journal: None,
     })?;
     let t = Instant::now();
     for chunk in records.chunks(10_000) {
@@ -810,6 +856,9 @@ fn main() -> Result<()> {
 
     // Metrics endpoint: per-cycle snapshot, rendering, scrape.
     metrics::run(synthetic_deltas(10_000, now), &mut summary)?;
+
+    // The on-disk spool (append and replay), 1 M records.
+    spool_rates(1_000_000, &mut summary)?;
 
     // flowlens report over 10 M rows.
     report::run(&mut summary)?;

@@ -46,6 +46,7 @@ fn generate(dir: &Path) -> Result<()> {
         rotate_bytes: 128 << 20,
         rotate_interval: Duration::from_secs(86_400),
         host: Arc::from("bench"),
+        journal: None,
     })?;
     let mut x: u64 = 7;
     let mut rnd = move |n: u64| {

@@ -21,6 +21,10 @@ pub const DEFAULT_SINK: &str = "parquet:./flows";
 pub const DEFAULT_PARQUET_ROTATE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_PARQUET_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Parent of the per-sink spool directories (kafka and otlp sinks).
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/flowlens/spool";
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = flowlens_sinks::spool::DEFAULT_MAX_BYTES;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = flowlens_sinks::spool::DEFAULT_GRACE;
 /// Default netfilter hook priority: below every built-in hook of the kernel, the lowest of which
 /// is conntrack's defragmentation at -400 (`NF_IP_PRI_CONNTRACK_DEFRAG`; then raw -300,
 /// conntrack -200, mangle -150, DNAT -100, filter 0, SNAT 100). flowlens thus counts each packet
@@ -214,7 +218,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub kafka_queue_max_records: Option<u32>,
 
-    /// At shutdown, how long to wait for Kafka acknowledgements before counting the rest as lost. [default: 30s]
+    /// At shutdown, how long to wait for Kafka acknowledgements before counting the rest as lost (only with --no-spool; with the spool, --shutdown-grace applies). [default: 30s]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_duration")]
     pub kafka_close_timeout: Option<Duration>,
@@ -229,6 +233,24 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_duration")]
     pub sink_stall_timeout: Option<Duration>,
+
+    /// Parent directory of the on-disk spools: kafka and otlp sinks keep records they cannot deliver (destination down or slow past the memory queue, or still unacknowledged at shutdown) in DIR/<sink> and replay them in order, also after a restart. Must be writable (checked at start). [default: /var/lib/flowlens/spool]
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Bound of each sink's spool on disk; past it, records are dropped and counted as lost. [default: 1073741824]
+    #[arg(long, value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+
+    /// No on-disk spool: records past a sink's memory queue, or unacknowledged at shutdown, are counted as lost.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_spool: bool,
+
+    /// On SIGTERM/SIGINT (or --duration), how long the sinks get in total to deliver what they hold; what is still undelivered then stays in the spool for the next start. [default: 30s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// `metrics-listen = "127.0.0.1:9464"`, `"9464"` or `9464`.
@@ -282,6 +304,10 @@ pub struct RunConfig {
     /// `None`: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub sink_stall_timeout: Duration,
+    /// `None`: no spool (`--no-spool`).
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+    pub shutdown_grace: Duration,
 }
 
 /// A TOML error as one line: `config file PATH line L column C: MESSAGE`.
@@ -424,6 +450,23 @@ impl RunArgs {
                 .sink_stall_timeout
                 .or(file.sink_stall_timeout)
                 .unwrap_or(DEFAULT_SINK_STALL_TIMEOUT),
+            spool_dir: if self.no_spool || file.no_spool {
+                None
+            } else {
+                Some(
+                    self.spool_dir
+                        .or(file.spool_dir)
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+                )
+            },
+            spool_max_bytes: self
+                .spool_max_bytes
+                .or(file.spool_max_bytes)
+                .unwrap_or(DEFAULT_SPOOL_MAX_BYTES),
+            shutdown_grace: self
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -453,6 +496,12 @@ impl RunConfig {
         }
         if self.kafka_queue_max_records == 0 {
             bail!("--kafka-queue-max-records must be at least 1");
+        }
+        if self.spool_max_bytes < 1 << 20 {
+            bail!(
+                "--spool-max-bytes {} is too small (at least 1048576)",
+                self.spool_max_bytes
+            );
         }
         if self.otlp_batch_records == 0 || self.otlp_queue_records == 0 {
             bail!("--otlp-batch-records and --otlp-queue-records must be at least 1");
@@ -537,6 +586,56 @@ mod tests {
         assert!(!c.precise_timestamps);
         assert_eq!(c.metrics_listen, None, "no listener unless asked");
         assert_eq!(c.sink_stall_timeout, DEFAULT_SINK_STALL_TIMEOUT);
+        assert_eq!(c.spool_dir, Some(PathBuf::from("/var/lib/flowlens/spool")));
+        assert_eq!(c.spool_max_bytes, 1 << 30);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn spool_and_grace_from_cli_and_file() {
+        let c = args(&[
+            "--spool-dir",
+            "/tmp/sp",
+            "--spool-max-bytes",
+            "2000000",
+            "--shutdown-grace",
+            "5s",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.spool_dir, Some(PathBuf::from("/tmp/sp")));
+        assert_eq!(c.spool_max_bytes, 2_000_000);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(args(&["--no-spool"]).resolve().unwrap().spool_dir, None);
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-spool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s.toml");
+        std::fs::write(
+            &f,
+            "spool-dir = \"/srv/sp\"\nspool-max-bytes = 5000000\nshutdown-grace = \"1m\"\n",
+        )
+        .unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.spool_dir, Some(PathBuf::from("/srv/sp")));
+        assert_eq!(c.spool_max_bytes, 5_000_000);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(60));
+        std::fs::write(&f, "no-spool = true\n").unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.spool_dir, None);
+        std::fs::write(&f, "shutdown-grace = \"soon\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            args(&["--config", f.to_str().unwrap()])
+                .resolve()
+                .unwrap_err()
+        );
+        assert!(e.contains("shutdown-grace") && e.contains("s.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = args(&["--spool-max-bytes", "100"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--spool-max-bytes 100"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use flowlens_sinks::{
     kafka::{KafkaOptions, KafkaSink},
     log_limit::RateLimited,
     otlp::{OtlpOptions, OtlpSink},
-    parquet::{ParquetOptions, ParquetSink},
+    parquet::{JournalOptions, ParquetOptions, ParquetSink},
     s3::{S3Options, S3ParquetSink},
+    spool::{SpoolOptions, SpooledSink},
     stdout::StdoutSink,
 };
 
@@ -40,6 +41,8 @@ pub struct Totals {
     pub bytes: u64,
     pub sink_errors: u64,
     pub records_lost_in_sinks: u64,
+    /// Records left in the sinks' on-disk spools at shutdown (delivered by the next start).
+    pub records_spooled: u64,
     /// Drains started before the interval because the kernel buffer was filling up.
     pub early_drains: u64,
     /// Packets/bytes moved out of the kernel map (before the flow table).
@@ -68,11 +71,50 @@ struct LogLimits {
     sink_tick: Vec<RateLimited>,
 }
 
-/// Builds the sinks; fails before anything is attached if a target is unusable.
+/// What the inner sink's own `close` gets under a spool (flush, then purge what is left: the
+/// spool keeps it); the rest of `--shutdown-grace` is the spool wrapper's.
+const SPOOLED_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The spool options of one sink (`None`: `--no-spool`).
+fn spool_options(cfg: &RunConfig, spec: &SinkSpec) -> Option<SpoolOptions> {
+    let parent = cfg.spool_dir.as_ref()?;
+    let mut o = SpoolOptions::new(parent.join(flowlens_sinks::spool::dir_name(&spec.to_string())));
+    o.max_bytes = cfg.spool_max_bytes;
+    o.grace = cfg.shutdown_grace;
+    // The inner close: SPOOLED_CLOSE_TIMEOUT and a margin for the spool writes after it.
+    o.close_reserve =
+        (SPOOLED_CLOSE_TIMEOUT + std::time::Duration::from_millis(500)).min(cfg.shutdown_grace / 2);
+    Some(o)
+}
+
+/// The write-ahead journal of a local Parquet sink (`None`: `--no-spool`): its rows survive a
+/// full or failing output disk and a killed flowlens (see `flowlens_sinks::parquet`).
+fn parquet_journal(cfg: &RunConfig, spec: &SinkSpec) -> Option<JournalOptions> {
+    let parent = cfg.spool_dir.as_ref()?;
+    Some(JournalOptions {
+        dir: parent.join(flowlens_sinks::spool::dir_name(&spec.to_string())),
+        max_bytes: cfg.spool_max_bytes,
+    })
+}
+
+/// Builds the sinks; fails before anything is attached if a target (or its spool directory)
+/// is unusable. Kafka and OTLP sinks get an on-disk spool unless `--no-spool`; their own
+/// give-up timers are then off (the spool, not a timer, bounds an outage). Parquet and stdout
+/// write locally and have none.
 pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>>> {
     cfg.sinks
         .iter()
         .map(|s| -> Result<Box<dyn Sink>> {
+            let spool = spool_options(cfg, s);
+            let spooled = spool.is_some();
+            let wrap = |sink: Box<dyn Sink>| -> Result<Box<dyn Sink>> {
+                match spool.clone() {
+                    Some(o) => Ok(Box::new(
+                        SpooledSink::new(sink, o).with_context(|| format!("sink {s}: spool"))?,
+                    )),
+                    None => Ok(sink),
+                }
+            };
             Ok(match s {
                 SinkSpec::Stdout => Box::new(StdoutSink::default()),
                 SinkSpec::Parquet(dir) => Box::new(
@@ -81,6 +123,7 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
                         rotate_bytes: cfg.parquet_rotate_bytes,
                         rotate_interval: cfg.parquet_rotate_interval,
                         host: host.clone(),
+                        journal: parquet_journal(cfg, s),
                     })
                     .with_context(|| format!("sink {s}"))?,
                 ),
@@ -103,21 +146,38 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
                     o.queue_records = cfg.otlp_queue_records;
                     o.request_timeout = cfg.otlp_timeout;
                     o.metrics = cfg.otlp_metrics;
-                    Box::new(OtlpSink::new(o).with_context(|| format!("sink {s}"))?)
+                    if spooled {
+                        o.retry.max_elapsed = std::time::Duration::MAX;
+                        o.close_timeout = SPOOLED_CLOSE_TIMEOUT;
+                    } else {
+                        o.close_timeout = cfg.shutdown_grace;
+                    }
+                    wrap(Box::new(
+                        OtlpSink::new(o).with_context(|| format!("sink {s}"))?,
+                    ))?
                 }
                 SinkSpec::Kafka { brokers, topic } => {
+                    let mut options = cfg.kafka_options.clone();
+                    if spooled && !options.iter().any(|(k, _)| k == "message.timeout.ms") {
+                        // Infinite: records wait in librdkafka's bounded queue, then the spool.
+                        options.push(("message.timeout.ms".into(), "0".into()));
+                    }
                     let sink = KafkaSink::new(KafkaOptions {
                         brokers: brokers.clone(),
                         topic: topic.clone(),
                         format: cfg.kafka_format,
-                        options: cfg.kafka_options.clone(),
+                        options,
                         queue_max_records: cfg.kafka_queue_max_records,
-                        close_timeout: cfg.kafka_close_timeout,
+                        close_timeout: if spooled {
+                            SPOOLED_CLOSE_TIMEOUT
+                        } else {
+                            cfg.kafka_close_timeout
+                        },
                     })
                     .with_context(|| format!("sink {s}"))?;
                     // Informational only: records queue (bounded) until the brokers answer.
                     sink.check_reachable(std::time::Duration::from_secs(3));
-                    Box::new(sink)
+                    wrap(Box::new(sink))?
                 }
             })
         })
@@ -238,14 +298,13 @@ impl Pipeline {
                 }
             }
         }
-        if self.ended.is_empty() {
-            for (i, s) in self.sinks.iter_mut().enumerate() {
-                if let Err(e) = s.tick() {
-                    self.totals.sink_errors += 1;
-                    self.sink_failures[i].errors += 1;
-                    if let Some(suppressed) = self.log.sink_tick[i].check() {
-                        tracing::error!(sink = s.name(), suppressed, error = %e, "sink tick failed");
-                    }
+        // Every cycle, records or not: rotation, flushing, spool replay.
+        for (i, s) in self.sinks.iter_mut().enumerate() {
+            if let Err(e) = s.tick() {
+                self.totals.sink_errors += 1;
+                self.sink_failures[i].errors += 1;
+                if let Some(suppressed) = self.log.sink_tick[i].check() {
+                    tracing::error!(sink = s.name(), suppressed, error = %e, "sink tick failed");
                 }
             }
         }
@@ -255,19 +314,45 @@ impl Pipeline {
         }
     }
 
-    /// Flushes and closes every sink.
+    /// Flushes and closes every sink, all at once (each has the whole shutdown grace, so the
+    /// total is one grace, and a slow sink does not delay the others).
     pub fn close(&mut self) -> Result<()> {
+        let results: Vec<(String, Result<(), String>, flowlens_sinks::SinkMetrics)> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .sinks
+                    .iter_mut()
+                    .map(|s| {
+                        scope.spawn(move || {
+                            let r = s.close().map_err(|e| e.to_string());
+                            (s.name().to_string(), r, s.metrics())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            (
+                                "?".into(),
+                                Err("sink close panicked".into()),
+                                flowlens_sinks::SinkMetrics::default(),
+                            )
+                        })
+                    })
+                    .collect()
+            });
         let mut failed = Vec::new();
-        for s in &mut self.sinks {
-            if let Err(e) = s.close() {
-                tracing::error!(sink = s.name(), error = %e, "closing sink");
-                failed.push(s.name().to_string());
+        for (name, r, m) in results {
+            if let Err(e) = r {
+                tracing::error!(sink = %name, error = %e, "closing sink");
+                failed.push(name.clone());
             }
             // Records a sink accepted and then could not deliver (e.g. a file it could not finish).
-            let m = s.metrics();
             self.totals.records_lost_in_sinks += m.lost;
+            self.totals.records_spooled += m.spooled;
             tracing::info!(
-                sink = s.name(),
+                sink = %name,
                 sent = m.sent,
                 acknowledged = m.acknowledged,
                 retried = m.retried,
@@ -275,6 +360,7 @@ impl Pipeline {
                 queued = m.queued,
                 lost = m.lost,
                 spooled = m.spooled,
+                spool_bytes = m.spool_bytes,
                 "sink closed"
             );
         }
@@ -594,6 +680,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         bytes = t.bytes,
         sink_errors = t.sink_errors,
         records_lost_in_sinks = t.records_lost_in_sinks,
+        records_spooled = t.records_spooled,
         "flowlens stopped"
     );
     Ok(t)

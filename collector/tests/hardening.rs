@@ -368,6 +368,9 @@ fn runs_as_nobody_with_only_bpf_perfmon_net_admin() {
         .args(["--netfilter", "local_in", "--drain-interval", "1s"])
         .arg("--sink")
         .arg(format!("parquet:{}", out.display()))
+        // The service's state directory in the unit (StateDirectory=); here one nobody owns.
+        .arg("--spool-dir")
+        .arg(out.join("spool"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -555,6 +558,8 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
         .arg(deploy_dir().join("flowlens.toml"))
         .arg("--sink")
         .arg(format!("parquet:{}", out_dir.display()))
+        .arg("--spool-dir")
+        .arg(out_dir.join("spool"))
         .args(["--duration", "1s"])
         .stdin(Stdio::null())
         .output()

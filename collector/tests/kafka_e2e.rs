@@ -157,6 +157,8 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
         .arg(format!("parquet:{}", out.display()))
         .arg("--sink")
         .arg(format!("kafka:{}/flows", tansu.bootstrap()))
+        .arg("--spool-dir")
+        .arg(out.with_extension("sinkspool"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -284,4 +286,5 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
     );
     assert!(from_kafka.iter().all(|m| m.interface_name == "lo"));
     std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(out.with_extension("sinkspool")).ok();
 }

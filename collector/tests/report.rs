@@ -203,6 +203,7 @@ fn write_dataset(dir: &Path, recs: &[FlowRecord]) -> Vec<FileInfo> {
         rotate_bytes: u64::MAX,
         rotate_interval: Duration::from_secs(3600),
         host: Arc::from("gen"),
+        journal: None,
     })
     .unwrap();
     let mut files = Vec::new();

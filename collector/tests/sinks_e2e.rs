@@ -263,6 +263,8 @@ fn otlp_parquet_and_s3_sinks_get_the_same_records() {
         .args(["--sink", "parquet:s3://e2e/flows/run1"])
         .arg("--parquet-spool-dir")
         .arg(&spool)
+        .arg("--spool-dir")
+        .arg(out.with_extension("sinkspool"))
         .env("AWS_ENDPOINT_URL", &s3_endpoint)
         .env("AWS_ALLOW_HTTP", "true")
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -389,4 +391,5 @@ fn otlp_parquet_and_s3_sinks_get_the_same_records() {
         .collect();
     assert!(left.is_empty(), "files left in the spool: {left:?}");
     std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::remove_dir_all(out.with_extension("sinkspool")).ok();
 }

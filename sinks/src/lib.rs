@@ -10,6 +10,7 @@ pub mod log_limit;
 pub mod otlp;
 pub mod parquet;
 pub mod s3;
+pub mod spool;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -18,11 +19,12 @@ use flowlens_schema::record::FlowRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{context}: {source}")]
+    /// The I/O error is part of the message, not a `source`, so a one-line `{:#}` report does
+    /// not repeat it.
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("parquet: {0}")]
     Parquet(#[from] ::parquet::errors::ParquetError),
@@ -52,7 +54,7 @@ impl SinkError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         SinkError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }
@@ -63,7 +65,8 @@ pub type Result<T, E = SinkError> = std::result::Result<T, E>;
 pub trait Sink: Send {
     /// Short name for logs (`parquet:/var/lib/flows`).
     fn name(&self) -> &str;
-    /// Accepts a batch of records. The sink may buffer them.
+    /// Accepts a batch of records. The sink may buffer them. On `Err` the sink keeps none of
+    /// the batch (all or nothing), so a [`spool::SpooledSink`] can spool it instead.
     fn write(&mut self, records: &[FlowRecord]) -> Result<()>;
     /// Called on every collector tick (also with no records): time-based rotation and flushing.
     fn tick(&mut self) -> Result<()> {
@@ -77,12 +80,52 @@ pub trait Sink: Send {
     fn records_lost(&self) -> u64 {
         0
     }
+    /// Records `write` can take right now without dropping any (room in its memory queue).
+    /// The default: no bound.
+    fn room(&self) -> u64 {
+        u64::MAX
+    }
+    /// How many of the records passed to `write` so far (counted in order since the sink was
+    /// created) are settled - acknowledged, rejected or counted lost - with every record before
+    /// them settled too (a FIFO watermark; exact as long as `write` never had to drop records
+    /// for lack of [`Sink::room`]). `None`: records are settled when `write` returns.
+    fn settled(&self) -> Option<u64> {
+        None
+    }
     /// Delivery counters of this sink (see [`SinkMetrics`]). The default knows only losses.
     fn metrics(&self) -> SinkMetrics {
         SinkMetrics {
             lost: self.records_lost(),
             ..SinkMetrics::default()
         }
+    }
+}
+
+/// A boxed sink is a sink (so wrappers such as [`spool::SpooledSink`] take `Box<dyn Sink>`).
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
+        (**self).write(records)
+    }
+    fn tick(&mut self) -> Result<()> {
+        (**self).tick()
+    }
+    fn close(&mut self) -> Result<()> {
+        (**self).close()
+    }
+    fn records_lost(&self) -> u64 {
+        (**self).records_lost()
+    }
+    fn room(&self) -> u64 {
+        (**self).room()
+    }
+    fn settled(&self) -> Option<u64> {
+        (**self).settled()
+    }
+    fn metrics(&self) -> SinkMetrics {
+        (**self).metrics()
     }
 }
 

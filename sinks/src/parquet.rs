@@ -7,6 +7,16 @@
 //! killed mid-file.
 //!
 //! Files rotate when they reach `rotate_bytes` or are `rotate_interval` old, and on close.
+//!
+//! **Journal** (with [`ParquetOptions::journal`], the default in `flowlens run`): every batch is
+//! first appended (fdatasync'd) to a write-ahead journal in the spool directory, which should
+//! be on another file system than the output. The journal is committed when the open files are
+//! completed (with a journal all open files rotate together, so it is a plain FIFO). When
+//! writing Parquet fails (disk full, I/O error), the open files are abandoned and deleted (their
+//! rows are in the journal), new records go only to the journal, and every tick after a backoff
+//! (1 s doubling to 30 s) the journal is replayed into new files; once it is written the sink
+//! is back to normal. A flowlens killed with files open replays their rows from the journal at
+//! the next start. Rows are lost only when the journal itself is full or failing.
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +34,7 @@ use parquet::{
     file::properties::WriterProperties,
 };
 
-use crate::{Result, Sink, SinkError};
+use crate::{Result, Sink, SinkError, spool::Store};
 
 /// Options of the Parquet sink.
 #[derive(Clone, Debug)]
@@ -36,6 +46,39 @@ pub struct ParquetOptions {
     pub rotate_interval: Duration,
     /// Exporter hostname, part of file names so several hosts can share one directory/bucket.
     pub host: Arc<str>,
+    /// Write-ahead journal (see the module documentation); `None`: rows of a file that cannot
+    /// be completed are lost (counted).
+    pub journal: Option<JournalOptions>,
+}
+
+/// Where the Parquet sink keeps its write-ahead journal.
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    pub dir: PathBuf,
+    /// Bound of the journal on disk; past it records are lost (counted) while writing Parquet
+    /// fails, or written unprotected otherwise.
+    pub max_bytes: u64,
+}
+
+/// Records replayed from the journal per chunk while recovering (each chunk's files are
+/// completed and the journal committed), and per tick.
+const RECOVER_CHUNK: usize = 65_536;
+const RECOVER_PER_TICK: usize = 8 * RECOVER_CHUNK;
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Repeated failure logs while degraded: at most one per this interval.
+const DEGRADED_LOG_EVERY: Duration = Duration::from_secs(60);
+
+struct Journal {
+    store: Store,
+    /// Writing Parquet failed: records go only to the journal until it is replayed.
+    degraded: bool,
+    retry_at: Instant,
+    backoff: Duration,
+    last_log: Option<Instant>,
+    /// Rows in open files that the journal could not take (full or failing): lost if their
+    /// file cannot be completed.
+    unjournaled: u64,
 }
 
 struct OpenFile {
@@ -66,6 +109,7 @@ pub struct ParquetSink {
     sent: u64,
     /// Rows in completed (renamed, fsynced) files.
     acknowledged: u64,
+    journal: Option<Journal>,
 }
 
 /// Writer settings, in one place.
@@ -133,14 +177,45 @@ impl ParquetSink {
         File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| SinkError::io(format!("{} is not writable", opts.dir.display()), e))?;
+        let journal = match &opts.journal {
+            Some(j) => {
+                let (store, _) = Store::open(
+                    &j.dir,
+                    j.max_bytes,
+                    crate::spool::store::DEFAULT_SEGMENT_BYTES,
+                )?;
+                let degraded = store.pending() > 0;
+                if degraded {
+                    tracing::warn!(
+                        journal = %j.dir.display(),
+                        records = store.pending(),
+                        "parquet: the journal holds records an earlier run did not get into complete files (killed, or writing failed); writing them now"
+                    );
+                }
+                Some(Journal {
+                    store,
+                    degraded,
+                    retry_at: Instant::now(),
+                    backoff: RETRY_FIRST,
+                    last_log: None,
+                    unjournaled: 0,
+                })
+            }
+            None => None,
+        };
         let (stale, bytes) = stale_in_progress(&opts.dir, &opts.host);
         if !stale.is_empty() {
+            let fate = if journal.as_ref().is_some_and(|j| j.degraded) {
+                "their rows are written again from the journal"
+            } else {
+                "their rows were lost with it"
+            };
             tracing::warn!(
                 dir = %opts.dir.display(),
                 files = stale.len(),
                 bytes,
                 first = %stale[0].display(),
-                "unfinished Parquet files left by an earlier flowlens that was killed (SIGKILL, crash, power loss): their rows were lost with it; the files are hidden from readers and can be deleted"
+                "unfinished Parquet files left by an earlier flowlens that was killed (SIGKILL, crash, power loss): {fate}; the files are hidden from readers and can be deleted"
             );
         }
         Ok(ParquetSink {
@@ -156,6 +231,7 @@ impl ParquetSink {
             lost: 0,
             sent: 0,
             acknowledged: 0,
+            journal,
         })
     }
 
@@ -192,7 +268,13 @@ impl ParquetSink {
     fn finish(&mut self, f: OpenFile) -> Result<()> {
         let (rows, tmp) = (f.rows, f.tmp.clone());
         let res = self.finish_inner(f);
-        if let Err(e) = &res {
+        if res.is_err() && self.journal.is_some() {
+            // Its rows are in the journal; the partial file would only hold space.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        if let Err(e) = &res
+            && self.journal.is_none()
+        {
             self.lost += rows;
             tracing::error!(file = %tmp.display(), rows, error = %e, "parquet file could not be completed; its rows are lost (the partial file stays as .inprogress)");
         }
@@ -227,7 +309,7 @@ impl ParquetSink {
 
     /// Closes files that are due (size or age); `all` closes every open file.
     fn rotate(&mut self, all: bool) -> Result<()> {
-        let due: Vec<(i64, u32)> = self
+        let mut due: Vec<(i64, u32)> = self
             .open
             .iter()
             .filter(|(_, f)| {
@@ -237,15 +319,119 @@ impl ParquetSink {
             })
             .map(|(k, _)| *k)
             .collect();
+        if self.journal.is_some() && !due.is_empty() {
+            // With a journal, files complete together so the journal stays a FIFO.
+            due = self.open.keys().copied().collect();
+        }
         let mut first_err = None;
         for k in due {
+            if first_err.is_some() && self.journal.is_some() {
+                break; // the rest is abandoned by `degrade`
+            }
             if let Some(f) = self.open.remove(&k)
                 && let Err(e) = self.finish(f)
             {
                 first_err.get_or_insert(e);
             }
         }
-        first_err.map_or(Ok(()), Err)
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if self.open.is_empty()
+            && let Some(j) = self.journal.as_mut()
+            && !j.degraded
+            && j.store.pending() > 0
+        {
+            // Every row journaled since the last commit is in a completed file now.
+            let end = j.store.end_pos();
+            let n = j.store.pending();
+            j.store.commit(end, n)?;
+            j.store.reset_if_empty()?;
+            j.unjournaled = 0;
+        }
+        Ok(())
+    }
+
+    /// Writing Parquet failed: abandon (and delete) every open file, whose rows are in the
+    /// journal, and keep new records in the journal until a retry succeeds.
+    fn degrade(&mut self, e: &SinkError) {
+        let open = std::mem::take(&mut self.open);
+        for (_, f) in open {
+            drop(f.writer);
+            let _ = std::fs::remove_file(&f.tmp);
+        }
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        self.lost += j.unjournaled;
+        let unjournaled = std::mem::take(&mut j.unjournaled);
+        let first = !j.degraded;
+        j.backoff = if first {
+            RETRY_FIRST
+        } else {
+            (j.backoff * 2).min(RETRY_MAX)
+        };
+        j.degraded = true;
+        j.retry_at = Instant::now() + j.backoff;
+        j.store.rewind();
+        let log_now = first || j.last_log.is_none_or(|t| t.elapsed() >= DEGRADED_LOG_EVERY);
+        if log_now {
+            j.last_log = Some(Instant::now());
+            tracing::error!(
+                sink = %self.name,
+                error = %e,
+                journaled_records = j.store.pending(),
+                lost_records = unjournaled,
+                journal = %j.store.dir().display(),
+                retry_in = ?j.backoff,
+                "parquet: writing failed; records are kept in the journal and written when writing works again"
+            );
+        }
+    }
+
+    /// While degraded: replays the journal into new files (at most about `budget` records),
+    /// completing them and committing the journal chunk by chunk. Returns whether the journal
+    /// is written completely (the sink is back to normal).
+    fn recover(&mut self, budget: usize) -> bool {
+        let mut done = 0usize;
+        let mut recs = Vec::with_capacity(RECOVER_CHUNK.min(budget));
+        loop {
+            let Some(j) = self.journal.as_mut() else {
+                return true;
+            };
+            if j.store.unread() == 0 {
+                if let Err(e) = j.store.reset_if_empty() {
+                    tracing::warn!(error = %e, "parquet journal: starting a fresh segment");
+                }
+                j.degraded = false;
+                j.backoff = RETRY_FIRST;
+                tracing::info!(sink = %self.name, records = done, "parquet: writing works again; the journal is written");
+                return true;
+            }
+            if done >= budget {
+                return false;
+            }
+            recs.clear();
+            let pos = match j.store.read(RECOVER_CHUNK, &mut recs) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.degrade(&e);
+                    return false;
+                }
+            };
+            let n = recs.len() as u64;
+            if let Err(e) = self.write_records(&recs).and_then(|()| self.rotate(true)) {
+                self.degrade(&e);
+                return false;
+            }
+            let Some(j) = self.journal.as_mut() else {
+                return true;
+            };
+            if let Err(e) = j.store.commit(pos, n) {
+                tracing::error!(error = %e, "parquet journal: commit failed (these records may be written twice)");
+            }
+            done += recs.len();
+        }
     }
 }
 
@@ -302,6 +488,104 @@ impl Sink for ParquetSink {
         if records.is_empty() {
             return Ok(());
         }
+        let Some(j) = self.journal.as_mut() else {
+            self.write_records(records)?;
+            self.sent += records.len() as u64;
+            return self.rotate(false);
+        };
+        let stored = match j.store.append(records) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "parquet journal: append failed");
+                0
+            }
+        };
+        let unstored = (records.len() - stored) as u64;
+        self.sent += records.len() as u64;
+        if j.degraded {
+            if unstored > 0 {
+                self.lost += unstored;
+                tracing::error!(sink = %self.name, lost_records = unstored, journal = %j.store.dir().display(), "parquet: writing fails and the journal is full; records lost");
+            }
+            return Ok(());
+        }
+        if unstored > 0 {
+            j.unjournaled += unstored;
+            tracing::warn!(sink = %self.name, records = unstored, "parquet journal full or failing: records written without a journal copy");
+        }
+        if let Err(e) = self
+            .write_records(records)
+            .and_then(|()| self.rotate(false))
+        {
+            self.degrade(&e);
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        match self.journal.as_ref() {
+            None => self.rotate(false),
+            Some(j) if j.degraded => {
+                if Instant::now() >= j.retry_at {
+                    self.recover(RECOVER_PER_TICK);
+                }
+                Ok(())
+            }
+            Some(_) => {
+                if let Err(e) = self.rotate(false) {
+                    self.degrade(&e);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(j) = self.journal.as_ref() else {
+            return self.rotate(true);
+        };
+        if !j.degraded
+            && let Err(e) = self.rotate(true)
+        {
+            self.degrade(&e);
+        }
+        if self.journal.as_ref().is_some_and(|j| j.degraded) && !self.recover(usize::MAX) {
+            let left = self
+                .journal
+                .as_ref()
+                .map(|j| (j.store.pending(), j.store.dir().display().to_string()));
+            if let Some((records, journal)) = left {
+                tracing::warn!(sink = %self.name, records, %journal, "parquet: records stay in the journal; the next start writes them");
+            }
+        }
+        Ok(())
+    }
+
+    fn records_lost(&self) -> u64 {
+        self.lost
+    }
+
+    fn metrics(&self) -> crate::SinkMetrics {
+        let (spooled, spool_bytes) = match &self.journal {
+            Some(j) if j.degraded => (j.store.pending(), j.store.bytes()),
+            Some(j) => (0, j.store.bytes()),
+            None => (0, 0),
+        };
+        crate::SinkMetrics {
+            sent: self.sent,
+            acknowledged: self.acknowledged,
+            queued: self.open.values().map(|f| f.rows).sum(),
+            lost: self.lost,
+            spooled,
+            spool_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+impl ParquetSink {
+    /// Writes records into the open files of their partitions (no rotation, no counting).
+    fn write_records(&mut self, records: &[FlowRecord]) -> Result<()> {
         // Group by partition; records usually all fall into one hour.
         let first = partition_of(records[0].flow_end_us);
         if records.iter().all(|r| partition_of(r.flow_end_us) == first) {
@@ -317,33 +601,9 @@ impl Sink for ParquetSink {
                 self.write_partition(part, &recs)?;
             }
         }
-        self.rotate(false)
+        Ok(())
     }
 
-    fn tick(&mut self) -> Result<()> {
-        self.rotate(false)
-    }
-
-    fn close(&mut self) -> Result<()> {
-        self.rotate(true)
-    }
-
-    fn records_lost(&self) -> u64 {
-        self.lost
-    }
-
-    fn metrics(&self) -> crate::SinkMetrics {
-        crate::SinkMetrics {
-            sent: self.sent,
-            acknowledged: self.acknowledged,
-            queued: self.open.values().map(|f| f.rows).sum(),
-            lost: self.lost,
-            ..Default::default()
-        }
-    }
-}
-
-impl ParquetSink {
     fn write_partition(&mut self, part: (i64, u32), records: &[FlowRecord]) -> Result<()> {
         if !self.open.contains_key(&part) {
             let f = self.open_file(records[0].flow_end_us)?;
@@ -355,6 +615,10 @@ impl ParquetSink {
             reason: "internal: partition vanished".into(),
         })?;
         if let Err(e) = f.writer.write(&batch) {
+            if self.journal.is_some() {
+                // The caller abandons every open file; their rows are in the journal.
+                return Err(e.into());
+            }
             // The writer may be unusable now: abandon the file (its earlier rows are lost and
             // counted; this batch is reported by the caller through the error).
             if let Some(f) = self.open.remove(&part) {
@@ -364,7 +628,6 @@ impl ParquetSink {
             return Err(e.into());
         }
         f.rows += records.len() as u64;
-        self.sent += records.len() as u64;
         Ok(())
     }
 }
@@ -415,6 +678,7 @@ mod tests {
             rotate_bytes: u64::MAX,
             rotate_interval: Duration::from_secs(3600),
             host: "h".into(),
+            journal: None,
         })
         .unwrap();
         let hour0 = 1_700_000_000_000_000i64;

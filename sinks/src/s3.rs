@@ -183,6 +183,7 @@ impl S3ParquetSink {
             rotate_bytes: opts.rotate_bytes,
             rotate_interval: opts.rotate_interval,
             host: opts.host.clone(),
+            journal: None,
         })?;
         let _ = local.take_new_files();
         let rt = tokio::runtime::Builder::new_current_thread()

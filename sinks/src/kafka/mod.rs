@@ -155,6 +155,8 @@ pub struct KafkaSink {
     buf: Vec<u8>,
     /// Records handed to librdkafka.
     sent: u64,
+    /// Records passed to `write` (the index of the next one; see `service::Watermark`).
+    written: u64,
     /// Records dropped because the queue was full.
     dropped_queue_full: u64,
     /// Records librdkafka refused locally (e.g. larger than `message.max.bytes`).
@@ -202,6 +204,7 @@ impl KafkaSink {
             counters,
             buf: Vec::with_capacity(512),
             sent: 0,
+            written: 0,
             dropped_queue_full: 0,
             refused_locally: 0,
             unaccounted_at_close: 0,
@@ -269,21 +272,32 @@ impl Sink for KafkaSink {
                 reason: "write after close".into(),
             });
         };
+        let settle_now = |from: u64, to: u64| {
+            if let Ok(mut w) = self.counters.settled.lock() {
+                (from..to).for_each(|i| w.settle(i));
+            }
+        };
         for (i, r) in records.iter().enumerate() {
             self.encoder.encode(r, &mut self.buf);
             let key = message_key(r);
-            let rec = BaseRecord::to(&self.opts.topic)
+            let idx = self.written;
+            self.written += 1;
+            let rec = BaseRecord::with_opaque_to(&self.opts.topic, idx as usize)
                 .key(&key[..])
                 .payload(&self.buf[..])
                 .timestamp(r.flow_end_us / 1000);
             match p.send(rec) {
                 Ok(()) => self.sent += 1,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.dropped_queue_full += (records.len() - i) as u64;
+                    let rest = (records.len() - i) as u64;
+                    self.dropped_queue_full += rest;
+                    self.written = idx + rest;
+                    settle_now(idx, idx + rest);
                     break;
                 }
                 Err((e, _)) => {
                     self.refused_locally += 1;
+                    settle_now(idx, idx + 1);
                     if let Ok(mut last) = self.counters.last_error.lock() {
                         *last = Some(e.to_string());
                     }
@@ -329,6 +343,19 @@ impl Sink for KafkaSink {
 
     fn records_lost(&self) -> u64 {
         self.metrics().lost
+    }
+
+    /// librdkafka's bound minus what it still holds (its own count of queued messages and
+    /// events, which is never below the messages without a delivery report; conservative).
+    fn room(&self) -> u64 {
+        let Some(p) = &self.producer else { return 0 };
+        let unsettled = self.written - self.settled().unwrap_or(0);
+        let held = (p.in_flight_count().max(0) as u64).max(unsettled);
+        (self.opts.queue_max_records as u64).saturating_sub(held)
+    }
+
+    fn settled(&self) -> Option<u64> {
+        Some(self.counters.settled.lock().map(|w| w.next).unwrap_or(0))
     }
 
     fn metrics(&self) -> SinkMetrics {

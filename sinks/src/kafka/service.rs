@@ -35,6 +35,30 @@ pub struct Counters {
     pub retransmitted: AtomicU64,
     /// The most recent delivery error, for the periodic log line.
     pub last_error: Mutex<Option<String>>,
+    /// Which records (by their index, the delivery opaque) have a final outcome.
+    pub settled: Mutex<Watermark>,
+}
+
+/// A FIFO watermark over out-of-order completions: `next` is the count of records settled with
+/// every earlier record settled too; `ahead` holds settled indexes past it (delivery reports of
+/// different partitions arrive in any order).
+#[derive(Default, Debug)]
+pub struct Watermark {
+    pub next: u64,
+    ahead: std::collections::BTreeSet<u64>,
+}
+
+impl Watermark {
+    pub fn settle(&mut self, idx: u64) {
+        if idx == self.next {
+            self.next += 1;
+            while self.ahead.remove(&self.next) {
+                self.next += 1;
+            }
+        } else if idx > self.next {
+            self.ahead.insert(idx);
+        }
+    }
 }
 
 /// The producer's context: delivery reports, statistics and librdkafka's log lines.
@@ -99,10 +123,14 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
+    /// The record's index (see [`Watermark`]).
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, idx: usize) {
         let c = &self.counters;
+        if let Ok(mut w) = c.settled.lock() {
+            w.settle(idx as u64);
+        }
         match result {
             Ok(_) => {
                 c.acked.fetch_add(1, Ordering::Relaxed);
@@ -124,6 +152,20 @@ impl ProducerContext for DeliveryContext {
 mod tests {
     use super::*;
     use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn watermark_waits_for_the_oldest() {
+        let mut w = Watermark::default();
+        for i in [2, 1, 4] {
+            w.settle(i);
+        }
+        assert_eq!(w.next, 0);
+        w.settle(0);
+        assert_eq!(w.next, 3);
+        w.settle(3);
+        assert_eq!(w.next, 5);
+        assert!(w.ahead.is_empty());
+    }
 
     #[test]
     fn broker_errors_are_told_from_local_ones() {

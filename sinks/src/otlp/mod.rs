@@ -109,6 +109,8 @@ struct Counters {
     rejected: AtomicU64,
     lost: AtomicU64,
     in_flight: AtomicU64,
+    /// Records with a final outcome, in queue order (one request in flight: FIFO).
+    settled: AtomicU64,
     /// Metric exports that failed for good (cumulative sums: the next one makes up for it).
     metric_exports_failed: AtomicU64,
 }
@@ -241,6 +243,7 @@ impl Sink for OtlpSink {
             q.extend(records[..take].iter().cloned());
             (records.len() - take) as u64
         };
+        self.shared.counters.settled.fetch_add(dropped, Relaxed);
         self.shared.wake.notify_one();
         if dropped > 0 {
             self.shared.counters.lost.fetch_add(dropped, Relaxed);
@@ -300,6 +303,20 @@ impl Sink for OtlpSink {
 
     fn records_lost(&self) -> u64 {
         self.shared.counters.lost.load(Relaxed)
+    }
+
+    fn room(&self) -> u64 {
+        let q = self
+            .shared
+            .queue
+            .lock()
+            .map(|q| q.len())
+            .unwrap_or(usize::MAX);
+        self.opts.queue_records.saturating_sub(q) as u64
+    }
+
+    fn settled(&self) -> Option<u64> {
+        Some(self.shared.counters.settled.load(Relaxed))
     }
 
     fn metrics(&self) -> SinkMetrics {
@@ -377,6 +394,7 @@ impl Worker {
                 // Shutdown deadline passed: don't start new requests.
                 c.lost.fetch_add(n, Relaxed);
                 c.in_flight.store(0, Relaxed);
+                c.settled.fetch_add(n, Relaxed);
                 continue;
             }
             let req = encode::logs_request(&self.resource, &batch, now_ns());
@@ -426,12 +444,16 @@ impl Worker {
                 }
                 Delivery::GaveUp { status, retries } => {
                     c.lost.fetch_add(n, Relaxed);
-                    if let Some(suppressed) = self.shared.log.gave_up.check() {
+                    if self.shared.deadline().is_some() {
+                        // Shutdown: the spool (if any) keeps these; `close` reports the outcome.
+                        tracing::warn!(endpoint = %self.opts.endpoint, records = n, retries, status = %status, "OTLP export unfinished at the shutdown deadline");
+                    } else if let Some(suppressed) = self.shared.log.gave_up.check() {
                         tracing::error!(endpoint = %self.opts.endpoint, records = n, retries, suppressed, status = %status, "OTLP export failed after retries; records lost");
                     }
                 }
             }
             c.in_flight.store(0, Relaxed);
+            c.settled.fetch_add(n, Relaxed);
             if self.opts.metrics && last_metrics.elapsed() >= self.opts.metrics_interval {
                 self.export_metrics(&metrics).await;
                 last_metrics = Instant::now();

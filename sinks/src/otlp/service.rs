@@ -220,7 +220,20 @@ where
             };
         }
         tracing::debug!(code = ?status.code(), delay = ?delay, "OTLP export failed; retrying");
-        tokio::time::sleep(delay).await;
+        // Sleep in short slices: a shutdown deadline set meanwhile ends the wait promptly.
+        loop {
+            let now = Instant::now();
+            if now >= wake {
+                break;
+            }
+            if deadline().is_some_and(|d| now >= d) {
+                return Delivery::GaveUp {
+                    status: status_text(&status),
+                    retries,
+                };
+            }
+            tokio::time::sleep((wake - now).min(Duration::from_millis(50))).await;
+        }
         retries += 1;
     }
 }

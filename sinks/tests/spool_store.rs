@@ -1,0 +1,139 @@
+//! The spool's disk format on its own: segments, cursor, reopen, torn tails, bad directories.
+
+use std::{io::Write, path::PathBuf};
+
+use flowlens_sinks::spool::Store;
+use flowlens_testkit::records::conversations;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "flowlens-store-{tag}-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn spool_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "spool"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn fifo_across_segments_reopen_and_torn_tail() {
+    let dir = temp_dir("fifo");
+    let recs = conversations(500); // 1000 records
+    let (mut s, rep) = Store::open(&dir, 1 << 30, 16 * 1024).unwrap();
+    assert_eq!(rep.records, 0);
+    assert_eq!(s.append(&recs).unwrap(), 1000);
+    assert_eq!((s.pending(), s.unread()), (1000, 1000));
+    let files = spool_files(&dir);
+    assert!(files.len() >= 5, "{files:?}");
+    assert_eq!(
+        s.bytes(),
+        files
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum::<u64>()
+    );
+
+    // Read and commit in uneven chunks; read exactly up to segment ends too.
+    let mut out = Vec::new();
+    let mut done = 0;
+    for n in [1, 99, 7, 300] {
+        let pos = s.read(n, &mut out).unwrap();
+        s.commit(pos, n as u64).unwrap();
+        done += n;
+    }
+    assert_eq!(out, recs[..done]);
+    assert_eq!(s.pending(), 1000 - done as u64);
+    assert!(
+        spool_files(&dir).len() < files.len(),
+        "consumed segments deleted"
+    );
+    // Read some without committing: a reopen hands them out again.
+    let mut uncommitted = Vec::new();
+    s.read(50, &mut uncommitted).unwrap();
+    drop(s);
+
+    // A torn frame at the tail (crash in the middle of an append).
+    let tail = spool_files(&dir).pop().unwrap();
+    let good = std::fs::metadata(&tail).unwrap().len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&tail)
+        .unwrap()
+        .write_all(&[90, 0, 0, 0, 0xde, 0xad])
+        .unwrap();
+    let (mut s, rep) = Store::open(&dir, 1 << 30, 16 * 1024).unwrap();
+    assert_eq!(
+        (rep.records, rep.truncated_bytes, rep.truncated_segments),
+        (1000 - done as u64, 6, 1)
+    );
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), good);
+    let mut rest = Vec::new();
+    loop {
+        let before = rest.len();
+        let pos = s.read(64, &mut rest).unwrap();
+        if rest.len() == before {
+            break;
+        }
+        s.commit(pos, (rest.len() - before) as u64).unwrap();
+    }
+    assert_eq!(rest, recs[done..]);
+    assert_eq!(uncommitted, recs[done..done + 50]);
+    assert_eq!(s.pending(), 0);
+    s.reset_if_empty().unwrap();
+    assert_eq!(spool_files(&dir).len(), 1);
+    assert_eq!(s.bytes(), 8);
+
+    // Prepend puts older records ahead of newer ones.
+    s.append(&recs[10..20]).unwrap();
+    s.prepend(&recs[..10]).unwrap();
+    let mut out = Vec::new();
+    s.read(100, &mut out).unwrap();
+    assert_eq!(out, recs[..20]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bound_bad_cursor_and_unwritable_directory_are_reported() {
+    let dir = temp_dir("bound");
+    let recs = conversations(500);
+    let (mut s, _) = Store::open(&dir, 20 * 1024, 8 * 1024).unwrap();
+    let stored = s.append(&recs).unwrap();
+    assert!(stored > 50 && stored < 1000, "{stored}");
+    assert!(s.bytes() <= 20 * 1024);
+    assert_eq!(s.append(&recs[..1]).unwrap(), 0, "full");
+    drop(s);
+
+    std::fs::write(dir.join("cursor"), "garbage\n").unwrap();
+    let e = Store::open(&dir, 20 * 1024, 8 * 1024)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("cursor") && e.contains("corrupt"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A path under a regular file cannot be a directory.
+    let f = temp_dir("file");
+    std::fs::write(&f, "x").unwrap();
+    let e = Store::open(&f.join("spool"), 1 << 20, 8192)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("spool directory") && e.contains(f.to_str().unwrap()),
+        "{e}"
+    );
+    std::fs::remove_file(&f).unwrap();
+}
