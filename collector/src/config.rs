@@ -234,7 +234,7 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub sink_stall_timeout: Option<Duration>,
 
-    /// Parent directory of the on-disk spools: kafka and otlp sinks keep records they cannot deliver (destination down or slow past the memory queue, or still unacknowledged at shutdown) in DIR/<sink> and replay them in order, also after a restart. Must be writable (checked at start). [default: /var/lib/flowlens/spool]
+    /// Parent directory of the on-disk spools: kafka and otlp sinks keep records they cannot deliver (destination down or slow past the memory queue, or still unacknowledged at shutdown) in DIR/<sink> and replay them in order, also after a restart; a local Parquet sink keeps its write-ahead journal there (a full output disk or a SIGKILL loses nothing). Must be writable (checked at start). [default: /var/lib/flowlens/spool]
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
 

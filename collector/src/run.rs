@@ -99,8 +99,8 @@ fn parquet_journal(cfg: &RunConfig, spec: &SinkSpec) -> Option<JournalOptions> {
 
 /// Builds the sinks; fails before anything is attached if a target (or its spool directory)
 /// is unusable. Kafka and OTLP sinks get an on-disk spool unless `--no-spool`; their own
-/// give-up timers are then off (the spool, not a timer, bounds an outage). Parquet and stdout
-/// write locally and have none.
+/// give-up timers are then off (the spool, not a timer, bounds an outage). A local Parquet sink
+/// gets a write-ahead journal in the same directory instead (disk full, SIGKILL); stdout none.
 pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>>> {
     cfg.sinks
         .iter()

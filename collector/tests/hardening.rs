@@ -524,8 +524,12 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
 
     // Kubernetes: capabilities of every container, read with an independent YAML parser.
     let py = "import json,sys,yaml\n\
-              docs=[d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d['kind']=='DaemonSet']\n\
-              print(json.dumps([c['securityContext'] for d in docs for c in d['spec']['template']['spec']['containers']]))";
+              docs=[d for d in yaml.safe_load_all(open(sys.argv[1])) if d]\n\
+              ds=[d for d in docs if d['kind']=='DaemonSet']\n\
+              cm=[d for d in docs if d['kind']=='ConfigMap']\n\
+              print(json.dumps({'containers':[c for d in ds for c in d['spec']['template']['spec']['containers']],\n\
+              \x20 'host_network':[d['spec']['template']['spec'].get('hostNetwork') for d in ds],\n\
+              \x20 'config':cm[0]['data']['flowlens.toml']}))";
     let o = Command::new("python3")
         .args(["-c", py])
         .arg(deploy_dir().join("kubernetes/daemonset.yaml"))
@@ -533,9 +537,13 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
-    let ctx: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(ctx.len(), 1, "{out}");
-    let caps = &ctx[0]["capabilities"];
+    let k8s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let containers = k8s["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1, "{out}");
+    assert_eq!(k8s["host_network"], serde_json::json!([true]));
+    let c = &containers[0];
+    let ctx = &c["securityContext"];
+    let caps = &ctx["capabilities"];
     let mut add: Vec<String> = caps["add"]
         .as_array()
         .unwrap()
@@ -545,11 +553,46 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
     add.sort();
     assert_eq!(add, needed);
     assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(ctx[0]["allowPrivilegeEscalation"], serde_json::json!(false));
+    assert_eq!(ctx["allowPrivilegeEscalation"], serde_json::json!(false));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    // The DaemonSet's own config, as the pod runs it: uid 0 but only the three capabilities.
+    let (_a, b, _link) = two_hosts("deploy");
+    let k8s_out = tmpdir("deploy-out");
+    let k8s_conf = k8s_out.join("k8s.toml");
+    std::fs::write(&k8s_conf, k8s["config"].as_str().unwrap()).unwrap();
+    let set = format!("-all,{}", NEEDED.map(|c| format!("+{c}")).join(","));
+    let o = b
+        .command("setpriv")
+        .args([
+            &format!("--inh-caps={set}"),
+            &format!("--ambient-caps={set}"),
+            &format!("--bounding-set={set}"),
+            "--",
+            FLOWLENS,
+            "run",
+            "--config",
+        ])
+        .arg(&k8s_conf)
+        .arg("--sink")
+        .arg(format!("parquet:{}", k8s_out.display()))
+        .arg("--spool-dir")
+        .arg(k8s_out.join("k8s-spool"))
+        .args(["--duration", "1s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("netfilter hooks attached") && err.contains("0.0.0.0:9464"),
+        "{err}"
+    );
 
     // The example config, as the unit runs it (output redirected to a writable directory).
-    let (_a, b, _link) = two_hosts("deploy");
-    let out_dir = tmpdir("deploy-out");
+    // The example config as the systemd unit runs it: nobody, the unit's capabilities.
+    let out_dir = tmpdir("deploy-out-unit");
     std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let caps: Vec<&str> = needed.iter().map(String::as_str).collect();
     let o = as_nobody_with(&b, &caps)
@@ -566,7 +609,11 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("netfilter hooks attached"), "{err}");
+    assert!(
+        err.contains("netfilter hooks attached") && err.contains("127.0.0.1:9464"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&out_dir).unwrap();
+    std::fs::remove_dir_all(&k8s_out).unwrap();
 }

@@ -566,10 +566,11 @@ impl Sink for ParquetSink {
     }
 
     fn metrics(&self) -> crate::SinkMetrics {
+        // The journal counts as a spool only while it holds a backlog (writing Parquet fails);
+        // in normal operation it mirrors the open files, which `queued` already reports.
         let (spooled, spool_bytes) = match &self.journal {
             Some(j) if j.degraded => (j.store.pending(), j.store.bytes()),
-            Some(j) => (0, j.store.bytes()),
-            None => (0, 0),
+            _ => (0, 0),
         };
         crate::SinkMetrics {
             sent: self.sent,

@@ -417,7 +417,12 @@ impl<S: Sink> Sink for SpooledSink<S> {
         SinkMetrics {
             lost: m.lost.saturating_sub(self.reclaimed) + self.lost_full,
             spooled: self.store.pending(),
-            spool_bytes: self.store.bytes(),
+            // An empty spool keeps one segment header on disk; that is not a backlog.
+            spool_bytes: if self.store.pending() > 0 {
+                self.store.bytes()
+            } else {
+                0
+            },
             ..m
         }
     }
