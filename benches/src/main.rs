@@ -50,7 +50,7 @@ use flowlens_sinks::{
     Sink,
     kafka::{Encoder, KafkaFormat, message_key},
     otlp::{DEFAULT_BATCH_RECORDS, encode},
-    parquet::{ParquetOptions, ParquetSink},
+    parquet::{JournalOptions, ParquetOptions, ParquetSink},
 };
 use prost::Message as _;
 
@@ -646,8 +646,66 @@ fn spool_rates(n: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
     Ok(())
 }
 
+/// The Parquet sink with and without its write-ahead journal (`flowlens run`'s default), side by
+/// side: the same records in the collector's 8192-record chunks, into one file (closed at the
+/// end, journal committed), best of 3 interleaved rounds each. The journal is in $TMPDIR like
+/// the output, so this is the cost on one disk.
+fn parquet_journal_rates(
+    records: &[flowlens_schema::record::FlowRecord],
+    summary: &mut BTreeMap<String, f64>,
+) -> Result<()> {
+    let n = records.len();
+    let mut best: BTreeMap<&str, f64> = BTreeMap::new();
+    for round in 0..3 {
+        for (label, journaled) in [("without_journal", false), ("with_journal", true)] {
+            let base = std::env::temp_dir().join(format!(
+                "flowlens-bench-journal-{}-{round}-{label}",
+                std::process::id()
+            ));
+            let mut sink = ParquetSink::new(ParquetOptions {
+                dir: base.join("out"),
+                rotate_bytes: u64::MAX,
+                rotate_interval: Duration::from_secs(3600),
+                host: "bench-host".into(),
+                journal: journaled.then(|| JournalOptions {
+                    dir: base.join("journal"),
+                    max_bytes: 1 << 30,
+                }),
+            })?;
+            let t = Instant::now();
+            for chunk in records.chunks(8192) {
+                sink.write(chunk)?;
+            }
+            sink.close()?;
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                sink.metrics().acknowledged == n as u64,
+                "{label}: {:?}",
+                sink.metrics()
+            );
+            drop(sink);
+            std::fs::remove_dir_all(&base).ok();
+            let e = best.entry(label).or_insert(0.0);
+            *e = e.max(rate);
+        }
+    }
+    let (with, without) = (best["with_journal"], best["without_journal"]);
+    summary.insert("parquet_with_journal_records_per_sec".into(), with);
+    summary.insert("parquet_without_journal_records_per_sec".into(), without);
+    summary.insert("parquet_journal_rate_ratio".into(), with / without);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
+        Some("parquet-journal") => {
+            let now = flowlens::timebase::monotonic_now_ns();
+            let records = to_records(&synthetic_deltas(100_000, now));
+            let mut s = BTreeMap::new();
+            parquet_journal_rates(&records, &mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
         Some("spool") => {
             let mut s = BTreeMap::new();
             spool_rates(1_000_000, &mut s)?;
@@ -809,6 +867,7 @@ fn main() -> Result<()> {
     summary.insert("parquet_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("parquet_bytes_per_record".into(), bytes as f64 / n as f64);
     std::fs::remove_dir_all(&dir).ok();
+    parquet_journal_rates(&records, summary)?;
 
     // OTLP log request encoding (request building + protobuf serialisation), same records.
     let resource = encode::resource("bench-host");
