@@ -224,14 +224,9 @@ impl<S: Sink> SpooledSink<S> {
             self.spooling = true;
             tracing::warn!(sink = %self.name, reason = why, spool = %self.store.dir().display(), "sink cannot take records now; spooling them to disk (replayed in order when it recovers)");
         }
-        let stored = match self.store.append(records) {
-            Ok(n) => n,
-            Err(e) => {
-                self.lost_full += records.len() as u64;
-                self.log_lost(true);
-                return Err(e);
-            }
-        };
+        // A failed append (disk error) fails the write: the collector counts the batch as lost
+        // for this sink (the sink's own `lost` does not, so it is not counted twice).
+        let stored = self.store.append(records)?;
         self.spooled_total += stored as u64;
         let rest = (records.len() - stored) as u64;
         if rest > 0 {
