@@ -141,7 +141,10 @@ impl<S: Sink> SpooledSink<S> {
                 ),
             });
         }
-        let (store, report) = Store::open(&opts.dir, opts.max_bytes, opts.segment_bytes)?;
+        let (mut store, report) = Store::open(&opts.dir, opts.max_bytes, opts.segment_bytes)?;
+        // Nothing pending: start from one empty segment with the cursor at its start (what
+        // `close` needs to put undelivered direct records ahead of later spooled ones).
+        store.reset_if_empty()?;
         let name = inner.name().to_string();
         if report.records > 0 || report.truncated_bytes > 0 {
             tracing::warn!(sink = %name, spool = %opts.dir.display(), records = report.records, bytes = store.bytes(), truncated_bytes = report.truncated_bytes, "spool holds records from an earlier run; replaying them first");
