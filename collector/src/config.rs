@@ -190,7 +190,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub otlp_batch_records: Option<usize>,
 
-    /// OTLP: records waiting in memory at most while the receiver is slow or down; records past the bound are counted as lost. [default: 262144]
+    /// OTLP: records waiting in memory at most while the receiver is slow or down; records past the bound go to the spool (with --no-spool: counted as lost). [default: 262144]
     #[arg(long, value_name = "N")]
     pub otlp_queue_records: Option<usize>,
 
@@ -214,7 +214,7 @@ pub struct RunArgs {
     #[serde(default)]
     pub kafka_option: Vec<String>,
 
-    /// Records waiting for the Kafka brokers (unacknowledged) at most; past it, new records are dropped and counted as lost. [default: 100000]
+    /// Records waiting for the Kafka brokers (unacknowledged) in memory at most; past it, new records go to the spool (with --no-spool: dropped and counted as lost). [default: 100000]
     #[arg(long, value_name = "N")]
     pub kafka_queue_max_records: Option<u32>,
 

@@ -137,3 +137,62 @@ fn bound_bad_cursor_and_unwritable_directory_are_reported() {
     );
     std::fs::remove_file(&f).unwrap();
 }
+
+/// Unmounts on drop (also when the test fails).
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Disk full (a 96 KiB tmpfs): the append fails with the spool's path in the error, the segment
+/// is cut back to its last whole frame, and everything stored before is read back intact.
+#[test]
+fn disk_full_fails_the_append_without_a_torn_frame() {
+    let dir = temp_dir("enospc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=96k", "flowlens-spool-test"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs (needs root)");
+    let _guard = Tmpfs(dir.clone());
+    let spool = dir.join("s");
+    let recs = conversations(500);
+    let (mut s, _) = Store::open(&spool, 1 << 30, 1 << 30).unwrap();
+    let mut stored = 0;
+    let err = loop {
+        match s.append(&recs[stored % 1000..(stored % 1000) + 40]) {
+            Ok(n) => {
+                assert_eq!(n, 40);
+                stored += n;
+            }
+            Err(e) => break e.to_string(),
+        }
+        assert!(stored < 100_000, "never filled");
+    };
+    assert!(
+        err.contains("appending to spool") && err.contains(spool.to_str().unwrap()),
+        "{err}"
+    );
+    let seg = spool_files(&spool).pop().unwrap();
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        s.bytes(),
+        "no partial frame left"
+    );
+    assert_eq!(s.pending(), stored as u64);
+    drop(s);
+    let (mut s, rep) = Store::open(&spool, 1 << 30, 1 << 30).unwrap();
+    assert_eq!((rep.records, rep.truncated_bytes), (stored as u64, 0));
+    let mut out = Vec::new();
+    s.read(usize::MAX, &mut out).unwrap();
+    assert_eq!(out.len(), stored);
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r, &recs[i % 1000], "record {i}");
+    }
+}

@@ -141,7 +141,10 @@ impl<S: Sink> SpooledSink<S> {
                 ),
             });
         }
-        let (store, report) = Store::open(&opts.dir, opts.max_bytes, opts.segment_bytes)?;
+        let (mut store, report) = Store::open(&opts.dir, opts.max_bytes, opts.segment_bytes)?;
+        // Nothing pending: start from one empty segment with the cursor at its start (what
+        // `close` needs to put undelivered direct records ahead of later spooled ones).
+        store.reset_if_empty()?;
         let name = inner.name().to_string();
         if report.records > 0 || report.truncated_bytes > 0 {
             tracing::warn!(sink = %name, spool = %opts.dir.display(), records = report.records, bytes = store.bytes(), truncated_bytes = report.truncated_bytes, "spool holds records from an earlier run; replaying them first");
@@ -224,14 +227,9 @@ impl<S: Sink> SpooledSink<S> {
             self.spooling = true;
             tracing::warn!(sink = %self.name, reason = why, spool = %self.store.dir().display(), "sink cannot take records now; spooling them to disk (replayed in order when it recovers)");
         }
-        let stored = match self.store.append(records) {
-            Ok(n) => n,
-            Err(e) => {
-                self.lost_full += records.len() as u64;
-                self.log_lost(true);
-                return Err(e);
-            }
-        };
+        // A failed append (disk error) fails the write: the collector counts the batch as lost
+        // for this sink (the sink's own `lost` does not, so it is not counted twice).
+        let stored = self.store.append(records)?;
         self.spooled_total += stored as u64;
         let rest = (records.len() - stored) as u64;
         if rest > 0 {

@@ -393,7 +393,11 @@ impl Store {
         if records == 0 {
             return Ok(());
         }
-        let seq = self.segments.back().map(|s| s.seq).unwrap_or(0);
+        let (seq, good_len) = self
+            .segments
+            .back()
+            .map(|s| (s.seq, s.len))
+            .unwrap_or((0, HEADER));
         let w = self.writer.as_mut().ok_or_else(|| {
             SinkError::io(
                 "spool",
@@ -401,6 +405,9 @@ impl Store {
             )
         })?;
         w.write_all(enc).and_then(|_| w.sync_data()).map_err(|e| {
+            // Cut what part of the batch was written (e.g. ENOSPC half-way), so that later
+            // appends do not follow a torn frame.
+            let _ = w.set_len(good_len);
             SinkError::io(
                 format!(
                     "appending to spool {}",
