@@ -699,8 +699,7 @@ fn parquet_journal_rates(
 fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("parquet-journal") => {
-            let now = flowlens::timebase::monotonic_now_ns();
-            let records = to_records(&synthetic_deltas(100_000, now));
+            let records = flowlens_testkit::records::conversations(50_000);
             let mut s = BTreeMap::new();
             parquet_journal_rates(&records, &mut s)?;
             println!("{s:#?}");
@@ -867,7 +866,7 @@ fn main() -> Result<()> {
     summary.insert("parquet_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("parquet_bytes_per_record".into(), bytes as f64 / n as f64);
     std::fs::remove_dir_all(&dir).ok();
-    parquet_journal_rates(&records, summary)?;
+    parquet_journal_rates(&records, &mut summary)?;
 
     // OTLP log request encoding (request building + protobuf serialisation), same records.
     let resource = encode::resource("bench-host");
