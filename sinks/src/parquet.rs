@@ -34,7 +34,7 @@ use parquet::{
     file::properties::WriterProperties,
 };
 
-use crate::{Result, Sink, SinkError, spool::Store};
+use crate::{Result, Sink, SinkError, log_limit::RateLimited, spool::Store};
 
 /// Options of the Parquet sink.
 #[derive(Clone, Debug)]
@@ -66,8 +66,6 @@ const RECOVER_CHUNK: usize = 65_536;
 const RECOVER_PER_TICK: usize = 8 * RECOVER_CHUNK;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Repeated failure logs while degraded: at most one per this interval.
-const DEGRADED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 struct Journal {
     store: Store,
@@ -75,7 +73,12 @@ struct Journal {
     degraded: bool,
     retry_at: Instant,
     backoff: Duration,
-    last_log: Option<Instant>,
+    /// Failed retries while degraded, journal append failures, records lost or unprotected:
+    /// each logged once, then at most every 30 s with the number suppressed.
+    log_failed: RateLimited,
+    log_append: RateLimited,
+    log_lost: RateLimited,
+    log_unprotected: RateLimited,
     /// Rows in open files that the journal could not take (full or failing): lost if their
     /// file cannot be completed.
     unjournaled: u64,
@@ -197,7 +200,10 @@ impl ParquetSink {
                     degraded,
                     retry_at: Instant::now(),
                     backoff: RETRY_FIRST,
-                    last_log: None,
+                    log_failed: RateLimited::default(),
+                    log_append: RateLimited::default(),
+                    log_lost: RateLimited::default(),
+                    log_unprotected: RateLimited::default(),
                     unjournaled: 0,
                 })
             }
@@ -374,12 +380,13 @@ impl ParquetSink {
         j.degraded = true;
         j.retry_at = Instant::now() + j.backoff;
         j.store.rewind();
-        let log_now = first || j.last_log.is_none_or(|t| t.elapsed() >= DEGRADED_LOG_EVERY);
-        if log_now {
-            j.last_log = Some(Instant::now());
+        // Entering the degraded state is always logged; failed retries are rate-limited.
+        let limited = j.log_failed.check();
+        if first || limited.is_some() {
             tracing::error!(
                 sink = %self.name,
                 error = %e,
+                suppressed = limited.unwrap_or(0),
                 journaled_records = j.store.pending(),
                 lost_records = unjournaled,
                 journal = %j.store.dir().display(),
@@ -490,13 +497,14 @@ impl Sink for ParquetSink {
         }
         let Some(j) = self.journal.as_mut() else {
             self.write_records(records)?;
-            self.sent += records.len() as u64;
             return self.rotate(false);
         };
         let stored = match j.store.append(records) {
             Ok(n) => n,
             Err(e) => {
-                tracing::error!(error = %e, "parquet journal: append failed");
+                if let Some(suppressed) = j.log_append.check() {
+                    tracing::error!(error = %e, suppressed, "parquet journal: append failed");
+                }
                 0
             }
         };
@@ -505,13 +513,17 @@ impl Sink for ParquetSink {
         if j.degraded {
             if unstored > 0 {
                 self.lost += unstored;
-                tracing::error!(sink = %self.name, lost_records = unstored, journal = %j.store.dir().display(), "parquet: writing fails and the journal is full; records lost");
+                if let Some(suppressed) = j.log_lost.check() {
+                    tracing::error!(sink = %self.name, lost_records = unstored, total_lost = self.lost, suppressed, journal = %j.store.dir().display(), "parquet: writing fails and the journal is full; records lost");
+                }
             }
             return Ok(());
         }
         if unstored > 0 {
             j.unjournaled += unstored;
-            tracing::warn!(sink = %self.name, records = unstored, "parquet journal full or failing: records written without a journal copy");
+            if let Some(suppressed) = j.log_unprotected.check() {
+                tracing::warn!(sink = %self.name, records = unstored, suppressed, "parquet journal full or failing: records written without a journal copy");
+            }
         }
         if let Err(e) = self
             .write_records(records)
@@ -585,7 +597,7 @@ impl Sink for ParquetSink {
 }
 
 impl ParquetSink {
-    /// Writes records into the open files of their partitions (no rotation, no counting).
+    /// Writes records into the open files of their partitions (no rotation).
     fn write_records(&mut self, records: &[FlowRecord]) -> Result<()> {
         // Group by partition; records usually all fall into one hour.
         let first = partition_of(records[0].flow_end_us);
@@ -629,6 +641,11 @@ impl ParquetSink {
             return Err(e.into());
         }
         f.rows += records.len() as u64;
+        if self.journal.is_none() {
+            // With a journal, `write` counts each record once as it enters the journal
+            // (journal replays write the same records again).
+            self.sent += records.len() as u64;
+        }
         Ok(())
     }
 }
