@@ -6,65 +6,19 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::Path,
+    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use arrow_array::{Array, Int64Array, StringArray, UInt16Array};
-use flowlens_testkit::{Netns, udp_exchange, veth_pair};
+use flowlens_testkit::{Netns, Tmpfs, temp_dir, udp_exchange, veth_pair};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("flowlens-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A tmpfs mounted at a fresh directory; unmounted and removed on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tmpdir("diskfull-fs");
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "flowlens-test",
-            ])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Writes `path` until the file system is full.
-fn fill(path: &Path) {
-    let mut f = File::create(path).unwrap();
-    let chunk = vec![0x5au8; 4096];
-    while f.write(&chunk).is_ok_and(|n| n > 0) {}
-}
 
 /// flowlens's stderr, collected by a thread (and echoed).
 #[derive(Clone, Default)]
@@ -121,10 +75,9 @@ fn parquet_on_a_full_disk_keeps_every_record_and_recovers() {
     let a = Netns::new("dfa").unwrap();
     let b = Netns::new("dfb").unwrap();
     let link = veth_pair(&a, &b).unwrap();
-    let fs = Tmpfs::mount("1m");
-    let out = fs.0.join("flows");
-    let spool = tmpdir("diskfull-spool");
-    let filler = fs.0.join("filler");
+    let fs = Tmpfs::mount("diskfull-fs", "1m").unwrap();
+    let out = fs.path().join("flows");
+    let spool = temp_dir("diskfull-spool").unwrap();
 
     let mut child = b
         .command(FLOWLENS)
@@ -153,15 +106,7 @@ fn parquet_on_a_full_disk_keeps_every_record_and_recovers() {
         })
     };
     log.wait_for("flowlens running", Duration::from_secs(20));
-    let t0 = Instant::now();
-    while !b
-        .ip_output(&["link", "show", "dev", &link.b_if])
-        .unwrap()
-        .contains("xdp")
-    {
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_xdp(&link.b_if, true).unwrap();
 
     let send = |port: u16| {
         let got = udp_exchange(
@@ -188,7 +133,7 @@ fn parquet_on_a_full_disk_keeps_every_record_and_recovers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Full: the error is reported, records go to the journal.
-    fill(&filler);
+    let filler = fs.fill("filler").unwrap();
     for p in 7005..7025 {
         send(p);
     }

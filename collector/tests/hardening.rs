@@ -14,7 +14,7 @@ use std::{
 };
 
 use arrow_array::{Array, Int64Array, StringArray, UInt16Array};
-use flowlens_testkit::{Link, Netns, udp_exchange, veth_pair};
+use flowlens_testkit::{Link, Netns, temp_dir, udp_exchange, veth_pair};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
@@ -23,27 +23,11 @@ const NOBODY: &str = "65534";
 /// The capabilities flowlens needs (collector/src/privileges.rs, deploy/README.md).
 const NEEDED: [&str; 3] = ["bpf", "perfmon", "net_admin"];
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("flowlens-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn two_hosts(tag: &str) -> (Netns, Netns, Link) {
     let a = Netns::new(&format!("{tag}a")).unwrap();
     let b = Netns::new(&format!("{tag}b")).unwrap();
     let link = veth_pair(&a, &b).unwrap();
     (a, b, link)
-}
-
-fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
-    ns.ip_output(&["link", "show", "dev", ifname])
-        .unwrap()
-        .contains("xdp")
 }
 
 /// The one-line error contract: non-zero exit, stderr is exactly one line starting with
@@ -90,7 +74,7 @@ fn as_nobody_with(ns: &Netns, caps: &[&str]) -> Command {
 #[test]
 fn bad_configuration_is_one_line_and_fails_before_attaching() {
     let (_a, b, link) = two_hosts("badcfg");
-    let dir = tmpdir("badcfg");
+    let dir = temp_dir("badcfg").unwrap();
     let iface = link.b_if.as_str();
     let not_a_dir = dir.join("plain-file");
     std::fs::write(&not_a_dir, b"x").unwrap();
@@ -279,7 +263,10 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
             .unwrap();
         assert_one_line_error(&format!("{args:?}"), &o, *code, wants);
     }
-    assert!(!xdp_attached(&b, iface), "a failed start left XDP attached");
+    assert!(
+        !b.xdp_attached(iface).unwrap(),
+        "a failed start left XDP attached"
+    );
 
     // No BTF (hidden in a private mount namespace) and only netfilter asked for.
     let o = b
@@ -311,7 +298,7 @@ fn bad_configuration_is_one_line_and_fails_before_attaching() {
 #[test]
 fn each_missing_capability_is_named_before_loading() {
     let (_a, b, link) = two_hosts("nocap");
-    let out = tmpdir("nocap");
+    let out = temp_dir("nocap").unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
     let sink = format!("parquet:{}", out.display());
     for missing in NEEDED {
@@ -335,10 +322,10 @@ fn each_missing_capability_is_named_before_loading() {
             assert!(!line.contains(&other), "{line}");
         }
     }
-    assert!(!xdp_attached(&b, &link.b_if));
+    assert!(!b.xdp_attached(&link.b_if).unwrap());
 
     // All capabilities, but a directory root owns and nobody cannot write.
-    let locked = tmpdir("nocap-locked");
+    let locked = temp_dir("nocap-locked").unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     let locked_sink = format!("parquet:{}/flows", locked.display());
     let o = as_nobody_with(&b, &NEEDED)
@@ -347,7 +334,7 @@ fn each_missing_capability_is_named_before_loading() {
         .output()
         .unwrap();
     assert_one_line_error("unwritable dir", &o, 1, &[&locked_sink, "ermission denied"]);
-    assert!(!xdp_attached(&b, &link.b_if));
+    assert!(!b.xdp_attached(&link.b_if).unwrap());
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&locked).unwrap();
 }
@@ -361,7 +348,7 @@ fn runs_as_nobody_with_only_bpf_perfmon_net_admin() {
     const PACKETS: u32 = 300;
     let (a, b, link) = two_hosts("lowcap");
     link.disable_gso().unwrap();
-    let out = tmpdir("lowcap");
+    let out = temp_dir("lowcap").unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
     let child = as_nobody_with(&b, &NEEDED)
         .args(["run", "--xdp", &link.b_if, "--xdp-mode", "skb"])
@@ -377,7 +364,7 @@ fn runs_as_nobody_with_only_bpf_perfmon_net_admin() {
         .unwrap();
     // XDP is attached first, then the netfilter links (IPv4 and IPv6): wait for both.
     let t0 = Instant::now();
-    while !(xdp_attached(&b, &link.b_if) && netfilter_links(child.id()) == 2) {
+    while !(b.xdp_attached(&link.b_if).unwrap() && netfilter_links(child.id()) == 2) {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "probes never attached"
@@ -508,7 +495,7 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
     assert_eq!(unit_caps(&unit, "AmbientCapabilities"), needed);
     assert_eq!(unit_caps(&unit, "CapabilityBoundingSet"), needed);
     assert!(unit.contains("\nDynamicUser=yes\n") && unit.contains("\nNoNewPrivileges=yes\n"));
-    let dir = tmpdir("deploy");
+    let dir = temp_dir("deploy").unwrap();
     let copy = dir.join("flowlens.service");
     std::fs::write(&copy, unit.replace("/usr/local/bin/flowlens", FLOWLENS)).unwrap();
     let o = Command::new("systemd-analyze")
@@ -559,7 +546,7 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
 
     // The DaemonSet's own config, as the pod runs it: uid 0 but only the three capabilities.
     let (_a, b, _link) = two_hosts("deploy");
-    let k8s_out = tmpdir("deploy-out");
+    let k8s_out = temp_dir("deploy-out").unwrap();
     let k8s_conf = k8s_out.join("k8s.toml");
     std::fs::write(&k8s_conf, k8s["config"].as_str().unwrap()).unwrap();
     let set = format!("-all,{}", NEEDED.map(|c| format!("+{c}")).join(","));
@@ -592,7 +579,7 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
 
     // The example config, as the unit runs it (output redirected to a writable directory).
     // The example config as the systemd unit runs it: nobody, the unit's capabilities.
-    let out_dir = tmpdir("deploy-out-unit");
+    let out_dir = temp_dir("deploy-out-unit").unwrap();
     std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let caps: Vec<&str> = needed.iter().map(String::as_str).collect();
     let o = as_nobody_with(&b, &caps)

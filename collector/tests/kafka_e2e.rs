@@ -7,13 +7,14 @@
 //! both sinks got exactly the same records. Keys: FNV-1a of the Community ID, both directions
 //! of the TCP conversation in one partition. Needs root and tansu (`cargo xtask setup`).
 
+use flowlens_testkit::temp_dir;
 use std::{
     collections::BTreeMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     process::Stdio,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arrow_array::{
@@ -139,15 +140,7 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
     let link = veth_pair(&a, &b).unwrap();
     let tansu = Tansu::start_in(Some(&a), link.a_v4).unwrap();
     tansu.create_topic("flows", 3).unwrap();
-    let out = std::env::temp_dir().join(format!(
-        "flowlens-kafka-e2e-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = temp_dir("kafka-e2e").unwrap();
 
     let child = b
         .command(FLOWLENS)
@@ -163,18 +156,7 @@ fn flowlens_exports_the_same_records_to_kafka_and_parquet() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !b
-        .ip_output(&["link", "show", "dev", "lo"])
-        .unwrap()
-        .contains("xdp")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "XDP not attached to lo"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_xdp("lo", true).unwrap();
 
     // Traffic on B's loopback: both directions of each conversation pass the probe.
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -12,14 +12,14 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use arrow_array::{Array, Int64Array};
-use flowlens_testkit::{Capture, Link, Netns, udp_exchange, veth_pair};
+use flowlens_testkit::{Capture, Link, Netns, temp_dir, udp_exchange, veth_pair};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
     logs_service_server::{LogsService, LogsServiceServer},
@@ -397,12 +397,6 @@ fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
-    ns.ip_output(&["link", "show", "dev", ifname])
-        .unwrap()
-        .contains("xdp")
-}
-
 /// Two hosts; A's interface without IPv6, so A sends nothing on its own (no router or
 /// listener solicitations) and B's interface receives only the test's traffic.
 fn quiet_hosts(tag: &str) -> (Netns, Netns, Link) {
@@ -501,19 +495,6 @@ fn parquet_totals(dir: &Path) -> (i64, i64, i64) {
     (rows, packets, bytes)
 }
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "flowlens-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Socket inodes `pid` holds.
 fn socket_inodes(pid: u32) -> BTreeSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -555,7 +536,7 @@ fn owned_sockets(pid: u32, file: &str) -> Vec<(String, String)> {
 #[test]
 fn metrics_match_traffic_and_sinks() {
     let (a, b, link) = quiet_hosts("met");
-    let out = tmpdir("metrics-e2e");
+    let out = temp_dir("metrics-e2e").unwrap();
     let otlp_listener = b
         .run_in(|| std::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap()
@@ -598,7 +579,7 @@ fn metrics_match_traffic_and_sinks() {
         let (st, body) = http(&b, addr, "GET", "/readyz");
         (st == 200).then_some(body)
     });
-    assert!(xdp_attached(&b, &link.b_if));
+    assert!(b.xdp_attached(&link.b_if).unwrap());
     assert!(
         body.starts_with("ready:") && body.contains(&format!("xdp: {}", link.b_if)),
         "{body}"
@@ -907,7 +888,7 @@ fn metrics_listen_errors_and_warnings() {
             && lines[0].contains("in use"),
         "{err}"
     );
-    assert!(!xdp_attached(&b, &link.b_if));
+    assert!(!b.xdp_attached(&link.b_if).unwrap());
     drop(taken);
 
     let o = b

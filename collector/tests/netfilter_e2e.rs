@@ -12,7 +12,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -23,21 +23,12 @@ use flowlens::{
     probe::Probe,
 };
 use flowlens_testkit::{
-    Capture, FlowTuple, Netns, Routed, flows_of, ifindex, routed, tcp_transfer, udp_exchange,
+    Capture, FlowTuple, Netns, Routed, flows_of, ifindex, routed, tcp_transfer, temp_dir,
+    udp_exchange,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("flowlens-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A - R - B with GSO off on every link end.
 fn topology(tag: &str) -> Routed {
@@ -127,11 +118,7 @@ fn start_cmd(
     let t0 = Instant::now();
     loop {
         let nf_ready = nf_links(child.id()).len() == links;
-        let xdp_ready = xdp_if.is_none_or(|i| {
-            ns.ip_output(&["link", "show", "dev", i])
-                .unwrap()
-                .contains("xdp")
-        });
+        let xdp_ready = xdp_if.is_none_or(|i| ns.xdp_attached(i).unwrap());
         if nf_ready && xdp_ready {
             break;
         }
@@ -418,7 +405,7 @@ fn assert_links_gone(links: &[NfLink]) {
 #[test]
 fn forward_in_router_counts_forwarded_traffic_exactly() {
     let t = topology("nffw");
-    let out = tmpdir("nffw");
+    let out = temp_dir("nffw").unwrap();
     let child = start(&t.r, &out, &["--netfilter", "forward"], 2, None);
     let links = nf_links(child.id());
     assert_eq!(
@@ -474,7 +461,7 @@ fn forward_in_router_counts_forwarded_traffic_exactly() {
 #[test]
 fn local_out_and_post_routing_see_what_a_sends() {
     let t = topology("nfout");
-    let out = tmpdir("nfout");
+    let out = temp_dir("nfout").unwrap();
     let child = start(
         &t.a,
         &out,
@@ -540,7 +527,7 @@ fn local_out_and_post_routing_see_what_a_sends() {
 #[test]
 fn xdp_and_netfilter_in_one_run() {
     let t = topology("nfxdp");
-    let out = tmpdir("nfxdp");
+    let out = temp_dir("nfxdp").unwrap();
     let child = start(
         &t.r,
         &out,
@@ -608,7 +595,7 @@ fn without_kernel_btf(ns: &Netns) -> std::process::Command {
 #[test]
 fn netfilter_unavailable_falls_back_to_xdp_only() {
     let t = topology("nffb");
-    let out = tmpdir("nffb");
+    let out = temp_dir("nffb").unwrap();
     let child = start_cmd(
         without_kernel_btf(&t.r),
         &t.r,

@@ -14,21 +14,12 @@ use std::{
 
 use arrow_array::{Array, Int64Array, StringArray, UInt8Array, UInt16Array};
 use flowlens_testkit::{
-    Capture, FlowTuple, Link, Netns, flows_of, icmp_echo, tcp_transfer, udp_exchange, veth_pair,
+    Capture, FlowTuple, Link, Netns, flows_of, icmp_echo, tcp_transfer, temp_dir, udp_exchange,
+    veth_pair,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "flowlens-{tag}-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
@@ -43,7 +34,7 @@ fn two_hosts(tag: &str) -> (Netns, Netns, Link, PathBuf) {
     let a = Netns::new(&format!("{tag}a")).unwrap();
     let b = Netns::new(&format!("{tag}b")).unwrap();
     let link = veth_pair(&a, &b).unwrap();
-    (a, b, link, tmpdir(tag))
+    (a, b, link, temp_dir(tag).unwrap())
 }
 
 fn start_flowlens(ns: &Netns, link: &Link, out: &Path, extra: &[&str]) -> Child {
@@ -60,25 +51,8 @@ fn start_flowlens_mode(ns: &Netns, link: &Link, out: &Path, mode: &str, extra: &
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flowlens");
-    wait_attached(ns, &link.b_if, true);
+    ns.wait_xdp(&link.b_if, true).unwrap();
     child
-}
-
-fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
-    ns.ip_output(&["link", "show", "dev", ifname])
-        .unwrap()
-        .contains("xdp")
-}
-
-fn wait_attached(ns: &Netns, ifname: &str, want: bool) {
-    let t0 = Instant::now();
-    while xdp_attached(ns, ifname) != want {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "XDP attached != {want} on {ifname} after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Signals flowlens, waits, returns its exit status and stderr (which is echoed).
@@ -294,7 +268,7 @@ fn xdp_exports_exact_counts_for_real_traffic() {
     assert!(st.success(), "flowlens exited with {st}");
     assert_nothing_lost(&stderr);
     assert!(
-        !xdp_attached(&b, &link.b_if),
+        !b.xdp_attached(&link.b_if).unwrap(),
         "XDP program still attached after shutdown"
     );
     let frames = cap.stop().unwrap();
@@ -431,7 +405,7 @@ fn native_xdp_on_veth_counts_what_was_sent() {
     let (st, stderr) = stop(child, libc::SIGTERM);
     assert!(st.success(), "flowlens exited with {st}");
     assert_nothing_lost(&stderr);
-    assert!(!xdp_attached(&b, &link.b_if));
+    assert!(!b.xdp_attached(&link.b_if).unwrap());
     let got = read_records(&out, &link.b_if);
     let t = |src, dst, proto, sp, dp| {
         got[&FlowTuple {
@@ -858,7 +832,7 @@ fn killed_writer_leaves_no_partial_parquet_file() {
         "the kill did not land mid-file (test would be vacuous)"
     );
     // The killed process could not detach: the link-based XDP attachment goes away with its fd.
-    wait_attached(&b, &link.b_if, false);
+    b.wait_xdp(&link.b_if, false).unwrap();
     // The next start on the same directory reports what the killed run left unfinished.
     let o = b
         .command(FLOWLENS)

@@ -4,6 +4,7 @@
 //! The HTML report is opened in headless Chromium: no script errors, the script ran, and the
 //! screenshot shows the charts.
 
+use flowlens_testkit::temp_dir;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -230,13 +231,6 @@ fn write_dataset(dir: &Path, recs: &[FlowRecord]) -> Vec<FileInfo> {
     }
     assert_eq!(sink.metrics().lost, 0);
     files
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flowlens-report-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn fmt_time(us: i64) -> String {
@@ -791,7 +785,7 @@ fn run_case(all: &[Rec], files: &[FileInfo], case: &Case, extra: &[&str], out: &
 
 #[test]
 fn json_numbers_match_independent_computation() {
-    let dir = tmpdir("json");
+    let dir = temp_dir("report-json").unwrap();
     let data = dir.join("flows");
     let (recs, mine) = generate(4000);
     let files = write_dataset(&data, &recs);
@@ -922,7 +916,7 @@ fn json_numbers_match_independent_computation() {
 
 #[test]
 fn bad_input_gives_one_line_errors() {
-    let dir = tmpdir("errors");
+    let dir = temp_dir("report-errors").unwrap();
     let data = dir.join("flows");
     let (recs, _) = generate(50);
     write_dataset(&data, &recs);
@@ -1006,7 +1000,7 @@ fn files_without_statistics() {
         arrow::ArrowWriter,
         file::properties::{EnabledStatistics, WriterProperties},
     };
-    let dir = tmpdir("nostats");
+    let dir = temp_dir("report-nostats").unwrap();
     let data = dir.join("flows");
     let (recs, mine) = generate(600);
     let part = data.join("date=2026-11-20/hour=00");
@@ -1085,7 +1079,7 @@ fn html_report_renders_in_headless_chromium() {
                 .is_ok_and(|o| o.status.success())
         })
         .expect("chromium is missing: run `cargo xtask setup` (installs Debian's chromium)");
-    let dir = tmpdir("html");
+    let dir = temp_dir("report-html").unwrap();
     let data = dir.join("flows");
     let (recs, _) = generate(3000);
     write_dataset(&data, &recs);
@@ -1110,7 +1104,7 @@ fn html_report_renders_in_headless_chromium() {
         assert!(!page.contains(bad), "the page references {bad}");
     }
     let chrome = |extra: &[&str]| {
-        let profile = tmpdir(&format!("chrome-{}", extra.len()));
+        let profile = temp_dir(&format!("report-chrome-{}", extra.len())).unwrap();
         // Bounded: a browser that hangs fails the test instead of blocking the run.
         let o = Command::new("timeout")
             .args(["120", chromium])

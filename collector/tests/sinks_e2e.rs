@@ -15,7 +15,7 @@ use std::{
 };
 
 use arrow_array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
-use flowlens_testkit::{Netns, udp_exchange, veth_pair};
+use flowlens_testkit::{Netns, udp_exchange, unique_path, veth_pair};
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{
         ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -167,14 +167,7 @@ fn otlp_parquet_and_s3_sinks_get_the_same_records() {
     let a = Netns::new("otlpa").unwrap();
     let b = Netns::new("otlpb").unwrap();
     let link = veth_pair(&a, &b).unwrap();
-    let out: PathBuf = std::env::temp_dir().join(format!(
-        "flowlens-otlp-e2e-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
+    let out: PathBuf = unique_path("otlp-e2e");
 
     // The receiver listens on B's loopback (flowlens runs in B): bind inside the namespace.
     let listener = b
@@ -274,15 +267,7 @@ fn otlp_parquet_and_s3_sinks_get_the_same_records() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flowlens");
-    let t0 = Instant::now();
-    while !b
-        .ip_output(&["link", "show", "dev", &link.b_if])
-        .unwrap()
-        .contains("xdp")
-    {
-        assert!(t0.elapsed() < Duration::from_secs(20), "XDP not attached");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_xdp(&link.b_if, true).unwrap();
 
     let (src, dst) = (IpAddr::V4(link.a_v4), IpAddr::V4(link.b_v4));
     for round in 0..2u16 {

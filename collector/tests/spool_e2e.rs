@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowlens_testkit::{Netns, udp_exchange, veth_pair};
+use flowlens_testkit::{Netns, udp_exchange, unique_path, veth_pair};
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{
         ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -151,18 +151,6 @@ fn spool_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn wait_xdp(b: &Netns, dev: &str) {
-    let t0 = Instant::now();
-    while !b
-        .ip_output(&["link", "show", "dev", dev])
-        .unwrap()
-        .contains("xdp")
-    {
-        assert!(t0.elapsed() < Duration::from_secs(20), "XDP not attached");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn sigterm(child: &std::process::Child) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -173,14 +161,7 @@ fn sigterm_spools_what_the_sink_could_not_take_and_the_next_run_delivers_it() {
     let a = Netns::new("spoola").unwrap();
     let b = Netns::new("spoolb").unwrap();
     let link = veth_pair(&a, &b).unwrap();
-    let spool = std::env::temp_dir().join(format!(
-        "flowlens-spool-e2e-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
+    let spool = unique_path("spool-e2e");
     // A port on B's loopback, free: nothing else runs in this namespace. The receiver is down
     // (nothing listens) during the first run.
     let port = b
@@ -210,7 +191,7 @@ fn sigterm_spools_what_the_sink_could_not_take_and_the_next_run_delivers_it() {
     // Run 1: receiver down.
     let grace = Duration::from_secs(4);
     let child = run(&["--shutdown-grace", "4s"]);
-    wait_xdp(&b, &link.b_if);
+    b.wait_xdp(&link.b_if, true).unwrap();
     let (src, dst) = (IpAddr::V4(link.a_v4), IpAddr::V4(link.b_v4));
     let flows = 8u16;
     for f in 0..flows {

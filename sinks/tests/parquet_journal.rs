@@ -6,8 +6,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    io::{BufRead, BufReader},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -18,64 +18,7 @@ use flowlens_sinks::{
     Sink,
     parquet::{JournalOptions, ParquetOptions, ParquetSink},
 };
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("flowlens-pqj-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A tmpfs of `size` mounted at a fresh directory, unmounted (and removed) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(tag: &str, size: &str) -> Tmpfs {
-        let dir = temp_dir(tag);
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "flowlens-test",
-            ])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs at {}", dir.display());
-        Tmpfs(dir)
-    }
-
-    /// Fills the file system up with `path` (written until ENOSPC).
-    fn fill(&self, path: &Path) {
-        let mut f = std::fs::File::create(path).unwrap();
-        let chunk = vec![0xa5u8; 4096];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
-                Err(e) => panic!("filling tmpfs: {e}"),
-            }
-        }
-        let _ = f.sync_all();
-    }
-}
-
-fn libc_enospc() -> i32 {
-    28
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use flowlens_testkit::{Tmpfs, temp_dir};
 
 /// Rotation interval of the disk-full tests: every tick after it tries to complete the files.
 const ROTATE: Duration = Duration::from_millis(200);
@@ -145,9 +88,9 @@ fn expect_exactly_once(got: &BTreeMap<(String, String), (u64, i64)>, sent: &[Flo
 /// left behind in the output.
 #[test]
 fn full_disk_is_survived_and_recovered_from() {
-    let fs = Tmpfs::mount("out", "256k");
-    let journal = temp_dir("journal");
-    let out = fs.0.join("flows");
+    let fs = Tmpfs::mount("pqj-out", "256k").unwrap();
+    let journal = temp_dir("pqj-journal").unwrap();
+    let out = fs.path().join("flows");
     let mut s = sink_with(&out, &journal, ROTATE, 64 << 20);
     let recs = flowlens_testkit::records::conversations(3000); // 6000 records
     let (before, during, after) = (&recs[..1000], &recs[1000..5000], &recs[5000..]);
@@ -159,7 +102,7 @@ fn full_disk_is_survived_and_recovered_from() {
 
     // Full: completing the file fails at the next rotation; its rows and every later record
     // are kept in the journal.
-    fs.fill(&fs.0.join("filler"));
+    let filler = fs.fill("filler").unwrap();
     std::thread::sleep(ROTATE);
     s.tick().unwrap();
     let m = s.metrics();
@@ -188,7 +131,7 @@ fn full_disk_is_survived_and_recovered_from() {
     assert_eq!((m.lost, m.acknowledged, m.spooled), (0, 0, 5000), "{m:?}");
 
     // Space returns: the next retry writes the journal, then normal writing resumes.
-    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    std::fs::remove_file(&filler).unwrap();
     let t0 = Instant::now();
     while s.metrics().acknowledged < 5000 {
         assert!(
@@ -217,11 +160,11 @@ fn full_disk_is_survived_and_recovered_from() {
 /// never silently dropped, and the rest are still written after recovery.
 #[test]
 fn a_full_journal_counts_what_it_cannot_keep() {
-    let fs = Tmpfs::mount("bound", "128k");
-    let journal = temp_dir("journal-bound");
-    let out = fs.0.join("flows");
+    let fs = Tmpfs::mount("pqj-bound", "128k").unwrap();
+    let journal = temp_dir("pqj-journal-bound").unwrap();
+    let out = fs.path().join("flows");
     let mut s = sink_with(&out, &journal, ROTATE, 200 * 1024);
-    fs.fill(&fs.0.join("filler"));
+    let filler = fs.fill("filler").unwrap();
     let recs = flowlens_testkit::records::conversations(2000);
     s.write(&recs[..250]).unwrap();
     std::thread::sleep(ROTATE);
@@ -235,7 +178,7 @@ fn a_full_journal_counts_what_it_cannot_keep() {
     assert_eq!(m.spooled + m.lost, 4000, "{m:?}");
     assert!(m.spool_bytes <= 200 * 1024, "{m:?}");
     let kept = m.spooled;
-    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    std::fs::remove_file(&filler).unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     s.close().unwrap();
     let m = s.metrics();
@@ -293,8 +236,8 @@ fn child(out: &Path, journal: &Path) -> Child {
 /// every record the killed writer had accepted, exactly once.
 #[test]
 fn rows_of_files_open_at_sigkill_come_back_at_the_next_start() {
-    let out = temp_dir("kill-out");
-    let journal = temp_dir("kill-journal");
+    let out = temp_dir("pqj-kill-out").unwrap();
+    let journal = temp_dir("pqj-kill-journal").unwrap();
     let mut c = child(&out, &journal);
     let lines = BufReader::new(c.stdout.take().unwrap()).lines();
     let mut accepted = 0;

@@ -2,6 +2,7 @@
 //! ephemeral loopback port, objects read back by boto3 + pyarrow (`s3_check.py`), never by the
 //! writer's own libraries. `cargo xtask setup` installs moto, boto3 and pyarrow.
 
+use flowlens_testkit::unique_path;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
@@ -82,19 +83,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn spool(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "flowlens-s3-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 fn options(endpoint: &str, bucket: &str, prefix: &str, spool: PathBuf) -> S3Options {
@@ -223,7 +211,7 @@ fn spooled_parquet(dir: &std::path::Path) -> Vec<PathBuf> {
 }
 
 fn write_and_check(m: &Moto, bucket: &str, prefix: &str, multipart: bool) {
-    let dir = spool(prefix.replace('/', "_").as_str());
+    let dir = unique_path(&format!("s3-{}", prefix.replace('/', "_")));
     let mut o = options(&m.endpoint, bucket, prefix, dir.clone());
     if multipart {
         // Every file goes through CreateMultipartUpload/UploadPart/Complete.
@@ -282,7 +270,7 @@ fn parquet_objects_appear_complete_with_hive_keys() {
 fn failed_uploads_are_counted_and_kept_for_the_next_start() {
     let m = Moto::start();
     m.check(&["mkbucket", "later"]);
-    let dir = spool("fail");
+    let dir = unique_path("s3-fail");
     // Nobody listens on this port: every upload fails.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -21,6 +21,7 @@ use flowlens_sinks::{
 use flowlens_testkit::{
     kafka::{Consumed, consume_all},
     records::conversations,
+    unique_path,
 };
 use prost::Message as _;
 use rdkafka::mocking::MockCluster;
@@ -49,19 +50,6 @@ fn spool_opts(dir: &Path, grace: Duration) -> SpoolOptions {
     o.close_reserve = Duration::from_secs(2);
     o.replay_chunk = 300;
     o
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "flowlens-kspool-{tag}-{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 fn wait_for<S: Sink>(sink: &mut S, what: &str, f: impl Fn(&SinkMetrics) -> bool) -> SinkMetrics {
@@ -109,7 +97,7 @@ fn broker_outage_spills_to_disk_and_replays_exactly_once_in_order() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("flows", 3, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let dir = temp_dir("outage");
+    let dir = unique_path("kspool-outage");
     let mut sink = SpooledSink::new(
         kafka(&bootstrap, 500),
         spool_opts(&dir, Duration::from_secs(20)),
@@ -158,7 +146,7 @@ fn records_unacknowledged_at_shutdown_are_sent_by_the_next_start() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("flows", 2, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let dir = temp_dir("restart");
+    let dir = unique_path("kspool-restart");
     let recs = conversations(1000); // 2000 records
     {
         let mut sink = SpooledSink::new(

@@ -3,6 +3,7 @@
 //! port: outage with spool replay, restart with a non-empty spool, spool full, SIGKILL of a
 //! child process while spooling and while replaying, a torn tail.
 
+use flowlens_testkit::unique_path;
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -206,19 +207,6 @@ fn spool_opts(dir: &Path, grace: Duration) -> SpoolOptions {
     o
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "flowlens-spool-{tag}-{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -248,7 +236,7 @@ fn wait_for<S: Sink>(sink: &mut S, what: &str, f: impl Fn(&SinkMetrics) -> bool)
 #[test]
 fn outage_spills_to_disk_and_replays_in_order_exactly_once() {
     let mut rx = Receiver::start(Duration::ZERO);
-    let dir = temp_dir("outage");
+    let dir = unique_path("spool-outage");
     let mut sink = SpooledSink::new(
         otlp(rx.addr, 500, 100),
         spool_opts(&dir, Duration::from_secs(20)),
@@ -318,7 +306,7 @@ fn outage_spills_to_disk_and_replays_in_order_exactly_once() {
 fn a_restart_replays_what_an_earlier_instance_spooled() {
     let mut rx = Receiver::start(Duration::ZERO);
     rx.down();
-    let dir = temp_dir("restart");
+    let dir = unique_path("spool-restart");
     let n = 3000;
     {
         let mut sink = SpooledSink::new(
@@ -372,7 +360,7 @@ fn a_restart_replays_what_an_earlier_instance_spooled() {
 fn records_past_the_spool_bound_are_counted_lost() {
     let mut rx = Receiver::start(Duration::ZERO);
     rx.down();
-    let dir = temp_dir("full");
+    let dir = unique_path("spool-full");
     let mut o = spool_opts(&dir, Duration::from_millis(1000));
     o.max_bytes = 64 * 1024;
     o.segment_bytes = 16 * 1024;
@@ -508,7 +496,7 @@ fn sigkill(c: &mut Child) {
 fn sigkill_while_spooling_and_while_replaying_loses_nothing() {
     let mut rx = Receiver::start(Duration::from_millis(15));
     rx.down();
-    let dir = temp_dir("kill");
+    let dir = unique_path("spool-kill");
     // 1. Spooling (receiver down), killed in the middle of the writes.
     let (mut c, mut lines) = child("spool 100000", &dir, rx.addr);
     let mut last_ok: Option<u32> = None;

@@ -3,20 +3,7 @@
 use std::{io::Write, path::PathBuf};
 
 use flowlens_sinks::spool::Store;
-use flowlens_testkit::records::conversations;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "flowlens-store-{tag}-{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use flowlens_testkit::{Tmpfs, records::conversations, unique_path};
 
 fn spool_files(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -30,7 +17,7 @@ fn spool_files(dir: &std::path::Path) -> Vec<PathBuf> {
 
 #[test]
 fn fifo_across_segments_reopen_and_torn_tail() {
-    let dir = temp_dir("fifo");
+    let dir = unique_path("store-fifo");
     let recs = conversations(500); // 1000 records
     let (mut s, rep) = Store::open(&dir, 1 << 30, 16 * 1024).unwrap();
     assert_eq!(rep.records, 0);
@@ -107,7 +94,7 @@ fn fifo_across_segments_reopen_and_torn_tail() {
 
 #[test]
 fn bound_bad_cursor_and_unwritable_directory_are_reported() {
-    let dir = temp_dir("bound");
+    let dir = unique_path("store-bound");
     let recs = conversations(500);
     let (mut s, _) = Store::open(&dir, 20 * 1024, 8 * 1024).unwrap();
     let stored = s.append(&recs).unwrap();
@@ -125,7 +112,7 @@ fn bound_bad_cursor_and_unwritable_directory_are_reported() {
     std::fs::remove_dir_all(&dir).unwrap();
 
     // A path under a regular file cannot be a directory.
-    let f = temp_dir("file");
+    let f = unique_path("store-file");
     std::fs::write(&f, "x").unwrap();
     let e = Store::open(&f.join("spool"), 1 << 20, 8192)
         .err()
@@ -138,30 +125,12 @@ fn bound_bad_cursor_and_unwritable_directory_are_reported() {
     std::fs::remove_file(&f).unwrap();
 }
 
-/// Unmounts on drop (also when the test fails).
-struct Tmpfs(PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Disk full (a 96 KiB tmpfs): the append fails with the spool's path in the error, the segment
 /// is cut back to its last whole frame, and everything stored before is read back intact.
 #[test]
 fn disk_full_fails_the_append_without_a_torn_frame() {
-    let dir = temp_dir("enospc");
-    std::fs::create_dir_all(&dir).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=96k", "flowlens-spool-test"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs (needs root)");
-    let _guard = Tmpfs(dir.clone());
-    let spool = dir.join("s");
+    let fs = Tmpfs::mount("store-enospc", "96k").unwrap();
+    let spool = fs.path().join("s");
     let recs = conversations(500);
     let (mut s, _) = Store::open(&spool, 1 << 30, 1 << 30).unwrap();
     let mut stored = 0;

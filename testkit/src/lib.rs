@@ -10,6 +10,8 @@
 //!   and B), for forwarded traffic.
 //! * [`udp_exchange`], [`tcp_transfer`], [`icmp_echo`]: bounded traffic generators.
 //! * [`Capture`]: an AF_PACKET observer of the frames an interface receives.
+//! * [`temp_dir`], [`unique_path`], [`Tmpfs`]: test directories and a small mounted tmpfs (to
+//!   fill a disk).
 //! * [`flows_of`]: per-flow packet / byte totals of captured frames, computed with
 //!   `etherparse` (deliberately not with flowlens' own parser).
 //!
@@ -21,6 +23,7 @@
 
 mod capture;
 mod flows;
+mod fs;
 pub mod kafka;
 mod link;
 mod netns;
@@ -31,6 +34,7 @@ mod traffic;
 
 pub use capture::{Capture, MAX_FRAME};
 pub use flows::{FlowTuple, flows_of};
+pub use fs::{Tmpfs, temp_dir, unique_path};
 pub use link::{Link, ifindex, veth_pair};
 pub use netns::{Netns, NsThread};
 pub use router::{Routed, routed};

@@ -88,6 +88,26 @@ impl Netns {
         ip_in(&self.name, args)
     }
 
+    /// Whether an XDP program is attached to `ifname` in this namespace (any mode).
+    pub fn xdp_attached(&self, ifname: &str) -> Result<bool> {
+        Ok(self
+            .ip_output(&["link", "show", "dev", ifname])?
+            .contains("xdp"))
+    }
+
+    /// Waits (at most 20 s) until an XDP program is attached to `ifname` (`attached`) or gone.
+    pub fn wait_xdp(&self, ifname: &str, attached: bool) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        while self.xdp_attached(ifname)? != attached {
+            ensure!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "XDP attached != {attached} on {ifname} after 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// A `Command` for `program` run through `ip netns exec NAME`.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");
