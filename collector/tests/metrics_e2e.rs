@@ -19,13 +19,10 @@ use std::{
 };
 
 use arrow_array::{Array, Int64Array};
-use flowlens_testkit::{Capture, Link, Netns, temp_dir, udp_exchange, veth_pair};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-    logs_service_server::{LogsService, LogsServiceServer},
+use flowlens_testkit::{
+    Capture, Link, Netns, otlp::LogsReceiver, temp_dir, udp_exchange, veth_pair,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tonic::{Request, Response, Status, codec::CompressionEncoding};
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
 
@@ -417,55 +414,6 @@ fn quiet_hosts(tag: &str) -> (Netns, Netns, Link) {
     (a, b, link)
 }
 
-/// An OTLP/gRPC logs receiver on `listener` (bound by the caller inside a namespace).
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportLogsServiceRequest>>>);
-
-#[tonic::async_trait]
-impl LogsService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.0.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-impl Receiver {
-    fn serve(&self, listener: std::net::TcpListener) {
-        listener.set_nonblocking(true).unwrap();
-        let r = self.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                tonic::transport::Server::builder()
-                    .add_service(
-                        LogsServiceServer::new(r).accept_compressed(CompressionEncoding::Gzip),
-                    )
-                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l))
-                    .await
-                    .unwrap();
-            });
-        });
-    }
-
-    fn records(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| &r.resource_logs)
-            .flat_map(|rl| &rl.scope_logs)
-            .map(|sl| sl.log_records.len())
-            .sum()
-    }
-}
-
 /// (rows, packets, bytes) of every completed Parquet file under `dir`.
 fn parquet_totals(dir: &Path) -> (i64, i64, i64) {
     let (mut rows, mut packets, mut bytes) = (0, 0, 0);
@@ -542,8 +490,8 @@ fn metrics_match_traffic_and_sinks() {
         .unwrap()
         .unwrap();
     let otlp_addr = otlp_listener.local_addr().unwrap();
-    let recv = Receiver::default();
-    recv.serve(otlp_listener);
+    let recv = LogsReceiver::default();
+    let _otlp = recv.serve(otlp_listener).unwrap();
 
     let t_start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -835,12 +783,12 @@ fn readyz_fails_while_a_sink_cannot_deliver() {
     assert_eq!(m.val("flowlens_flow_records_total", &[]), 1.0);
 
     // The receiver comes up on that port: the retry delivers, readiness recovers.
-    let recv = Receiver::default();
+    let recv = LogsReceiver::default();
     let listener = b
         .run_in(move || std::net::TcpListener::bind(closed))
         .unwrap()
         .unwrap();
-    recv.serve(listener);
+    let _otlp = recv.serve(listener).unwrap();
     wait_until(
         "/readyz 200 after recovery",
         Duration::from_secs(60),

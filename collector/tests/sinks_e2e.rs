@@ -10,37 +10,18 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use arrow_array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
-use flowlens_testkit::{Netns, udp_exchange, unique_path, veth_pair};
+use flowlens_testkit::{Netns, otlp::LogsReceiver, udp_exchange, unique_path, veth_pair};
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::{
-        ExportLogsServiceRequest, ExportLogsServiceResponse,
-        logs_service_server::{LogsService, LogsServiceServer},
-    },
+    collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{KeyValue, any_value::Value},
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tonic::{Request, Response, Status, codec::CompressionEncoding};
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
-
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportLogsServiceRequest>>>);
-
-#[tonic::async_trait]
-impl LogsService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.0.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportLogsServiceResponse::default()))
-    }
-}
 
 /// One record as both sinks can express it: community id, start/end (µs), packets, bytes,
 /// source, destination.
@@ -176,24 +157,8 @@ fn otlp_parquet_and_s3_sinks_get_the_same_records() {
         .unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let recv = Receiver::default();
-    let r2 = recv.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            tonic::transport::Server::builder()
-                .add_service(
-                    LogsServiceServer::new(r2).accept_compressed(CompressionEncoding::Gzip),
-                )
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l))
-                .await
-                .unwrap();
-        });
-    });
+    let recv = LogsReceiver::default();
+    let _otlp = recv.serve(listener).unwrap();
 
     // moto (S3) on B's loopback too, on a port that was free there a moment ago.
     let s3_port = b

@@ -10,35 +10,16 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use flowlens_testkit::{Netns, udp_exchange, unique_path, veth_pair};
+use flowlens_testkit::{Netns, otlp::LogsReceiver, udp_exchange, unique_path, veth_pair};
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::{
-        ExportLogsServiceRequest, ExportLogsServiceResponse,
-        logs_service_server::{LogsService, LogsServiceServer},
-    },
+    collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{KeyValue, any_value::Value},
 };
-use tonic::{Request, Response, Status, codec::CompressionEncoding};
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
-
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportLogsServiceRequest>>>);
-
-#[tonic::async_trait]
-impl LogsService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.0.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportLogsServiceResponse::default()))
-    }
-}
 
 fn attr<'a>(a: &'a [KeyValue], k: &str) -> &'a Value {
     a.iter()
@@ -87,40 +68,6 @@ fn rows(reqs: &[ExportLogsServiceRequest]) -> Vec<Row> {
         }
     }
     out
-}
-
-/// Serves OTLP on `listener` (already bound inside the namespace) until `stop` fires.
-fn serve(
-    listener: std::net::TcpListener,
-    recv: Receiver,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-) {
-    listener.set_nonblocking(true).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let h = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            tonic::transport::Server::builder()
-                .add_service(
-                    LogsServiceServer::new(recv).accept_compressed(CompressionEncoding::Gzip),
-                )
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(l),
-                    async {
-                        let _ = rx.await;
-                    },
-                )
-                .await
-                .unwrap();
-        });
-    });
-    (tx, h)
 }
 
 /// A number from `key=N` in the first stderr line containing `needle`.
@@ -248,8 +195,8 @@ fn sigterm_spools_what_the_sink_could_not_take_and_the_next_run_delivers_it() {
         .run_in(move || std::net::TcpListener::bind(("127.0.0.1", port)))
         .unwrap()
         .unwrap();
-    let recv = Receiver::default();
-    let (stop, server) = serve(listener, recv.clone());
+    let recv = LogsReceiver::default();
+    let server = recv.serve(listener).unwrap();
     let child = run(&["--shutdown-grace", "10s"]);
     let t0 = Instant::now();
     while (rows(&recv.0.lock().unwrap()).len() as u64) < records1 {
@@ -303,8 +250,7 @@ fn sigterm_spools_what_the_sink_could_not_take_and_the_next_run_delivers_it() {
             "flow {f}"
         );
     }
-    let _ = stop.send(());
-    server.join().unwrap();
+    drop(server);
     std::fs::remove_dir_all(&spool).unwrap();
 }
 

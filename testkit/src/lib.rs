@@ -15,6 +15,7 @@
 //! * [`flows_of`]: per-flow packet / byte totals of captured frames, computed with
 //!   `etherparse` (deliberately not with flowlens' own parser).
 //!
+//! * [`otlp`]: an OTLP/gRPC logs receiver that records what it gets.
 //! * [`kafka`]: a real Kafka-compatible broker process (tansu) and a consumer that reads a
 //!   topic back; [`records`]: synthetic flow records (both directions of each conversation).
 //!
@@ -27,6 +28,7 @@ mod fs;
 pub mod kafka;
 mod link;
 mod netns;
+pub mod otlp;
 pub mod records;
 mod router;
 mod sys;
