@@ -10,6 +10,7 @@
 //! * `demo`: setup + build, then two hosts in network namespaces, real traffic, the top flows.
 
 mod demo;
+mod qemu;
 mod setup;
 
 use std::process::Command;
@@ -31,7 +32,8 @@ const HELP: &str =
   test    setup, then run every test (kernel tests need root)
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
           (`cargo xtask bench report`: only the flowlens report benchmark)
-  demo    setup, build, run flowlens between two network namespaces and show the top flows";
+  demo    setup, build, run flowlens between two network namespaces and show the top flows
+  qemu    --kernel 6.1|6.12 -- CMD: run CMD in a QEMU guest of Debian's kernel (`qemu --help`)";
 
 fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +65,7 @@ fn real_main() -> Result<()> {
                 ])
                 .args(&rest))
         }
+        "qemu" => qemu::cli(&setup::toolchain()?, &rest),
         "demo" => {
             let env = setup::setup()?;
             build_release(&env)?;
@@ -103,5 +106,8 @@ fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     let mut c = cargo(env);
     c.args(["test", "--workspace", "--no-fail-fast"]);
     c.args(extra);
-    run(&mut c)
+    let host = run(&mut c);
+    // The kernel test suites again, on Debian 12's 6.1 and 6.12 under QEMU.
+    let guests = qemu::run_suites(env, None);
+    host.and(guests)
 }
