@@ -5,7 +5,9 @@
 //!   Python test peers (moto, boto3, pyarrow from PyPI), and tansu (the Kafka broker the Kafka sink
 //!   tests run against).
 //! * `build`: setup + release build of `flowlens`.
-//! * `test`: setup + every test, kernel tests included (needs root).
+//! * `test`: setup + every test, kernel tests included (needs root), then the kernel suites again
+//!   in QEMU guests of Debian 12's 6.1 and 6.12 kernels (`qemu.rs`).
+//! * `qemu`: run a command, or the guest suites, in such a guest.
 //! * `bench`: setup + the benchmarks (docs/BENCHMARKS.md).
 //! * `demo`: setup + build, then two hosts in network namespaces, real traffic, the top flows.
 
@@ -29,7 +31,8 @@ const HELP: &str =
   setup   install the pinned eBPF nightly, bpf-linker, apt and pip test packages and tansu if missing
   build   install the pinned eBPF nightly and bpf-linker if missing (no test peers), then
           build flowlens (release): target/release/flowlens
-  test    setup, then run every test (kernel tests need root)
+  test    setup, then run every test (kernel tests need root), then the kernel suites in
+          QEMU guests of Debian's 6.1 and 6.12 kernels
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
           (`cargo xtask bench report`: only the flowlens report benchmark)
   demo    setup, build, run flowlens between two network namespaces and show the top flows

@@ -587,7 +587,7 @@ impl Cpio {
         self.pad();
     }
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -745,8 +745,11 @@ pub fn run_suites(env: &Env, only: Option<&str>) -> Result<()> {
         .with_context(|| format!("entering {}", collector.display()))?;
     let mut failed = Vec::new();
     let mut summary = Vec::new();
-    for line in lines {
+    for (i, line) in lines.into_iter().enumerate() {
         let guest = Guest::prepare(line)?;
+        if i == 0 {
+            self_check(&guest)?;
+        }
         for s in SUITES.iter().filter(|s| s.kernels.contains(&line)) {
             let (_, bin) = bins
                 .iter()
@@ -794,5 +797,42 @@ pub fn run_suites(env: &Env, only: Option<&str>) -> Result<()> {
             failed.join("\n")
         );
     }
+    Ok(())
+}
+
+/// Proves, on every run, that a guest that hangs or panics fails the harness with the console's
+/// tail instead of hanging CI or passing.
+fn self_check(guest: &Guest) -> Result<()> {
+    eprintln!(
+        "xtask: harness self-check: a guest that hangs, then one that panics (both must fail)"
+    );
+    let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    let t0 = Instant::now();
+    let hang = guest.run(
+        &sh("echo flowlens-hang-check; sleep 600"),
+        Duration::from_secs(40),
+    );
+    match hang {
+        Err(e)
+            if format!("{e}").contains("timed out")
+                && format!("{e}").contains("flowlens-hang-check") => {}
+        other => bail!(
+            "harness self-check: a hanging guest gave {other:?}, not a timeout with the console tail"
+        ),
+    }
+    let panic = guest.run(
+        &sh("echo c > /proc/sysrq-trigger; sleep 600"),
+        Duration::from_secs(120),
+    );
+    match panic {
+        Err(e) if format!("{e}").contains("kernel panic") && format!("{e}").contains("sysrq") => {}
+        other => bail!(
+            "harness self-check: a panicking guest gave {other:?}, not a panic with the console tail"
+        ),
+    }
+    eprintln!(
+        "xtask: harness self-check passed in {}s (hang and panic both failed the run)",
+        t0.elapsed().as_secs()
+    );
     Ok(())
 }
