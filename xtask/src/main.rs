@@ -1,18 +1,21 @@
-//! `cargo xtask <command>`: everything needed to go from a clean clone to a tested build.
+//! `cargo xtask <command>` (or `./x <command>`, which first installs the pinned Rust toolchain):
+//! everything needed to go from a clean clone to a tested build.
 //!
 //! * `setup`: installs what is missing: the pinned eBPF nightly (with rust-src), bpf-linker built
 //!   against that nightly's own LLVM, Debian packages the tests use (iproute2, chromium), the
 //!   Python test peers (moto, boto3, pyarrow from PyPI), and tansu (the Kafka broker the Kafka sink
 //!   tests run against).
-//! * `build`: setup + release build of `flowlens`.
+//! * `build`: nightly + bpf-linker, then the release build of `flowlens`.
 //! * `test`: setup + every test, kernel tests included (needs root).
 //! * `bench`: setup + the benchmarks (docs/BENCHMARKS.md).
-//! * `demo`: setup + build, then two hosts in network namespaces, real traffic, the top flows.
+//! * `demo`: only what the demo needs (nightly + bpf-linker, iproute2; no test peers), a build in
+//!   the `demo` profile, then two hosts in network namespaces, real traffic both ways, the top
+//!   flows, an exact check, and the HTML capacity report.
 
 mod demo;
 mod setup;
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -31,7 +34,10 @@ const HELP: &str =
   test    setup, then run every test (kernel tests need root)
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
           (`cargo xtask bench report`: only the flowlens report benchmark)
-  demo    setup, build, run flowlens between two network namespaces and show the top flows";
+  demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
+          (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
+          traffic both ways, show the top flows, check them against what was sent, and write
+          the HTML capacity report (flows/report.html)";
 
 fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,9 +70,9 @@ fn real_main() -> Result<()> {
                 .args(&rest))
         }
         "demo" => {
-            let env = setup::setup()?;
-            build_release(&env)?;
-            demo::demo()
+            let env = setup::for_demo()?;
+            let flowlens = build_demo(&env)?;
+            demo::demo(&flowlens)
         }
         "help" | "-h" | "--help" => {
             println!("{HELP}");
@@ -93,6 +99,16 @@ fn cargo(env: &setup::Env) -> Command {
 
 fn build_release(env: &setup::Env) -> Result<()> {
     run(cargo(env).args(["build", "--release", "-p", "flowlens"]))
+}
+
+/// Builds `flowlens` in the `demo` profile (Cargo.toml: the release profile without what a
+/// first run does not need) and returns the binary.
+fn build_demo(env: &setup::Env) -> Result<PathBuf> {
+    run(cargo(env).args(["build", "--profile", "demo", "-p", "flowlens"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| setup::workspace_root().join("target"));
+    Ok(target.join("demo/flowlens"))
 }
 
 fn test(env: &setup::Env, extra: &[String]) -> Result<()> {

@@ -24,7 +24,7 @@ pub struct Env {
     pub path: OsString,
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -263,6 +263,12 @@ pub fn toolchain() -> Result<Env> {
         path.push(p);
     }
     Ok(Env { path })
+}
+
+/// What the demo needs: the toolchain and `ip` (iproute2, for the namespaces). No test peers.
+pub fn for_demo() -> Result<Env> {
+    ensure_apt(&[("ip", "iproute2")])?;
+    toolchain()
 }
 
 /// The toolchain plus everything the tests use as real peers and readers.
