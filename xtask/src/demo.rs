@@ -186,11 +186,12 @@ pub fn demo(flowlens: &Path) -> Result<()> {
         IpAddr::V6(link.b_v6),
     );
     // The interface that receives traffic sent to `dst`.
+    let (a_if, b_if) = (link.a_if.clone(), link.b_if.clone());
     let iface_of = |dst: IpAddr| {
         if dst == a4 || dst == a6 {
-            link.a_if.clone()
+            a_if.clone()
         } else {
-            link.b_if.clone()
+            b_if.clone()
         }
     };
     let mut expect = Vec::new();
@@ -324,8 +325,16 @@ pub fn demo(flowlens: &Path) -> Result<()> {
 
     let mut bad = 0u32;
     for (title, rx_iface, captured) in [
-        ("A -> B, exported by flowlens on host B", iface_of(b4), &captured_b),
-        ("B -> A, exported by flowlens on host A", iface_of(a4), &captured_a),
+        (
+            "A -> B, exported by flowlens on host B",
+            iface_of(b4),
+            &captured_b,
+        ),
+        (
+            "B -> A, exported by flowlens on host A",
+            iface_of(a4),
+            &captured_a,
+        ),
     ] {
         println!("\ndemo: {title} ({rx_iface}); packets / IP-layer bytes");
         println!(
@@ -341,7 +350,9 @@ pub fn demo(flowlens: &Path) -> Result<()> {
                 && got.1 > e.payload_floor;
             bad += !ok as u32;
             let flow = match e.transport {
-                "icmp" | "ipv6-icmp" => format!("{} {} -> {} type {}", e.transport, e.src, e.dst, e.dport),
+                "icmp" | "ipv6-icmp" => {
+                    format!("{} {} -> {} type {}", e.transport, e.src, e.dst, e.dport)
+                }
                 _ => format!(
                     "{} {} -> {}",
                     e.transport,
@@ -367,11 +378,17 @@ pub fn demo(flowlens: &Path) -> Result<()> {
     );
 
     let html = flows.join("report.html");
+    // veth has no line rate: 1 Gbit/s per direction stands in for one, so that the report
+    // shows utilisation.
     let status = Command::new(flowlens)
         .args(["report", "--quiet", "--bucket", "1s", "--input"])
         .arg(&flows)
         .arg("--html")
         .arg(&html)
+        .arg("--link-capacity")
+        .arg(format!("{}=1Gbit", iface_of(a4)))
+        .arg("--link-capacity")
+        .arg(format!("{}=1Gbit", iface_of(b4)))
         .stdout(Stdio::null())
         .status()?;
     if !status.success() || !html.is_file() {

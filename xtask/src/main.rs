@@ -15,7 +15,7 @@
 mod demo;
 mod setup;
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -70,9 +70,19 @@ fn real_main() -> Result<()> {
                 .args(&rest))
         }
         "demo" => {
+            let t0 = Instant::now();
             let env = setup::for_demo()?;
+            let t1 = Instant::now();
             let flowlens = build_demo(&env)?;
-            demo::demo(&flowlens)
+            let t2 = Instant::now();
+            demo::demo(&flowlens)?;
+            println!(
+                "demo: set-up {:.0?}, build {:.0?}, demo {:.0?} (since `cargo xtask demo` started)",
+                t1 - t0,
+                t2 - t1,
+                t2.elapsed()
+            );
+            Ok(())
         }
         "help" | "-h" | "--help" => {
             println!("{HELP}");
