@@ -72,12 +72,14 @@ fn real_main() -> Result<()> {
         "demo" => {
             let t0 = Instant::now();
             let env = setup::for_demo()?;
+            eprintln!("xtask: demo set-up done in {:.0?}", t0.elapsed());
             let t1 = Instant::now();
             let flowlens = build_demo(&env)?;
+            eprintln!("xtask: demo build done in {:.0?}", t1.elapsed());
             let t2 = Instant::now();
             demo::demo(&flowlens)?;
             println!(
-                "demo: set-up {:.0?}, build {:.0?}, demo {:.0?} (since `cargo xtask demo` started)",
+                "demo: set-up {:.0?}, build {:.0?}, demo {:.0?}",
                 t1 - t0,
                 t2 - t1,
                 t2.elapsed()
