@@ -338,7 +338,7 @@ pub fn demo(flowlens: &Path) -> Result<()> {
     ] {
         println!("\ndemo: {title} ({rx_iface}); packets / IP-layer bytes");
         println!(
-            "  {:<58} {:<28} {:>15} {:>15}",
+            "  {:<62} {:<26} {:>15} {:>15}",
             "flow", "sent", "captured", "exported"
         );
         for e in expect.iter().filter(|e| e.iface == rx_iface) {
@@ -361,7 +361,7 @@ pub fn demo(flowlens: &Path) -> Result<()> {
                 ),
             };
             println!(
-                "  {flow:<58} {:<28} {:>15} {:>15}   {}",
+                "  {flow:<62} {:<26} {:>15} {:>15}   {}",
                 e.sent,
                 format!("{}/{}", cap.0, cap.1),
                 format!("{}/{}", got.0, got.1),

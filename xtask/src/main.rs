@@ -76,15 +76,7 @@ fn real_main() -> Result<()> {
             let t1 = Instant::now();
             let flowlens = build_demo(&env)?;
             eprintln!("xtask: demo build done in {:.0?}", t1.elapsed());
-            let t2 = Instant::now();
-            demo::demo(&flowlens)?;
-            println!(
-                "demo: set-up {:.0?}, build {:.0?}, demo {:.0?}",
-                t1 - t0,
-                t2 - t1,
-                t2.elapsed()
-            );
-            Ok(())
+            demo::demo(&flowlens)
         }
         "help" | "-h" | "--help" => {
             println!("{HELP}");
