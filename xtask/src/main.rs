@@ -1,21 +1,24 @@
-//! `cargo xtask <command>`: everything needed to go from a clean clone to a tested build.
+//! `cargo xtask <command>` (or `./x <command>`, which first installs the pinned Rust toolchain):
+//! everything needed to go from a clean clone to a tested build.
 //!
 //! * `setup`: installs what is missing: the pinned eBPF nightly (with rust-src), bpf-linker built
 //!   against that nightly's own LLVM, Debian packages the tests use (iproute2, chromium), the
 //!   Python test peers (moto, boto3, pyarrow from PyPI), and tansu (the Kafka broker the Kafka sink
 //!   tests run against).
-//! * `build`: setup + release build of `flowlens`.
+//! * `build`: nightly + bpf-linker, then the release build of `flowlens`.
 //! * `test`: setup + every test, kernel tests included (needs root), then the kernel suites again
 //!   in QEMU guests of Debian 12's 6.1 and 6.12 kernels (`qemu.rs`).
 //! * `qemu`: run a command, or the guest suites, in such a guest.
 //! * `bench`: setup + the benchmarks (docs/BENCHMARKS.md).
-//! * `demo`: setup + build, then two hosts in network namespaces, real traffic, the top flows.
+//! * `demo`: only what the demo needs (nightly + bpf-linker, iproute2; no test peers), a build in
+//!   the `demo` profile, then two hosts in network namespaces, real traffic both ways, the top
+//!   flows, an exact check, and the HTML capacity report.
 
 mod demo;
 mod qemu;
 mod setup;
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -27,7 +30,7 @@ fn main() {
 }
 
 const HELP: &str =
-    "usage: cargo xtask <setup|build|test|bench|demo|help> [-- extra cargo test args]
+    "usage: cargo xtask <setup|build|test|bench|demo|qemu|help> [-- extra cargo test args]
   setup   install the pinned eBPF nightly, bpf-linker, apt and pip test packages and tansu if missing
   build   install the pinned eBPF nightly and bpf-linker if missing (no test peers), then
           build flowlens (release): target/release/flowlens
@@ -35,7 +38,10 @@ const HELP: &str =
           QEMU guests of Debian's 6.1 and 6.12 kernels
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
           (`cargo xtask bench report`: only the flowlens report benchmark)
-  demo    setup, build, run flowlens between two network namespaces and show the top flows
+  demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
+          (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
+          traffic both ways, show the top flows, check them against what was sent, and write
+          the HTML capacity report (flows/report.html)
   qemu    --kernel 6.1|6.12 -- CMD: run CMD in a QEMU guest of Debian's kernel (`qemu --help`)";
 
 fn real_main() -> Result<()> {
@@ -70,9 +76,13 @@ fn real_main() -> Result<()> {
         }
         "qemu" => qemu::cli(&setup::toolchain()?, &rest),
         "demo" => {
-            let env = setup::setup()?;
-            build_release(&env)?;
-            demo::demo()
+            let t0 = Instant::now();
+            let env = setup::for_demo()?;
+            eprintln!("xtask: demo set-up done in {:.0?}", t0.elapsed());
+            let t1 = Instant::now();
+            let flowlens = build_demo(&env)?;
+            eprintln!("xtask: demo build done in {:.0?}", t1.elapsed());
+            demo::demo(&flowlens)
         }
         "help" | "-h" | "--help" => {
             println!("{HELP}");
@@ -99,6 +109,16 @@ fn cargo(env: &setup::Env) -> Command {
 
 fn build_release(env: &setup::Env) -> Result<()> {
     run(cargo(env).args(["build", "--release", "-p", "flowlens"]))
+}
+
+/// Builds `flowlens` in the `demo` profile (Cargo.toml: the release profile without what a
+/// first run does not need) and returns the binary.
+fn build_demo(env: &setup::Env) -> Result<PathBuf> {
+    run(cargo(env).args(["build", "--profile", "demo", "-p", "flowlens"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| setup::workspace_root().join("target"));
+    Ok(target.join("demo/flowlens"))
 }
 
 fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
