@@ -88,6 +88,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn cargo(env: &setup::Env) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.env("PATH", &env.path);
+    // The real probe or a build error, never collector/build.rs's stub.
+    c.env("FLOWLENS_BUILD_EBPF", "1");
     c
 }
 
@@ -95,13 +97,17 @@ fn build_release(env: &setup::Env) -> Result<()> {
     run(cargo(env).args(["build", "--release", "-p", "flowlens"]))
 }
 
+/// The test tiers `cargo test` leaves out (root, the real probe, peers installed by setup).
+const KERNEL_AND_PEER_TESTS: &str = "flowlens/kernel-tests,flowlens/peer-tests,\
+    flowlens-sinks/kernel-tests,flowlens-sinks/peer-tests,flowlens-testkit/kernel-tests";
+
 fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the kernel tests load eBPF programs and create network namespaces: run as root");
     }
     let mut c = cargo(env);
-    c.args(["test", "--workspace", "--no-fail-fast"]);
+    c.args(["test", "--workspace", "--no-fail-fast", "--features", KERNEL_AND_PEER_TESTS]);
     c.args(extra);
     run(&mut c)
 }
