@@ -33,6 +33,8 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-changed=../abi/src");
     println!("cargo::rerun-if-changed=../abi/Cargo.toml");
     println!("cargo::rerun-if-env-changed={SWITCH}");
+    // Where bpf-linker and rustup are found: a PATH with or without them switches the stub.
+    println!("cargo::rerun-if-env-changed=PATH");
 
     let kernel_tests = env::var_os("CARGO_FEATURE_KERNEL_TESTS").is_some();
     let switch = env::var(SWITCH).ok();
