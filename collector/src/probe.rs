@@ -365,7 +365,10 @@ mod tests {
             Ok(obj) => assert!(obj.starts_with(b"\x7fELF")),
             Err(_) => {
                 let e = format!("{:#}", Probe::load(16).err().expect("a stub cannot load"));
-                assert!(e.starts_with("this flowlens binary was built without"), "{e}");
+                assert!(
+                    e.starts_with("this flowlens binary was built without"),
+                    "{e}"
+                );
             }
         }
     }

@@ -107,7 +107,8 @@ fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
         bail!("the kernel tests load eBPF programs and create network namespaces: run as root");
     }
     let mut c = cargo(env);
-    c.args(["test", "--workspace", "--no-fail-fast", "--features", KERNEL_AND_PEER_TESTS]);
+    c.args(["test", "--workspace", "--no-fail-fast"]);
+    c.args(["--features", KERNEL_AND_PEER_TESTS]);
     c.args(extra);
     run(&mut c)
 }
