@@ -15,9 +15,30 @@ use crate::{
     netfilter::{Family, Hook, NetfilterLink, NetfilterProgram},
 };
 
-/// The probe object built by `build.rs` from `probe-ebpf/`.
+/// The probe object built by `build.rs` from `probe-ebpf/`, or the stub `build.rs` embeds where
+/// the eBPF toolchain is missing (use [`probe_object`], which refuses the stub).
 pub static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens-probe"));
+
+/// The embedded probe object, or a one-line error when this binary was built with the stub.
+pub fn probe_object() -> Result<&'static [u8]> {
+    check_object(PROBE_OBJECT)
+}
+
+fn check_object(object: &[u8]) -> Result<&[u8]> {
+    if object.starts_with(b"\x7fELF") {
+        return Ok(object);
+    }
+    let text = String::from_utf8_lossy(object);
+    let why = text
+        .trim()
+        .strip_prefix("flowlens-probe stub:")
+        .map_or("not an ELF object", str::trim);
+    Err(anyhow!(
+        "this flowlens binary was built without its eBPF probe ({why}): rebuild it with \
+         `cargo xtask build` (or FLOWLENS_BUILD_EBPF=1 cargo build --release -p flowlens)"
+    ))
+}
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
@@ -218,6 +239,7 @@ impl Probe {
         precise_timestamps: bool,
         variant: ProbeVariant,
     ) -> Result<Probe> {
+        let object = probe_object()?;
         if max_flows == 0 {
             return Err(anyhow!("max-flows must be at least 1"));
         }
@@ -234,7 +256,7 @@ impl Probe {
             offsets = o;
             loader.override_global(NF_OFFSETS_GLOBAL, &offsets, true);
         }
-        let ebpf = loader.load(PROBE_OBJECT).context(
+        let ebpf = loader.load(object).context(
             "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
         )?;
         Ok(Probe {
@@ -267,7 +289,7 @@ impl Probe {
                     ));
                 }
                 let maps = self.ebpf.maps().map(|(n, m)| (n, map_fd(m)));
-                let prog = NetfilterProgram::load(PROBE_OBJECT, name, maps)?;
+                let prog = NetfilterProgram::load(probe_object()?, name, maps)?;
                 self.nf_programs.push(prog);
                 self.nf_programs.len() - 1
             }
@@ -405,5 +427,46 @@ impl Probe {
     pub fn take_per_key_drainer(&mut self) -> Result<(PerKeyDrainer, KernelStats)> {
         let map = self.take_flow_map(FLOW_MAPS[0])?;
         Ok((PerKeyDrainer::new(map), self.take_stats()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary built with `build.rs`'s stub refuses to load it, with one line that says why
+    /// and how to get the real probe.
+    #[test]
+    fn stub_object_is_refused_with_one_line() {
+        let stub = b"flowlens-probe stub: bpf-linker not found on PATH\n";
+        let e = format!("{:#}", check_object(stub).unwrap_err());
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with(
+                "this flowlens binary was built without its eBPF probe (bpf-linker not found on PATH)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("cargo xtask build"), "{e}");
+        let e = format!("{:#}", check_object(b"").unwrap_err());
+        assert!(e.contains("(not an ELF object)"), "{e}");
+        // An ELF object is passed through untouched (aya then parses it).
+        let elf = b"\x7fELF\x02\x01\x01";
+        assert_eq!(check_object(elf).unwrap(), elf);
+    }
+
+    /// Loading a stub-built binary's probe fails before any bpf(2) call (no root needed).
+    #[test]
+    fn load_fails_cleanly_or_uses_an_elf_object() {
+        match probe_object() {
+            Ok(obj) => assert!(obj.starts_with(b"\x7fELF")),
+            Err(_) => {
+                let e = format!("{:#}", Probe::load(16).err().expect("a stub cannot load"));
+                assert!(
+                    e.starts_with("this flowlens binary was built without"),
+                    "{e}"
+                );
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! flowlens kernel probes.
 //!
 //! `flowlens_xdp` parses every ingress frame once with the shared parser
-//! ([`flowlens_schema::parse`]) and adds it to its flow in the active flow map. It always
+//! ([`flowlens_abi::parse`]) and adds it to its flow in the active flow map. It always
 //! returns `XDP_PASS`: the probe observes, it never changes traffic. `flowlens_nf` does the same
 //! at netfilter hooks (BPF_PROG_TYPE_NETFILTER, loaded by the collector's own loader), starting
 //! the same parser at L3, and always returns `NF_ACCEPT`.
@@ -37,7 +37,7 @@ mod probe {
         programs::XdpContext,
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
-    use flowlens_schema::{
+    use flowlens_abi::{
         FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
         OBS_XDP, VLAN_NONE,
         parse::{Packet, Parsed, parse_ethernet, parse_ipv4, parse_ipv6},
@@ -55,7 +55,7 @@ mod probe {
     static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
     /// Per-CPU counters, one entry per (buffer, observation point) ([`stats::index`]), each
-    /// holding every slot of [`flowlens_schema::stats`]: one array lookup per packet.
+    /// holding every slot of [`flowlens_abi::stats`]: one array lookup per packet.
     #[map]
     static STATS: PerCpuArray<[u64; stats::COUNT as usize]> =
         PerCpuArray::with_max_entries(stats::ENTRIES, 0);

@@ -104,6 +104,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn cargo(env: &setup::Env) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.env("PATH", &env.path);
+    // The real probe or a build error, never collector/build.rs's stub.
+    c.env("FLOWLENS_BUILD_EBPF", "1");
     c
 }
 
@@ -121,6 +123,10 @@ fn build_demo(env: &setup::Env) -> Result<PathBuf> {
     Ok(target.join("demo/flowlens"))
 }
 
+/// The test tiers `cargo test` leaves out (root, the real probe, peers installed by setup).
+pub const KERNEL_AND_PEER_TESTS: &str = "flowlens/kernel-tests,flowlens/peer-tests,\
+    flowlens-sinks/kernel-tests,flowlens-sinks/peer-tests,flowlens-testkit/kernel-tests";
+
 fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -128,6 +134,7 @@ fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     }
     let mut c = cargo(env);
     c.args(["test", "--workspace", "--no-fail-fast"]);
+    c.args(["--features", KERNEL_AND_PEER_TESTS]);
     c.args(extra);
     let host = run(&mut c);
     // The kernel test suites again, on Debian 12's 6.1 and 6.12 under QEMU.

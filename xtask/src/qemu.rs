@@ -707,8 +707,10 @@ fn test_binaries(env: &Env, targets: &[&str]) -> Result<Vec<(String, PathBuf)>> 
         "test",
         "--no-run",
         "--message-format=json",
-        "-p",
-        "flowlens",
+        "--workspace",
+        // The same features as the host run of `cargo xtask test`, so its binaries are reused.
+        "--features",
+        crate::KERNEL_AND_PEER_TESTS,
     ]);
     for t in targets {
         c.args(["--test", t]);
