@@ -6,6 +6,8 @@
 //!   user space (its "twin"), so the kernel's decisions can be unit-tested on the host.
 //! * [`record`] (feature `record`): the exported flow record and its Arrow schema, which every
 //!   sink derives its columns from, and [`community_id`].
+//! * [`layout`] (feature `record`): the Hive layout of Parquet output (`date=…/hour=…/` and
+//!   file names), written by the sinks and parsed by the report.
 #![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod flow;
@@ -15,6 +17,8 @@ mod parse_tests;
 
 #[cfg(feature = "record")]
 pub mod community_id;
+#[cfg(feature = "record")]
+pub mod layout;
 #[cfg(feature = "record")]
 pub mod record;
 

@@ -5,6 +5,7 @@
 //! A sink that fails returns an error; the collector counts and logs it (the records of that
 //! batch are reported as lost, never silently).
 
+pub mod build;
 pub mod kafka;
 pub mod log_limit;
 pub mod otlp;
@@ -48,6 +49,14 @@ pub enum SinkError {
     ObjectStore(#[from] object_store::Error),
     #[error("invalid sink {spec:?}: {reason}")]
     Spec { spec: String, reason: String },
+    /// Building a sink failed ([`build::build`]): `sink parquet:/x: spool: …`, one line.
+    #[error("sink {sink}: {stage}{error}")]
+    Build {
+        sink: String,
+        /// What failed beyond the sink itself (`"spool: "`), or empty.
+        stage: &'static str,
+        error: Box<SinkError>,
+    },
 }
 
 impl SinkError {
@@ -92,6 +101,12 @@ pub trait Sink: Send {
     fn settled(&self) -> Option<u64> {
         None
     }
+    /// How long after `write` this sink may take, in normal operation, to acknowledge records
+    /// (Parquet: when the file completes, up to its rotate interval). Health checks add it to
+    /// their stall window. The default: no delay of its own.
+    fn ack_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Delivery counters of this sink (see [`SinkMetrics`]). The default knows only losses.
     fn metrics(&self) -> SinkMetrics {
         SinkMetrics {
@@ -123,6 +138,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn settled(&self) -> Option<u64> {
         (**self).settled()
+    }
+    fn ack_latency(&self) -> std::time::Duration {
+        (**self).ack_latency()
     }
     fn metrics(&self) -> SinkMetrics {
         (**self).metrics()
