@@ -331,7 +331,7 @@ mod tests {
         let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let p = Pipeline::new(
             FlowTable::new(Duration::from_secs(60), Duration::from_secs(60)),
-            Exporter::new("h".into()),
+            Exporter::new("h"),
             vec![Box::new(Count(n.clone()))],
         );
         (p, n)

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     config::RunConfig,
     conservation,
+    drain::Drainer,
     export::Exporter,
     flow_table::FlowTable,
     ifaces, metrics, netfilter,
