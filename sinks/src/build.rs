@@ -304,6 +304,15 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'), "{e}");
+        // The cause of a client error is part of the line.
+        let mut bad = opts(false);
+        bad.kafka_options = vec![("no.such.setting".into(), "1".into())];
+        let e = build(&["kafka:127.0.0.1:9/t".parse().unwrap()], &bad)
+            .err()
+            .expect("an unknown librdkafka setting fails")
+            .to_string();
+        assert!(e.starts_with("sink kafka:127.0.0.1:9/t: "), "{e}");
+        assert!(e.contains("no.such.setting"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

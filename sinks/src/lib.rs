@@ -49,8 +49,9 @@ pub enum SinkError {
     ObjectStore(#[from] object_store::Error),
     #[error("invalid sink {spec:?}: {reason}")]
     Spec { spec: String, reason: String },
-    /// Building a sink failed ([`build::build`]): `sink parquet:/x: spool: …`, one line.
-    #[error("sink {sink}: {stage}{error}")]
+    /// Building a sink failed ([`build::build`]): `sink parquet:/x: spool: …`, one line with
+    /// every cause (a Kafka client error included).
+    #[error("sink {sink}: {stage}{}", with_causes(error))]
     Build {
         sink: String,
         /// What failed beyond the sink itself (`"spool: "`), or empty.
@@ -69,6 +70,18 @@ impl SinkError {
 }
 
 pub type Result<T, E = SinkError> = std::result::Result<T, E>;
+
+/// `error: cause: cause…` in one line.
+fn with_causes(e: &SinkError) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
 
 /// A destination for flow records.
 pub trait Sink: Send {
