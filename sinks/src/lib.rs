@@ -4,6 +4,20 @@
 //! Sinks are called from the collector's export step with each batch of ended flows, in order.
 //! A sink that fails returns an error; the collector counts and logs it (the records of that
 //! batch are reported as lost, never silently).
+//!
+//! Modules:
+//! * [`build`]: specs + [`build::BuildOptions`] → `Vec<Box<dyn Sink>>`, with each sink's
+//!   delivery policy (which sinks get a spool or a journal, retry and close timeouts under a
+//!   spool, Kafka's `message.timeout.ms`, acknowledgement latency). The collector calls only
+//!   this.
+//! * One module per destination: [`parquet`] (local files: `parquet::writer` for one file,
+//!   `parquet::journal` for its write-ahead journal), [`s3`] (Parquet files uploaded to
+//!   object storage), [`kafka`], [`otlp`], [`stdout`].
+//! * [`spool`]: the on-disk spool ([`spool::SpooledSink`] wraps a network sink; its store is
+//!   also the Parquet journal's format). [`log_limit`]: rate-limited log lines.
+//!
+//! The directory and file-name layout of Parquet output is `flowlens_schema::layout`, shared
+//! with the report.
 
 pub mod build;
 pub mod kafka;
