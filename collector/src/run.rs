@@ -185,6 +185,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         sink_errors = t.sink_errors,
         records_lost_in_sinks = t.records_lost_in_sinks,
         records_spooled = t.records_spooled,
+        drain_failures = t.drain_failures,
         "flowlens stopped"
     );
     Ok(t)
