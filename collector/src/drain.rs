@@ -269,8 +269,8 @@ fn per_key_drain(
 
 impl Drainer for SwapDrainer {
     /// On error, the entries already moved are in `out` (and counted for the buffer's next
-    /// drain); the rest stay in the kernel map: the failed buffer is the one the probe writes
-    /// next, and the drain after next empties it.
+    /// drain); the rest stay in the kernel map: the next drain hands the failed buffer back to
+    /// the probe (which adds to those entries), and the drain after it empties it.
     fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainReport, DrainError> {
         let old = self.active;
         let new = old ^ 1;

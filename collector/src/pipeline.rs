@@ -5,8 +5,8 @@
 //! **A failed drain** (a `bpf()` call on the flow map or its counters returns an error) does not
 //! stop flowlens: it is counted (`Totals::drain_failures`, `flowlens_drain_failures_total`),
 //! logged (rate-limited), and the cycle goes on with whatever the drain had already moved out.
-//! What it had not moved stays in the kernel map and is drained by a later cycle (the buffer
-//! that failed becomes the one the probe writes, and the next drain but one empties it). Only
+//! What it had not moved stays in the kernel map and is drained by a later cycle (the next
+//! drain hands the failed buffer back to the probe, the one after it empties it). Only
 //! after [`MAX_CONSECUTIVE_DRAIN_FAILURES`] failed drains in a row does [`Pipeline::cycle`]
 //! return an error (and `flowlens run` exit with it): the kernel map then fills up and
 //! evicts, so carrying on would lose packets silently. A failed final drain (at shutdown,
