@@ -427,7 +427,7 @@ fn rss_child() -> Result<()> {
         host: "bench-host".into(),
         journal: None,
     })?;
-    let mut pipe = flowlens::run::Pipeline::new(
+    let mut pipe = flowlens::pipeline::Pipeline::new(
         FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)),
         Exporter::new("bench-host"),
         vec![Box::new(sink)],

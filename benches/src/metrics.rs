@@ -15,7 +15,7 @@ use flowlens::{
     export::Exporter,
     flow_table::FlowTable,
     metrics::{self, Observer, SinkInfo},
-    run::Pipeline,
+    pipeline::Pipeline,
 };
 use flowlens_schema::{FlowKey, FlowValue, OBS_XDP, record::FlowRecord};
 use flowlens_sinks::{Sink, SinkMetrics};

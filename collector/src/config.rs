@@ -310,6 +310,30 @@ pub struct RunConfig {
     pub shutdown_grace: Duration,
 }
 
+impl RunConfig {
+    /// What the sinks crate needs to build the sinks (`flowlens_sinks::build`).
+    pub fn sink_options(&self, host: std::sync::Arc<str>) -> flowlens_sinks::build::BuildOptions {
+        flowlens_sinks::build::BuildOptions {
+            host,
+            spool_dir: self.spool_dir.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            shutdown_grace: self.shutdown_grace,
+            parquet_rotate_bytes: self.parquet_rotate_bytes,
+            parquet_rotate_interval: self.parquet_rotate_interval,
+            s3_staging_dir: self.parquet_spool_dir.clone(),
+            s3_options: self.s3_options.clone(),
+            otlp_batch_records: self.otlp_batch_records,
+            otlp_queue_records: self.otlp_queue_records,
+            otlp_timeout: self.otlp_timeout,
+            otlp_metrics: self.otlp_metrics,
+            kafka_format: self.kafka_format,
+            kafka_options: self.kafka_options.clone(),
+            kafka_queue_max_records: self.kafka_queue_max_records,
+            kafka_close_timeout: self.kafka_close_timeout,
+        }
+    }
+}
+
 /// A TOML error as one line: `config file PATH line L column C: MESSAGE`.
 fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");

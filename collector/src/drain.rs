@@ -24,6 +24,7 @@ use std::os::fd::AsFd;
 use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray};
 use flowlens_schema::{FlowKey, FlowValue, stats};
 
+pub use crate::stats::Accounting;
 use crate::sys::{BatchError, RcuBarrier, lookup_and_delete_batch};
 
 pub type Counters = [u64; stats::COUNT as usize];
@@ -50,79 +51,6 @@ pub enum DrainMethod {
 /// Entries per batch syscall: large enough that the syscall cost vanishes, small enough that
 /// the scratch buffers stay at a few hundred KiB.
 pub const BATCH_CHUNK: usize = 4096;
-
-/// Conservation of one drained buffer (or a sum of them), in packets and IP-layer bytes.
-///
-/// `seen = non_ip + unparsed + map_errors + keyed`, `keyed = drained + evicted`; `excess` is
-/// what was drained beyond what was keyed (double counting: must stay 0).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Accounting {
-    pub seen_packets: u64,
-    pub non_ip_packets: u64,
-    pub unparsed_packets: u64,
-    /// Packets whose flow could not be inserted (map refused): counted, not keyed.
-    pub map_error_packets: u64,
-    pub keyed_packets: u64,
-    pub keyed_bytes: u64,
-    pub drained_packets: u64,
-    pub drained_bytes: u64,
-    /// Keyed but not drained: the LRU evicted their flow before the drain.
-    pub evicted_packets: u64,
-    pub evicted_bytes: u64,
-    pub excess_packets: u64,
-    pub excess_bytes: u64,
-    pub new_flows: u64,
-}
-
-impl Accounting {
-    fn from_counters(c: &Counters, drained_packets: u64, drained_bytes: u64) -> Accounting {
-        let seen = c[stats::PACKETS_SEEN as usize];
-        let non_ip = c[stats::NON_IP as usize];
-        let unparsed = c[stats::UNPARSED as usize];
-        let map_errors = c[stats::MAP_ERRORS as usize];
-        let keyed_packets = seen
-            .saturating_sub(non_ip)
-            .saturating_sub(unparsed)
-            .saturating_sub(map_errors);
-        let keyed_bytes = c[stats::BYTES_KEYED as usize];
-        Accounting {
-            seen_packets: seen,
-            non_ip_packets: non_ip,
-            unparsed_packets: unparsed,
-            map_error_packets: map_errors,
-            keyed_packets,
-            keyed_bytes,
-            drained_packets,
-            drained_bytes,
-            evicted_packets: keyed_packets.saturating_sub(drained_packets),
-            evicted_bytes: keyed_bytes.saturating_sub(drained_bytes),
-            excess_packets: drained_packets.saturating_sub(keyed_packets),
-            excess_bytes: drained_bytes.saturating_sub(keyed_bytes),
-            new_flows: c[stats::NEW_FLOWS as usize],
-        }
-    }
-
-    pub fn add(&mut self, o: &Accounting) {
-        self.seen_packets += o.seen_packets;
-        self.non_ip_packets += o.non_ip_packets;
-        self.unparsed_packets += o.unparsed_packets;
-        self.map_error_packets += o.map_error_packets;
-        self.keyed_packets += o.keyed_packets;
-        self.keyed_bytes += o.keyed_bytes;
-        self.drained_packets += o.drained_packets;
-        self.drained_bytes += o.drained_bytes;
-        self.evicted_packets += o.evicted_packets;
-        self.evicted_bytes += o.evicted_bytes;
-        self.excess_packets += o.excess_packets;
-        self.excess_bytes += o.excess_bytes;
-        self.new_flows += o.new_flows;
-    }
-
-    /// Packets the probe saw as IP but that will never be exported.
-    pub fn lost_packets(&self) -> u64 {
-        self.evicted_packets + self.map_error_packets
-    }
-}
 
 /// Result of one drain.
 #[derive(Clone, Debug, Default)]
@@ -219,6 +147,10 @@ pub struct SwapDrainer {
     capacity: u64,
     /// Counters of each (buffer, observation point) at that buffer's previous drain.
     baseline: [[Counters; stats::OBS_SLOTS as usize]; 2],
+    /// Packets and bytes per (buffer, observation point) that failed drains moved out of that
+    /// buffer: the buffer's next successful drain counts them as drained, so its accounting
+    /// stays exact across a failure.
+    moved: [[(u64, u64); stats::OBS_SLOTS as usize]; 2],
     keys: Vec<FlowKey>,
     values: Vec<FlowValue>,
     listed: Vec<FlowKey>,
@@ -245,6 +177,7 @@ impl SwapDrainer {
             method: DrainMethod::Batch,
             capacity,
             baseline,
+            moved: [[(0, 0); stats::OBS_SLOTS as usize]; 2],
             keys: Vec::new(),
             values: Vec::new(),
             listed: Vec::new(),
@@ -335,6 +268,9 @@ fn per_key_drain(
 }
 
 impl Drainer for SwapDrainer {
+    /// On error, the entries already moved are in `out` (and counted for the buffer's next
+    /// drain); the rest stay in the kernel map: the next drain hands the failed buffer back to
+    /// the probe (which adds to those entries), and the drain after it empties it.
     fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainReport, DrainError> {
         let old = self.active;
         let new = old ^ 1;
@@ -343,23 +279,29 @@ impl Drainer for SwapDrainer {
         // After this, no program run writes `old` (or its counters) any more.
         self.barrier.wait().map_err(DrainError::Barrier)?;
         let start = out.len();
-        let entries = self.empty_buffer(old as usize, out)?;
-        let mut drained = [(0u64, 0u64); stats::OBS_SLOTS as usize];
+        let emptied = self.empty_buffer(old as usize, out);
+        let moved = &mut self.moved[old as usize];
         for (k, v) in &out[start..] {
-            let d = &mut drained[(k.observation_point as u32 & (stats::OBS_SLOTS - 1)) as usize];
+            let d = &mut moved[(k.observation_point as u32 & (stats::OBS_SLOTS - 1)) as usize];
             d.0 += v.packets;
             d.1 += v.bytes;
         }
+        let entries = emptied?;
+        // Every read first: a failed one leaves the baselines (and `moved`) as they were.
+        let mut now = [[0u64; stats::COUNT as usize]; stats::OBS_SLOTS as usize];
+        for (p, n) in now.iter_mut().enumerate() {
+            *n = self.stats.read_entry(old, p as u8)?;
+        }
         let mut acc = [Accounting::default(); stats::OBS_SLOTS as usize];
         for (p, a) in acc.iter_mut().enumerate() {
-            let now = self.stats.read_entry(old, p as u8)?;
             let base = &mut self.baseline[old as usize][p];
             let mut delta = [0u64; stats::COUNT as usize];
             for i in 0..delta.len() {
-                delta[i] = now[i].wrapping_sub(base[i]);
+                delta[i] = now[p][i].wrapping_sub(base[i]);
             }
-            *base = now;
-            *a = Accounting::from_counters(&delta, drained[p].0, drained[p].1);
+            *base = now[p];
+            let (packets, bytes) = std::mem::take(&mut self.moved[old as usize][p]);
+            *a = Accounting::from_counters(&delta, packets, bytes);
         }
         Ok(DrainReport {
             entries,
@@ -372,8 +314,10 @@ impl Drainer for SwapDrainer {
         &mut self,
         out: &mut Vec<(FlowKey, FlowValue)>,
     ) -> Result<DrainReport, DrainError> {
-        let a = self.drain(out)?;
-        let b = self.drain(out)?;
+        // Both, even if the first fails: nothing drains these maps afterwards.
+        let a = self.drain(out);
+        let b = self.drain(out);
+        let (a, b) = (a?, b?);
         let mut acc = a.accounting.unwrap_or_default();
         if let Some(bb) = b.accounting {
             for (x, y) in acc.iter_mut().zip(bb.iter()) {

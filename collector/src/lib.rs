@@ -1,18 +1,31 @@
 //! flowlens collector.
 //!
 //! Data flows one way: [`probe`] (kernel maps) → [`drain`] → [`flow_table`] (merging, timeouts)
-//! → [`export`] (records) → sinks. [`run`] wires the stages together on a timer.
+//! → [`export`] (records) → sinks (built by `flowlens_sinks::build`). [`pipeline`] runs those
+//! stages once per cycle and accumulates the [`stats`]; [`run`] starts and stops everything
+//! (validation, [`netfilter::detect`], attaching, the timer loop, shutdown).
+//!
+//! Around the pipeline, each reading it and never the other way round:
+//! * [`stats`]: the run's counters (a leaf: imports no other collector module);
+//! * [`conservation`]: per-drain and shutdown accounting logs;
+//! * [`metrics`]: the HTTP endpoint, fed a copy of [`stats`] each cycle by [`observe`].
+//!
+//! `tests/module_graph.rs` fails if a `use crate::…` cycle between these modules reappears.
 
 pub mod config;
+pub mod conservation;
 pub mod drain;
 pub mod export;
 pub mod flow_table;
 pub mod ifaces;
 pub mod metrics;
 pub mod netfilter;
+pub mod observe;
+pub mod pipeline;
 pub mod privileges;
 pub mod probe;
 pub mod run;
+pub mod stats;
 pub mod sys;
 pub mod timebase;
 

@@ -2,7 +2,7 @@
 //! `GET /metrics`, liveness on `GET /healthz`, readiness on `GET /readyz`.
 //!
 //! Data flows one way. The run loop owns the pipeline; once per drain cycle it copies the
-//! pipeline's counters ([`crate::run::Totals`], each sink's [`SinkMetrics`]) into a shared
+//! pipeline's counters ([`RunStats`]: the [`Totals`], each sink's [`SinkMetrics`]) into a shared
 //! [`Snapshot`] ([`Observer::cycle_end`]): one mutex lock and a few loads per cycle, nothing per
 //! packet or per record. The HTTP server runs on its own thread and renders that snapshot on
 //! each request, so a long drain never delays a scrape, and a scrape never delays a drain.
@@ -34,7 +34,7 @@ use std::{
 use flowlens_schema::{record::observation_point_name, stats};
 use flowlens_sinks::SinkMetrics;
 
-use crate::{drain::Accounting, run::Pipeline, run::Totals};
+use crate::stats::{Accounting, RunStats, Totals};
 
 /// The port a bare `--metrics-listen` address without one would use (OpenTelemetry's
 /// Prometheus exporter default; documented, never bound unless asked).
@@ -310,17 +310,16 @@ impl Observer {
     }
 
     /// A drain cycle ended after `took`: copies the pipeline's counters.
-    pub fn cycle_end(&self, pipe: &Pipeline, took: Duration) {
+    pub fn cycle_end(&self, run: &dyn RunStats, took: Duration) {
         let now = Instant::now();
-        let metrics: Vec<SinkMetrics> = pipe.sinks.iter().map(|s| s.metrics()).collect();
+        let sinks = run.sink_stats();
         {
             let mut s = self.state.lock();
-            s.totals = pipe.totals;
-            s.flows_in_table = pipe.table.len() as u64;
+            s.totals = *run.totals();
+            s.flows_in_table = run.flows_in_table();
             s.drain_seconds.observe(took.as_secs_f64());
             s.last_cycle_unix = Some(unix_now());
-            for (i, (st, m)) in s.sinks.iter_mut().zip(metrics).enumerate() {
-                let f = pipe.sink_failures.get(i).copied().unwrap_or_default();
+            for (st, (m, f)) in s.sinks.iter_mut().zip(sinks) {
                 st.update(m, f.errors, f.records_lost, now);
             }
         }
@@ -772,6 +771,12 @@ fn render(state: &State, now: Instant) -> String {
         "counter",
         "Drains started before the interval because the kernel buffer was filling up.",
         t.early_drains,
+    );
+    o.single(
+        "flowlens_drain_failures_total",
+        "counter",
+        "Drains of the kernel flow buffer that failed (a bpf() call returned an error); what they did not move stays in the kernel map for a later drain.",
+        t.drain_failures,
     );
     o.family(
         "flowlens_drain_duration_seconds",

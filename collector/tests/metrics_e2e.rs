@@ -646,6 +646,7 @@ fn metrics_match_traffic_and_sinks() {
     assert_eq!(m.val("flowlens_drain_duration_seconds_count", &[]), drains);
     assert!(m.val("flowlens_drain_duration_seconds_sum", &[]) > 0.0);
     assert_eq!(m.val("flowlens_early_drains_total", &[]), 0.0);
+    assert_eq!(m.val("flowlens_drain_failures_total", &[]), 0.0);
     assert_eq!(m.val("flowlens_flow_map_max_flows", &[]), 131_072.0);
     let fill = m.val("flowlens_flow_map_fill_ratio", &[]);
     assert!((0.0..=1.0).contains(&fill), "{fill}");

@@ -27,43 +27,10 @@ use super::{
     compute::{Agg, COLUMNS, Selection},
 };
 
-/// `[start, end)` in µs of a `date=YYYY-MM-DD[/hour=HH]` path, if the path has such components.
+/// `[start, end)` in µs of a `date=YYYY-MM-DD[/hour=HH]` path, if the path has such components
+/// (the layout the sinks write: [`flowlens_schema::layout`]).
 pub fn partition_interval(path: &Path) -> Option<(i64, i64)> {
-    let mut day: Option<i64> = None;
-    let mut hour: Option<i64> = None;
-    for c in path.components() {
-        let c = c.as_os_str().to_string_lossy();
-        if let Some(d) = c.strip_prefix("date=") {
-            day = parse_date(d);
-            hour = None;
-        } else if let Some(h) = c.strip_prefix("hour=") {
-            hour = h.parse::<i64>().ok().filter(|h| (0..24).contains(h));
-        }
-    }
-    let day_us = day? * 86_400_000_000;
-    Some(match hour {
-        Some(h) => (day_us + h * 3_600_000_000, day_us + (h + 1) * 3_600_000_000),
-        None => (day_us, day_us + 86_400_000_000),
-    })
-}
-
-/// Days since the epoch of `YYYY-MM-DD`.
-fn parse_date(s: &str) -> Option<i64> {
-    let mut it = s.splitn(3, '-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Inverse of civil_from_days (Howard Hinnant's days_from_civil).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    flowlens_schema::layout::interval_of_path(path)
 }
 
 /// The file's Arrow schema with `source_address`/`destination_address` as
@@ -415,5 +382,12 @@ mod tests {
             assert_eq!(parse_date(&date[..10]), Some(d as i64), "{date}");
         }
         assert_eq!(parse_date("1969-12-31"), Some(-1));
+        // The directory the sinks write for a timestamp is that timestamp's hour.
+        let us = day + 7 * 3_600_000_000 + 1;
+        let written = format!("/x/{}", flowlens_schema::layout::partition_path(us));
+        assert_eq!(
+            partition_interval(Path::new(&written)),
+            Some((day + 7 * 3_600_000_000, day + 8 * 3_600_000_000))
+        );
     }
 }

@@ -58,7 +58,7 @@ pub fn parquet_files_where(
                 if keep_dir(&p) {
                     stack.push(p);
                 }
-            } else if name.ends_with(".parquet") {
+            } else if flowlens_schema::layout::is_data_file(&name) {
                 out.push(p);
             }
         }

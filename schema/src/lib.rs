@@ -2,6 +2,8 @@
 //!
 //! * [`record`] (feature `record`): the exported flow record and its Arrow schema, which every
 //!   sink derives its columns from, and [`community_id`].
+//! * [`layout`] (feature `record`): the Hive layout of Parquet output (`date=…/hour=…/` and
+//!   file names), written by the sinks and parsed by the report.
 //! * [`flow`] and [`parse`]: the kernel ABI and the packet parser, re-exported from the `no_std`
 //!   crate `flowlens-abi` (the only crate the eBPF probe is built from), so editing the record
 //!   never rebuilds the probe. Feature `aya` adds their `aya::Pod` impls.
@@ -11,6 +13,8 @@ pub use flowlens_abi::{flow, parse};
 
 #[cfg(feature = "record")]
 pub mod community_id;
+#[cfg(feature = "record")]
+pub mod layout;
 #[cfg(feature = "record")]
 pub mod record;
 

@@ -4,7 +4,22 @@
 //! Sinks are called from the collector's export step with each batch of ended flows, in order.
 //! A sink that fails returns an error; the collector counts and logs it (the records of that
 //! batch are reported as lost, never silently).
+//!
+//! Modules:
+//! * [`build`]: specs + [`build::BuildOptions`] → `Vec<Box<dyn Sink>>`, with each sink's
+//!   delivery policy (which sinks get a spool or a journal, retry and close timeouts under a
+//!   spool, Kafka's `message.timeout.ms`, acknowledgement latency). The collector calls only
+//!   this.
+//! * One module per destination: [`parquet`] (local files: `parquet::writer` for one file,
+//!   `parquet::journal` for its write-ahead journal), [`s3`] (Parquet files uploaded to
+//!   object storage), [`kafka`], [`otlp`], [`stdout`].
+//! * [`spool`]: the on-disk spool ([`spool::SpooledSink`] wraps a network sink; its store is
+//!   also the Parquet journal's format). [`log_limit`]: rate-limited log lines.
+//!
+//! The directory and file-name layout of Parquet output is `flowlens_schema::layout`, shared
+//! with the report.
 
+pub mod build;
 pub mod kafka;
 pub mod log_limit;
 pub mod otlp;
@@ -48,6 +63,15 @@ pub enum SinkError {
     ObjectStore(#[from] object_store::Error),
     #[error("invalid sink {spec:?}: {reason}")]
     Spec { spec: String, reason: String },
+    /// Building a sink failed ([`build::build`]): `sink parquet:/x: spool: …`, one line with
+    /// every cause (a Kafka client error included).
+    #[error("sink {sink}: {stage}{}", with_causes(error))]
+    Build {
+        sink: String,
+        /// What failed beyond the sink itself (`"spool: "`), or empty.
+        stage: &'static str,
+        error: Box<SinkError>,
+    },
 }
 
 impl SinkError {
@@ -60,6 +84,18 @@ impl SinkError {
 }
 
 pub type Result<T, E = SinkError> = std::result::Result<T, E>;
+
+/// `error: cause: cause…` in one line.
+fn with_causes(e: &SinkError) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
 
 /// A destination for flow records.
 pub trait Sink: Send {
@@ -92,6 +128,12 @@ pub trait Sink: Send {
     fn settled(&self) -> Option<u64> {
         None
     }
+    /// How long after `write` this sink may take, in normal operation, to acknowledge records
+    /// (Parquet: when the file completes, up to its rotate interval). Health checks add it to
+    /// their stall window. The default: no delay of its own.
+    fn ack_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Delivery counters of this sink (see [`SinkMetrics`]). The default knows only losses.
     fn metrics(&self) -> SinkMetrics {
         SinkMetrics {
@@ -123,6 +165,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn settled(&self) -> Option<u64> {
         (**self).settled()
+    }
+    fn ack_latency(&self) -> std::time::Duration {
+        (**self).ack_latency()
     }
     fn metrics(&self) -> SinkMetrics {
         (**self).metrics()

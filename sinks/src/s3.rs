@@ -266,10 +266,9 @@ fn leftover_files(dir: &FsPath) -> Vec<(PathBuf, u64)> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            } else if p
+                .file_name()
+                .is_some_and(|n| flowlens_schema::layout::is_data_file(&n.to_string_lossy()))
             {
                 let rows = std::fs::File::open(&p)
                     .ok()
@@ -292,6 +291,11 @@ fn leftover_files(dir: &FsPath) -> Vec<(PathBuf, u64)> {
 impl Sink for S3ParquetSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Rows are acknowledged when their file is complete and uploaded.
+    fn ack_latency(&self) -> Duration {
+        self.opts.rotate_interval
     }
 
     fn write(&mut self, records: &[FlowRecord]) -> Result<()> {

@@ -12,11 +12,11 @@ use std::{
 
 use flowlens_schema::{
     flow::{FlowKey, IPPROTO_UDP, OBS_XDP},
+    layout::partition_path,
     record::{EndReason, FlowRecord},
 };
 use flowlens_sinks::{
     Sink,
-    parquet::partition_path,
     s3::{S3Options, S3ParquetSink, S3Target},
 };
 

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use flowlens_schema::record::{FlowRecord, direction_name, observation_point_name, transport_name};
 use serde::Serialize;
 
-use crate::parquet::civil_from_days;
+use flowlens_schema::layout::civil_from_days;
 
 /// Message value format (`--kafka-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -301,6 +301,10 @@ impl<S: Sink> Sink for SpooledSink<S> {
         &self.name
     }
 
+    fn ack_latency(&self) -> std::time::Duration {
+        self.inner.ack_latency()
+    }
+
     fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
         if self.closed {
             return Err(SinkError::Spec {

@@ -1,10 +1,15 @@
 //! Parquet files in a local directory, Hive-style partitions.
 //!
-//! Layout: `DIR/date=YYYY-MM-DD/hour=HH/flows-<host>-<opened unix ms>-<pid>-<seq>.parquet`, partitioned
+//! Layout ([`flowlens_schema::layout`], shared with the report):
+//! `DIR/date=YYYY-MM-DD/hour=HH/flows-<host>-<opened unix ms>-<pid>-<seq>.parquet`, partitioned
 //! by each record's `flow_end` (UTC). A file is written as `.flows-….parquet.inprogress` (a hidden
 //! name that Spark, DuckDB and Hive-style readers skip) and renamed only after its footer is
 //! written and synced: a reader never sees a partial `.parquet` file, even if the process is
-//! killed mid-file.
+//! killed mid-file. Rows count as acknowledged only once the rename itself is synced (the
+//! directory fsync); if that fails, the file goes back to its hidden name and is not complete.
+//!
+//! Modules: [`writer`] (one file: create, append, complete), [`journal`] (the write-ahead
+//! journal and its recovery state); this module is the sink that drives both.
 //!
 //! Files rotate when they reach `rotate_bytes` or are `rotate_interval` old, and on close.
 //!
@@ -18,23 +23,29 @@
 //! is back to normal. A flowlens killed with files open replays their rows from the journal at
 //! the next start. Rows are lost only when the journal itself is full or failing.
 
+pub mod journal;
+pub mod writer;
+
 use std::{
     collections::BTreeMap,
-    fs::File,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use arrow_schema::SchemaRef;
-use flowlens_schema::record::{FlowRecord, arrow_schema, to_record_batch};
-use parquet::{
-    arrow::ArrowWriter,
-    basic::{Compression, ZstdLevel},
-    file::properties::WriterProperties,
+use flowlens_schema::{
+    layout::Partition,
+    record::{FlowRecord, arrow_schema, to_record_batch},
 };
+use parquet::file::properties::WriterProperties;
 
-use crate::{Result, Sink, SinkError, log_limit::RateLimited, spool::Store};
+pub use self::{journal::JournalOptions, writer::writer_properties};
+use self::{
+    journal::{Journal, RECOVER_CHUNK, RECOVER_PER_TICK},
+    writer::{OpenFile, SyncDir},
+};
+use crate::{Result, Sink, SinkError};
 
 /// Options of the Parquet sink.
 #[derive(Clone, Debug)]
@@ -51,54 +62,12 @@ pub struct ParquetOptions {
     pub journal: Option<JournalOptions>,
 }
 
-/// Where the Parquet sink keeps its write-ahead journal.
-#[derive(Clone, Debug)]
-pub struct JournalOptions {
-    pub dir: PathBuf,
-    /// Bound of the journal on disk; past it records are lost (counted) while writing Parquet
-    /// fails, or written unprotected otherwise.
-    pub max_bytes: u64,
-}
-
-/// Records replayed from the journal per chunk while recovering (each chunk's files are
-/// completed and the journal committed), and per tick.
-const RECOVER_CHUNK: usize = 65_536;
-const RECOVER_PER_TICK: usize = 8 * RECOVER_CHUNK;
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-struct Journal {
-    store: Store,
-    /// Writing Parquet failed: records go only to the journal until it is replayed.
-    degraded: bool,
-    retry_at: Instant,
-    backoff: Duration,
-    /// Failed retries while degraded, journal append failures, records lost or unprotected:
-    /// each logged once, then at most every 30 s with the number suppressed.
-    log_failed: RateLimited,
-    log_append: RateLimited,
-    log_lost: RateLimited,
-    log_unprotected: RateLimited,
-    /// Rows in open files that the journal could not take (full or failing): lost if their
-    /// file cannot be completed.
-    unjournaled: u64,
-}
-
-struct OpenFile {
-    writer: ArrowWriter<File>,
-    /// Rows accepted into this file so far.
-    rows: u64,
-    tmp: PathBuf,
-    fin: PathBuf,
-    opened: Instant,
-}
-
 pub struct ParquetSink {
     opts: ParquetOptions,
     name: String,
     schema: SchemaRef,
     props: WriterProperties,
-    open: BTreeMap<(i64, u32), OpenFile>,
+    open: BTreeMap<Partition, OpenFile>,
     seq: u64,
     /// Files completed so far (final paths), for logs and tests.
     pub completed: Vec<PathBuf>,
@@ -113,48 +82,8 @@ pub struct ParquetSink {
     /// Rows in completed (renamed, fsynced) files.
     acknowledged: u64,
     journal: Option<Journal>,
-}
-
-/// Writer settings, in one place.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        // zstd level 3: the usual speed/size balance; flow records compress ~5-10x.
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-        // Row groups of 128k rows keep writer memory bounded (~tens of MB) while staying large
-        // enough for efficient scans.
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .set_created_by(concat!("flowlens ", env!("CARGO_PKG_VERSION")).to_string())
-        .build()
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Partition of a timestamp (µs since epoch, UTC): (days since epoch, hour).
-fn partition_of(us: i64) -> (i64, u32) {
-    let secs = us.div_euclid(1_000_000);
-    (
-        secs.div_euclid(86_400),
-        (secs.rem_euclid(86_400) / 3600) as u32,
-    )
-}
-
-/// `date=YYYY-MM-DD/hour=HH` for a timestamp in µs since the epoch.
-pub fn partition_path(us: i64) -> String {
-    let (days, hour) = partition_of(us);
-    let (y, m, d) = civil_from_days(days);
-    format!("date={y:04}-{m:02}-{d:02}/hour={hour:02}")
+    /// `writer::sync_dir`, or a failing one in tests.
+    sync_dir: SyncDir,
 }
 
 impl ParquetSink {
@@ -177,39 +106,11 @@ impl ParquetSink {
         let probe = opts
             .dir
             .join(format!(".flowlens-write-test-{}", std::process::id()));
-        File::create(&probe)
+        std::fs::File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| SinkError::io(format!("{} is not writable", opts.dir.display()), e))?;
-        let journal = match &opts.journal {
-            Some(j) => {
-                let (store, _) = Store::open(
-                    &j.dir,
-                    j.max_bytes,
-                    crate::spool::store::DEFAULT_SEGMENT_BYTES,
-                )?;
-                let degraded = store.pending() > 0;
-                if degraded {
-                    tracing::warn!(
-                        journal = %j.dir.display(),
-                        records = store.pending(),
-                        "parquet: the journal holds records an earlier run did not get into complete files (killed, or writing failed); writing them now"
-                    );
-                }
-                Some(Journal {
-                    store,
-                    degraded,
-                    retry_at: Instant::now(),
-                    backoff: RETRY_FIRST,
-                    log_failed: RateLimited::default(),
-                    log_append: RateLimited::default(),
-                    log_lost: RateLimited::default(),
-                    log_unprotected: RateLimited::default(),
-                    unjournaled: 0,
-                })
-            }
-            None => None,
-        };
-        let (stale, bytes) = stale_in_progress(&opts.dir, &opts.host);
+        let journal = opts.journal.as_ref().map(Journal::open).transpose()?;
+        let (stale, bytes) = writer::stale_in_progress(&opts.dir, &opts.host);
         if !stale.is_empty() {
             let fate = if journal.as_ref().is_some_and(|j| j.degraded) {
                 "their rows are written again from the journal"
@@ -238,45 +139,30 @@ impl ParquetSink {
             sent: 0,
             acknowledged: 0,
             journal,
+            sync_dir: writer::sync_dir,
         })
     }
 
-    fn open_file(&mut self, sample_us: i64) -> Result<OpenFile> {
-        let dir = self.opts.dir.join(partition_path(sample_us));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| SinkError::io(format!("creating {}", dir.display()), e))?;
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+    fn open_file(&mut self, part: Partition) -> Result<OpenFile> {
         self.seq += 1;
-        let base = format!(
-            "flows-{}-{}-{}-{:04}.parquet",
-            self.opts.host,
-            ms,
-            std::process::id(),
-            self.seq
-        );
-        let tmp = dir.join(format!(".{base}.inprogress"));
-        let fin = dir.join(base);
-        let file = File::create(&tmp)
-            .map_err(|e| SinkError::io(format!("creating {}", tmp.display()), e))?;
-        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-        Ok(OpenFile {
-            writer,
-            rows: 0,
-            tmp,
-            fin,
-            opened: Instant::now(),
-        })
+        OpenFile::create(
+            &self.opts.dir,
+            part,
+            &self.opts.host,
+            self.seq,
+            self.schema.clone(),
+            self.props.clone(),
+        )
     }
 
     fn finish(&mut self, f: OpenFile) -> Result<()> {
-        let (rows, tmp) = (f.rows, f.tmp.clone());
+        let (rows, tmp, fin) = (f.rows, f.tmp.clone(), f.fin.clone());
         let res = self.finish_inner(f);
         if res.is_err() && self.journal.is_some() {
-            // Its rows are in the journal; the partial file would only hold space.
+            // Its rows are in the journal; the partial file would only hold space (and a file
+            // left under its final name would duplicate them when the journal is replayed).
             let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&fin);
         }
         if let Err(e) = &res
             && self.journal.is_none()
@@ -288,40 +174,25 @@ impl ParquetSink {
     }
 
     fn finish_inner(&mut self, f: OpenFile) -> Result<()> {
-        let file = f.writer.into_inner()?;
-        file.sync_all()
-            .map_err(|e| SinkError::io(format!("syncing {}", f.tmp.display()), e))?;
-        drop(file);
-        std::fs::rename(&f.tmp, &f.fin).map_err(|e| {
-            SinkError::io(
-                format!("renaming {} to {}", f.tmp.display(), f.fin.display()),
-                e,
-            )
-        })?;
-        if let Some(dir) = f.fin.parent() {
-            // Make the rename itself durable.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        tracing::debug!(file = %f.fin.display(), "parquet file complete");
-        self.acknowledged += f.rows;
+        let rows = f.rows;
+        let fin = f.complete(self.sync_dir)?;
+        tracing::debug!(file = %fin.display(), "parquet file complete");
+        self.acknowledged += rows;
         if self.track_new_files {
-            self.new_files.push((f.fin.clone(), f.rows));
+            self.new_files.push((fin.clone(), rows));
         }
-        self.completed.push(f.fin);
+        self.completed.push(fin);
         Ok(())
     }
 
     /// Closes files that are due (size or age); `all` closes every open file.
     fn rotate(&mut self, all: bool) -> Result<()> {
-        let mut due: Vec<(i64, u32)> = self
+        let mut due: Vec<Partition> = self
             .open
             .iter()
             .filter(|(_, f)| {
                 all || f.opened.elapsed() >= self.opts.rotate_interval
-                    || f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64
-                        >= self.opts.rotate_bytes
+                    || f.size() >= self.opts.rotate_bytes
             })
             .map(|(k, _)| *k)
             .collect();
@@ -349,11 +220,7 @@ impl ParquetSink {
             && j.store.pending() > 0
         {
             // Every row journaled since the last commit is in a completed file now.
-            let end = j.store.end_pos();
-            let n = j.store.pending();
-            j.store.commit(end, n)?;
-            j.store.reset_if_empty()?;
-            j.unjournaled = 0;
+            j.commit_all()?;
         }
         Ok(())
     }
@@ -371,15 +238,7 @@ impl ParquetSink {
         };
         self.lost += j.unjournaled;
         let unjournaled = std::mem::take(&mut j.unjournaled);
-        let first = !j.degraded;
-        j.backoff = if first {
-            RETRY_FIRST
-        } else {
-            (j.backoff * 2).min(RETRY_MAX)
-        };
-        j.degraded = true;
-        j.retry_at = Instant::now() + j.backoff;
-        j.store.rewind();
+        let first = j.degrade();
         // Entering the degraded state is always logged; failed retries are rate-limited.
         let limited = j.log_failed.check();
         if first || limited.is_some() {
@@ -410,8 +269,7 @@ impl ParquetSink {
                 if let Err(e) = j.store.reset_if_empty() {
                     tracing::warn!(error = %e, "parquet journal: starting a fresh segment");
                 }
-                j.degraded = false;
-                j.backoff = RETRY_FIRST;
+                j.recovered();
                 tracing::info!(sink = %self.name, records = done, "parquet: writing works again; the journal is written");
                 return true;
             }
@@ -442,53 +300,14 @@ impl ParquetSink {
     }
 }
 
-/// Hidden `.flows-HOST-MS-PID-SEQ.parquet.inprogress` files of this host under `dir` whose
-/// writer process no longer runs, and their total size.
-fn stale_in_progress(dir: &std::path::Path, host: &str) -> (Vec<PathBuf>, u64) {
-    let (mut stale, mut bytes) = (Vec::new(), 0);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                // Only the sink's own partition directories.
-                if e.file_name().to_string_lossy().contains('=') {
-                    stack.push(e.path());
-                }
-                continue;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name
-                .strip_prefix(".flows-")
-                .and_then(|n| n.strip_suffix(".parquet.inprogress"))
-            else {
-                continue;
-            };
-            // HOST may contain '-': split from the right.
-            let mut parts = stem.rsplitn(4, '-');
-            let (_seq, pid, _ms, file_host) =
-                (parts.next(), parts.next(), parts.next(), parts.next());
-            let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            let alive =
-                pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists();
-            if file_host == Some(host) && !alive {
-                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-                stale.push(e.path());
-            }
-        }
-    }
-    stale.sort();
-    (stale, bytes)
-}
-
 impl Sink for ParquetSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Rows are acknowledged when their file is complete.
+    fn ack_latency(&self) -> Duration {
+        self.opts.rotate_interval
     }
 
     fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
@@ -600,13 +419,16 @@ impl ParquetSink {
     /// Writes records into the open files of their partitions (no rotation).
     fn write_records(&mut self, records: &[FlowRecord]) -> Result<()> {
         // Group by partition; records usually all fall into one hour.
-        let first = partition_of(records[0].flow_end_us);
-        if records.iter().all(|r| partition_of(r.flow_end_us) == first) {
+        let first = Partition::of_us(records[0].flow_end_us);
+        if records
+            .iter()
+            .all(|r| Partition::of_us(r.flow_end_us) == first)
+        {
             self.write_partition(first, records)?;
         } else {
-            let mut idx: BTreeMap<(i64, u32), Vec<FlowRecord>> = BTreeMap::new();
+            let mut idx: BTreeMap<Partition, Vec<FlowRecord>> = BTreeMap::new();
             for r in records {
-                idx.entry(partition_of(r.flow_end_us))
+                idx.entry(Partition::of_us(r.flow_end_us))
                     .or_default()
                     .push(r.clone());
             }
@@ -617,9 +439,9 @@ impl ParquetSink {
         Ok(())
     }
 
-    fn write_partition(&mut self, part: (i64, u32), records: &[FlowRecord]) -> Result<()> {
+    fn write_partition(&mut self, part: Partition, records: &[FlowRecord]) -> Result<()> {
         if !self.open.contains_key(&part) {
-            let f = self.open_file(records[0].flow_end_us)?;
+            let f = self.open_file(part)?;
             self.open.insert(part, f);
         }
         let batch = to_record_batch(&self.schema, records)?;
@@ -714,7 +536,7 @@ mod tests {
             .completed
             .iter()
             .map(|p| {
-                let f = File::open(p).unwrap();
+                let f = std::fs::File::open(p).unwrap();
                 ::parquet::file::reader::SerializedFileReader::new(f)
                     .map(|r| {
                         ::parquet::file::reader::FileReader::metadata(&r)
@@ -730,16 +552,92 @@ mod tests {
 
     use super::*;
 
+    fn failing_sync(_: &std::path::Path) -> std::io::Result<()> {
+        Err(std::io::Error::other("injected directory fsync failure"))
+    }
+
+    /// Rows in visible (complete) files under `dir`, read back from their footers.
+    fn visible_rows(dir: &std::path::Path) -> (usize, i64) {
+        let (mut files, mut rows) = (0, 0);
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if flowlens_schema::layout::is_data_file(&name) {
+                    let f = std::fs::File::open(&p).unwrap();
+                    let r = ::parquet::file::reader::SerializedFileReader::new(f).unwrap();
+                    rows += ::parquet::file::reader::FileReader::metadata(&r)
+                        .file_metadata()
+                        .num_rows();
+                    files += 1;
+                }
+            }
+        }
+        (files, rows)
+    }
+
+    fn options(dir: &std::path::Path, journal: bool) -> ParquetOptions {
+        ParquetOptions {
+            dir: dir.join("out"),
+            rotate_bytes: u64::MAX,
+            rotate_interval: Duration::from_secs(3600),
+            host: "h".into(),
+            journal: journal.then(|| JournalOptions {
+                dir: dir.join("journal"),
+                max_bytes: 64 << 20,
+            }),
+        }
+    }
+
+    /// Without a journal: a file whose directory fsync fails is not complete. Its rows are not
+    /// acknowledged (they are counted lost), close reports the error, and no reader sees the
+    /// file (it is back under its hidden in-progress name).
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        // 2026-11-26T06:44:03Z
-        assert_eq!(
-            partition_path(1_795_675_443_000_000),
-            "date=2026-11-26/hour=06"
-        );
+    fn failed_directory_fsync_does_not_acknowledge() {
+        let dir = std::env::temp_dir().join(format!("flowlens-pq-dirsync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sink = ParquetSink::new(options(&dir, false)).unwrap();
+        sink.sync_dir = failing_sync;
+        let hour0 = 1_700_000_000_000_000i64;
+        let recs: Vec<FlowRecord> = (0..10).map(|i| record(hour0 + i)).collect();
+        sink.write(&recs).unwrap();
+        let e = sink.close().unwrap_err().to_string();
+        assert!(e.contains("syncing directory"), "{e}");
+        let m = sink.metrics();
+        assert_eq!((m.sent, m.acknowledged, m.lost), (10, 0, 10));
+        assert!(sink.completed.is_empty());
+        assert_eq!(visible_rows(&dir.join("out")), (0, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With a journal: the rows of a file whose directory fsync fails stay in the journal (not
+    /// acknowledged, reported as spooled); once syncing works they are written exactly once.
+    #[test]
+    fn failed_directory_fsync_keeps_rows_in_the_journal() {
+        let dir =
+            std::env::temp_dir().join(format!("flowlens-pq-dirsync-j-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let hour0 = 1_700_000_000_000_000i64;
+        let recs: Vec<FlowRecord> = (0..10).map(|i| record(hour0 + i)).collect();
+        {
+            let mut sink = ParquetSink::new(options(&dir, true)).unwrap();
+            sink.sync_dir = failing_sync;
+            sink.write(&recs).unwrap();
+            sink.close().unwrap();
+            let m = sink.metrics();
+            assert_eq!((m.sent, m.acknowledged, m.lost), (10, 0, 0));
+            assert_eq!(m.spooled, 10, "the rows wait in the journal");
+            assert_eq!(visible_rows(&dir.join("out")), (0, 0));
+        }
+        // The next start writes them (real fsync this time), once.
+        let mut sink = ParquetSink::new(options(&dir, true)).unwrap();
+        sink.close().unwrap();
+        let m = sink.metrics();
+        assert_eq!((m.acknowledged, m.spooled, m.lost), (10, 0, 0));
+        assert_eq!(visible_rows(&dir.join("out")), (1, 10));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
