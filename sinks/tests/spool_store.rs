@@ -165,3 +165,64 @@ fn disk_full_fails_the_append_without_a_torn_frame() {
         assert_eq!(r, &recs[i % 1000], "record {i}");
     }
 }
+
+/// `chattr FLAG path` (e2fsprogs, Priority: required in Debian).
+fn chattr(flag: &str, path: &std::path::Path) {
+    let st = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .expect("running chattr (e2fsprogs)");
+    assert!(st.success(), "chattr {flag} {}: {st}", path.display());
+}
+
+/// A failed append whose partial frame cannot be cut off: the disk is full (a 96 KiB tmpfs)
+/// and the segment is append-only (`chattr +a`: the write goes on, `ftruncate` fails with
+/// EPERM). The error says so and the segment is closed: later appends go to a new segment, and
+/// every record stored before and after the failure is read back, in order, by this store and
+/// after a reopen, which cuts the torn tail off and reports it.
+#[test]
+fn a_partial_frame_that_cannot_be_cut_off_closes_the_segment() {
+    let fs = Tmpfs::mount("store-sealed", "96k").unwrap();
+    let spool = fs.path().join("s");
+    let recs = conversations(500);
+    let (mut s, _) = Store::open(&spool, 1 << 30, 1 << 30).unwrap();
+    assert_eq!(s.append(&recs[..100]).unwrap(), 100);
+    let seg = spool_files(&spool).pop().unwrap();
+    let filler = fs.fill("filler").unwrap();
+    chattr("+a", &seg);
+    let failed = s.append(&recs[100..400]);
+    chattr("-a", &seg);
+    let err = failed.unwrap_err().to_string();
+    let torn = std::fs::metadata(&seg).unwrap().len() - s.bytes();
+    assert!(torn > 0, "the failed append left part of a frame: {err}");
+    assert_eq!(s.pending(), 100);
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(s.append(&recs[400..]).unwrap(), 100);
+    assert_eq!(
+        spool_files(&spool).len(),
+        2,
+        "later appends go to a new segment"
+    );
+    let want: Vec<_> = recs[..100].iter().chain(&recs[400..]).cloned().collect();
+    let mut out = Vec::new();
+    s.read(usize::MAX, &mut out).unwrap();
+    assert_eq!(out, want);
+    drop(s);
+
+    let (mut s, rep) = Store::open(&spool, 1 << 30, 1 << 30).unwrap();
+    assert_eq!(
+        (rep.records, rep.truncated_bytes, rep.truncated_segments),
+        (200, torn, 1)
+    );
+    let mut out = Vec::new();
+    s.read(usize::MAX, &mut out).unwrap();
+    assert_eq!(out, want);
+    assert!(
+        err.contains("appending to spool")
+            && err.contains("cutting the partial frame off failed")
+            && err.contains(seg.to_str().unwrap()),
+        "{err}"
+    );
+}

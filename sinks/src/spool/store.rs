@@ -74,6 +74,9 @@ pub struct Store {
     segments: VecDeque<Segment>,
     /// Appends go to the last segment through this handle.
     writer: Option<File>,
+    /// The last segment may end in a torn frame (a failed append could not be cut off): the
+    /// next append starts a new segment.
+    sealed: bool,
     /// First undelivered frame (persisted in `cursor`).
     commit: Pos,
     /// Next frame [`Store::read`] returns (>= `commit`).
@@ -241,6 +244,7 @@ impl Store {
             segment_bytes: segment_bytes.max(HEADER + 1),
             segments,
             writer: None,
+            sealed: false,
             commit,
             read: commit,
             reader: None,
@@ -322,6 +326,7 @@ impl Store {
             records: 0,
         });
         self.writer = Some(f);
+        self.sealed = false;
         Ok(())
     }
 
@@ -347,6 +352,14 @@ impl Store {
     /// Appends records (oldest first) and fsyncs. Returns how many were stored: fewer than
     /// `records.len()` only when the spool is full (`max_bytes`); the rest were not stored.
     pub fn append(&mut self, records: &[FlowRecord]) -> Result<usize> {
+        if self.sealed && !records.is_empty() {
+            let next = self
+                .segments
+                .back()
+                .map(|s| s.seq + 1)
+                .unwrap_or(self.commit.seq);
+            self.new_segment(next)?;
+        }
         let mut total = self.bytes();
         let mut enc = std::mem::take(&mut self.enc);
         enc.clear();
@@ -404,18 +417,31 @@ impl Store {
                 std::io::Error::other("no segment open for writing"),
             )
         })?;
-        w.write_all(enc).and_then(|_| w.sync_data()).map_err(|e| {
+        if let Err(e) = w.write_all(enc).and_then(|_| w.sync_data()) {
+            let path = self.dir.join(seg_name(seq));
             // Cut what part of the batch was written (e.g. ENOSPC half-way), so that later
             // appends do not follow a torn frame.
-            let _ = w.set_len(good_len);
-            SinkError::io(
-                format!(
-                    "appending to spool {}",
-                    self.dir.join(seg_name(seq)).display()
-                ),
+            if let Err(cut) = w.set_len(good_len).and_then(|_| w.sync_data()) {
+                // The segment may now end in a torn frame: append no more to it (the next
+                // append starts a new segment). Readers stop at `good_len` (the segment's
+                // length here), and recovery cuts the torn tail off at the next start
+                // (reported in `OpenReport::truncated_bytes`); the frames after it are in the
+                // next segment, so none of them is lost.
+                self.writer = None;
+                self.sealed = true;
+                return Err(SinkError::io(
+                    format!(
+                        "appending to spool {} failed ({e}); cutting the partial frame off failed too, the segment is closed",
+                        path.display()
+                    ),
+                    cut,
+                ));
+            }
+            return Err(SinkError::io(
+                format!("appending to spool {}", path.display()),
                 e,
-            )
-        })?;
+            ));
+        }
         if let Some(s) = self.segments.back_mut() {
             s.len += enc.len() as u64;
             s.records += records;
