@@ -10,7 +10,7 @@ use flowlens_sinks::{
     log_limit::RateLimited,
     otlp::{OtlpOptions, OtlpSink},
     parquet::{JournalOptions, ParquetOptions, ParquetSink},
-    s3::{S3Options, S3ParquetSink},
+    s3::S3ParquetSink,
     spool::{SpoolOptions, SpooledSink},
     stdout::StdoutSink,
 };
@@ -127,19 +127,10 @@ pub fn build_sinks(cfg: &RunConfig, host: &Arc<str>) -> Result<Vec<Box<dyn Sink>
                     })
                     .with_context(|| format!("sink {s}"))?,
                 ),
-                SinkSpec::ParquetS3(target) => {
-                    let spool = cfg.parquet_spool_dir.clone().unwrap_or_else(|| {
-                        std::env::temp_dir()
-                            .join("flowlens-spool")
-                            .join(&target.bucket)
-                            .join(&target.prefix)
-                    });
-                    let mut o = S3Options::new(target.clone(), spool, host.clone());
-                    o.rotate_bytes = cfg.parquet_rotate_bytes;
-                    o.rotate_interval = cfg.parquet_rotate_interval;
-                    o.store_options = cfg.s3_options.clone();
-                    Box::new(S3ParquetSink::new(o).with_context(|| format!("sink {s}"))?)
-                }
+                SinkSpec::ParquetS3(target) => Box::new(
+                    S3ParquetSink::new(cfg.s3_options(target, host.clone()))
+                        .with_context(|| format!("sink {s}"))?,
+                ),
                 SinkSpec::Otlp(endpoint) => {
                     let mut o = OtlpOptions::new(endpoint.clone(), host.clone());
                     o.batch_records = cfg.otlp_batch_records;
