@@ -271,7 +271,7 @@ fn batch_drain_refuses_key_and_value_types_of_the_wrong_size() {
         packets: 3,
         ..FlowValue::default()
     };
-    map.insert(key, value, 0).unwrap();
+    map.insert(&key, &value, 0).unwrap();
     let fd = map.map().fd().as_fd();
 
     let mut handed = 0;
