@@ -23,10 +23,6 @@ pub const DEFAULT_PARQUET_ROTATE_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Parent of the per-sink spool directories (kafka and otlp sinks).
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/flowlens/spool";
-/// Parent of the S3 sinks' staging directories (`BUCKET/PREFIX` below it): in the systemd
-/// unit's `StateDirectory`, which survives restarts, unlike `$TMPDIR` (the unit's `PrivateTmp`
-/// is emptied at every start, and with it any file not uploaded yet).
-pub const DEFAULT_S3_STAGING_DIR: &str = "/var/lib/flowlens/s3-staging";
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = flowlens_sinks::spool::DEFAULT_MAX_BYTES;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = flowlens_sinks::spool::DEFAULT_GRACE;
 /// Default netfilter hook priority: below every built-in hook of the kernel, the lowest of which
@@ -479,17 +475,16 @@ impl RunArgs {
 
 impl RunConfig {
     /// The options of a `parquet:s3://` sink: files staged in `--parquet-spool-dir` (default
-    /// [`DEFAULT_S3_STAGING_DIR`]`/BUCKET/PREFIX`), uploads given `--shutdown-grace` at close.
+    /// [`flowlens_sinks::s3::default_staging_dir`]), uploads given `--shutdown-grace` at close.
     pub fn s3_options(
         &self,
         target: &flowlens_sinks::s3::S3Target,
         host: std::sync::Arc<str>,
     ) -> flowlens_sinks::s3::S3Options {
-        let staging = self.parquet_spool_dir.clone().unwrap_or_else(|| {
-            PathBuf::from(DEFAULT_S3_STAGING_DIR)
-                .join(&target.bucket)
-                .join(&target.prefix)
-        });
+        let staging = self
+            .parquet_spool_dir
+            .clone()
+            .unwrap_or_else(|| flowlens_sinks::s3::default_staging_dir(target));
         let mut o = flowlens_sinks::s3::S3Options::new(target.clone(), staging, host);
         o.rotate_bytes = self.parquet_rotate_bytes;
         o.rotate_interval = self.parquet_rotate_interval;

@@ -48,6 +48,18 @@ pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 32 * 1024 * 1024;
 /// Part size of multipart uploads (S3's minimum is 5 MiB, except for the last part).
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
 
+/// Parent of the default staging directories (`BUCKET/PREFIX` below it): the systemd unit's
+/// `StateDirectory` (deploy/systemd), which survives restarts. Not `$TMPDIR`: the unit's
+/// `PrivateTmp` is emptied at every start, and with it every file not uploaded yet.
+pub const DEFAULT_STAGING_ROOT: &str = "/var/lib/flowlens/s3-staging";
+
+/// The default staging directory of `target`: [`DEFAULT_STAGING_ROOT`]`/BUCKET/PREFIX`.
+pub fn default_staging_dir(target: &S3Target) -> PathBuf {
+    PathBuf::from(DEFAULT_STAGING_ROOT)
+        .join(&target.bucket)
+        .join(&target.prefix)
+}
+
 /// `close` returns at most this long after `close_timeout`: uploads stop at the deadline, and
 /// the upload thread then needs a moment to count what it did not finish (a blocking file read
 /// of the upload in progress cannot be cut short).
