@@ -239,4 +239,30 @@ mod tests {
         // The next batch is whole, each record on its own line.
         assert_eq!(lines[12..], whole(c)[..]);
     }
+
+    /// A real pipe whose reader goes away in the middle of a batch (bigger than the pipe's
+    /// buffer): EPIPE part-way, the whole batch fails and nothing of it counts as sent.
+    #[test]
+    fn a_reader_that_goes_away_mid_batch_fails_the_whole_batch() {
+        use std::io::Read;
+        let recs = flowlens_testkit::records::conversations(1000); // 2000 records, ~300 KB
+        let (mut r, w) = std::io::pipe().unwrap();
+        let mut s = StdoutSink::with_writer(Box::new(w));
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 100_000];
+            r.read_exact(&mut buf).unwrap();
+            buf // dropping `r` closes the read end
+        });
+        let e = s.write(&recs).unwrap_err().to_string();
+        assert!(e.contains("Broken pipe"), "{e}");
+        assert_eq!((s.metrics().sent, s.metrics().acknowledged), (0, 0));
+        let got = String::from_utf8(reader.join().unwrap()).unwrap();
+        // The reader saw the batch's first lines, whole, and the start of the next one.
+        let lines: Vec<&str> = got.split('\n').collect();
+        let (last, whole) = lines.split_last().unwrap();
+        for (l, r) in whole.iter().zip(&recs) {
+            assert_eq!(*l, format_record(r));
+        }
+        assert!(format_record(&recs[whole.len()]).starts_with(last));
+    }
 }
