@@ -154,10 +154,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
 
-    /// Stamp every packet with the precise clock. By default only a flow's first packet is; later ones use the kernel's coarse clock (one scheduler tick, e.g. 4 ms), which saves about 13 ns per packet. Flow end times are then up to one tick early.
-    #[arg(long)]
-    #[serde(default)]
-    pub precise_timestamps: bool,
+    /// XDP: read the precise clock (bpf_ktime_get_ns) for every packet. By default XDP reads the kernel's coarse clock (bpf_ktime_get_coarse_ns: the same monotonic clock at scheduler-tick resolution, e.g. 4 ms) for every packet, first and last alike, which saves about 15 ns per packet; flow start and end times are then up to one tick early. Netfilter hooks always read the precise clock. `--precise-timestamps=false` turns it off again when the config file sets it. [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub precise_timestamps: Option<bool>,
 
     /// Drain before the interval is up once the kernel buffer is this full (percent of --max-flows; 0 disables), so that bursts of new flows are not evicted. [default: 50]
     #[arg(long, value_name = "PERCENT")]
@@ -177,7 +176,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub parquet_rotate_bytes: Option<u64>,
 
-    /// parquet:s3://: local directory where files are written before upload (and kept if an upload fails for good). [default: $TMPDIR/flowlens-spool/BUCKET/PREFIX]
+    /// parquet:s3://: local directory where files are written before upload (and kept if an upload fails for good, or is unfinished when --shutdown-grace is up; uploaded at the next start). Keep it on a durable file system, not a tmpfs. [default: /var/lib/flowlens/s3-staging/BUCKET/PREFIX]
     #[arg(long, value_name = "DIR")]
     pub parquet_spool_dir: Option<PathBuf>,
 
@@ -199,10 +198,9 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub otlp_timeout: Option<Duration>,
 
-    /// OTLP: also export cumulative byte and packet counters per interface, direction, transport and observation point (every 10s and at shutdown).
-    #[arg(long)]
-    #[serde(default)]
-    pub otlp_metrics: bool,
+    /// OTLP: also export cumulative byte and packet counters per interface, direction, transport and observation point (every 10s and at shutdown). `--otlp-metrics=false` turns it off again when the config file sets it. [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub otlp_metrics: Option<bool>,
 
     /// Kafka message format: `protobuf` (flowlens.v1.FlowRecord, schema/proto/flow.proto) or `json` (keys = column names). [default: protobuf]
     #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<KafkaFormat>())]
@@ -242,12 +240,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
 
-    /// No on-disk spool: records past a sink's memory queue, or unacknowledged at shutdown, are counted as lost.
-    #[arg(long)]
-    #[serde(default)]
-    pub no_spool: bool,
+    /// No on-disk spool: records past a sink's memory queue, or unacknowledged at shutdown, are counted as lost. `--no-spool=false` keeps the spool when the config file sets `no-spool = true`. [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub no_spool: Option<bool>,
 
-    /// On SIGTERM/SIGINT (or --duration), how long the sinks get in total to deliver what they hold; what is still undelivered then stays in the spool for the next start. [default: 30s]
+    /// On SIGTERM/SIGINT (or --duration), how long the sinks get in total to deliver what they hold (S3 uploads included); what is still undelivered then stays in the spool (S3: the staging directory) for the next start. A service manager's stop timeout must be longer (the systemd unit's TimeoutStopSec is 45s). [default: 30s]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_duration")]
     pub shutdown_grace: Option<Duration>,
@@ -426,7 +423,10 @@ impl RunArgs {
                 .max_flows
                 .or(file.max_flows)
                 .unwrap_or(DEFAULT_MAX_FLOWS),
-            precise_timestamps: self.precise_timestamps || file.precise_timestamps,
+            precise_timestamps: self
+                .precise_timestamps
+                .or(file.precise_timestamps)
+                .unwrap_or(false),
             early_drain_fill: self
                 .early_drain_fill
                 .or(file.early_drain_fill)
@@ -458,7 +458,7 @@ impl RunArgs {
                 .otlp_timeout
                 .or(file.otlp_timeout)
                 .unwrap_or(DEFAULT_OTLP_TIMEOUT),
-            otlp_metrics: self.otlp_metrics || file.otlp_metrics,
+            otlp_metrics: self.otlp_metrics.or(file.otlp_metrics).unwrap_or(false),
             kafka_format: self.kafka_format.or(file.kafka_format).unwrap_or_default(),
             kafka_options,
             kafka_queue_max_records: self
@@ -474,7 +474,7 @@ impl RunArgs {
                 .sink_stall_timeout
                 .or(file.sink_stall_timeout)
                 .unwrap_or(DEFAULT_SINK_STALL_TIMEOUT),
-            spool_dir: if self.no_spool || file.no_spool {
+            spool_dir: if self.no_spool.or(file.no_spool).unwrap_or(false) {
                 None
             } else {
                 Some(
@@ -498,6 +498,16 @@ impl RunArgs {
 }
 
 impl RunConfig {
+    /// The options of a `parquet:s3://` sink: files staged in `--parquet-spool-dir` (default
+    /// [`flowlens_sinks::s3::default_staging_dir`]), uploads given `--shutdown-grace` at close.
+    pub fn s3_options(
+        &self,
+        target: &flowlens_sinks::s3::S3Target,
+        host: std::sync::Arc<str>,
+    ) -> flowlens_sinks::s3::S3Options {
+        self.sink_options(host).s3_options(target)
+    }
+
     fn validate(&self) -> Result<()> {
         if self.max_flows == 0 {
             bail!("--max-flows must be at least 1");
@@ -772,6 +782,139 @@ mod tests {
         std::fs::write(&f, "early-drain-fill = 75\nprecise-timestamps = true\n").unwrap();
         let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
         assert_eq!((c.early_drain_fill, c.precise_timestamps), (75, true));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The shipped service definitions and the code agree on S3: the staging directory is in
+    /// the state the unit keeps (`StateDirectory`, the DaemonSet's state volume), not in a
+    /// private /tmp the unit empties at every start; uploads get --shutdown-grace at close; and
+    /// the stop timeout covers that, the close slack and a margin for detaching and the last
+    /// drain.
+    #[test]
+    fn s3_staging_and_close_fit_the_shipped_units() {
+        /// Detaching the probes, the last drain and exit, on top of the sinks' close.
+        const STOP_MARGIN: Duration = Duration::from_secs(10);
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let target = flowlens_sinks::s3::S3Target::parse("s3://bkt/a/b").unwrap();
+        let check = |what: &str, cfg: &RunConfig, state: &std::path::Path, stop: Duration| {
+            let o = cfg.s3_options(&target, "h".into());
+            assert!(
+                o.spool_dir.starts_with(state) && o.spool_dir.ends_with("bkt/a/b"),
+                "{what}: S3 staging {} is not in the kept state {}",
+                o.spool_dir.display(),
+                state.display()
+            );
+            assert!(
+                !o.spool_dir.starts_with("/tmp") && !o.spool_dir.starts_with("/var/tmp"),
+                "{what}: {}",
+                o.spool_dir.display()
+            );
+            assert_eq!(o.close_timeout, cfg.shutdown_grace, "{what}");
+            assert!(
+                o.close_timeout + flowlens_sinks::s3::CLOSE_SLACK + STOP_MARGIN <= stop,
+                "{what}: stop timeout {stop:?} < S3 close {:?} + slack + margin",
+                o.close_timeout
+            );
+        };
+
+        // systemd: the unit's own command line, with the shipped config file.
+        let unit = std::fs::read_to_string(deploy.join("systemd/flowlens.service")).unwrap();
+        let key = |k: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{k} not in the unit"))
+                .trim()
+                .to_string()
+        };
+        assert_eq!(key("PrivateTmp"), "yes");
+        let state = PathBuf::from("/var/lib").join(key("StateDirectory"));
+        let stop = humantime::parse_duration(&key("TimeoutStopSec")).unwrap();
+        let exec = key("ExecStart");
+        let mut argv: Vec<String> = exec.split_whitespace().skip(2).map(String::from).collect();
+        let at = argv.iter().position(|a| a == "--config").unwrap() + 1;
+        assert_eq!(argv[at], "/etc/flowlens/flowlens.toml");
+        argv[at] = deploy.join("flowlens.toml").to_str().unwrap().to_string();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        check("systemd", &args(&argv).resolve().unwrap(), &state, stop);
+
+        // Kubernetes: the DaemonSet's config map, state volume and grace period.
+        let ds = std::fs::read_to_string(deploy.join("kubernetes/daemonset.yaml")).unwrap();
+        let grace = ds
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .unwrap();
+        let stop = Duration::from_secs(grace.trim().parse().unwrap());
+        assert!(ds.contains("{name: state, mountPath: /var/lib/flowlens}"));
+        let toml: String = ds
+            .lines()
+            .skip_while(|l| !l.contains("flowlens.toml: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", l.trim()))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-ds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("ds.toml");
+        std::fs::write(&f, toml).unwrap();
+        let cfg = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(cfg.sinks.len(), 1, "the config map was read");
+        check(
+            "kubernetes",
+            &cfg,
+            std::path::Path::new("/var/lib/flowlens"),
+            stop,
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every boolean the config file can turn on, the command line can turn off again
+    /// (`--X=false`), and the other way round; a bare `--X` still means true.
+    #[test]
+    fn config_file_booleans_can_be_overridden_on_the_command_line() {
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-bool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let on = dir.join("on.toml");
+        std::fs::write(
+            &on,
+            "precise-timestamps = true\notlp-metrics = true\nno-spool = true\n",
+        )
+        .unwrap();
+        let on = on.to_str().unwrap();
+        let c = args(&["--config", on]).resolve().unwrap();
+        assert!(c.precise_timestamps && c.otlp_metrics && c.spool_dir.is_none());
+        let c = args(&[
+            "--config",
+            on,
+            "--precise-timestamps=false",
+            "--otlp-metrics=false",
+            "--no-spool=false",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(!c.precise_timestamps && !c.otlp_metrics);
+        assert_eq!(c.spool_dir, Some(PathBuf::from(DEFAULT_SPOOL_DIR)));
+
+        let off = dir.join("off.toml");
+        std::fs::write(
+            &off,
+            "precise-timestamps = false\notlp-metrics = false\nno-spool = false\n",
+        )
+        .unwrap();
+        let off = off.to_str().unwrap();
+        let c = args(&[
+            "--config",
+            off,
+            "--precise-timestamps",
+            "--otlp-metrics=true",
+            "--no-spool",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(c.precise_timestamps && c.otlp_metrics && c.spool_dir.is_none());
+        // `=` is required: a bare flag never swallows the next argument.
+        let c = args(&["--no-spool", "--sink", "stdout"]).resolve().unwrap();
+        assert_eq!((c.spool_dir, c.sinks), (None, vec![SinkSpec::Stdout]));
+        assert!(T::try_parse_from(["t", "--otlp-metrics=maybe"]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -108,9 +108,8 @@ impl FlowTable {
             return;
         }
         let flags = (d.tcp_flags & 0x1ff) as u16;
-        // The probe stamps a flow's first packet precisely and later ones with the coarse clock
-        // (one tick), and CPUs store last_seen without ordering: the last packet of a delta is
-        // never before its first.
+        // CPUs store last_seen without ordering, and XDP reads the coarse clock (one tick) on
+        // each CPU: the last packet of a delta is never before its first.
         let d_last = d.last_seen_ns.max(d.first_seen_ns);
         self.flows
             .entry(*key)

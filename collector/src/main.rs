@@ -6,12 +6,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flowlens::{config::RunArgs, report, run, top};
 
-/// flowlens: flow records from XDP and netfilter-hook eBPF probes, exported to Parquet (and stdout).
+/// flowlens: flow records from XDP and netfilter-hook eBPF probes, exported to the sinks of
+/// `--sink` (Parquet files, locally or on S3, Kafka, OTLP, stdout).
 #[derive(Parser)]
 #[command(
     name = "flowlens",
     version,
-    about = "flowlens: per-flow counters from XDP and netfilter-hook eBPF probes, exported as flow records to Parquet or stdout",
+    about = "flowlens: per-flow counters from XDP and netfilter-hook eBPF probes, exported as flow records to Parquet files (local or on S3), Kafka, OTLP (OpenTelemetry logs over gRPC) or stdout",
     after_help = "Log level: FLOWLENS_LOG=error|warn|info|debug|trace (default info), on stderr.",
     propagate_version = true
 )]
@@ -110,4 +111,57 @@ fn real_main() -> Result<()> {
         Cmd::Report(args) => report::run(&args)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use flowlens_sinks::SinkSpec;
+
+    use super::*;
+
+    /// For each sink kind `--sink` accepts: an example, the word `flowlens --help` must name
+    /// and the form `flowlens run --help` must show. The match is exhaustive: a new kind does
+    /// not compile until it is listed here.
+    fn kind(spec: &SinkSpec) -> (&'static str, &'static str) {
+        match spec {
+            SinkSpec::Parquet(_) => ("Parquet", "`parquet:DIR`"),
+            SinkSpec::ParquetS3(_) => ("S3", "`parquet:s3://BUCKET/PREFIX`"),
+            SinkSpec::Kafka { .. } => ("Kafka", "`kafka:BROKERS/TOPIC`"),
+            SinkSpec::Otlp(_) => ("OTLP", "`otlp:http://HOST:PORT`"),
+            SinkSpec::Stdout => ("stdout", "`stdout`"),
+        }
+    }
+
+    #[test]
+    fn help_names_every_sink_kind() {
+        let examples = [
+            "parquet:/x",
+            "parquet:s3://b/p",
+            "kafka:h:9092/t",
+            "otlp:http://h:4317",
+            "stdout",
+        ];
+        let specs: Vec<SinkSpec> = examples.iter().map(|e| e.parse().unwrap()).collect();
+        let kinds: std::collections::BTreeSet<_> = specs.iter().map(kind).collect();
+        assert_eq!(kinds.len(), examples.len(), "one example per kind");
+
+        let mut cli = Cli::command();
+        let top = cli.render_help().to_string();
+        let run = cli
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for (word, form) in kinds {
+            assert!(
+                top.contains(word),
+                "flowlens --help does not name {word}:\n{top}"
+            );
+            assert!(
+                run.contains(form),
+                "flowlens run --help does not show {form}"
+            );
+        }
+    }
 }

@@ -186,8 +186,10 @@ impl Probe {
         Self::load_opts(max_flows, nf_offsets, false)
     }
 
-    /// Like [`Probe::load_with`]; `precise_timestamps` stamps every packet with
-    /// `bpf_ktime_get_ns` instead of only a flow's first one (`--precise-timestamps`).
+    /// Like [`Probe::load_with`]; `precise_timestamps` makes XDP stamp every packet with
+    /// `bpf_ktime_get_ns` instead of the coarse clock (`--precise-timestamps`; netfilter
+    /// programs always use the precise one).
+    ///
     ///
     /// The XDP flow program is verified here to choose the [`ProbeVariant`]: the fast one if
     /// this kernel accepts it, else the compatible one (logged as a warning with the

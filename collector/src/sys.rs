@@ -10,7 +10,7 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_info, bpf_map_type};
 
 /// `ENOTSUPP` (kernel-internal, leaks to user space from some map types).
 const ENOTSUPP: i32 = 524;
@@ -103,15 +103,63 @@ pub enum BatchError {
     Unsupported(io::Error),
     #[error("batch lookup-and-delete: {0}")]
     Failed(io::Error),
+    /// The key or value type does not have the map's layout: refused before any syscall
+    /// that would write into the caller's buffers.
+    #[error("batch lookup-and-delete: {0}")]
+    Layout(String),
+}
+
+/// The map's description (`BPF_OBJ_GET_INFO_BY_FD`): type, key and value sizes, ...
+pub fn map_info(map: BorrowedFd<'_>) -> io::Result<bpf_map_info> {
+    // SAFETY: bpf_map_info is a plain C struct of integers and arrays; all-zero is valid.
+    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    // SAFETY: writing the info member of the zeroed union. `info` is a live bpf_map_info; the
+    // kernel writes at most `info_len` (its size) bytes into it.
+    let i = unsafe { &mut attr.info };
+    i.bpf_fd = map.as_raw_fd() as u32;
+    i.info_len = std::mem::size_of::<bpf_map_info>() as u32;
+    i.info = &mut info as *mut bpf_map_info as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+/// Checks that the map is a (LRU) hash map, whose batch commands write one key and one value
+/// per entry and a `u32` bucket index as the batch token, and that `K` and `V` are exactly its
+/// key and value sizes. Other types (per-CPU maps write one value per possible CPU) are refused.
+fn check_layout<K, V>(map: BorrowedFd<'_>) -> Result<(), BatchError> {
+    let info = map_info(map).map_err(BatchError::Failed)?;
+    let hash = [
+        bpf_map_type::BPF_MAP_TYPE_HASH,
+        bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+    ]
+    .iter()
+    .any(|t| *t as u32 == info.type_);
+    if !hash {
+        return Err(BatchError::Layout(format!(
+            "map {} is of type {}, not a hash or LRU hash map",
+            info.id, info.type_
+        )));
+    }
+    let (k, v) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+    if k != info.key_size as usize || v != info.value_size as usize {
+        return Err(BatchError::Layout(format!(
+            "map {} has {}-byte keys and {}-byte values, the types given are {k} and {v} bytes",
+            info.id, info.key_size, info.value_size
+        )));
+    }
+    Ok(())
 }
 
 /// Moves every entry out of a hash map with `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, `chunk` entries
 /// per call, handing each `(key, value)` to `sink`. Returns the number of entries moved.
 ///
-/// Exact only on a map nobody writes meanwhile (the inactive buffer). `K` and `V` must be
-/// plain-old-data `#[repr(C)]` types of exactly the map's key and value sizes; the scratch
-/// vectors are reused between calls.
-pub fn lookup_and_delete_batch<K: Copy, V: Copy>(
+/// Exact only on a map nobody writes meanwhile (the inactive buffer). `K` and `V` are
+/// plain-old-data types (`Pod`: the kernel writes raw bytes into them); their sizes are
+/// checked against the map's (one `BPF_OBJ_GET_INFO_BY_FD` per call) and a mismatch is refused
+/// with [`BatchError::Layout`] before anything is read or deleted. The scratch vectors are
+/// reused between calls.
+pub fn lookup_and_delete_batch<K: aya::Pod, V: aya::Pod>(
     map: BorrowedFd<'_>,
     keys: &mut Vec<K>,
     values: &mut Vec<V>,
@@ -119,6 +167,7 @@ pub fn lookup_and_delete_batch<K: Copy, V: Copy>(
     mut chunk: usize,
     mut sink: impl FnMut(&K, &V),
 ) -> Result<usize, BatchError> {
+    check_layout::<K, V>(map)?;
     let mut moved = 0usize;
     // Hash-map batch tokens are bucket indices (u32).
     let mut in_token: u32 = 0;
@@ -131,8 +180,9 @@ pub fn lookup_and_delete_batch<K: Copy, V: Copy>(
         values.resize(chunk, zero.1);
         let mut attr = zeroed_attr();
         // SAFETY: writing the batch member of the zeroed union. keys/values hold `chunk`
-        // elements of the map's key/value size (caller's contract on K and V); the tokens are
-        // live u32s; the kernel writes at most `count` entries and updates `count`.
+        // elements of exactly the map's key/value size (checked above: the kernel writes
+        // `count` entries of those sizes, no more), of types valid for any bytes (Pod); the
+        // tokens are live u32s; the kernel updates `count`.
         let b = unsafe { &mut attr.batch };
         b.in_batch = if first {
             0

@@ -248,3 +248,75 @@ fn batch_and_per_key_drains_move_the_same_entries() {
         }
     }
 }
+
+/// `lookup_and_delete_batch` refuses key or value types of another size than the map's (the
+/// kernel would write entries of the map's sizes into buffers of the types' sizes, past their
+/// end when the types are smaller): nothing is handed out or deleted. With the right types the
+/// entry is moved.
+#[test]
+fn batch_drain_refuses_key_and_value_types_of_the_wrong_size() {
+    use aya::maps::IterableMap;
+    use flowlens::sys::{BatchError, lookup_and_delete_batch};
+    use flowlens_schema::{FlowKey, FlowValue};
+    use std::os::fd::AsFd;
+    const K: usize = std::mem::size_of::<FlowKey>();
+    const V: usize = std::mem::size_of::<FlowValue>();
+    let mut probe = Probe::load(1024).unwrap();
+    let mut drainer = probe.take_drainer().unwrap();
+    let map = drainer.flow_map_mut(0);
+    let mut key = FlowKey::ZERO;
+    key.ip_version = 4;
+    key.src_port = 4242;
+    let value = FlowValue {
+        packets: 3,
+        ..FlowValue::default()
+    };
+    map.insert(&key, &value, 0).unwrap();
+    let fd = map.map().fd().as_fd();
+
+    let mut handed = 0;
+    // A key type 8 bytes too big (the kernel would pack the keys at the map's size).
+    let (mut ks, mut vs) = (Vec::new(), Vec::new());
+    let r = lookup_and_delete_batch::<[u8; K + 8], FlowValue>(
+        fd,
+        &mut ks,
+        &mut vs,
+        ([0; K + 8], FlowValue::default()),
+        16,
+        |_, _| handed += 1,
+    );
+    let e = r.unwrap_err();
+    assert!(matches!(e, BatchError::Layout(_)), "{e}");
+    assert!(e.to_string().contains(&format!("{K}-byte keys")), "{e}");
+    // A value type 8 bytes too small (the kernel would write past the buffer).
+    let (mut ks, mut vs) = (Vec::new(), Vec::new());
+    let r = lookup_and_delete_batch::<FlowKey, [u8; V - 8]>(
+        fd,
+        &mut ks,
+        &mut vs,
+        (FlowKey::ZERO, [0; V - 8]),
+        16,
+        |_, _| handed += 1,
+    );
+    assert!(matches!(r, Err(BatchError::Layout(_))), "{r:?}");
+    assert_eq!(handed, 0);
+    assert_eq!(
+        map.get(&key, 0).unwrap().packets,
+        3,
+        "the entry is still there"
+    );
+
+    let (mut ks, mut vs) = (Vec::new(), Vec::new());
+    let mut got = Vec::new();
+    let n = lookup_and_delete_batch(
+        fd,
+        &mut ks,
+        &mut vs,
+        (FlowKey::ZERO, FlowValue::default()),
+        16,
+        |k, v| got.push((*k, *v)),
+    )
+    .unwrap();
+    assert_eq!((n, got), (1, vec![(key, value)]));
+    assert!(map.get(&key, 0).is_err(), "moved out");
+}

@@ -47,7 +47,7 @@ pub struct BuildOptions {
     pub shutdown_grace: Duration,
     pub parquet_rotate_bytes: u64,
     pub parquet_rotate_interval: Duration,
-    /// Local staging directory of `parquet:s3://` sinks; `None`: under the temporary directory.
+    /// Local staging directory of `parquet:s3://` sinks; `None`: [`crate::s3::default_staging_dir`].
     pub s3_staging_dir: Option<PathBuf>,
     pub s3_options: Vec<(String, String)>,
     pub otlp_batch_records: usize,
@@ -112,13 +112,20 @@ impl BuildOptions {
         Some(parent.join(spool::dir_name(&spec.to_string())))
     }
 
-    fn s3_staging(&self, target: &crate::s3::S3Target) -> PathBuf {
-        self.s3_staging_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir()
-                .join("flowlens-spool")
-                .join(&target.bucket)
-                .join(&target.prefix)
-        })
+    /// The options of a `parquet:s3://` sink: staging under the state directory by default
+    /// ([`crate::s3::default_staging_dir`]: `$TMPDIR` is wiped by the unit's `PrivateTmp`), and
+    /// `close` bounded by the shutdown grace (the unit's stop timeout leaves room for it).
+    pub fn s3_options(&self, target: &crate::s3::S3Target) -> S3Options {
+        let staging = self
+            .s3_staging_dir
+            .clone()
+            .unwrap_or_else(|| crate::s3::default_staging_dir(target));
+        let mut so = S3Options::new(target.clone(), staging, self.host.clone());
+        so.rotate_bytes = self.parquet_rotate_bytes;
+        so.rotate_interval = self.parquet_rotate_interval;
+        so.store_options = self.s3_options.clone();
+        so.close_timeout = self.shutdown_grace;
+        so
     }
 }
 
@@ -160,11 +167,7 @@ fn build_one(s: &SinkSpec, o: &BuildOptions) -> Result<Box<dyn Sink>> {
             .map_err(err(""))?,
         ),
         SinkSpec::ParquetS3(target) => {
-            let mut so = S3Options::new(target.clone(), o.s3_staging(target), o.host.clone());
-            so.rotate_bytes = o.parquet_rotate_bytes;
-            so.rotate_interval = o.parquet_rotate_interval;
-            so.store_options = o.s3_options.clone();
-            Box::new(S3ParquetSink::new(so).map_err(err(""))?)
+            Box::new(S3ParquetSink::new(o.s3_options(target)).map_err(err(""))?)
         }
         SinkSpec::Otlp(endpoint) => wrap(Box::new(
             OtlpSink::new(otlp_options(endpoint, o, spooled)).map_err(err(""))?,

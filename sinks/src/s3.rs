@@ -48,6 +48,23 @@ pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 32 * 1024 * 1024;
 /// Part size of multipart uploads (S3's minimum is 5 MiB, except for the last part).
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
 
+/// Parent of the default staging directories (`BUCKET/PREFIX` below it): the systemd unit's
+/// `StateDirectory` (deploy/systemd), which survives restarts. Not `$TMPDIR`: the unit's
+/// `PrivateTmp` is emptied at every start, and with it every file not uploaded yet.
+pub const DEFAULT_STAGING_ROOT: &str = "/var/lib/flowlens/s3-staging";
+
+/// The default staging directory of `target`: [`DEFAULT_STAGING_ROOT`]`/BUCKET/PREFIX`.
+pub fn default_staging_dir(target: &S3Target) -> PathBuf {
+    PathBuf::from(DEFAULT_STAGING_ROOT)
+        .join(&target.bucket)
+        .join(&target.prefix)
+}
+
+/// `close` returns at most this long after `close_timeout`: uploads stop at the deadline, and
+/// the upload thread then needs a moment to count what it did not finish (a blocking file read
+/// of the upload in progress cannot be cut short).
+pub const CLOSE_SLACK: Duration = Duration::from_secs(5);
+
 /// Where the objects go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct S3Target {
@@ -99,7 +116,9 @@ pub struct S3Options {
     /// Attempts per file before its rows are counted as lost.
     pub upload_attempts: u32,
     pub initial_backoff: Duration,
-    /// `close` waits this long for pending uploads; the rest is reported lost (files stay spooled).
+    /// `close` waits this long for pending uploads (and returns at most [`CLOSE_SLACK`] after
+    /// it); the rest is reported lost (files stay spooled). The collector sets it to
+    /// `--shutdown-grace`.
     pub close_timeout: Duration,
 }
 
@@ -116,7 +135,7 @@ impl S3Options {
             part_size: DEFAULT_PART_SIZE,
             upload_attempts: 5,
             initial_backoff: Duration::from_secs(1),
-            close_timeout: Duration::from_secs(120),
+            close_timeout: crate::spool::DEFAULT_GRACE,
         }
     }
 }
@@ -323,7 +342,7 @@ impl Sink for S3ParquetSink {
         self.tx = None;
         let finished = self
             .done
-            .recv_timeout(self.opts.close_timeout + Duration::from_secs(5))
+            .recv_timeout(self.opts.close_timeout + CLOSE_SLACK)
             .is_ok();
         if finished {
             let _ = worker.join();

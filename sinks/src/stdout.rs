@@ -1,16 +1,67 @@
 //! Human-readable records on standard output, one line each.
 
-use std::io::Write as _;
+use std::io::Write;
 
 use flowlens_schema::record::{FlowRecord, observation_point_name, transport_name};
 
 use crate::{Result, Sink, SinkError};
 
-/// Counts the lines it wrote: standard output is line-buffered, so a written line has reached
-/// the file descriptor (`sent` = `acknowledged`).
-#[derive(Debug, Default)]
+/// Writes each batch whole or not at all, as far as the sink can tell: the batch is formatted
+/// into one buffer and handed over in one `write_all`, so no other output of the process lands
+/// between its lines. If the write fails part-way (a closed pipe, a full disk), the whole batch
+/// counts as failed (the collector reports its records lost) and none of it as sent; the torn
+/// last line is ended before the next batch, so every later line is whole. A batch counts as
+/// sent and acknowledged once it reached the file descriptor (`sent` = `acknowledged`).
 pub struct StdoutSink {
+    out: Box<dyn Write + Send>,
     written: u64,
+    /// The last failed write ended in the middle of a line.
+    torn: bool,
+    buf: Vec<u8>,
+}
+
+impl Default for StdoutSink {
+    fn default() -> Self {
+        Self::with_writer(Box::new(std::io::stdout()))
+    }
+}
+
+impl std::fmt::Debug for StdoutSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdoutSink")
+            .field("written", &self.written)
+            .field("torn", &self.torn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StdoutSink {
+    /// The sink on another writer (tests).
+    pub fn with_writer(out: Box<dyn Write + Send>) -> Self {
+        StdoutSink {
+            out,
+            written: 0,
+            torn: false,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Writes all of `buf`; on error, also returns how many bytes were written before it.
+fn write_all_counted(
+    w: &mut dyn Write,
+    buf: &[u8],
+) -> std::result::Result<(), (usize, std::io::Error)> {
+    let mut done = 0;
+    while done < buf.len() {
+        match w.write(&buf[done..]) {
+            Ok(0) => return Err((done, std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Formats one record as a line (no trailing newline).
@@ -66,12 +117,41 @@ impl Sink for StdoutSink {
         "stdout"
     }
     fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
-        let mut out = std::io::stdout().lock();
-        for r in records {
-            writeln!(out, "{}", format_record(r)).map_err(|e| SinkError::io("stdout", e))?;
-            self.written += 1;
+        if records.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if self.torn {
+            buf.push(b'\n');
+        }
+        for r in records {
+            buf.extend_from_slice(format_record(r).as_bytes());
+            buf.push(b'\n');
+        }
+        let r = write_all_counted(&mut *self.out, &buf)
+            .and_then(|()| self.out.flush().map_err(|e| (buf.len(), e)));
+        let result = match r {
+            Ok(()) => {
+                self.torn = false;
+                self.written += records.len() as u64;
+                Ok(())
+            }
+            Err((done, e)) => {
+                if done > 0 {
+                    self.torn = buf[done - 1] != b'\n';
+                }
+                Err(SinkError::io(
+                    format!(
+                        "stdout: batch of {} records not written whole",
+                        records.len()
+                    ),
+                    e,
+                ))
+            }
+        };
+        self.buf = buf;
+        result
     }
     fn metrics(&self) -> crate::SinkMetrics {
         crate::SinkMetrics {
@@ -81,8 +161,108 @@ impl Sink for StdoutSink {
         }
     }
     fn close(&mut self) -> Result<()> {
-        std::io::stdout()
-            .flush()
-            .map_err(|e| SinkError::io("stdout", e))
+        self.out.flush().map_err(|e| SinkError::io("stdout", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer that takes at most 64 bytes per call (short writes) and fails with EPIPE once
+    /// `budget` bytes are used up (`None`: no limit).
+    #[derive(Clone, Default)]
+    struct Flaky {
+        got: Arc<Mutex<Vec<u8>>>,
+        budget: Arc<Mutex<Option<usize>>>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut budget = self.budget.lock().unwrap();
+            let n = buf.len().min(64).min(budget.unwrap_or(usize::MAX));
+            if n == 0 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            if let Some(b) = budget.as_mut() {
+                *b -= n;
+            }
+            self.got.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write that fails part-way counts the whole batch as failed (none of it sent), and the
+    /// next batch starts on a line of its own.
+    #[test]
+    fn a_batch_that_fails_part_way_counts_whole_and_leaves_later_lines_whole() {
+        let recs = flowlens_testkit::records::conversations(15); // 30 records
+        let (a, b, c) = (&recs[..10], &recs[10..20], &recs[20..]);
+        let w = Flaky::default();
+        let mut s = StdoutSink::with_writer(Box::new(w.clone()));
+        s.write(a).unwrap();
+        assert_eq!((s.metrics().sent, s.metrics().acknowledged), (10, 10));
+
+        // Room for about one and a half lines of the next batch, then EPIPE.
+        let line = format_record(&b[0]).len() + 1;
+        *w.budget.lock().unwrap() = Some(line + line / 2);
+        let e = s.write(b).unwrap_err().to_string();
+        assert!(e.contains("not written whole"), "{e}");
+        let m = s.metrics();
+        assert_eq!(
+            (m.sent, m.acknowledged),
+            (10, 10),
+            "failed batch counted: {m:?}"
+        );
+
+        *w.budget.lock().unwrap() = None;
+        s.write(c).unwrap();
+        s.close().unwrap();
+        assert_eq!(s.metrics().sent, 20);
+
+        let got = String::from_utf8(w.got.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = got.lines().collect();
+        let whole = |rs: &[FlowRecord]| rs.iter().map(format_record).collect::<Vec<_>>();
+        assert_eq!(lines[..10], whole(a)[..]);
+        // What reached the writer of the failed batch: one whole line and a torn one.
+        assert_eq!(lines[10], whole(b)[0]);
+        assert!(
+            whole(b)[1].starts_with(lines[11]) && lines[11].len() < whole(b)[1].len(),
+            "{:?}",
+            lines[11]
+        );
+        // The next batch is whole, each record on its own line.
+        assert_eq!(lines[12..], whole(c)[..]);
+    }
+
+    /// A real pipe whose reader goes away in the middle of a batch (bigger than the pipe's
+    /// buffer): EPIPE part-way, the whole batch fails and nothing of it counts as sent.
+    #[test]
+    fn a_reader_that_goes_away_mid_batch_fails_the_whole_batch() {
+        use std::io::Read;
+        let recs = flowlens_testkit::records::conversations(1000); // 2000 records, ~300 KB
+        let (mut r, w) = std::io::pipe().unwrap();
+        let mut s = StdoutSink::with_writer(Box::new(w));
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 100_000];
+            r.read_exact(&mut buf).unwrap();
+            buf // dropping `r` closes the read end
+        });
+        let e = s.write(&recs).unwrap_err().to_string();
+        assert!(e.contains("Broken pipe"), "{e}");
+        assert_eq!((s.metrics().sent, s.metrics().acknowledged), (0, 0));
+        let got = String::from_utf8(reader.join().unwrap()).unwrap();
+        // The reader saw the batch's first lines, whole, and the start of the next one.
+        let lines: Vec<&str> = got.split('\n').collect();
+        let (last, whole) = lines.split_last().unwrap();
+        for (l, r) in whole.iter().zip(&recs) {
+            assert_eq!(*l, format_record(r));
+        }
+        assert!(format_record(&recs[whole.len()]).starts_with(last));
     }
 }

@@ -169,3 +169,65 @@ fn disk_full_fails_the_append_without_a_torn_frame() {
         assert_eq!(r, &recs[i % 1000], "record {i}");
     }
 }
+
+/// `chattr FLAG path` (e2fsprogs, Priority: required in Debian).
+fn chattr(flag: &str, path: &std::path::Path) {
+    let st = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .expect("running chattr (e2fsprogs)");
+    assert!(st.success(), "chattr {flag} {}: {st}", path.display());
+}
+
+/// A failed append whose partial write cannot be cut off: the disk is full (a 96 KiB tmpfs)
+/// and the segment is append-only (`chattr +a`: the write goes on, `ftruncate` fails with
+/// EPERM). The whole frames that reached the disk are kept and counted as stored (they would
+/// come back at every open anyway), the rest of the batch is not stored; the segment is closed
+/// and later appends go to a new one. Every record counted as stored is read back, in order,
+/// by this store and after a reopen, which cuts the torn tail off and reports it.
+#[test]
+fn a_partial_write_that_cannot_be_cut_off_keeps_whole_frames_and_closes_the_segment() {
+    let fs = Tmpfs::mount("store-sealed", "96k").unwrap();
+    let spool = fs.path().join("s");
+    let recs = conversations(250); // 500 records
+    let (mut s, _) = Store::open(&spool, 1 << 30, 1 << 30).unwrap();
+    assert_eq!(s.append(&recs[..100]).unwrap(), 100);
+    let seg = spool_files(&spool).pop().unwrap();
+    let filler = fs.fill("filler").unwrap();
+    chattr("+a", &seg);
+    let stored = s.append(&recs[100..400]);
+    chattr("-a", &seg);
+    let kept = stored.unwrap();
+    // The file's last page had room for some whole frames and part of the next.
+    assert!(kept > 0 && kept < 300, "{kept}");
+    assert_eq!(s.pending(), 100 + kept as u64);
+    let torn = std::fs::metadata(&seg).unwrap().len() - s.bytes();
+    assert!(torn > 0, "the failed append left part of a frame");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(s.append(&recs[400..500]).unwrap(), 100);
+    assert_eq!(
+        spool_files(&spool).len(),
+        2,
+        "later appends go to a new segment"
+    );
+    let want: Vec<_> = recs[..100 + kept]
+        .iter()
+        .chain(&recs[400..500])
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    s.read(usize::MAX, &mut out).unwrap();
+    assert_eq!(out, want);
+    drop(s);
+
+    let (mut s, rep) = Store::open(&spool, 1 << 30, 1 << 30).unwrap();
+    assert_eq!(
+        (rep.records, rep.truncated_bytes, rep.truncated_segments),
+        (want.len() as u64, torn, 1)
+    );
+    let mut out = Vec::new();
+    s.read(usize::MAX, &mut out).unwrap();
+    assert_eq!(out, want);
+}

@@ -74,6 +74,9 @@ pub struct Store {
     segments: VecDeque<Segment>,
     /// Appends go to the last segment through this handle.
     writer: Option<File>,
+    /// The last segment may end in a torn frame (a failed append could not be cut off): the
+    /// next append starts a new segment.
+    sealed: bool,
     /// First undelivered frame (persisted in `cursor`).
     commit: Pos,
     /// Next frame [`Store::read`] returns (>= `commit`).
@@ -127,6 +130,33 @@ fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> std::result::Result<Optio
         return Err(());
     }
     Ok(Some(()))
+}
+
+/// Writes all of `buf`, counting in `done` the bytes written (also when it fails).
+fn write_counted(w: &mut File, buf: &[u8], done: &mut usize) -> std::io::Result<()> {
+    while *done < buf.len() {
+        match w.write(&buf[*done..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => *done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The whole frames at the start of `buf` (encoded by [`Store::append`]): (bytes, frames).
+fn whole_frames(buf: &[u8]) -> (u64, u64) {
+    let (mut off, mut n) = (0usize, 0u64);
+    while let Some(h) = buf.get(off..off + FRAME_HEADER) {
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if off + FRAME_HEADER + len > buf.len() {
+            break;
+        }
+        off += FRAME_HEADER + len;
+        n += 1;
+    }
+    (off as u64, n)
 }
 
 impl Store {
@@ -241,6 +271,7 @@ impl Store {
             segment_bytes: segment_bytes.max(HEADER + 1),
             segments,
             writer: None,
+            sealed: false,
             commit,
             read: commit,
             reader: None,
@@ -322,6 +353,7 @@ impl Store {
             records: 0,
         });
         self.writer = Some(f);
+        self.sealed = false;
         Ok(())
     }
 
@@ -344,9 +376,20 @@ impl Store {
         &self.dir
     }
 
-    /// Appends records (oldest first) and fsyncs. Returns how many were stored: fewer than
-    /// `records.len()` only when the spool is full (`max_bytes`); the rest were not stored.
+    /// Appends records (oldest first) and fsyncs. Returns how many were stored (the first ones):
+    /// fewer than `records.len()` when the spool is full (`max_bytes`), or when a write failed
+    /// part-way and the partial write could not be cut off (then the whole frames that reached
+    /// the disk are kept: they would come back at the next open anyway); the rest were not
+    /// stored. A failed write that could be cut off stores nothing and returns the error.
     pub fn append(&mut self, records: &[FlowRecord]) -> Result<usize> {
+        if self.sealed && !records.is_empty() {
+            let next = self
+                .segments
+                .back()
+                .map(|s| s.seq + 1)
+                .unwrap_or(self.commit.seq);
+            self.new_segment(next)?;
+        }
         let mut total = self.bytes();
         let mut enc = std::mem::take(&mut self.enc);
         enc.clear();
@@ -368,7 +411,11 @@ impl Store {
             if seg_len + (enc.len() + frame.len()) as u64 > self.segment_bytes
                 && seg_len + enc.len() as u64 > HEADER
             {
-                self.flush_append(&enc, in_enc)?;
+                let n = self.flush_append(&enc, in_enc)?;
+                if n < in_enc {
+                    self.enc = enc;
+                    return Ok(stored - (in_enc - n) as usize);
+                }
                 enc.clear();
                 in_enc = 0;
                 let next = self
@@ -384,45 +431,83 @@ impl Store {
             total += frame.len() as u64;
             stored += 1;
         }
-        self.flush_append(&enc, in_enc)?;
+        let n = self.flush_append(&enc, in_enc)?;
         self.enc = enc;
-        Ok(stored)
+        Ok(stored - (in_enc - n) as usize)
     }
 
-    fn flush_append(&mut self, enc: &[u8], records: u64) -> Result<()> {
+    /// Writes `enc` (`records` whole frames) at the end of the last segment and syncs it.
+    /// Returns how many of the records are stored: all of them, or, when the write failed
+    /// part-way and the partial write could not be cut off, the whole frames that did reach the
+    /// disk (see [`Store::append`]).
+    fn flush_append(&mut self, enc: &[u8], records: u64) -> Result<u64> {
         if records == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let (seq, good_len) = self
             .segments
             .back()
             .map(|s| (s.seq, s.len))
             .unwrap_or((0, HEADER));
-        let w = self.writer.as_mut().ok_or_else(|| {
+        let mut w = self.writer.take().ok_or_else(|| {
             SinkError::io(
                 "spool",
                 std::io::Error::other("no segment open for writing"),
             )
         })?;
-        w.write_all(enc).and_then(|_| w.sync_data()).map_err(|e| {
-            // Cut what part of the batch was written (e.g. ENOSPC half-way), so that later
-            // appends do not follow a torn frame.
-            let _ = w.set_len(good_len);
-            SinkError::io(
-                format!(
-                    "appending to spool {}",
-                    self.dir.join(seg_name(seq)).display()
-                ),
+        let mut done = 0;
+        let Err(e) = write_counted(&mut w, enc, &mut done).and_then(|()| w.sync_data()) else {
+            self.writer = Some(w);
+            self.grow(enc.len() as u64, records);
+            return Ok(records);
+        };
+        let path = self.dir.join(seg_name(seq));
+        // Cut what part of the batch was written (e.g. ENOSPC half-way), so that later
+        // appends do not follow a torn frame.
+        let Err(cut) = w.set_len(good_len).and_then(|()| w.sync_data()) else {
+            self.writer = Some(w);
+            return Err(SinkError::io(
+                format!("appending to spool {}", path.display()),
                 e,
-            )
-        })?;
+            ));
+        };
+        // The segment keeps what was written: whole frames, then maybe a torn one. It takes no
+        // more appends (the next one starts a new segment). Every open finds the whole frames
+        // and cuts the torn tail off (`OpenReport::truncated_bytes`), so they are kept as
+        // stored if they are durable; the rest of the batch is not stored.
+        self.sealed = true;
+        let (kept_bytes, kept) = whole_frames(&enc[..done]);
+        if kept == 0 {
+            return Err(SinkError::io(
+                format!(
+                    "appending to spool {} failed ({e}), and cutting the partial frame off failed; the segment is closed",
+                    path.display()
+                ),
+                cut,
+            ));
+        }
+        if let Err(sync) = w.sync_data() {
+            return Err(SinkError::io(
+                format!(
+                    "appending to spool {} failed ({e}), and cutting the partial frame off failed ({cut}); {kept} records of the batch may come back at the next start",
+                    path.display()
+                ),
+                sync,
+            ));
+        }
+        tracing::error!(spool = %path.display(), error = %e, cut_error = %cut, stored = kept, not_stored = records - kept, "spool: an append failed part-way and the partial frame could not be cut off; the whole frames written are kept, the segment is closed");
+        self.grow(kept_bytes, kept);
+        Ok(kept)
+    }
+
+    /// Accounts `records` frames of `bytes` appended to the last segment.
+    fn grow(&mut self, bytes: u64, records: u64) {
         if let Some(s) = self.segments.back_mut() {
-            s.len += enc.len() as u64;
+            s.len += bytes;
             s.records += records;
         }
         self.pending += records;
         self.unread += records;
-        Ok(())
     }
 
     /// Reads up to `max` records from the read position into `out`; returns the position after
