@@ -171,6 +171,7 @@ fn disk_full_fails_the_append_without_a_torn_frame() {
 }
 
 /// `chattr FLAG path` (e2fsprogs, Priority: required in Debian).
+#[cfg(feature = "kernel-tests")]
 fn chattr(flag: &str, path: &std::path::Path) {
     let st = std::process::Command::new("chattr")
         .arg(flag)
@@ -186,6 +187,7 @@ fn chattr(flag: &str, path: &std::path::Path) {
 /// come back at every open anyway), the rest of the batch is not stored; the segment is closed
 /// and later appends go to a new one. Every record counted as stored is read back, in order,
 /// by this store and after a reopen, which cuts the torn tail off and reports it.
+#[cfg(feature = "kernel-tests")]
 #[test]
 fn a_partial_write_that_cannot_be_cut_off_keeps_whole_frames_and_closes_the_segment() {
     let fs = Tmpfs::mount("store-sealed", "96k").unwrap();
