@@ -53,6 +53,22 @@ pub fn up_non_loopback() -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The interfaces `flowlens run` attaches XDP to: those named with `--xdp`; with none named and
+/// no netfilter hooks, the default set ([`up_non_loopback`]); with only netfilter hooks, none.
+pub fn xdp_targets(named: &[String], netfilter: bool) -> Result<Vec<String>> {
+    if !named.is_empty() {
+        return Ok(named.to_vec());
+    }
+    if netfilter {
+        return Ok(Vec::new());
+    }
+    let l = up_non_loopback()?;
+    if l.is_empty() {
+        bail!("no interface is up except loopback; name one with --xdp IFACE");
+    }
+    Ok(l)
+}
+
 /// Caches interface names by index (records carry the name as of export time). Any interface
 /// of the collector's network namespace resolves, not only those with an XDP program: the
 /// netfilter hooks report every interface. Index 0 (no interface) and indexes that do not

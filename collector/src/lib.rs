@@ -3,11 +3,13 @@
 //! Data flows one way: [`probe`] (kernel maps) → [`drain`] → [`flow_table`] (merging, timeouts)
 //! → [`export`] (records) → sinks. [`run`] wires the stages together on a timer.
 
+pub mod check;
 pub mod config;
 pub mod drain;
 pub mod export;
 pub mod flow_table;
 pub mod ifaces;
+pub mod kernel_support;
 pub mod metrics;
 pub mod netfilter;
 pub mod privileges;

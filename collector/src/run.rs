@@ -20,8 +20,7 @@ use crate::{
     drain::{Accounting, Drainer},
     export::Exporter,
     flow_table::{Ended, FlowTable},
-    ifaces, metrics,
-    netfilter::{self, NetfilterError, btf::Btf},
+    ifaces, kernel_support, metrics, netfilter,
     probe::Probe,
     timebase::{Timebase, monotonic_now_ns},
 };
@@ -445,19 +444,6 @@ fn report_conservation(t: &Totals) {
     }
 }
 
-/// Checks that this kernel runs netfilter programs and reads the struct offsets the probe needs.
-fn netfilter_offsets() -> Result<flowlens_schema::NfOffsets, NetfilterError> {
-    netfilter::probe_support()?;
-    Ok(netfilter::nf_offsets(&Btf::from_kernel()?)?)
-}
-
-/// Errors that mean "this kernel cannot run the netfilter probe at all" (as opposed to a hook
-/// that fails to attach, or a program the verifier rejects): with XDP also requested, flowlens
-/// warns and goes on with XDP only.
-fn netfilter_unavailable(e: &NetfilterError) -> bool {
-    matches!(e, NetfilterError::Unsupported(_) | NetfilterError::Btf(_))
-}
-
 /// One timer or early cycle, reported to the metrics endpoint (if any).
 fn observed_cycle(
     pipe: &mut Pipeline,
@@ -517,17 +503,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     // Validate everything that can fail before attaching anything.
     // XDP: the named interfaces; with neither --xdp nor --netfilter, the default set; with only
     // --netfilter, none.
-    let ifaces_list = if !cfg.xdp.is_empty() {
-        cfg.xdp.clone()
-    } else if cfg.netfilter.is_empty() {
-        let l = ifaces::up_non_loopback()?;
-        if l.is_empty() {
-            bail!("no interface is up except loopback; name one with --xdp IFACE");
-        }
-        l
-    } else {
-        Vec::new()
-    };
+    let ifaces_list = ifaces::xdp_targets(&cfg.xdp, !cfg.netfilter.is_empty())?;
     for i in &ifaces_list {
         ifaces::index_of(i).context("--xdp")?;
     }
@@ -554,9 +530,9 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     let (nf_hooks, nf_offsets) = if cfg.netfilter.is_empty() {
         (Vec::new(), None)
     } else {
-        match netfilter_offsets() {
+        match kernel_support::netfilter_offsets() {
             Ok(o) => (cfg.netfilter.clone(), Some(o)),
-            Err(e) if netfilter_unavailable(&e) && !ifaces_list.is_empty() => {
+            Err(e) if e.is_unavailable() && !ifaces_list.is_empty() => {
                 tracing::warn!(
                     error = %e,
                     hooks = ?cfg.netfilter.iter().map(|h| h.name()).collect::<Vec<_>>(),
@@ -684,43 +660,4 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         "flowlens stopped"
     );
     Ok(t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::netfilter::{Family, Hook};
-
-    /// Only "the kernel cannot do it at all" falls back to XDP; a hook that fails to attach or a
-    /// rejected program stays an error.
-    #[test]
-    fn netfilter_fallback_is_only_for_missing_kernel_support() {
-        let errno = |n| std::io::Error::from_raw_os_error(n);
-        assert!(netfilter_unavailable(&NetfilterError::Unsupported(errno(
-            libc::EINVAL
-        ))));
-        assert!(netfilter_unavailable(&NetfilterError::Btf(
-            netfilter::btf::BtfError::NoStruct("bpf_nf_ctx".into())
-        )));
-        let attach = NetfilterError::Attach {
-            program: "flowlens_nf".into(),
-            hook: Hook::Forward,
-            family: Family::Ipv6,
-            priority: -450,
-            source: errno(libc::EBUSY),
-        };
-        assert!(!netfilter_unavailable(&attach));
-        let msg = attach.to_string();
-        assert!(
-            msg.contains("hook forward") && msg.contains("ipv6") && msg.contains("busy"),
-            "{msg}"
-        );
-        assert!(!netfilter_unavailable(&NetfilterError::Load {
-            program: "flowlens_nf".into(),
-            source: errno(libc::EACCES),
-            log: "R1 invalid mem access".into(),
-        }));
-        let unsupported = NetfilterError::Unsupported(errno(libc::EINVAL)).to_string();
-        assert!(unsupported.contains("Linux >= 6.4"), "{unsupported}");
-    }
 }

@@ -648,9 +648,11 @@ fn netfilter_unavailable_falls_back_to_xdp_only() {
         .unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success(), "{err}");
+    let release = flowlens::kernel_support::kernel_release();
     assert!(
-        err.contains("flowlens: error: --netfilter: reading kernel struct offsets from BTF")
-            && err.contains("/sys/kernel/btf/vmlinux"),
+        err.contains(&format!(
+            "flowlens: error: --netfilter: Linux {release} has no usable kernel BTF"
+        )) && err.contains("/sys/kernel/btf/vmlinux"),
         "{err}"
     );
 }

@@ -20,7 +20,7 @@
 //! [`nf_offsets`] helper, so the module could become aya's `programs::Netfilter`.
 
 pub mod btf;
-mod sys;
+pub(crate) mod sys;
 
 use std::{
     collections::{HashMap, HashSet},
