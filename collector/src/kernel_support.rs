@@ -170,14 +170,14 @@ pub fn native_xdp_refusal(iface: &str, e: &(dyn std::error::Error + 'static)) ->
     let io = os_error(e)?;
     let errno = io.raw_os_error()?;
     let (_, why) = NATIVE_ONLY_ERRNOS.iter().find(|(n, _)| *n == errno)?;
-    let mtu = if matches!(errno, libc::ERANGE | libc::EINVAL) {
-        interface_mtu(iface)
-            .map(|m| format!(", MTU {m}"))
-            .unwrap_or_default()
-    } else {
-        String::new()
+    let why = match (errno, interface_mtu(iface)) {
+        (libc::ERANGE, Some(mtu)) => {
+            format!("the MTU ({mtu}) is too large for the driver's native XDP")
+        }
+        (libc::EINVAL, Some(mtu)) => format!("{why}; MTU {mtu}"),
+        _ => why.to_string(),
     };
-    Some(format!("{why}{mtu}: {io}"))
+    Some(format!("{why}: {io}"))
 }
 
 /// The MTU of `iface` (from /sys/class/net, which `ip netns exec` mounts for the namespace).
@@ -367,8 +367,11 @@ mod tests {
     fn native_refusals_name_the_reason() {
         let e = io::Error::from_raw_os_error(libc::ERANGE);
         let r = native_xdp_refusal("lo", &e).unwrap();
-        assert!(r.starts_with("the MTU is too large"), "{r}");
-        assert!(r.contains("MTU 65536") && r.contains("os error 34"), "{r}");
+        assert!(
+            r.starts_with("the MTU (65536) is too large for the driver's native XDP: ")
+                && r.contains("os error 34"),
+            "{r}"
+        );
         let r = native_xdp_refusal("lo", &io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         assert!(r.unwrap().contains("no native XDP"));
         // Another program attached, or no permission: generic mode would fail too.
