@@ -4,16 +4,7 @@
 //! `flowlens check` reports all of it; `flowlens run` uses [`netfilter_offsets`] (netfilter
 //! hooks, or XDP only) and [`native_xdp_refusal`] (auto mode's fallback to generic XDP).
 //!
-//! | feature | the probe needs it for | minimum Linux |
-//! |---|---|---|
-//! | XDP, generic (skb) mode | the XDP probe on any interface | 4.12 |
-//! | XDP, native (driver) mode | the XDP probe before the skb is built | 4.8, per driver |
-//! | BPF links for XDP (`bpf_link_create`) | detach on exit even if killed (else netlink) | 5.9 |
-//! | `BPF_MAP_LOOKUP_AND_DELETE_BATCH` on hash maps | the batch drain (else key by key) | 5.6 |
-//! | `bpf_ktime_get_coarse_ns` | cheap timestamps of a flow's later packets | 5.11 |
-//! | BPF atomic OR (`BPF_ATOMIC` with `BPF_OR`) | TCP flags of a flow | 5.12 |
-//! | `BPF_PROG_TYPE_NETFILTER` and its links | `--netfilter` | 6.4, with `CONFIG_NETFILTER_BPF_LINK` |
-//! | kernel BTF (`/sys/kernel/btf/vmlinux`) | struct offsets of the netfilter probe | 5.4, with `CONFIG_DEBUG_INFO_BTF` |
+//! The minimum kernel per feature is tabled in README.md ("Kernels").
 
 use std::{
     io,
