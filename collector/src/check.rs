@@ -112,7 +112,7 @@ fn one_line(e: &anyhow::Error) -> String {
     let text = format!("{e:#}");
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default().to_string();
-    match lines.last() {
+    match lines.next_back() {
         Some(last) => format!("{first} ... {last}"),
         None => first,
     }
