@@ -3,7 +3,7 @@
 //! The dataset (one day, 10.08 M rows, written through the real Parquet sink) is generated once
 //! into `target/bench/report-10m/` and reused while its marker file says it is complete.
 //! Measured side by side in one run:
-//! * `report_rows_per_sec`: the full report (`flowlens::report::build`, 2 threads) over the day;
+//! * `report_rows_per_sec`: the full report (`flowlens_report::build`, 2 threads) over the day;
 //! * `report_rows_per_sec_1_thread`: the same with one thread;
 //! * `report_1h_seconds` vs `report_day_seconds`: one hour of the day (partition pruning);
 //! * `decode_projected_rows_per_sec` vs `decode_all_columns_rows_per_sec`: only the parquet
@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use flowlens::report::{self, ReportArgs};
+use flowlens_report::{self as report, ReportArgs};
 use flowlens_schema::{
     flow::{FlowKey, OBS_NF_LOCAL_OUT, OBS_XDP},
     record::{EndReason, FlowRecord},
@@ -144,7 +144,7 @@ fn build(dir: &Path, extra: &[&str], threads: usize) -> Result<(f64, u64)> {
 }
 
 fn decode(dir: &Path, projected: bool) -> Result<f64> {
-    let files = flowlens::top::parquet_files(dir)?;
+    let files = flowlens_report::top::parquet_files(dir)?;
     let t = Instant::now();
     let mut rows = 0u64;
     for f in files {
@@ -171,7 +171,7 @@ pub fn run(summary: &mut BTreeMap<String, f64>) -> Result<()> {
     if !ok {
         generate(&dir)?;
     }
-    let bytes: u64 = flowlens::top::parquet_files(&dir)?
+    let bytes: u64 = flowlens_report::top::parquet_files(&dir)?
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();

@@ -267,12 +267,16 @@ pub fn check(cfg: &RunConfig) -> Report {
 
     if !targets.is_empty() {
         // If the flow program is refused, the no-op twin still shows what the interfaces take.
+        let variant = probe.variant();
         let program = match probe.xdp_program(XDP_PROGRAM) {
             Ok(_) => {
                 r.push(
                     Status::Ok,
                     "xdp program",
-                    format!("{XDP_PROGRAM} passes the verifier"),
+                    format!(
+                        "{XDP_PROGRAM} passes the verifier (probe variant: {})",
+                        variant.describe(cfg.precise_timestamps)
+                    ),
                 );
                 XDP_PROGRAM
             }

@@ -330,6 +330,7 @@ mod tests {
     use super::*;
 
     /// Needs root (CI is root). The host kernel (6.18) has all of these.
+    #[cfg(feature = "kernel-tests")]
     #[test]
     fn this_kernel_has_the_probes_features() {
         coarse_clock().unwrap();
@@ -339,6 +340,7 @@ mod tests {
     }
 
     /// The probes can fail: an unknown helper and an unknown atomic operation are refused.
+    #[cfg(feature = "kernel-tests")]
     #[test]
     fn instruction_probes_can_fail() {
         let bad_helper = [insn(0x85, 0, 0, 0, 100_000), mov64_imm(0, XDP_PASS), exit()];

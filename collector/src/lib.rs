@@ -14,8 +14,11 @@ pub mod metrics;
 pub mod netfilter;
 pub mod privileges;
 pub mod probe;
-pub mod report;
 pub mod run;
 pub mod sys;
 pub mod timebase;
-pub mod top;
+
+/// `flowlens report` and `flowlens top` live in their own crate (no eBPF, no sinks); re-exported
+/// at their old paths.
+pub use flowlens_report as report;
+pub use flowlens_report::top;

@@ -107,6 +107,8 @@ fn parse_cli() -> Cli {
 fn real_main() -> Result<()> {
     match parse_cli().cmd {
         Cmd::Run(args) => {
+            // A binary built with build.rs's stub says so before anything else.
+            flowlens::probe::probe_object()?;
             let cfg = (*args).resolve()?;
             run::run(cfg)?;
         }

@@ -16,9 +16,30 @@ use crate::{
     netfilter::{Family, Hook, NetfilterLink, NetfilterProgram},
 };
 
-/// The probe object built by `build.rs` from `probe-ebpf/`.
+/// The probe object built by `build.rs` from `probe-ebpf/`, or the stub `build.rs` embeds where
+/// the eBPF toolchain is missing (use [`probe_object`], which refuses the stub).
 pub static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens-probe"));
+
+/// The embedded probe object, or a one-line error when this binary was built with the stub.
+pub fn probe_object() -> Result<&'static [u8]> {
+    check_object(PROBE_OBJECT)
+}
+
+fn check_object(object: &[u8]) -> Result<&[u8]> {
+    if object.starts_with(b"\x7fELF") {
+        return Ok(object);
+    }
+    let text = String::from_utf8_lossy(object);
+    let why = text
+        .trim()
+        .strip_prefix("flowlens-probe stub:")
+        .map_or("not an ELF object", str::trim);
+    Err(anyhow!(
+        "this flowlens binary was built without its eBPF probe ({why}): rebuild it with \
+         `cargo xtask build` (or FLOWLENS_BUILD_EBPF=1 cargo build --release -p flowlens)"
+    ))
+}
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
@@ -35,6 +56,35 @@ pub const NF_NOOP_PROGRAM: &str = "flowlens_nf_noop";
 const NF_OFFSETS_GLOBAL: &str = "NF_OFFSETS";
 /// The probe's global choosing the clock of packets after a flow's first.
 const PRECISE_TIMESTAMPS_GLOBAL: &str = "PRECISE_TIMESTAMPS";
+/// The probe's global choosing how TCP flags are OR-ed into a flow.
+const PLAIN_FLAGS_OR_GLOBAL: &str = "PLAIN_FLAGS_OR";
+
+/// The flavour of the probe loaded, chosen at load time from what the kernel accepts: every
+/// optimisation newer than the oldest kernel flowlens supports has a portable fallback, so an
+/// older kernel costs a little speed, never the run (README, "Minimum kernel").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeVariant {
+    /// Coarse clock for packets after a flow's first (`bpf_ktime_get_coarse_ns`, Linux 5.11+,
+    /// unless `--precise-timestamps`) and TCP flags OR-ed with a BPF atomic OR (Linux 5.12+).
+    Fast,
+    /// `bpf_ktime_get_ns` for every packet and a plain read-modify-write of the TCP flags (two
+    /// CPUs adding different new flags to one flow at the same instant can lose one; packet and
+    /// byte counts stay exact). Loads on every kernel from 5.10.
+    Compatible,
+}
+
+impl ProbeVariant {
+    /// What the variant does, for the log.
+    pub fn describe(self, precise_timestamps: bool) -> &'static str {
+        match (self, precise_timestamps) {
+            (ProbeVariant::Fast, false) => "fast (coarse clock, atomic TCP-flag OR)",
+            (ProbeVariant::Fast, true) => "fast (precise clock as asked, atomic TCP-flag OR)",
+            (ProbeVariant::Compatible, _) => {
+                "compatible (precise clock, non-atomic TCP-flag OR: for kernels before 5.12)"
+            }
+        }
+    }
+}
 
 /// How XDP programs are attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -74,6 +124,20 @@ pub struct Probe {
     /// Whether `NF_OFFSETS` was filled in (netfilter flow programs need it).
     has_nf_offsets: bool,
     max_flows: u32,
+    variant: ProbeVariant,
+}
+
+/// The verifier's complaint in a load error: the log line before its statistics ("verification
+/// time ...", "processed N insns ..."), or the error's first line.
+fn verifier_reason(err: &str) -> &str {
+    let lines: Vec<&str> = err.lines().collect();
+    lines
+        .iter()
+        .position(|l| l.starts_with("verification time") || l.starts_with("processed "))
+        .and_then(|i| i.checked_sub(1))
+        .map(|i| lines[i])
+        .or(lines.first().copied())
+        .unwrap_or_default()
 }
 
 /// The fd of an aya map, whatever its type.
@@ -129,11 +193,58 @@ impl Probe {
 
     /// Like [`Probe::load_with`]; `precise_timestamps` stamps every packet with
     /// `bpf_ktime_get_ns` instead of only a flow's first one (`--precise-timestamps`).
+    ///
+    /// The XDP flow program is verified here to choose the [`ProbeVariant`]: the fast one if
+    /// this kernel accepts it, else the compatible one (logged as a warning with the
+    /// verifier's reason). If neither verifies, the fast variant is returned unverified, and
+    /// the verifier's error comes with the first XDP attach (a netfilter-only run still works).
     pub fn load_opts(
         max_flows: u32,
         nf_offsets: Option<NfOffsets>,
         precise_timestamps: bool,
     ) -> Result<Probe> {
+        let mut fast = Self::load_variant(
+            max_flows,
+            nf_offsets,
+            precise_timestamps,
+            ProbeVariant::Fast,
+        )?;
+        let verified = fast.xdp_program(XDP_PROGRAM).map(|_| ());
+        let refused = match verified {
+            Ok(()) => {
+                let v = ProbeVariant::Fast.describe(precise_timestamps);
+                tracing::info!("probe variant: {v}");
+                return Ok(fast);
+            }
+            Err(e) => e,
+        };
+        let mut compat = Self::load_variant(
+            max_flows,
+            nf_offsets,
+            precise_timestamps,
+            ProbeVariant::Compatible,
+        )?;
+        if compat.xdp_program(XDP_PROGRAM).is_err() {
+            tracing::debug!(error = %format!("{refused:#}"), "no probe variant verifies");
+            return Ok(fast);
+        }
+        tracing::warn!(
+            reason = verifier_reason(&format!("{refused:#}")),
+            "this kernel refused the fast probe; probe variant: {}",
+            ProbeVariant::Compatible.describe(precise_timestamps)
+        );
+        Ok(compat)
+    }
+
+    /// Loads the probe's maps for `variant` as it is (no fallback; tests and benchmarks).
+    /// Programs are loaded lazily.
+    pub fn load_variant(
+        max_flows: u32,
+        nf_offsets: Option<NfOffsets>,
+        precise_timestamps: bool,
+        variant: ProbeVariant,
+    ) -> Result<Probe> {
+        let object = probe_object()?;
         if max_flows == 0 {
             return Err(anyhow!("max-flows must be at least 1"));
         }
@@ -141,14 +252,16 @@ impl Probe {
         loader
             .map_max_entries(FLOW_MAPS[0], max_flows)
             .map_max_entries(FLOW_MAPS[1], max_flows);
-        let precise = u8::from(precise_timestamps);
+        let compatible = u8::from(variant == ProbeVariant::Compatible);
+        let precise = u8::from(precise_timestamps) | compatible;
         loader.override_global(PRECISE_TIMESTAMPS_GLOBAL, &precise, true);
+        loader.override_global(PLAIN_FLAGS_OR_GLOBAL, &compatible, true);
         let offsets;
         if let Some(o) = nf_offsets {
             offsets = o;
             loader.override_global(NF_OFFSETS_GLOBAL, &offsets, true);
         }
-        let ebpf = loader.load(PROBE_OBJECT).context(
+        let ebpf = loader.load(object).context(
             "loading the eBPF probe (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)",
         )?;
         Ok(Probe {
@@ -159,7 +272,13 @@ impl Probe {
             xdp_links: Vec::new(),
             has_nf_offsets: nf_offsets.is_some(),
             max_flows,
+            variant,
         })
+    }
+
+    /// The variant loaded.
+    pub fn variant(&self) -> ProbeVariant {
+        self.variant
     }
 
     /// Loads netfilter program `name` of the probe object (once; later calls return the loaded
@@ -176,7 +295,7 @@ impl Probe {
                     ));
                 }
                 let maps = self.ebpf.maps().map(|(n, m)| (n, map_fd(m)));
-                let prog = NetfilterProgram::load(PROBE_OBJECT, name, maps)?;
+                let prog = NetfilterProgram::load(probe_object()?, name, maps)?;
                 self.nf_programs.push(prog);
                 self.nf_programs.len() - 1
             }
@@ -390,5 +509,46 @@ impl Probe {
     pub fn take_per_key_drainer(&mut self) -> Result<(PerKeyDrainer, KernelStats)> {
         let map = self.take_flow_map(FLOW_MAPS[0])?;
         Ok((PerKeyDrainer::new(map), self.take_stats()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary built with `build.rs`'s stub refuses to load it, with one line that says why
+    /// and how to get the real probe.
+    #[test]
+    fn stub_object_is_refused_with_one_line() {
+        let stub = b"flowlens-probe stub: bpf-linker not found on PATH\n";
+        let e = format!("{:#}", check_object(stub).unwrap_err());
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with(
+                "this flowlens binary was built without its eBPF probe (bpf-linker not found on PATH)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("cargo xtask build"), "{e}");
+        let e = format!("{:#}", check_object(b"").unwrap_err());
+        assert!(e.contains("(not an ELF object)"), "{e}");
+        // An ELF object is passed through untouched (aya then parses it).
+        let elf = b"\x7fELF\x02\x01\x01";
+        assert_eq!(check_object(elf).unwrap(), elf);
+    }
+
+    /// Loading a stub-built binary's probe fails before any bpf(2) call (no root needed).
+    #[test]
+    fn load_fails_cleanly_or_uses_an_elf_object() {
+        match probe_object() {
+            Ok(obj) => assert!(obj.starts_with(b"\x7fELF")),
+            Err(_) => {
+                let e = format!("{:#}", Probe::load(16).err().expect("a stub cannot load"));
+                assert!(
+                    e.starts_with("this flowlens binary was built without"),
+                    "{e}"
+                );
+            }
+        }
     }
 }

@@ -1044,6 +1044,7 @@ fn files_without_statistics() {
 }
 
 /// Counts pixels in the PNG that are far from white, and distinct colours.
+#[cfg(feature = "peer-tests")]
 fn png_stats(path: &Path) -> (usize, usize, usize, (u32, u32)) {
     let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
     let mut reader = dec.read_info().unwrap();
@@ -1068,6 +1069,8 @@ fn png_stats(path: &Path) -> (usize, usize, usize, (u32, u32)) {
     (colours.len(), non_white, chart_blue, (w, h))
 }
 
+/// Needs Debian's chromium (`cargo xtask setup`): peer tier.
+#[cfg(feature = "peer-tests")]
 #[test]
 fn html_report_renders_in_headless_chromium() {
     let chromium = ["chromium", "chromium-browser"]

@@ -1,7 +1,7 @@
 //! A deterministic mutation corpus run through the real probe programs by the kernel
 //! (`BPF_PROG_TEST_RUN`; needs root or CAP_BPF): tens of thousands of frames, each checked
 //! against the user-space twin of the parser (and the twin against the slice-based reference
-//! classifier of `schema/tests/reference`).
+//! classifier of `abi/tests/reference`).
 //!
 //! The corpus ([`corpus`]) starts from seeds (IPv4 with every IHL 5-15, TCP/UDP/UDP-Lite/SCTP/
 //! ICMP/ICMPv6/GRE/AH, first and non-first fragments; IPv6 with extension-header chains of 0 to
@@ -20,7 +20,7 @@
 //!
 //! `FLOWLENS_CORPUS_SEED` changes the random part (flips, padding, which VLAN mutations).
 
-#[path = "../../schema/tests/reference/mod.rs"]
+#[path = "../../abi/tests/reference/mod.rs"]
 mod reference;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! The real XDP probe, run by the kernel through `BPF_PROG_TEST_RUN` (needs root or CAP_BPF).
 //!
-//! * Shape tests: every packet shape of `schema/src/parse_tests.rs`, built here independently
+//! * Shape tests: every packet shape of `abi/src/parse_tests.rs`, built here independently
 //!   with etherparse (its `PacketBuilder` where it can, by hand with etherparse's header types
 //!   otherwise), is run `N` times through the loaded `flowlens_xdp` program, once with
 //!   `repeat = N` and once as `N` separate runs. The flow map must then hold exactly the expected
@@ -2064,7 +2064,7 @@ fn random_frame(r: &mut Rng, c: &mut Cats) -> Vec<u8> {
 }
 
 /// The expected outcome of `frame`, computed with etherparse's slicers layer by layer plus the
-/// documented flowlens rules (top of schema/src/parse.rs) wherever they deliberately differ from
+/// documented flowlens rules (top of abi/src/parse.rs) wherever they deliberately differ from
 /// etherparse. Each such place hits a `rule: ...` category.
 fn expect_with_etherparse(frame: &[u8], c: &mut Cats) -> Parsed {
     let Ok(eth) = Ethernet2Slice::from_slice_without_fcs(frame) else {

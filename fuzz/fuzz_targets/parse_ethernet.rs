@@ -1,9 +1,9 @@
-//! libFuzzer target: the same properties as `schema/tests/parse_props.rs` (parser == reference
+//! libFuzzer target: the same properties as `abi/tests/parse_props.rs` (parser == reference
 //! classifier, `ip_len` claimed and inside the frame, truncation and padding behaviour), on
 //! whatever bytes the fuzzer comes up with.
 #![no_main]
 
-#[path = "../../schema/tests/reference/mod.rs"]
+#[path = "../../abi/tests/reference/mod.rs"]
 mod reference;
 
 libfuzzer_sys::fuzz_target!(|frame: &[u8]| {

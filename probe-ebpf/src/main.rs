@@ -1,7 +1,7 @@
 //! flowlens kernel probes.
 //!
 //! `flowlens_xdp` parses every ingress frame once with the shared parser
-//! ([`flowlens_schema::parse`]) and adds it to its flow in the active flow map. It always
+//! ([`flowlens_abi::parse`]) and adds it to its flow in the active flow map. It always
 //! returns `XDP_PASS`: the probe observes, it never changes traffic. `flowlens_nf` does the same
 //! at netfilter hooks (BPF_PROG_TYPE_NETFILTER, loaded by the collector's own loader), starting
 //! the same parser at L3, and always returns `NF_ACCEPT`.
@@ -20,7 +20,7 @@
 //!   map costs a value per CPU per flow and measured slower; see docs/BENCHMARKS.md.)
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
@@ -37,7 +37,7 @@ mod probe {
         programs::XdpContext,
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
-    use flowlens_schema::{
+    use flowlens_abi::{
         FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
         OBS_XDP, VLAN_NONE,
         parse::{Packet, Parsed, parse_ethernet, parse_ipv4, parse_ipv6},
@@ -55,7 +55,7 @@ mod probe {
     static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
     /// Per-CPU counters, one entry per (buffer, observation point) ([`stats::index`]), each
-    /// holding every slot of [`flowlens_schema::stats`]: one array lookup per packet.
+    /// holding every slot of [`flowlens_abi::stats`]: one array lookup per packet.
     #[map]
     static STATS: PerCpuArray<[u64; stats::COUNT as usize]> =
         PerCpuArray::with_max_entries(stats::ENTRIES, 0);
@@ -80,8 +80,27 @@ mod probe {
         }
         #[inline(always)]
         fn covers(&self, end_off: usize) -> bool {
-            self.0.data() + end_off <= self.0.data_end()
+            // `end_off` may be an IP length the verifier cannot bound (Linux < 6.8 tracks no
+            // bounds through `|` of two unknown bytes), and a packet pointer plus an unbounded
+            // value is refused. An explicit bound keeps the sum checkable on every kernel; it
+            // must survive optimisation, which would drop it as always true, hence `opaque`.
+            let end_off = opaque(end_off);
+            end_off <= MAX_END_OFF && self.0.data() + end_off <= self.0.data_end()
         }
+    }
+
+    /// Larger than any header offset plus IP length the parser computes (22 + 40 + 65535).
+    const MAX_END_OFF: usize = 1 << 17;
+
+    /// `x`, unknown to the compiler: a check on the result is compiled as written (the
+    /// verifier needs it; the compiler could prove it redundant). One register move: an
+    /// empty asm block would give two BTF line records one instruction offset, which Linux
+    /// 6.1 refuses ("Invalid line_info").
+    #[inline(always)]
+    fn opaque(mut x: usize) -> usize {
+        // SAFETY: a register move of `x` to itself; no memory, no stack.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack)) };
+        x
     }
 
     #[inline(always)]
@@ -165,7 +184,18 @@ mod probe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets, 1);
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes, bytes);
             if flags != 0 {
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).tcp_flags, flags);
+                if PLAIN_FLAGS_OR.load() == 0 {
+                    atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                        &raw mut (*v).tcp_flags,
+                        flags,
+                    );
+                } else {
+                    let f = &raw mut (*v).tcp_flags;
+                    let old = core::ptr::read_volatile(f);
+                    if old | flags != old {
+                        core::ptr::write_volatile(f, old | flags);
+                    }
+                }
             }
             (*v).last_seen_ns = now;
             (*v).dscp = dscp;
@@ -185,6 +215,14 @@ mod probe {
     /// the verifier removes the branch not taken.
     #[unsafe(no_mangle)]
     static PRECISE_TIMESTAMPS: Global<u8> = Global::new(0);
+
+    /// 0 (default): TCP flags are OR-ed into a flow with a BPF atomic OR (Linux 5.12+). 1: with
+    /// a plain read-modify-write, for older kernels; there two CPUs adding different new flags
+    /// to one flow at the same instant can lose one of them (packet and byte counts stay exact:
+    /// atomic adds exist everywhere). Chosen by the loader (`collector/src/probe.rs`); in frozen
+    /// `.rodata`, so the verifier removes the branch not taken.
+    #[unsafe(no_mangle)]
+    static PLAIN_FLAGS_OR: Global<u8> = Global::new(0);
 
     #[inline(always)]
     fn record(

@@ -1,17 +1,13 @@
-//! One definition of what flowlens measures.
+//! One definition of what flowlens exports.
 //!
-//! * [`flow`]: the `#[repr(C)]` key and value the kernel probe writes into its LRU map, and the
-//!   per-CPU counter slots. `no_std`, shared byte-for-byte with `probe-ebpf`.
-//! * [`parse`]: the packet parser. The same source is compiled into the eBPF program and into
-//!   user space (its "twin"), so the kernel's decisions can be unit-tested on the host.
 //! * [`record`] (feature `record`): the exported flow record and its Arrow schema, which every
 //!   sink derives its columns from, and [`community_id`].
-#![cfg_attr(not(feature = "user"), no_std)]
+//! * [`flow`] and [`parse`]: the kernel ABI and the packet parser, re-exported from the `no_std`
+//!   crate `flowlens-abi` (the only crate the eBPF probe is built from), so editing the record
+//!   never rebuilds the probe. Feature `aya` adds their `aya::Pod` impls.
+#![cfg_attr(not(feature = "record"), no_std)]
 
-pub mod flow;
-pub mod parse;
-#[cfg(test)]
-mod parse_tests;
+pub use flowlens_abi::{flow, parse};
 
 #[cfg(feature = "record")]
 pub mod community_id;

@@ -3,7 +3,9 @@
 use std::{io::Write, path::PathBuf};
 
 use flowlens_sinks::spool::Store;
-use flowlens_testkit::{Tmpfs, records::conversations, unique_path};
+#[cfg(feature = "kernel-tests")]
+use flowlens_testkit::Tmpfs;
+use flowlens_testkit::{records::conversations, unique_path};
 
 fn spool_files(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -127,6 +129,8 @@ fn bound_bad_cursor_and_unwritable_directory_are_reported() {
 
 /// Disk full (a 96 KiB tmpfs): the append fails with the spool's path in the error, the segment
 /// is cut back to its last whole frame, and everything stored before is read back intact.
+/// Mounting needs root: kernel tier.
+#[cfg(feature = "kernel-tests")]
 #[test]
 fn disk_full_fails_the_append_without_a_torn_frame() {
     let fs = Tmpfs::mount("store-enospc", "96k").unwrap();

@@ -15,9 +15,10 @@
 //! * [`flows_of`]: per-flow packet / byte totals of captured frames, computed with
 //!   `etherparse` (deliberately not with flowlens' own parser).
 //!
-//! * [`otlp`]: an OTLP/gRPC logs receiver that records what it gets.
-//! * [`kafka`]: a real Kafka-compatible broker process (tansu) and a consumer that reads a
-//!   topic back; [`records`]: synthetic flow records (both directions of each conversation).
+//! With the default feature `peers` (off for xtask, to keep its build small):
+//! * `otlp`: an OTLP/gRPC logs receiver that records what it gets.
+//! * `kafka`: a real Kafka-compatible broker process (tansu) and a consumer that reads a
+//!   topic back; `records`: synthetic flow records (both directions of each conversation).
 //!
 //! Traffic only ever goes to addresses inside namespaces created by this crate (or to
 //! loopback inside them); every wait is bounded in time and every loop in count.
@@ -25,10 +26,13 @@
 mod capture;
 mod flows;
 mod fs;
+#[cfg(feature = "peers")]
 pub mod kafka;
 mod link;
 mod netns;
+#[cfg(feature = "peers")]
 pub mod otlp;
+#[cfg(feature = "peers")]
 pub mod records;
 mod router;
 mod sys;

@@ -1,18 +1,24 @@
-//! `cargo xtask <command>`: everything needed to go from a clean clone to a tested build.
+//! `cargo xtask <command>` (or `./x <command>`, which first installs the pinned Rust toolchain):
+//! everything needed to go from a clean clone to a tested build.
 //!
 //! * `setup`: installs what is missing: the pinned eBPF nightly (with rust-src), bpf-linker built
 //!   against that nightly's own LLVM, Debian packages the tests use (iproute2, chromium), the
 //!   Python test peers (moto, boto3, pyarrow from PyPI), and tansu (the Kafka broker the Kafka sink
 //!   tests run against).
-//! * `build`: setup + release build of `flowlens`.
-//! * `test`: setup + every test, kernel tests included (needs root).
+//! * `build`: nightly + bpf-linker, then the release build of `flowlens`.
+//! * `test`: setup + every test, kernel tests included (needs root), then the kernel suites again
+//!   in QEMU guests of Debian 12's 6.1 and 6.12 kernels (`qemu.rs`).
+//! * `qemu`: run a command, or the guest suites, in such a guest.
 //! * `bench`: setup + the benchmarks (docs/BENCHMARKS.md).
-//! * `demo`: setup + build, then two hosts in network namespaces, real traffic, the top flows.
+//! * `demo`: only what the demo needs (nightly + bpf-linker, iproute2; no test peers), a build in
+//!   the `demo` profile, then two hosts in network namespaces, real traffic both ways, the top
+//!   flows, an exact check, and the HTML capacity report.
 
 mod demo;
+mod qemu;
 mod setup;
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -24,14 +30,19 @@ fn main() {
 }
 
 const HELP: &str =
-    "usage: cargo xtask <setup|build|test|bench|demo|help> [-- extra cargo test args]
+    "usage: cargo xtask <setup|build|test|bench|demo|qemu|help> [-- extra cargo test args]
   setup   install the pinned eBPF nightly, bpf-linker, apt and pip test packages and tansu if missing
   build   install the pinned eBPF nightly and bpf-linker if missing (no test peers), then
           build flowlens (release): target/release/flowlens
-  test    setup, then run every test (kernel tests need root)
+  test    setup, then run every test (kernel tests need root), then the kernel suites in
+          QEMU guests of Debian's 6.1 and 6.12 kernels
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
           (`cargo xtask bench report`: only the flowlens report benchmark)
-  demo    setup, build, run flowlens between two network namespaces and show the top flows";
+  demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
+          (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
+          traffic both ways, show the top flows, check them against what was sent, and write
+          the HTML capacity report (flows/report.html)
+  qemu    --kernel 6.1|6.12 -- CMD: run CMD in a QEMU guest of Debian's kernel (`qemu --help`)";
 
 fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,10 +74,15 @@ fn real_main() -> Result<()> {
                 ])
                 .args(&rest))
         }
+        "qemu" => qemu::cli(&setup::toolchain()?, &rest),
         "demo" => {
-            let env = setup::setup()?;
-            build_release(&env)?;
-            demo::demo()
+            let t0 = Instant::now();
+            let env = setup::for_demo()?;
+            eprintln!("xtask: demo set-up done in {:.0?}", t0.elapsed());
+            let t1 = Instant::now();
+            let flowlens = build_demo(&env)?;
+            eprintln!("xtask: demo build done in {:.0?}", t1.elapsed());
+            demo::demo(&flowlens)
         }
         "help" | "-h" | "--help" => {
             println!("{HELP}");
@@ -88,12 +104,28 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn cargo(env: &setup::Env) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.env("PATH", &env.path);
+    // The real probe or a build error, never collector/build.rs's stub.
+    c.env("FLOWLENS_BUILD_EBPF", "1");
     c
 }
 
 fn build_release(env: &setup::Env) -> Result<()> {
     run(cargo(env).args(["build", "--release", "-p", "flowlens"]))
 }
+
+/// Builds `flowlens` in the `demo` profile (Cargo.toml: the release profile without what a
+/// first run does not need) and returns the binary.
+fn build_demo(env: &setup::Env) -> Result<PathBuf> {
+    run(cargo(env).args(["build", "--profile", "demo", "-p", "flowlens"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| setup::workspace_root().join("target"));
+    Ok(target.join("demo/flowlens"))
+}
+
+/// The test tiers `cargo test` leaves out (root, the real probe, peers installed by setup).
+pub const KERNEL_AND_PEER_TESTS: &str = "flowlens/kernel-tests,flowlens/peer-tests,\
+    flowlens-sinks/kernel-tests,flowlens-sinks/peer-tests,flowlens-testkit/kernel-tests";
 
 fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -102,6 +134,10 @@ fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     }
     let mut c = cargo(env);
     c.args(["test", "--workspace", "--no-fail-fast"]);
+    c.args(["--features", KERNEL_AND_PEER_TESTS]);
     c.args(extra);
-    run(&mut c)
+    let host = run(&mut c);
+    // The kernel test suites again, on Debian 12's 6.1 and 6.12 under QEMU.
+    let guests = qemu::run_suites(env, None);
+    host.and(guests)
 }

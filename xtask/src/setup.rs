@@ -24,7 +24,7 @@ pub struct Env {
     pub path: OsString,
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -74,6 +74,7 @@ fn ensure_nightly(nightly: &str) -> Result<PathBuf> {
         nightly,
         "--profile",
         "minimal",
+        "--no-self-update",
         "--component",
         "rust-src",
     ]))?;
@@ -135,9 +136,12 @@ fn ensure_bpf_linker(nightly: &str, sysroot: &Path) -> Result<PathBuf> {
         llvm.display()
     );
     // Run from the workspace so its rust-toolchain.toml picks the (pinned, new enough) rustc.
+    // bpf-linker's release profile has full debug info (`debug = 2`): skipping it makes the
+    // build faster (measured in the demo helper's report) and the binary smaller.
     run(Command::new("cargo")
         .current_dir(workspace_root())
         .env("LLVM_PREFIX", &prefix)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .args([
             "install",
             "bpf-linker",
@@ -263,6 +267,12 @@ pub fn toolchain() -> Result<Env> {
         path.push(p);
     }
     Ok(Env { path })
+}
+
+/// What the demo needs: the toolchain and `ip` (iproute2, for the namespaces). No test peers.
+pub fn for_demo() -> Result<Env> {
+    ensure_apt(&[("ip", "iproute2")])?;
+    toolchain()
 }
 
 /// The toolchain plus everything the tests use as real peers and readers.

@@ -461,13 +461,16 @@ mod tests {
         assert!(e.contains("\"input\"") && e.contains("post_routing"), "{e}");
     }
 
-    /// Needs root (CI is root): this kernel has netfilter programs.
+    /// Needs root: this kernel has netfilter programs (kernel tier).
+    #[cfg(feature = "kernel-tests")]
     #[test]
     fn this_kernel_supports_netfilter_programs() {
         probe_support().unwrap();
     }
 
     /// A program the verifier rejects: the error carries the errno and the verifier's reason.
+    /// Loading needs root (kernel tier).
+    #[cfg(feature = "kernel-tests")]
     #[test]
     fn rejected_program_reports_errno_and_verifier_log() {
         // `exit` with r0 never written.

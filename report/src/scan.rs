@@ -408,9 +408,12 @@ mod tests {
             Some((day, day + 86_400_000_000))
         );
         assert_eq!(partition_interval(Path::new("/x/other/f.parquet")), None);
-        for d in [0i64, 19_723, 19_782, -1, 20_783] {
-            let (y, m, dd) = flowlens_sinks::parquet::civil_from_days(d);
-            assert_eq!(parse_date(&format!("{y:04}-{m:02}-{dd:02}")), Some(d));
+        // Dates written by an independent formatter (humantime), and one before the epoch.
+        for d in [0u64, 19_723, 19_782, 20_783] {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(d * 86_400);
+            let date = humantime::format_rfc3339_seconds(t).to_string();
+            assert_eq!(parse_date(&date[..10]), Some(d as i64), "{date}");
         }
+        assert_eq!(parse_date("1969-12-31"), Some(-1));
     }
 }

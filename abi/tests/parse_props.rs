@@ -24,7 +24,7 @@ mod reference;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use flowlens_schema::{
+use flowlens_abi::{
     FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
     VLAN_NONE,
     parse::{FlowMeta, MAX_IPV6_EXT_HEADERS, Parsed, parse_ethernet},

@@ -12,6 +12,8 @@ pub mod compute;
 pub mod html;
 pub mod scan;
 pub mod text;
+/// `flowlens top`.
+pub mod top;
 
 use std::{
     net::IpAddr,

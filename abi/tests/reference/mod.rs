@@ -1,7 +1,7 @@
 //! A second, deliberately plain reading of the parser rules (the list at the top of
-//! `schema/src/parse.rs`) and the properties every frame must satisfy.
+//! `abi/src/parse.rs`) and the properties every frame must satisfy.
 //!
-//! Shared by the property test (`schema/tests/parse_props.rs`), the kernel mutation corpus
+//! Shared by the property test (`abi/tests/parse_props.rs`), the kernel mutation corpus
 //! (`collector/tests/xdp_corpus.rs`) and the optional `cargo fuzz` target (`fuzz/`), each of
 //! which includes this file with `#[path]`.
 //!
@@ -14,7 +14,7 @@
 //! (its `rule: ...` categories).
 #![allow(dead_code)]
 
-use flowlens_schema::{
+use flowlens_abi::{
     FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
     VLAN_NONE,
     parse::{FlowMeta, MAX_IPV6_EXT_HEADERS, Parsed, parse_ethernet},

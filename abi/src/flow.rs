@@ -168,7 +168,7 @@ pub struct NfOffsets {
     pub dev_ifindex: u32,
 }
 
-#[cfg(feature = "user")]
+#[cfg(feature = "aya")]
 mod pod {
     // SAFETY: #[repr(C)], Copy, eight u32 fields, no padding.
     unsafe impl aya::Pod for super::NfOffsets {}
@@ -178,8 +178,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     #[test]
     fn layouts_have_no_implicit_padding() {
