@@ -117,7 +117,7 @@ pub struct RunArgs {
     #[serde(default)]
     pub xdp: Vec<String>,
 
-    /// XDP attach mode: `auto` (native where the driver supports it), `native` or `skb` (generic). [default: auto]
+    /// XDP attach mode: `auto` (native; generic where the driver refuses native XDP, e.g. no driver support or an MTU too large for it, with one warning per interface naming the reason), `native` (fails if the driver refuses) or `skb` (generic). [default: auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpAttachMode>,
 

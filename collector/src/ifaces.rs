@@ -64,6 +64,22 @@ pub const MISS_TTL: Duration = Duration::from_secs(5);
 /// Indexes remembered as nameless at most (expired ones are dropped first when it is reached).
 pub const MAX_MISSES: usize = 1024;
 
+/// The interfaces `flowlens run` attaches XDP to: those named with `--xdp`; with none named and
+/// no netfilter hooks, the default set ([`up_non_loopback`]); with only netfilter hooks, none.
+pub fn xdp_targets(named: &[String], netfilter: bool) -> Result<Vec<String>> {
+    if !named.is_empty() {
+        return Ok(named.to_vec());
+    }
+    if netfilter {
+        return Ok(Vec::new());
+    }
+    let l = up_non_loopback()?;
+    if l.is_empty() {
+        bail!("no interface is up except loopback; name one with --xdp IFACE");
+    }
+    Ok(l)
+}
+
 /// Caches interface names by index (records carry the name as of export time). Any interface
 /// of the collector's network namespace resolves, not only those with an XDP program: the
 /// netfilter hooks report every interface. Index 0 (no interface) and indexes that do not

@@ -12,12 +12,14 @@
 //!
 //! `tests/module_graph.rs` fails if a `use crate::…` cycle between these modules reappears.
 
+pub mod check;
 pub mod config;
 pub mod conservation;
 pub mod drain;
 pub mod export;
 pub mod flow_table;
 pub mod ifaces;
+pub mod kernel_support;
 pub mod metrics;
 pub mod netfilter;
 pub mod observe;

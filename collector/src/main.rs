@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use flowlens::{config::RunArgs, report, run, top};
+use flowlens::{check, config::RunArgs, report, run, top};
 
 /// flowlens: flow records from XDP and netfilter-hook eBPF probes, exported to the sinks of
 /// `--sink` (Parquet files, locally or on S3, Kafka, OTLP, stdout).
@@ -30,6 +30,19 @@ enum Cmd {
     ///
     /// Examples: flowlens run --xdp eth0 --sink parquet:./flows; flowlens run --netfilter forward
     Run(Box<RunArgs>),
+    /// Say whether `flowlens run` with the same options would start on this kernel and these
+    /// interfaces, one line per feature: ok, fallback, missing or FAIL, and why.
+    ///
+    /// Tries each thing as `run` would: loads the probe, attaches it to every selected interface
+    /// in the --xdp-mode asked for (auto: native, else the generic fallback run would take) and
+    /// detaches it, attaches and detaches each --netfilter hook; probes kernel BTF, capabilities,
+    /// the batch map drain, the coarse clock helper and BPF atomics. Exit status 1 exactly when
+    /// a line says FAIL (run would exit with an error); sinks are not contacted and no file is
+    /// written. Attaching native XDP makes some drivers reset their queues (a short traffic
+    /// interruption), as `run` does.
+    ///
+    /// Example: flowlens check --xdp eth0 --netfilter forward
+    Check(Box<RunArgs>),
     /// Print the biggest flows found in a directory of flowlens Parquet files.
     Top {
         /// Directory written by the Parquet sink.
@@ -99,6 +112,10 @@ fn real_main() -> Result<()> {
             flowlens::probe::probe_object()?;
             let cfg = (*args).resolve()?;
             run::run(cfg)?;
+        }
+        Cmd::Check(args) => {
+            let cfg = (*args).resolve()?;
+            check::run(&cfg)?;
         }
         Cmd::Top { input, limit, csv } => {
             let agg = top::aggregate(&input)?;

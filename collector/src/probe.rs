@@ -6,12 +6,13 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use flowlens_schema::{FlowKey, FlowValue, NfOffsets};
 
 use crate::{
     drain::{KernelStats, PerKeyDrainer, SwapDrainer},
+    kernel_support,
     netfilter::{Family, Hook, NetfilterLink, NetfilterProgram},
 };
 
@@ -89,7 +90,8 @@ impl ProbeVariant {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
-    /// Native (driver) mode where the driver supports it, generic otherwise (kernel's choice).
+    /// Native (driver) mode; generic (skb) mode where the driver refuses native XDP (no
+    /// support, MTU too large, too few queues), with a warning naming the reason.
     #[default]
     Auto,
     /// Driver mode only; fails on interfaces without native XDP.
@@ -98,14 +100,15 @@ pub enum XdpAttachMode {
     Skb,
 }
 
-impl XdpAttachMode {
-    fn aya(self) -> XdpMode {
-        match self {
-            XdpAttachMode::Auto => XdpMode::Default,
-            XdpAttachMode::Native => XdpMode::Driver,
-            XdpAttachMode::Skb => XdpMode::Skb,
-        }
-    }
+/// How an XDP program ended up attached to an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XdpAttached {
+    /// Native (driver) mode.
+    Native,
+    /// Generic (skb) mode, as asked (`--xdp-mode skb`).
+    Generic,
+    /// Generic (skb) mode because `--xdp-mode auto` found native mode refused, for this reason.
+    GenericFallback { native_refused: String },
 }
 
 /// The loaded probe. Dropping it detaches every program (XDP and netfilter links) and frees the
@@ -116,6 +119,8 @@ pub struct Probe {
     nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
     attached: Vec<String>,
+    /// (interface, program, link) of every XDP attachment.
+    xdp_links: Vec<(String, String, XdpLinkId)>,
     /// Whether `NF_OFFSETS` was filled in (netfilter flow programs need it).
     has_nf_offsets: bool,
     max_flows: u32,
@@ -266,6 +271,7 @@ impl Probe {
             nf_programs: Vec::new(),
             ebpf,
             attached: Vec::new(),
+            xdp_links: Vec::new(),
             has_nf_offsets: nf_offsets.is_some(),
             max_flows,
             variant,
@@ -360,24 +366,100 @@ impl Probe {
         Ok(prog)
     }
 
-    /// Attaches the XDP flow program to `iface`.
-    pub fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<()> {
-        self.attach_xdp_program(XDP_PROGRAM, iface, mode)
+    /// Attaches the XDP flow program to `iface`. When `--xdp-mode auto` had to fall back to
+    /// generic mode, logs one warning naming the interface and the driver's reason.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> Result<XdpAttached> {
+        let attached = self.attach_xdp_program(XDP_PROGRAM, iface, mode)?;
+        if let XdpAttached::GenericFallback { native_refused } = &attached {
+            tracing::warn!(
+                interface = iface,
+                reason = %native_refused,
+                "native XDP refused on {iface}; attached in generic (skb) mode instead"
+            );
+        }
+        Ok(attached)
     }
 
     /// Attaches XDP program `name` (the flow program or, for benchmarks, the no-op twin).
+    ///
+    /// `Auto` tries native (driver) mode first and falls back to generic (skb) mode when the
+    /// driver refuses native XDP for a reason generic mode does not have (no native support,
+    /// MTU too large, too few queues: [`kernel_support::NATIVE_ONLY_ERRNOS`]); any other error
+    /// (another program attached, no permission) is returned. `Native` fails with the driver's
+    /// reason; `Skb` attaches in generic mode only.
     pub fn attach_xdp_program(
         &mut self,
         name: &str,
         iface: &str,
         mode: XdpAttachMode,
-    ) -> Result<()> {
+    ) -> Result<XdpAttached> {
         let index = crate::ifaces::index_of(iface)?;
         let prog = self.xdp_program(name)?;
-        prog.attach(index, mode.aya())
-            .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))?;
+        let (link, attached) = match mode {
+            XdpAttachMode::Skb => (
+                prog.attach(index, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP (skb mode) to {iface}"))?,
+                XdpAttached::Generic,
+            ),
+            XdpAttachMode::Native => match prog.attach(index, XdpMode::Driver) {
+                Ok(link) => (link, XdpAttached::Native),
+                Err(e) => {
+                    return Err(match kernel_support::native_xdp_refusal(iface, &e) {
+                        Some(why) => anyhow!(
+                            "attaching XDP (native mode) to {iface}: {why} (--xdp-mode auto or skb attaches in generic mode)"
+                        ),
+                        None => anyhow::Error::new(e)
+                            .context(format!("attaching XDP (native mode) to {iface}")),
+                    });
+                }
+            },
+            XdpAttachMode::Auto => match prog.attach(index, XdpMode::Driver) {
+                Ok(link) => (link, XdpAttached::Native),
+                Err(e) => {
+                    let Some(why) = kernel_support::native_xdp_refusal(iface, &e) else {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("attaching XDP (native mode) to {iface}")));
+                    };
+                    let link = prog.attach(index, XdpMode::Skb).with_context(|| {
+                        format!(
+                            "attaching XDP to {iface}: native mode refused ({why}), then generic (skb) mode"
+                        )
+                    })?;
+                    (
+                        link,
+                        XdpAttached::GenericFallback {
+                            native_refused: why,
+                        },
+                    )
+                }
+            },
+        };
         self.attached.push(iface.to_string());
-        Ok(())
+        self.xdp_links
+            .push((iface.to_string(), name.to_string(), link));
+        Ok(attached)
+    }
+
+    /// Detaches program `name` from `iface` (`flowlens check` tries an attach and takes it
+    /// back); dropping the probe detaches everything anyway.
+    pub fn detach_xdp_program(&mut self, name: &str, iface: &str) -> Result<()> {
+        let i = self
+            .xdp_links
+            .iter()
+            .position(|(f, n, _)| f == iface && n == name)
+            .ok_or_else(|| anyhow!("{name} is not attached to {iface}"))?;
+        let (_, _, link) = self.xdp_links.swap_remove(i);
+        if let Some(j) = self.attached.iter().position(|f| f == iface) {
+            self.attached.swap_remove(j);
+        }
+        self.xdp_program(name)?
+            .detach(link)
+            .with_context(|| format!("detaching {name} from {iface}"))
+    }
+
+    /// Detaches every netfilter link (`flowlens check`); dropping the probe does too.
+    pub fn detach_netfilter(&mut self) {
+        self.nf_links.clear();
     }
 
     pub fn attached(&self) -> &[String] {

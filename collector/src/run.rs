@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::{
     config::RunConfig,
@@ -18,7 +18,7 @@ use crate::{
     drain::Drainer,
     export::Exporter,
     flow_table::FlowTable,
-    ifaces, metrics, netfilter,
+    ifaces, kernel_support, metrics,
     observe::{observed_cycle, observer_for},
     pipeline::Pipeline,
     probe::Probe,
@@ -34,17 +34,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     // Validate everything that can fail before attaching anything.
     // XDP: the named interfaces; with neither --xdp nor --netfilter, the default set; with only
     // --netfilter, none.
-    let ifaces_list = if !cfg.xdp.is_empty() {
-        cfg.xdp.clone()
-    } else if cfg.netfilter.is_empty() {
-        let l = ifaces::up_non_loopback()?;
-        if l.is_empty() {
-            bail!("no interface is up except loopback; name one with --xdp IFACE");
-        }
-        l
-    } else {
-        Vec::new()
-    };
+    let ifaces_list = ifaces::xdp_targets(&cfg.xdp, !cfg.netfilter.is_empty())?;
     for i in &ifaces_list {
         ifaces::index_of(i).context("--xdp")?;
     }
@@ -68,9 +58,22 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         )
     };
 
-    let (nf_hooks, nf_offsets) =
-        netfilter::detect::hooks_to_attach(&cfg.netfilter, !ifaces_list.is_empty())
-            .context("--netfilter")?;
+    let (nf_hooks, nf_offsets) = if cfg.netfilter.is_empty() {
+        (Vec::new(), None)
+    } else {
+        match kernel_support::netfilter_offsets() {
+            Ok(o) => (cfg.netfilter.clone(), Some(o)),
+            Err(e) if e.is_unavailable() && !ifaces_list.is_empty() => {
+                tracing::warn!(
+                    error = %e,
+                    hooks = ?cfg.netfilter.iter().map(|h| h.name()).collect::<Vec<_>>(),
+                    "netfilter hooks unavailable on this kernel: continuing with XDP only"
+                );
+                (Vec::new(), None)
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("--netfilter")),
+        }
+    };
 
     // Served from here on (its own thread): /readyz fails until the probes are attached.
     let (observer, _metrics_server) = match metrics_listener {

@@ -598,7 +598,10 @@ fn netfilter_unavailable_falls_back_to_xdp_only() {
         "nffb",
         without_kernel_btf,
         "/sys/kernel/btf/vmlinux",
-        "flowlens: error: --netfilter: reading kernel struct offsets from BTF",
+        &format!(
+            "flowlens: error: --netfilter: Linux {} has no usable kernel BTF",
+            flowlens::kernel_support::kernel_release()
+        ),
     );
 }
 
@@ -611,8 +614,11 @@ fn netfilter_missing_from_the_kernel_falls_back_to_xdp_only() {
     falls_back_to_xdp_only(
         "nfmk",
         |ns: &Netns| ns.command(FLOWLENS),
-        "BPF_PROG_TYPE_NETFILTER needs Linux >= 6.4",
-        "flowlens: error: --netfilter: this kernel cannot load netfilter BPF programs",
+        "they need Linux >= 6.4 built with CONFIG_NETFILTER_BPF_LINK",
+        &format!(
+            "flowlens: error: --netfilter: Linux {} has no netfilter BPF programs and links",
+            flowlens::kernel_support::kernel_release()
+        ),
     );
 }
 

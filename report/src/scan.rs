@@ -379,7 +379,11 @@ mod tests {
         for d in [0u64, 19_723, 19_782, 20_783] {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(d * 86_400);
             let date = humantime::format_rfc3339_seconds(t).to_string();
-            assert_eq!(flowlens_schema::layout::parse_date(&date[..10]), Some(d as i64), "{date}");
+            assert_eq!(
+                flowlens_schema::layout::parse_date(&date[..10]),
+                Some(d as i64),
+                "{date}"
+            );
         }
         assert_eq!(flowlens_schema::layout::parse_date("1969-12-31"), Some(-1));
         // The directory the sinks write for a timestamp is that timestamp's hour.

@@ -20,8 +20,7 @@
 //! [`nf_offsets`] helper, so the module could become aya's `programs::Netfilter`.
 
 pub mod btf;
-pub mod detect;
-mod sys;
+pub(crate) mod sys;
 
 use std::{
     collections::{HashMap, HashSet},

@@ -14,7 +14,7 @@ use aya_obj::generated::{bpf_cmd, bpf_insn, bpf_link_info, bpf_prog_info};
 use crate::sys::{bpf, owned, zeroed_attr};
 
 /// `BPF_PROG_LOAD`. `log` (if non-empty) receives the verifier log at `log_level`.
-pub(super) struct ProgLoad<'a> {
+pub(crate) struct ProgLoad<'a> {
     pub prog_type: u32,
     pub expected_attach_type: u32,
     pub insns: &'a [bpf_insn],
@@ -23,7 +23,7 @@ pub(super) struct ProgLoad<'a> {
     pub name: &'a str,
 }
 
-pub(super) fn prog_load(p: &ProgLoad<'_>, log: &mut [u8], log_level: u32) -> io::Result<OwnedFd> {
+pub(crate) fn prog_load(p: &ProgLoad<'_>, log: &mut [u8], log_level: u32) -> io::Result<OwnedFd> {
     debug_assert_eq!(p.license.last(), Some(&0));
     let mut attr = zeroed_attr();
     // SAFETY: writing the BPF_PROG_LOAD member of the zeroed union.
