@@ -7,17 +7,16 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
     net::{IpAddr, SocketAddr},
     path::Path,
     process::{Command, Output, Stdio},
 };
 
-use arrow_array::{Array, Int64Array, StringArray, UInt8Array, UInt16Array};
 use flowlens_testkit::{
     Capture, FlowTuple, Link, Netns, flows_of, icmp_echo, temp_dir, udp_exchange, veth_pair,
 };
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+mod common;
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
 const JUMBO: &str = "9000";
@@ -105,73 +104,13 @@ fn release() -> String {
     text(&out.stdout).trim().to_string()
 }
 
-/// Packets and bytes per flow from the Parquet files in `dir` (every row must be XDP on `iface`).
+/// Packets and bytes per flow from the Parquet files in `dir` (every row XDP, ingress on
+/// `iface`; the per-row checks are [`common::read_records`]).
 fn read_records(dir: &Path, iface: &str) -> BTreeMap<FlowTuple, (u64, u64)> {
-    let mut out = BTreeMap::new();
-    for f in flowlens::top::parquet_files(dir).unwrap() {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let col = |n: &str| b.column_by_name(n).unwrap().clone();
-            let s = |n: &str| {
-                col(n)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap()
-                    .clone()
-            };
-            let u16c = |n: &str| {
-                col(n)
-                    .as_any()
-                    .downcast_ref::<UInt16Array>()
-                    .unwrap()
-                    .clone()
-            };
-            let i64c = |n: &str| {
-                col(n)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .clone()
-            };
-            let proto = col("protocol")
-                .as_any()
-                .downcast_ref::<UInt8Array>()
-                .unwrap()
-                .clone();
-            let (src, dst, obs, ifn) = (
-                s("source_address"),
-                s("destination_address"),
-                s("observation_point"),
-                s("interface_name"),
-            );
-            let (sp, dp, pk, by) = (
-                u16c("source_port"),
-                u16c("destination_port"),
-                i64c("packets"),
-                i64c("bytes"),
-            );
-            for i in 0..b.num_rows() {
-                assert_eq!((obs.value(i), ifn.value(i)), ("xdp", iface));
-                let p = proto.value(i);
-                let ports = matches!(p, 6 | 17);
-                let t = FlowTuple {
-                    src: src.value(i).parse().unwrap(),
-                    dst: dst.value(i).parse().unwrap(),
-                    proto: p,
-                    src_port: if ports { sp.value(i) } else { 0 },
-                    dst_port: if ports { dp.value(i) } else { 0 },
-                };
-                let e: &mut (u64, u64) = out.entry(t).or_default();
-                e.0 += pk.value(i) as u64;
-                e.1 += by.value(i) as u64;
-            }
-        }
-    }
-    out
+    common::read_records(dir, iface)
+        .into_iter()
+        .map(|(t, s)| (t, (s.packets, s.bytes)))
+        .collect()
 }
 
 /// `--xdp-mode auto` on a veth at MTU 9000: native attach fails with ERANGE, flowlens warns once
