@@ -223,23 +223,7 @@ fn journal_child() {
 /// on its own (`--ignored`, without its parent's environment) it fails.
 #[test]
 fn journal_child_is_not_a_test() {
-    let run = |extra: &[&str]| {
-        let o = Command::new(std::env::current_exe().unwrap())
-            .args(extra)
-            .args(["--exact", "journal_child", "--test-threads=1"])
-            .env_remove(CHILD_ENV)
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        (o.status.success(), out)
-    };
-    let (ok, out) = run(&[]);
-    assert!(
-        ok && out.contains("0 passed") && out.contains("1 ignored"),
-        "{out}"
-    );
-    let (ok, out) = run(&["--ignored"]);
-    assert!(!ok && out.contains("1 failed"), "{out}");
+    flowlens_testkit::assert_child_entry_is_not_a_test("journal_child", CHILD_ENV);
 }
 
 fn child(out: &Path, journal: &Path) -> Child {

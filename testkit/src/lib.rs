@@ -24,6 +24,7 @@
 //! loopback inside them); every wait is bounded in time and every loop in count.
 
 mod capture;
+mod child;
 mod flows;
 mod fs;
 #[cfg(feature = "peers")]
@@ -39,6 +40,7 @@ mod sys;
 mod traffic;
 
 pub use capture::{Capture, MAX_FRAME};
+pub use child::assert_child_entry_is_not_a_test;
 pub use flows::{FlowTuple, flows_of};
 pub use fs::{Tmpfs, temp_dir, unique_path};
 pub use link::{Link, ifindex, veth_pair};
