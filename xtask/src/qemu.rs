@@ -628,7 +628,10 @@ struct Suite {
 const SUITES: &[Suite] = &[
     Suite {
         // Not on 6.12 for now: in the CI run of 2026-12-05 the 6.12.118 guest panicked in
-        // bpf_dispatcher_xdp_func during this suite (it passed there in an earlier run); open.
+        // bpf_dispatcher_xdp_func during this suite (it passed there in an earlier run). The
+        // faulting RIP is the second byte of the dispatcher's live-patched `jmp` (e9 <02> ...),
+        // which points at a torn text_poke under TCG with 2 vCPUs rather than at the probe;
+        // not yet confirmed (e.g. by running this suite with -smp 1). Open.
         target: "xdp_test_run",
         kernels: &["6.1"],
         tests: &[],
