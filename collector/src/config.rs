@@ -130,7 +130,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_priority)]
     pub netfilter_priority: Option<i32>,
 
-    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC` (BROKERS = host:port[,host:port...]), `otlp:http://HOST:PORT` (OTLP/gRPC; bare `otlp` uses OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317) or `stdout`. [default: parquet:./flows]
+    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC` (BROKERS = host:port[,host:port...]), `otlp:http://HOST:PORT` (OTLP/gRPC; bare `otlp` uses OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317), `ipfix:HOST:PORT` (IPFIX over UDP, e.g. to nfcapd or nfacctd; port 4739 is IPFIX's), `ipfix+tcp:HOST:PORT` (IPFIX over TCP, reconnecting, spooled) or `stdout`. [default: parquet:./flows]
     #[arg(long = "sink", value_name = "KIND:TARGET")]
     #[serde(default)]
     pub sink: Vec<String>,
@@ -221,6 +221,29 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub kafka_close_timeout: Option<Duration>,
 
+    // --- IPFIX (issue 15) ---
+    /// IPFIX over UDP: how often templates, options templates, the sampling record and interface names are sent again (a collector that starts late decodes records from the next refresh on). Over TCP they are sent once per connection. [default: 60s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub ipfix_template_refresh: Option<Duration>,
+
+    /// IPFIX observation domain id in every message header. [default: derived from the host name, so two hosts do not collide at one collector]
+    #[arg(long, value_name = "N")]
+    pub ipfix_domain_id: Option<u32>,
+
+    /// IPFIX over UDP: largest IP packet of one message (IP and UDP headers included), 1280-65535; records are never split across messages. [default: 1400]
+    #[arg(long, value_name = "BYTES")]
+    pub ipfix_mtu: Option<u16>,
+
+    /// IPFIX: also export flowlens-specific elements (community id, observation point, interface name, host) as enterprise-specific elements under --ipfix-enterprise-number; `off` sends IANA elements only. [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    #[serde(default, deserialize_with = "de_on_off")]
+    pub ipfix_enterprise_fields: Option<bool>,
+
+    /// IPFIX: Private Enterprise Number of the flowlens-specific elements. flowlens has no registered PEN; the default 32473 is IANA's PEN for documentation (RFC 5612): set your organisation's PEN in production. [default: 32473]
+    #[arg(long, value_name = "PEN")]
+    pub ipfix_enterprise_number: Option<u32>,
+
     // --- metrics endpoint (issue 7) ---
     /// Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`) over HTTP on this address: `PORT` or `:PORT` (binds 127.0.0.1), `IP:PORT`, `[IPV6]:PORT`; port 0 picks a free one (logged). An address beyond loopback is allowed but warned about. [default: off; the usual port is 9464]
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_listen)]
@@ -248,6 +271,28 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_duration")]
     pub shutdown_grace: Option<Duration>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
+}
+
+/// `ipfix-enterprise-fields = "off"` or `false`.
+fn de_on_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        Bool(bool),
+        Str(String),
+    }
+    match B::deserialize(d)? {
+        B::Bool(b) => Ok(Some(b)),
+        B::Str(s) => parse_on_off(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// `metrics-listen = "127.0.0.1:9464"`, `"9464"` or `9464`.
@@ -298,6 +343,7 @@ pub struct RunConfig {
     pub kafka_options: Vec<(String, String)>,
     pub kafka_queue_max_records: u32,
     pub kafka_close_timeout: Duration,
+    pub ipfix: flowlens_sinks::ipfix::IpfixSettings,
     /// `None`: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub sink_stall_timeout: Duration,
@@ -327,6 +373,7 @@ impl RunConfig {
             kafka_options: self.kafka_options.clone(),
             kafka_queue_max_records: self.kafka_queue_max_records,
             kafka_close_timeout: self.kafka_close_timeout,
+            ipfix: self.ipfix.clone(),
         }
     }
 }
@@ -469,6 +516,26 @@ impl RunArgs {
                 .kafka_close_timeout
                 .or(file.kafka_close_timeout)
                 .unwrap_or(DEFAULT_CLOSE_TIMEOUT),
+            ipfix: flowlens_sinks::ipfix::IpfixSettings {
+                template_refresh: self
+                    .ipfix_template_refresh
+                    .or(file.ipfix_template_refresh)
+                    .unwrap_or(flowlens_sinks::ipfix::DEFAULT_TEMPLATE_REFRESH),
+                domain_id: self.ipfix_domain_id.or(file.ipfix_domain_id),
+                mtu: self
+                    .ipfix_mtu
+                    .or(file.ipfix_mtu)
+                    .unwrap_or(flowlens_sinks::ipfix::DEFAULT_MTU),
+                enterprise: self
+                    .ipfix_enterprise_fields
+                    .or(file.ipfix_enterprise_fields)
+                    .unwrap_or(true)
+                    .then(|| {
+                        self.ipfix_enterprise_number
+                            .or(file.ipfix_enterprise_number)
+                            .unwrap_or(flowlens_sinks::ipfix::DEFAULT_ENTERPRISE_NUMBER)
+                    }),
+            },
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             sink_stall_timeout: self
                 .sink_stall_timeout
@@ -537,6 +604,16 @@ impl RunConfig {
                 self.spool_max_bytes
             );
         }
+        if self.ipfix.mtu < flowlens_sinks::ipfix::MIN_MTU {
+            bail!(
+                "--ipfix-mtu {} is too small (at least {}: every record must fit one message)",
+                self.ipfix.mtu,
+                flowlens_sinks::ipfix::MIN_MTU
+            );
+        }
+        if self.ipfix.template_refresh.is_zero() {
+            bail!("--ipfix-template-refresh must be greater than zero");
+        }
         if self.otlp_batch_records == 0 || self.otlp_queue_records == 0 {
             bail!("--otlp-batch-records and --otlp-queue-records must be at least 1");
         }
@@ -573,6 +650,7 @@ impl RunConfig {
                 SinkSpec::Stdout => PathBuf::from("-"),
                 SinkSpec::Kafka { .. } => PathBuf::from(s.to_string()),
                 SinkSpec::Otlp(e) => PathBuf::from(format!("otlp:{e}")),
+                SinkSpec::Ipfix { .. } => PathBuf::from(s.to_string()),
                 SinkSpec::ParquetS3(t) => PathBuf::from(format!("s3:{t}")),
             };
             if !dirs.insert(key) {

@@ -7,12 +7,12 @@ use clap::{Parser, Subcommand};
 use flowlens::{check, config::RunArgs, report, run, top};
 
 /// flowlens: flow records from XDP and netfilter-hook eBPF probes, exported to the sinks of
-/// `--sink` (Parquet files, locally or on S3, Kafka, OTLP, stdout).
+/// `--sink` (Parquet files, locally or on S3, Kafka, OTLP, IPFIX, stdout).
 #[derive(Parser)]
 #[command(
     name = "flowlens",
     version,
-    about = "flowlens: per-flow counters from XDP and netfilter-hook eBPF probes, exported as flow records to Parquet files (local or on S3), Kafka, OTLP (OpenTelemetry logs over gRPC) or stdout",
+    about = "flowlens: per-flow counters from XDP and netfilter-hook eBPF probes, exported as flow records to Parquet files (local or on S3), Kafka, OTLP (OpenTelemetry logs over gRPC), IPFIX collectors (UDP or TCP) or stdout",
     after_help = "Log level: FLOWLENS_LOG=error|warn|info|debug|trace (default info), on stderr.",
     propagate_version = true
 )]
@@ -146,6 +146,8 @@ mod tests {
             SinkSpec::ParquetS3(_) => ("S3", "`parquet:s3://BUCKET/PREFIX`"),
             SinkSpec::Kafka { .. } => ("Kafka", "`kafka:BROKERS/TOPIC`"),
             SinkSpec::Otlp(_) => ("OTLP", "`otlp:http://HOST:PORT`"),
+            SinkSpec::Ipfix { tcp: false, .. } => ("IPFIX", "`ipfix:HOST:PORT`"),
+            SinkSpec::Ipfix { tcp: true, .. } => ("IPFIX", "`ipfix+tcp:HOST:PORT`"),
             SinkSpec::Stdout => ("stdout", "`stdout`"),
         }
     }
@@ -157,6 +159,8 @@ mod tests {
             "parquet:s3://b/p",
             "kafka:h:9092/t",
             "otlp:http://h:4317",
+            "ipfix:h:4739",
+            "ipfix+tcp:h:4739",
             "stdout",
         ];
         let specs: Vec<SinkSpec> = examples.iter().map(|e| e.parse().unwrap()).collect();

@@ -13,12 +13,16 @@
 //!   SIGKILL; see [`crate::parquet`]). Rows are acknowledged when their file completes, so the
 //!   sink reports its rotate interval as [`Sink::ack_latency`].
 //! * **Parquet on S3**: its own local staging directory ([`BuildOptions::s3_staging_dir`]).
+//! * **IPFIX over TCP** (`ipfix+tcp:`): spooled like Kafka and OTLP (no room while the
+//!   collector is unreachable); its own close gets [`SPOOLED_CLOSE_TIMEOUT`] under a spool.
+//! * **IPFIX over UDP** (`ipfix:`): none (fire and forget; templates are refreshed instead).
 //! * **stdout**: none.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
     Result, Sink, SinkError, SinkSpec,
+    ipfix::IpfixSettings,
     kafka::{KafkaFormat, KafkaOptions, KafkaSink},
     otlp::{OtlpOptions, OtlpSink},
     parquet::{JournalOptions, ParquetOptions, ParquetSink},
@@ -59,6 +63,8 @@ pub struct BuildOptions {
     pub kafka_queue_max_records: u32,
     /// Kafka's close timeout without a spool.
     pub kafka_close_timeout: Duration,
+    /// `--ipfix-*` (every IPFIX sink).
+    pub ipfix: IpfixSettings,
 }
 
 impl BuildOptions {
@@ -83,6 +89,7 @@ impl BuildOptions {
             kafka_options: kafka.options,
             kafka_queue_max_records: kafka.queue_max_records,
             kafka_close_timeout: kafka.close_timeout,
+            ipfix: IpfixSettings::default(),
         }
     }
 
@@ -178,6 +185,19 @@ fn build_one(s: &SinkSpec, o: &BuildOptions) -> Result<Box<dyn Sink>> {
             // Informational only: records queue (bounded) until the brokers answer.
             sink.check_reachable(KAFKA_REACHABLE_TIMEOUT);
             wrap(Box::new(sink))?
+        }
+        SinkSpec::Ipfix { target, tcp: false } => {
+            Box::new(crate::ipfix::UdpSink::new(target, &o.ipfix, &o.host).map_err(err(""))?)
+        }
+        SinkSpec::Ipfix { target, tcp: true } => {
+            let close = if spooled {
+                SPOOLED_CLOSE_TIMEOUT
+            } else {
+                o.shutdown_grace
+            };
+            wrap(Box::new(
+                crate::ipfix::TcpSink::new(target, &o.ipfix, &o.host, close).map_err(err(""))?,
+            ))?
         }
     })
 }

@@ -20,6 +20,7 @@
 //! with the report.
 
 pub mod build;
+pub mod ipfix;
 pub mod kafka;
 pub mod log_limit;
 pub mod otlp;
@@ -205,6 +206,8 @@ pub enum SinkSpec {
     Kafka { brokers: String, topic: String },
     /// `otlp:http://HOST:PORT` (OTLP/gRPC, as `OTEL_EXPORTER_OTLP_ENDPOINT`)
     Otlp(String),
+    /// `ipfix:HOST:PORT` (UDP) or `ipfix+tcp:HOST:PORT`
+    Ipfix { target: String, tcp: bool },
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -247,8 +250,14 @@ impl std::str::FromStr for SinkSpec {
                     .map_err(|r| bad(&format!("OTEL_EXPORTER_OTLP_ENDPOINT={e:?}: {r}")))
             }
             ("otlp", _) => Err(bad("expected otlp:http://HOST:PORT")),
+            ("ipfix" | "ipfix+tcp", t) => ipfix::parse_target(t.unwrap_or(""))
+                .map(|target| SinkSpec::Ipfix {
+                    target,
+                    tcp: kind == "ipfix+tcp",
+                })
+                .map_err(|r| bad(&r)),
             _ => Err(bad(
-                "unknown sink kind; expected `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC`, `otlp:http://HOST:PORT` or `stdout`",
+                "unknown sink kind; expected `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC`, `otlp:http://HOST:PORT`, `ipfix:HOST:PORT`, `ipfix+tcp:HOST:PORT` or `stdout`",
             )),
         }
     }
@@ -293,6 +302,9 @@ impl std::fmt::Display for SinkSpec {
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::Kafka { brokers, topic } => write!(f, "kafka:{brokers}/{topic}"),
             SinkSpec::Otlp(e) => write!(f, "otlp:{e}"),
+            SinkSpec::Ipfix { target, tcp } => {
+                write!(f, "ipfix{}:{target}", if *tcp { "+tcp" } else { "" })
+            }
         }
     }
 }
@@ -329,6 +341,22 @@ mod tests {
                 prefix: "a/b".into()
             })
         );
+        let i = "ipfix+tcp:[::1]:4739".parse::<SinkSpec>().unwrap();
+        assert_eq!(
+            i,
+            SinkSpec::Ipfix {
+                target: "[::1]:4739".into(),
+                tcp: true
+            }
+        );
+        assert_eq!(i.to_string().parse::<SinkSpec>().unwrap(), i);
+        assert_eq!(
+            "ipfix:c:4739".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Ipfix {
+                target: "c:4739".into(),
+                tcp: false
+            }
+        );
         // Bare `otlp` takes OTEL_EXPORTER_OTLP_ENDPOINT or the OpenTelemetry default.
         let want = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .unwrap_or_else(|_| "http://localhost:4317".into());
@@ -355,6 +383,10 @@ mod tests {
             "parquet:s3://",
             "parquet:s3:///p",
             "parquet:s3://b/../p",
+            "ipfix",
+            "ipfix:host",
+            "ipfix+tcp:h:0",
+            "ipfix+udp:h:4739",
             "",
         ] {
             let e = bad.parse::<SinkSpec>().unwrap_err().to_string();
