@@ -441,6 +441,7 @@ impl TcpWorker {
                     .lock()
                     .map_err(|_| std::io::Error::other("queue lock poisoned"))?;
                 while q.is_empty() && !self.shared.closing.load(Relaxed) {
+                    peer_still_there(&s)?;
                     q = self
                         .shared
                         .wake
@@ -453,6 +454,9 @@ impl TcpWorker {
                 }
                 batch.extend(q.iter().take(TCP_BATCH).cloned());
             }
+            // A collector that closed the connection is noticed before records are written into
+            // a socket whose peer is gone (the kernel would accept them and drop them).
+            peer_still_there(&s)?;
             enc.records(&batch, now_secs());
             for m in enc.take() {
                 s.write_all(&m)?;
@@ -462,6 +466,24 @@ impl TcpWorker {
             }
             self.shared.settled.fetch_add(batch.len() as u64, Relaxed);
         }
+    }
+}
+
+/// IPFIX collectors never send to the exporter: a readable socket means the collector closed
+/// (EOF) or reset the connection.
+fn peer_still_there(s: &TcpStream) -> std::io::Result<()> {
+    s.set_nonblocking(true)?;
+    let mut b = [0u8; 1];
+    let r = s.peek(&mut b);
+    s.set_nonblocking(false)?;
+    match r {
+        Ok(0) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the collector closed the connection",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
