@@ -23,9 +23,12 @@
 //! * The on-disk spool: append (fdatasync per 8192-record batch) and replay (read and fsynced
 //!   cursor commit per 4096-record chunk) of 1 M records in $TMPDIR (`flowlens-bench spool`).
 //!
+//! * IPFIX (`ipfix.rs`): encoding records/s and bytes/record, the UDP sink to loopback.
+//!
 //! `flowlens-bench report` runs only the report section (no root needed) and merges its
-//! numbers into an existing `summary.json`.
+//! numbers into an existing `summary.json`; `flowlens-bench ipfix` likewise for IPFIX.
 
+mod ipfix;
 mod metrics;
 mod report;
 
@@ -777,14 +780,20 @@ fn main() -> Result<()> {
     );
 
     let only_report = std::env::args().skip(1).any(|a| a == "report");
+    let only_ipfix = std::env::args().skip(1).any(|a| a == "ipfix");
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    if only_report {
+    if only_report || only_ipfix {
         if let Ok(s) = std::fs::read_to_string(target.join("summary.json"))
             && let Ok(old) = serde_json::from_str::<BTreeMap<String, f64>>(&s)
         {
             summary.extend(old);
         }
-        report::run(&mut summary)?;
+        if only_report {
+            report::run(&mut summary)?;
+        }
+        if only_ipfix {
+            ipfix::run(&mut summary)?;
+        }
         return write_summary(&machine, &summary, &target);
     }
 
@@ -931,6 +940,9 @@ fn main() -> Result<()> {
 
     // flowlens report over 10 M rows.
     report::run(&mut summary)?;
+
+    // IPFIX encoding and the UDP sink.
+    ipfix::run(&mut summary)?;
 
     println!(
         "flowlens benchmarks ({machine}; BPF_PROG_TEST_RUN medians of 7 interleaved rounds, 200k repeats x {} packet shapes)",

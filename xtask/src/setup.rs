@@ -290,6 +290,10 @@ pub fn setup() -> Result<Env> {
         // capabilities (setpriv), and the shipped unit checked by `systemd-analyze verify`.
         ("setpriv", "util-linux"),
         ("systemd-analyze", "systemd"),
+        // issue 15: collector/tests/ipfix_e2e.rs reads flowlens' IPFIX with real collectors.
+        ("nfcapd", "nfdump"),
+        ("nfacctd", "pmacct"),
+        ("tshark", "tshark"),
     ])?;
     ensure_python_modules()?;
     ensure_tansu()?;

@@ -217,8 +217,10 @@ impl Sink for UdpSink {
     }
 
     fn metrics(&self) -> SinkMetrics {
+        // Settled when handed to the kernel (UDP has no acknowledgement), as stdout.
         SinkMetrics {
             sent: self.sent,
+            acknowledged: self.sent,
             lost: self.lost,
             ..SinkMetrics::default()
         }
