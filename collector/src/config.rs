@@ -701,6 +701,49 @@ mod tests {
         assert_eq!(c.spool_dir, Some(PathBuf::from("/var/lib/flowlens/spool")));
         assert_eq!(c.spool_max_bytes, 1 << 30);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.ipfix, flowlens_sinks::ipfix::IpfixSettings::default());
+    }
+
+    /// issue 15: the `--ipfix-*` flags, from the command line and the config file.
+    #[test]
+    fn ipfix_flags() {
+        let c = args(&[
+            "--sink",
+            "ipfix+tcp:c:4739",
+            "--ipfix-template-refresh",
+            "5s",
+            "--ipfix-domain-id",
+            "7",
+            "--ipfix-mtu",
+            "9000",
+            "--ipfix-enterprise-number",
+            "99",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.ipfix,
+            flowlens_sinks::ipfix::IpfixSettings {
+                template_refresh: Duration::from_secs(5),
+                domain_id: Some(7),
+                mtu: 9000,
+                enterprise: Some(99),
+            }
+        );
+        let c = args(&["--ipfix-enterprise-fields", "off"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.ipfix.enterprise, None);
+        let e = args(&["--ipfix-mtu", "576"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ipfix-mtu 576 is too small"), "{e}");
+        assert!(T::try_parse_from(["t", "--ipfix-enterprise-fields", "maybe"]).is_err());
+        let f: RunArgs =
+            toml::from_str("ipfix-enterprise-fields = \"off\"\nipfix-mtu = 1500\n").unwrap();
+        assert_eq!(f.ipfix_enterprise_fields, Some(false));
+        assert_eq!(f.ipfix_mtu, Some(1500));
     }
 
     #[test]

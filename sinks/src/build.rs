@@ -293,6 +293,41 @@ mod tests {
         assert!(opts(false).parquet_journal(&spec).is_none());
     }
 
+    /// IPFIX over TCP is spooled (the spool asks it for room and settlement), over UDP not.
+    #[test]
+    fn ipfix_tcp_is_spooled_udp_is_not() {
+        let dir = std::env::temp_dir().join(format!("flowlens-build-ipfix-{}", std::process::id()));
+        let mut o = opts(false);
+        o.spool_dir = Some(dir.clone());
+        let specs: Vec<SinkSpec> = vec![
+            "ipfix:127.0.0.1:4739".parse().unwrap(),
+            "ipfix+tcp:127.0.0.1:9".parse().unwrap(),
+        ];
+        let sinks = build(&specs, &o).unwrap();
+        assert_eq!(sinks[0].name(), "ipfix:127.0.0.1:4739");
+        assert_eq!(sinks[0].settled(), None);
+        assert!(
+            sinks[1].name().starts_with("ipfix+tcp:127.0.0.1:9"),
+            "{}",
+            sinks[1].name()
+        );
+        assert!(
+            dir.read_dir().unwrap().next().is_some(),
+            "no spool directory"
+        );
+        drop(sinks);
+        let e = build(&["ipfix:no-such-host.invalid:4739".parse().unwrap()], &o)
+            .err()
+            .expect("an unresolvable collector fails at start")
+            .to_string();
+        assert!(
+            e.starts_with("sink ipfix:no-such-host.invalid:4739: "),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     /// Built sinks are the right kinds with the right acknowledgement latency; a bad target
     /// fails with the sink's name in a one-line error.
     #[test]
