@@ -99,6 +99,15 @@ pub const IANA_V6: &[Element] = &[
     (60, 1),
 ];
 
+/// The abstract data type of an enterprise-specific element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// string, variable length.
+    Str,
+    /// unsigned32.
+    U32,
+}
+
 /// The value of an enterprise-specific element.
 pub enum Value<'a> {
     /// UTF-8 string, variable length (empty when the column is null).
@@ -114,14 +123,15 @@ pub struct EnterpriseField {
     pub id: u16,
     /// The column it carries (docs/SCHEMA.md).
     pub column: &'static str,
+    pub kind: Kind,
     pub get: for<'a> fn(&'a FlowRecord) -> Value<'a>,
 }
 
 impl EnterpriseField {
-    fn template_len(&self, r: &FlowRecord) -> u16 {
-        match (self.get)(r) {
-            Value::Str(_) => VARLEN,
-            Value::U32(_) => 4,
+    fn template_len(&self) -> u16 {
+        match self.kind {
+            Kind::Str => VARLEN,
+            Kind::U32 => 4,
         }
     }
 }
@@ -132,21 +142,25 @@ pub const ENTERPRISE_FIELDS: &[EnterpriseField] = &[
     EnterpriseField {
         id: 1,
         column: "community_id",
+        kind: Kind::Str,
         get: |r| Value::Str(&r.community_id),
     },
     EnterpriseField {
         id: 2,
         column: "observation_point",
+        kind: Kind::Str,
         get: |r| Value::Str(observation_point_name(r.key.observation_point)),
     },
     EnterpriseField {
         id: 3,
         column: "interface_name",
+        kind: Kind::Str,
         get: |r| Value::Str(&r.interface_name),
     },
     EnterpriseField {
         id: 4,
         column: "host",
+        kind: Kind::Str,
         get: |r| Value::Str(&r.host),
     },
 ];
@@ -261,19 +275,6 @@ impl Encoder {
     /// collector needs before data (sent first on a session and with every refresh).
     pub fn templates(&mut self, export_time: u32) {
         self.export_time = export_time;
-        let sample = FlowRecord {
-            flow_start_us: 0,
-            flow_end_us: 0,
-            key: flowlens_schema::flow::FlowKey::ZERO,
-            interface_name: "".into(),
-            packets: 0,
-            bytes: 0,
-            tcp_flags: 0,
-            dscp: 0,
-            end_reason: EndReason::IdleTimeout,
-            host: "".into(),
-            community_id: String::new(),
-        };
         for (id, iana) in [(TEMPLATE_V4, IANA_V4), (TEMPLATE_V6, IANA_V6)] {
             let mut t = Vec::with_capacity(128);
             let n_ent = if self.cfg.enterprise.is_some() {
@@ -290,7 +291,7 @@ impl Encoder {
             if let Some(pen) = self.cfg.enterprise {
                 for f in ENTERPRISE_FIELDS {
                     put16(&mut t, 0x8000 | f.id);
-                    put16(&mut t, f.template_len(&sample));
+                    put16(&mut t, f.template_len());
                     put32(&mut t, pen);
                 }
             }
@@ -405,9 +406,12 @@ impl Encoder {
         out.push(k.ip_version);
         if self.cfg.enterprise.is_some() {
             for f in ENTERPRISE_FIELDS {
-                match (f.get)(r) {
-                    Value::Str(s) => put_str(out, s),
-                    Value::U32(v) => put32(out, v),
+                // The value's type is the declared kind (a mismatch would corrupt the record).
+                match ((f.get)(r), f.kind) {
+                    (Value::Str(s), Kind::Str) => put_str(out, s),
+                    (Value::U32(v), Kind::U32) => put32(out, v),
+                    (_, Kind::Str) => put_str(out, ""),
+                    (_, Kind::U32) => put32(out, 0),
                 }
             }
         }
@@ -693,6 +697,22 @@ mod tests {
         // 100 flow records + the sampling record (the interface was new: one more).
         assert_eq!(expect_seq, 102);
         assert_eq!(e.sequence(), 102);
+    }
+
+    /// Every enterprise field's value has its declared type, and ids are unique.
+    #[test]
+    fn enterprise_table_is_consistent() {
+        let r = rec(true);
+        let mut ids = std::collections::BTreeSet::new();
+        for f in ENTERPRISE_FIELDS {
+            assert!(ids.insert(f.id), "duplicate id {}", f.id);
+            assert!(f.id < 0x8000);
+            let ok = matches!(
+                ((f.get)(&r), f.kind),
+                (Value::Str(_), Kind::Str) | (Value::U32(_), Kind::U32)
+            );
+            assert!(ok, "{} is not of its declared kind", f.column);
+        }
     }
 
     #[test]
