@@ -7,8 +7,9 @@
 //!   IPv4 collector), with the flowlens enterprise elements (the default) and without
 //!   (`_iana_only`). Bytes per record include message and set headers; the median of 5 rounds.
 //! * `ipfix_udp_records_per_sec`: the same records through [`UdpSink::write`] (encoding plus
-//!   one `sendto` per message) to a UDP socket on loopback drained by a thread; the receiver's
-//!   count must equal the messages sent.
+//!   one `sendto` per message) to a UDP socket on loopback drained by a thread, median of 3
+//!   rounds. `ipfix_udp_messages_received` is what that receiver got of the ~28k messages: UDP
+//!   has no flow control, a receiver slower than the sender loses datagrams.
 
 use std::{
     collections::BTreeMap,

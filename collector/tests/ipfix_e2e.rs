@@ -181,7 +181,7 @@ fn nfdump_rows(dir: &Path) -> Vec<Row> {
     );
     let text = String::from_utf8_lossy(&o.stdout);
     let text = text.trim().trim_end_matches(',');
-    if text.is_empty() {
+    if text.is_empty() || text.contains("No matching flows") {
         return Vec::new();
     }
     let json = if text.starts_with('[') {
