@@ -140,7 +140,7 @@ pub fn run(summary: &mut BTreeMap<String, f64>) -> Result<()> {
     let g = got.clone();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 65536];
-        while let Ok(_) = rx.recv(&mut buf) {
+        while rx.recv(&mut buf).is_ok() {
             g.fetch_add(1, Ordering::Relaxed);
         }
     });
