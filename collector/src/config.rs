@@ -508,8 +508,9 @@ impl RunArgs {
             file.otlp_header
         } else {
             match otel_env("OTEL_EXPORTER_OTLP_HEADERS") {
-                Some(v) => flowlens_sinks::otlp::tls::parse_env_headers(&v)
-                    .map_err(anyhow::Error::msg)?,
+                Some(v) => {
+                    flowlens_sinks::otlp::tls::parse_env_headers(&v).map_err(anyhow::Error::msg)?
+                }
                 None => Vec::new(),
             }
         };

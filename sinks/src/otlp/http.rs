@@ -199,11 +199,13 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)
         );
-        let later = httpdate::fmt_http_date(
-            std::time::SystemTime::now() + Duration::from_secs(100),
-        );
+        let later =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(100));
         let d = parse_retry_after(&later).unwrap();
-        assert!(d > Duration::from_secs(90) && d <= Duration::from_secs(100), "{d:?}");
+        assert!(
+            d > Duration::from_secs(90) && d <= Duration::from_secs(100),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(
             signal_url("https://c:4318/", "logs"),

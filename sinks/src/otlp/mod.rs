@@ -573,7 +573,9 @@ async fn check_tls(
     let probe_timeout = opts.request_timeout.min(Duration::from_secs(5));
     match tls::probe(material.config.clone(), host, port, probe_timeout).await? {
         true => tracing::debug!(endpoint = %opts.endpoint, "OTLP TLS handshake checked"),
-        false => tracing::warn!(endpoint = %opts.endpoint, "OTLP receiver not reachable yet; its TLS certificate is checked when it answers (records queue meanwhile)"),
+        false => {
+            tracing::warn!(endpoint = %opts.endpoint, "OTLP receiver not reachable yet; its TLS certificate is checked when it answers (records queue meanwhile)")
+        }
     }
     Ok(material)
 }
@@ -585,7 +587,9 @@ impl Transport {
             .map_err(|e| format!("bad endpoint URL: {e}"))?;
         let https = uri.scheme_str() == Some("https");
         if !https && opts.tls != TlsFiles::default() {
-            return Err("--otlp-ca/--otlp-client-cert/--otlp-client-key need an https:// endpoint".into());
+            return Err(
+                "--otlp-ca/--otlp-client-cert/--otlp-client-key need an https:// endpoint".into(),
+            );
         }
         match opts.protocol {
             OtlpProtocol::Grpc => {
@@ -612,9 +616,9 @@ impl Transport {
                         k.to_ascii_lowercase().as_bytes(),
                     )
                     .map_err(|_| format!("header {k:?}: not a valid header name"))?;
-                    let value: tonic::metadata::AsciiMetadataValue = v
-                        .parse()
-                        .map_err(|_| format!("header {k:?}: the value has characters a header cannot carry"))?;
+                    let value: tonic::metadata::AsciiMetadataValue = v.parse().map_err(|_| {
+                        format!("header {k:?}: the value has characters a header cannot carry")
+                    })?;
                     headers.append(key, value);
                 }
                 let channel = ep.connect_lazy();

@@ -251,7 +251,10 @@ mod tests {
             ]
         );
         let shown = format!("{:?}", Headers(h.clone()));
-        assert!(!shown.contains("s3cr") && shown.contains("api-key"), "{shown}");
+        assert!(
+            !shown.contains("s3cr") && shown.contains("api-key"),
+            "{shown}"
+        );
         let e = parse_env_headers("token=abc%zz").unwrap_err();
         assert!(!e.contains("abc"), "{e}");
         let e = parse_env_headers("justasecret").unwrap_err();
