@@ -183,6 +183,9 @@ fn build_one(s: &SinkSpec, o: &BuildOptions) -> Result<Box<dyn Sink>> {
         SinkSpec::Kafka { brokers, topic } => {
             let sink =
                 KafkaSink::new(kafka_options(brokers, topic, o, spooled)).map_err(err(""))?;
+            // TLS/SASL: a handshake or authentication failure is an error now (issue 14).
+            sink.check_secure(KAFKA_REACHABLE_TIMEOUT)
+                .map_err(err(""))?;
             // Informational only: records queue (bounded) until the brokers answer.
             sink.check_reachable(KAFKA_REACHABLE_TIMEOUT);
             wrap(Box::new(sink))?

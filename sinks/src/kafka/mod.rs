@@ -188,6 +188,7 @@ impl KafkaSink {
             name: name.clone(),
             log_limit: Default::default(),
             error_limit: Default::default(),
+            auth_error: Default::default(),
         };
         let producer: ThreadedProducer<DeliveryContext> = opts
             .client_config()
@@ -212,6 +213,34 @@ impl KafkaSink {
             drops_logged: 0,
             report_limit: Default::default(),
         })
+    }
+
+    /// With TLS or SASL (`security.protocol` other than plaintext): asks the brokers for
+    /// metadata (bounded wait) and fails if librdkafka reported a TLS handshake or SASL
+    /// authentication failure meanwhile (untrusted certificate, wrong name, refused client
+    /// certificate, wrong password): a one-line error before anything attaches, instead of
+    /// records queueing forever. Brokers that do not answer at all are an outage (`Ok`).
+    pub fn check_secure(&self, timeout: Duration) -> Result<()> {
+        let secure = self
+            .opts
+            .options
+            .iter()
+            .any(|(k, v)| k == "security.protocol" && !v.eq_ignore_ascii_case("plaintext"));
+        let Some(p) = &self.producer else {
+            return Ok(());
+        };
+        if !secure {
+            return Ok(());
+        }
+        let res = p.client().fetch_metadata(Some(&self.opts.topic), timeout);
+        let auth = p.context().auth_error.lock().ok().and_then(|a| a.clone());
+        match (res, auth) {
+            (Err(_), Some((source, reason))) => Err(SinkError::Kafka {
+                context: format!("TLS/SASL with the brokers failed: {reason}"),
+                source,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Asks the brokers for the topic's metadata (bounded wait); logs what is wrong, if

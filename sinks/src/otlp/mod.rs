@@ -224,14 +224,14 @@ impl OtlpSink {
         if opts.batch_records == 0 || opts.queue_records == 0 {
             return Err(bad("batch and queue sizes must be at least 1".into()));
         }
-        opts.headers.validate().map_err(&bad)?;
+        opts.headers.validate().map_err(bad)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| SinkError::io("starting the OTLP runtime", e))?;
         let transport = rt
             .block_on(Transport::new(&endpoint, &opts))
-            .map_err(&bad)?;
+            .map_err(bad)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
@@ -424,7 +424,7 @@ impl Worker {
                     break;
                 }
                 if self.opts.metrics && last_metrics.elapsed() >= self.opts.metrics_interval {
-                    self.export_metrics(&metrics).await;
+                    self.export_metrics(metrics).await;
                     last_metrics = Instant::now();
                 }
                 let wait = if self.opts.metrics {
@@ -488,12 +488,12 @@ impl Worker {
             c.in_flight.store(0, Relaxed);
             c.settled.fetch_add(n, Relaxed);
             if self.opts.metrics && last_metrics.elapsed() >= self.opts.metrics_interval {
-                self.export_metrics(&metrics).await;
+                self.export_metrics(metrics).await;
                 last_metrics = Instant::now();
             }
         }
         if self.opts.metrics {
-            self.export_metrics(&metrics).await;
+            self.export_metrics(metrics).await;
         }
     }
 
@@ -546,6 +546,8 @@ impl RetryError for ExportError {
 }
 
 /// The OTLP client of one sink: gRPC (tonic) or HTTP (reqwest), TLS already checked.
+/// One per sink, never moved in a hot path: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Transport {
     Grpc {
         logs: LogsServiceClient<tonic::transport::Channel>,
