@@ -231,7 +231,7 @@ impl OtlpSink {
             .map_err(|e| SinkError::io("starting the OTLP runtime", e))?;
         let transport = rt
             .block_on(Transport::new(&endpoint, &opts))
-            .map_err(bad)?;
+            .map_err(SinkError::Otlp)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
