@@ -37,7 +37,8 @@ const HELP: &str =
   test    setup, then run every test (kernel tests need root), then the kernel suites in
           QEMU guests of Debian's 6.1 and 6.12 kernels
   bench   setup, then run the benchmarks (root): table + target/bench/summary.json
-          (`cargo xtask bench report`: only the flowlens report benchmark)
+          (`cargo xtask bench report`: only the flowlens report benchmark;
+          `cargo xtask bench otlp-transport`: only OTLP/HTTP vs OTLP/gRPC)
   demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
           (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
           traffic both ways, show the top flows, check them against what was sent, and write

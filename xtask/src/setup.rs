@@ -268,10 +268,18 @@ fn ensure_build_libs() -> Result<()> {
     if have {
         return Ok(());
     }
-    eprintln!("xtask: installing apt packages [\"pkg-config\", \"libssl-dev\"] (OpenSSL for librdkafka)");
+    eprintln!(
+        "xtask: installing apt packages [\"pkg-config\", \"libssl-dev\"] (OpenSSL for librdkafka)"
+    );
     run(Command::new("apt-get").arg("update"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "pkg-config", "libssl-dev"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "pkg-config",
+            "libssl-dev",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
