@@ -107,9 +107,7 @@ fn start(protocol: OtlpProtocol) -> Result<(SocketAddr, Arc<AtomicU64>)> {
     Ok((addr, counter))
 }
 
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> tonic::transport::server::TcpIncoming {
+fn tokio_stream_of(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener)
 }
 
@@ -174,8 +172,32 @@ fn one_run(protocol: OtlpProtocol, records: &[FlowRecord]) -> Result<f64> {
     Ok(n as f64 / secs)
 }
 
+/// Compressed bytes per record of one default-size request at gzip level `level` (tonic's
+/// gzip is fixed at 6; the OTLP/HTTP transport uses 1, `flate2::Compression::fast`).
+fn gzip_bytes_per_record(records: &[FlowRecord], level: u32) -> f64 {
+    use std::io::Write;
+    let batch = &records[..records.len().min(DEFAULT_BATCH_RECORDS)];
+    let req = flowlens_sinks::otlp::encode::logs_request(
+        &flowlens_sinks::otlp::encode::resource("bench-host"),
+        batch,
+        1,
+    );
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    let _ = e.write_all(&req.encode_to_vec());
+    e.finish().map(|v| v.len()).unwrap_or(0) as f64 / batch.len() as f64
+}
+
 /// `rounds` runs per protocol, alternating; min, median and max records/s of each.
-pub fn run(records: &[FlowRecord], rounds: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
+pub fn run(
+    records: &[FlowRecord],
+    rounds: usize,
+    summary: &mut BTreeMap<String, f64>,
+) -> Result<()> {
+    for (name, level) in [("http", 1), ("grpc", 6)] {
+        let b = gzip_bytes_per_record(records, level);
+        println!("otlp {name}: gzip level {level}: {b:.1} bytes/record on the wire");
+        summary.insert(format!("otlp_{name}_gzip_bytes_per_record"), b);
+    }
     let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
         for (name, p) in [
@@ -197,7 +219,10 @@ pub fn run(records: &[FlowRecord], rounds: usize, summary: &mut BTreeMap<String,
         );
         summary.insert(format!("otlp_{name}_send_records_per_sec"), v[v.len() / 2]);
         summary.insert(format!("otlp_{name}_send_records_per_sec_min"), v[0]);
-        summary.insert(format!("otlp_{name}_send_records_per_sec_max"), v[v.len() - 1]);
+        summary.insert(
+            format!("otlp_{name}_send_records_per_sec_max"),
+            v[v.len() - 1],
+        );
     }
     Ok(())
 }

@@ -828,6 +828,93 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Issue 14: transport flags from the command line and the config file; secrets never in
+    /// errors or `Debug`. (The OTEL_EXPORTER_OTLP_* variables are exercised through a real run
+    /// in collector/tests/transports_cli.rs: tests here do not mutate the environment.)
+    #[test]
+    fn otlp_transport_options_from_cli_and_file() {
+        let c = args(&[
+            "--sink",
+            "otlp:https://c.example:4318",
+            "--otlp-protocol",
+            "http/protobuf",
+            "--otlp-ca",
+            "/etc/ca.pem",
+            "--otlp-client-cert",
+            "/etc/c.pem",
+            "--otlp-client-key",
+            "/etc/c.key",
+            "--otlp-header",
+            "authorization=Bearer tok-secret",
+            "--otlp-header",
+            "x-tenant=a=b",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.otlp_tls.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(c.otlp_tls.client_key, Some(PathBuf::from("/etc/c.key")));
+        assert_eq!(
+            c.otlp_headers.0,
+            vec![
+                ("authorization".to_string(), "Bearer tok-secret".to_string()),
+                ("x-tenant".to_string(), "a=b".to_string())
+            ]
+        );
+        let b = c.sink_options("h".into());
+        assert_eq!(b.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(b.otlp_headers, c.otlp_headers);
+        for dbg in [format!("{c:?}"), format!("{b:?}")] {
+            assert!(!dbg.contains("tok-secret"), "{dbg}");
+        }
+        // A malformed header never echoes its value; a bad protocol is named.
+        let e = T::try_parse_from(["t", "--otlp-header", "tok-secret"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("tok-secret"), "{e}");
+        let e = T::try_parse_from(["t", "--otlp-protocol", "http/json"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("http/json is not supported"), "{e}");
+        let e = args(&["--otlp-header", "bad key=tok-secret"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--otlp-header") && !e.contains("tok-secret"),
+            "{e}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-otlp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("o.toml");
+        std::fs::write(
+            &f,
+            "sink = [\"otlp:https://c:4317\"]\notlp-protocol = \"grpc\"\notlp-ca = \"/f/ca.pem\"\notlp-header = [\"api-key=k1\"]\n",
+        )
+        .unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.otlp_tls.ca, Some(PathBuf::from("/f/ca.pem")));
+        assert_eq!(c.otlp_headers.0, vec![("api-key".into(), "k1".into())]);
+        // The command line wins over the file.
+        let c = args(&[
+            "--config",
+            f.to_str().unwrap(),
+            "--otlp-header",
+            "api-key=k2",
+            "--otlp-ca",
+            "/cli/ca.pem",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.otlp_headers.0, vec![("api-key".into(), "k2".into())]);
+        assert_eq!(c.otlp_tls.ca, Some(PathBuf::from("/cli/ca.pem")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn kafka_options_from_cli_and_file() {
         let c = args(&[
