@@ -90,13 +90,6 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn de_headers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|s| parse_header(s).map_err(serde::de::Error::custom))
-        .collect()
-}
-
 /// Warns when the config file can be read by users other than its owner (it may hold secrets).
 fn warn_if_world_readable(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -258,9 +251,10 @@ pub struct RunArgs {
     pub otlp_client_key: Option<PathBuf>,
 
     /// OTLP: header KEY=VALUE sent with every export request (repeatable), e.g. `authorization=Bearer TOKEN`. Values are never logged; prefer the config file (or OTEL_EXPORTER_OTLP_HEADERS, `k1=v1,k2=v2`, the default) over the command line, which other local users can read.
-    #[arg(long = "otlp-header", value_name = "KEY=VALUE", value_parser = parse_header)]
-    #[serde(default, deserialize_with = "de_headers")]
-    pub otlp_header: Vec<(String, String)>,
+    // Parsed in `resolve`, not by clap: clap's own error would quote the whole value.
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub otlp_header: Vec<String>,
 
     /// Kafka message format: `protobuf` (flowlens.v1.FlowRecord, schema/proto/flow.proto) or `json` (keys = column names). [default: protobuf]
     #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<KafkaFormat>())]
@@ -502,10 +496,15 @@ impl RunArgs {
                 "OTEL_EXPORTER_OTLP_CLIENT_KEY",
             ),
         };
+        let headers_of = |v: &[String]| {
+            v.iter()
+                .map(|h| parse_header(h).map_err(|e| anyhow::anyhow!("--otlp-header: {e}")))
+                .collect::<Result<Vec<_>>>()
+        };
         let otlp_headers = if !self.otlp_header.is_empty() {
-            self.otlp_header
+            headers_of(&self.otlp_header)?
         } else if !file.otlp_header.is_empty() {
-            file.otlp_header
+            headers_of(&file.otlp_header)?
         } else {
             match otel_env("OTEL_EXPORTER_OTLP_HEADERS") {
                 Some(v) => {
@@ -868,11 +867,14 @@ mod tests {
             assert!(!dbg.contains("tok-secret"), "{dbg}");
         }
         // A malformed header never echoes its value; a bad protocol is named.
-        let e = T::try_parse_from(["t", "--otlp-header", "tok-secret"])
-            .err()
-            .unwrap()
+        let e = args(&["--otlp-header", "tok-secret"])
+            .resolve()
+            .unwrap_err()
             .to_string();
-        assert!(!e.contains("tok-secret"), "{e}");
+        assert!(
+            e.starts_with("--otlp-header") && !e.contains("tok-secret"),
+            "{e}"
+        );
         let e = T::try_parse_from(["t", "--otlp-protocol", "http/json"])
             .err()
             .unwrap()
@@ -1348,11 +1350,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max-flows"), "{e}");
-        let e = args(&["--sink", "otlp:https://x:4317"])
+        let e = args(&["--sink", "otlp:ftp://x:4317"])
             .resolve()
             .unwrap_err()
             .to_string();
-        assert!(e.contains("TLS"), "{e}");
+        assert!(e.contains("https://HOST:PORT"), "{e}");
         let e = args(&["--sink", "parquet:s3://"])
             .resolve()
             .unwrap_err()
