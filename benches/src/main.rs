@@ -15,6 +15,9 @@
 //!   (records/s, bytes/record before librdkafka's batch compression).
 //! * OTLP: building and protobuf-encoding log export requests of the default batch size
 //!   (records/s, uncompressed bytes/record; gzip is applied by the gRPC layer on top).
+//! * OTLP transports (`otlp_transport.rs`): records/s through the OTLP sink over OTLP/gRPC and
+//!   OTLP/HTTP (encode, gzip, send, acknowledgement) to loopback receivers, 3 rounds each
+//!   (`flowlens-bench otlp-transport` runs only this section and merges into summary.json).
 //! * Collector peak RSS (a child process) with 100k concurrent flows and 1M new flows per
 //!   simulated minute, through the real drain, flow table, exporter and Parquet sink.
 //! * Metrics endpoint (`metrics.rs`): a 10k-flow pipeline cycle with and without the
@@ -30,6 +33,7 @@
 
 mod ipfix;
 mod metrics;
+mod otlp_transport;
 mod report;
 
 use std::{
@@ -781,8 +785,9 @@ fn main() -> Result<()> {
 
     let only_report = std::env::args().skip(1).any(|a| a == "report");
     let only_ipfix = std::env::args().skip(1).any(|a| a == "ipfix");
+    let only_otlp = std::env::args().skip(1).any(|a| a == "otlp-transport");
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    if only_report || only_ipfix {
+    if only_report || only_ipfix || only_otlp {
         if let Ok(s) = std::fs::read_to_string(target.join("summary.json"))
             && let Ok(old) = serde_json::from_str::<BTreeMap<String, f64>>(&s)
         {
@@ -793,6 +798,10 @@ fn main() -> Result<()> {
         }
         if only_ipfix {
             ipfix::run(&mut summary)?;
+        }
+        if only_otlp {
+            let records = flowlens_testkit::records::conversations(100_000);
+            otlp_transport::run(&records, 3, &mut summary)?;
         }
         return write_summary(&machine, &summary, &target);
     }
@@ -899,6 +908,8 @@ fn main() -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     summary.insert("otlp_encode_records_per_sec".into(), n as f64 / secs);
     summary.insert("otlp_bytes_per_record".into(), otlp_bytes as f64 / n as f64);
+    // OTLP/gRPC vs OTLP/HTTP, encode + send (issue 14).
+    otlp_transport::run(&records, 3, &mut summary)?;
 
     // Kafka message encoding (value + key per record), same records, formats side by side,
     // best of 3 rounds each, interleaved.

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use flowlens_sinks::{
     SinkSpec,
     kafka::{DEFAULT_CLOSE_TIMEOUT, DEFAULT_QUEUE_MAX_RECORDS, KafkaFormat},
+    otlp::{Headers, OtlpProtocol, TlsFiles},
 };
 use serde::{Deserialize, Deserializer};
 
@@ -81,6 +82,33 @@ where
     s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
+/// `--otlp-header KEY=VALUE`: the error never shows the value (a secret).
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE (value not shown)".to_string()),
+    }
+}
+
+/// Warns when the config file can be read by users other than its owner (it may hold secrets).
+fn warn_if_world_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{:o}", m.permissions().mode() & 0o777),
+            "config file is readable by every user; if it holds secrets (otlp-header, kafka-option passwords), chmod 600 it"
+        );
+    }
+}
+
+/// An `OTEL_EXPORTER_OTLP_*` variable, if set and not empty.
+fn otel_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
@@ -107,7 +135,9 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunArgs {
     /// TOML file whose keys are the long option names below (e.g. `xdp = ["eth0"]`,
-    /// `idle-timeout = "15s"`); command-line values win.
+    /// `idle-timeout = "15s"`); command-line values win. Put secrets (`otlp-header`,
+    /// `kafka-option` passwords) here rather than on the command line, readable by root only:
+    /// a file that others can read is warned about at start.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -130,7 +160,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_priority)]
     pub netfilter_priority: Option<i32>,
 
-    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC` (BROKERS = host:port[,host:port...]), `otlp:http://HOST:PORT` (OTLP/gRPC; bare `otlp` uses OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317), `ipfix:HOST:PORT` (IPFIX over UDP, e.g. to nfcapd or nfacctd; port 4739 is IPFIX's), `ipfix+tcp:HOST:PORT` (IPFIX over TCP, reconnecting, spooled) or `stdout`. [default: parquet:./flows]
+    /// Where records go (repeatable; every sink gets every record): `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC` (BROKERS = host:port[,host:port...]), `otlp:http://HOST:PORT` or `otlp:https://HOST:PORT` (OTLP/gRPC, or OTLP/HTTP with --otlp-protocol http/protobuf; bare `otlp` uses OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317, or :4318 for OTLP/HTTP) `ipfix:HOST:PORT` (IPFIX over UDP, e.g. to nfcapd or nfacctd; port 4739 is IPFIX's), `ipfix+tcp:HOST:PORT` (IPFIX over TCP, reconnecting, spooled) or `stdout`. [default: parquet:./flows]
     #[arg(long = "sink", value_name = "KIND:TARGET")]
     #[serde(default)]
     pub sink: Vec<String>,
@@ -202,12 +232,36 @@ pub struct RunArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub otlp_metrics: Option<bool>,
 
+    // --- OTLP transports, TLS and authentication (issue 14) ---
+    /// OTLP transport: `grpc` (default port 4317) or `http/protobuf` (POST to ENDPOINT/v1/logs and /v1/metrics, gzip; default port 4318). Default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.
+    #[arg(long, value_name = "PROTOCOL", value_parser = |s: &str| s.parse::<OtlpProtocol>())]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub otlp_protocol: Option<OtlpProtocol>,
+
+    /// OTLP over https://: PEM file of the CA certificates to trust instead of the system roots. Default: OTEL_EXPORTER_OTLP_CERTIFICATE. A certificate the CA did not sign, or one for another name, stops flowlens at start.
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca: Option<PathBuf>,
+
+    /// OTLP over https://: PEM client certificate for mutual TLS (with --otlp-client-key). Default: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_cert: Option<PathBuf>,
+
+    /// OTLP over https://: PEM private key of --otlp-client-cert. Default: OTEL_EXPORTER_OTLP_CLIENT_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// OTLP: header KEY=VALUE sent with every export request (repeatable), e.g. `authorization=Bearer TOKEN`. Values are never logged; prefer the config file (or OTEL_EXPORTER_OTLP_HEADERS, `k1=v1,k2=v2`, the default) over the command line, which other local users can read.
+    // Parsed in `resolve`, not by clap: clap's own error would quote the whole value.
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub otlp_header: Vec<String>,
+
     /// Kafka message format: `protobuf` (flowlens.v1.FlowRecord, schema/proto/flow.proto) or `json` (keys = column names). [default: protobuf]
     #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<KafkaFormat>())]
     #[serde(default, deserialize_with = "de_from_str")]
     pub kafka_format: Option<KafkaFormat>,
 
-    /// librdkafka producer property KEY=VALUE (repeatable), e.g. `security.protocol=SASL_PLAINTEXT`; overrides flowlens' defaults (zstd, linger.ms=100, acks=all).
+    /// librdkafka producer property KEY=VALUE (repeatable), e.g. `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`, `sasl.username=U`, `sasl.password=P`, `ssl.ca.location=FILE` (default: the system CA store), `ssl.certificate.location`/`ssl.key.location` (mTLS); overrides flowlens' defaults (zstd, linger.ms=100, acks=all). Checked at start: a TLS or SASL failure stops flowlens before it attaches. Put passwords in the config file.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     #[serde(default)]
     pub kafka_option: Vec<String>,
@@ -338,6 +392,10 @@ pub struct RunConfig {
     pub otlp_queue_records: usize,
     pub otlp_timeout: Duration,
     pub otlp_metrics: bool,
+    pub otlp_protocol: OtlpProtocol,
+    pub otlp_tls: TlsFiles,
+    /// Header values are secrets (`Debug` shows keys only).
+    pub otlp_headers: Headers,
     pub kafka_format: KafkaFormat,
     /// Validated `--kafka-option` pairs, in order.
     pub kafka_options: Vec<(String, String)>,
@@ -369,6 +427,9 @@ impl RunConfig {
             otlp_queue_records: self.otlp_queue_records,
             otlp_timeout: self.otlp_timeout,
             otlp_metrics: self.otlp_metrics,
+            otlp_protocol: self.otlp_protocol,
+            otlp_tls: self.otlp_tls.clone(),
+            otlp_headers: self.otlp_headers.clone(),
             kafka_format: self.kafka_format,
             kafka_options: self.kafka_options.clone(),
             kafka_queue_max_records: self.kafka_queue_max_records,
@@ -412,6 +473,7 @@ impl RunArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
+                warn_if_world_readable(path);
                 toml::from_str::<RunArgs>(&text)
                     .map_err(|e| anyhow::anyhow!("{}", toml_error(path, &text, &e)))?
             }
@@ -440,10 +502,68 @@ impl RunArgs {
         } else {
             sink_strs
         };
+        let otlp_protocol = match self.otlp_protocol.or(file.otlp_protocol) {
+            Some(p) => p,
+            None => match otel_env("OTEL_EXPORTER_OTLP_PROTOCOL") {
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_PROTOCOL: {e}"))?,
+                None => OtlpProtocol::default(),
+            },
+        };
         let sinks = sink_strs
             .iter()
-            .map(|s| s.parse::<SinkSpec>().map_err(anyhow::Error::from))
+            .map(|s| {
+                // Bare `otlp` over OTLP/HTTP: the OpenTelemetry default port is 4318.
+                if s == "otlp"
+                    && otlp_protocol == OtlpProtocol::HttpProtobuf
+                    && otel_env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+                {
+                    return Ok(SinkSpec::Otlp(
+                        flowlens_sinks::otlp::DEFAULT_HTTP_ENDPOINT.to_string(),
+                    ));
+                }
+                s.parse::<SinkSpec>().map_err(anyhow::Error::from)
+            })
             .collect::<Result<Vec<_>>>()?;
+        let path_or_env = |cli: Option<PathBuf>, file: Option<PathBuf>, env: &str| {
+            cli.or(file).or_else(|| otel_env(env).map(PathBuf::from))
+        };
+        let otlp_tls = TlsFiles {
+            ca: path_or_env(self.otlp_ca, file.otlp_ca, "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+            client_cert: path_or_env(
+                self.otlp_client_cert,
+                file.otlp_client_cert,
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            ),
+            client_key: path_or_env(
+                self.otlp_client_key,
+                file.otlp_client_key,
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            ),
+        };
+        let headers_of = |v: &[String]| {
+            v.iter()
+                .map(|h| parse_header(h).map_err(|e| anyhow::anyhow!("--otlp-header: {e}")))
+                .collect::<Result<Vec<_>>>()
+        };
+        let otlp_headers = if !self.otlp_header.is_empty() {
+            headers_of(&self.otlp_header)?
+        } else if !file.otlp_header.is_empty() {
+            headers_of(&file.otlp_header)?
+        } else {
+            match otel_env("OTEL_EXPORTER_OTLP_HEADERS") {
+                Some(v) => {
+                    flowlens_sinks::otlp::tls::parse_env_headers(&v).map_err(anyhow::Error::msg)?
+                }
+                None => Vec::new(),
+            }
+        };
+        let otlp_headers = Headers(otlp_headers);
+        otlp_headers
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--otlp-header: {e}"))?;
         let kafka_options = pick_vec(self.kafka_option, file.kafka_option)
             .iter()
             .map(|o| flowlens_sinks::kafka::parse_option(o).map_err(anyhow::Error::msg))
@@ -506,6 +626,9 @@ impl RunArgs {
                 .or(file.otlp_timeout)
                 .unwrap_or(DEFAULT_OTLP_TIMEOUT),
             otlp_metrics: self.otlp_metrics.or(file.otlp_metrics).unwrap_or(false),
+            otlp_protocol,
+            otlp_tls,
+            otlp_headers,
             kafka_format: self.kafka_format.or(file.kafka_format).unwrap_or_default(),
             kafka_options,
             kafka_queue_max_records: self
@@ -822,6 +945,96 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("eth0:1") && e.contains("m.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 14: transport flags from the command line and the config file; secrets never in
+    /// errors or `Debug`. (The OTEL_EXPORTER_OTLP_* variables are exercised through a real run
+    /// in collector/tests/transports_cli.rs: tests here do not mutate the environment.)
+    #[test]
+    fn otlp_transport_options_from_cli_and_file() {
+        let c = args(&[
+            "--sink",
+            "otlp:https://c.example:4318",
+            "--otlp-protocol",
+            "http/protobuf",
+            "--otlp-ca",
+            "/etc/ca.pem",
+            "--otlp-client-cert",
+            "/etc/c.pem",
+            "--otlp-client-key",
+            "/etc/c.key",
+            "--otlp-header",
+            "authorization=Bearer tok-secret",
+            "--otlp-header",
+            "x-tenant=a=b",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.otlp_tls.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(c.otlp_tls.client_key, Some(PathBuf::from("/etc/c.key")));
+        assert_eq!(
+            c.otlp_headers.0,
+            vec![
+                ("authorization".to_string(), "Bearer tok-secret".to_string()),
+                ("x-tenant".to_string(), "a=b".to_string())
+            ]
+        );
+        let b = c.sink_options("h".into());
+        assert_eq!(b.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(b.otlp_headers, c.otlp_headers);
+        for dbg in [format!("{c:?}"), format!("{b:?}")] {
+            assert!(!dbg.contains("tok-secret"), "{dbg}");
+        }
+        // A malformed header never echoes its value; a bad protocol is named.
+        let e = args(&["--otlp-header", "tok-secret"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--otlp-header") && !e.contains("tok-secret"),
+            "{e}"
+        );
+        let e = T::try_parse_from(["t", "--otlp-protocol", "http/json"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("http/json is not supported"), "{e}");
+        let e = args(&["--otlp-header", "bad key=tok-secret"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--otlp-header") && !e.contains("tok-secret"),
+            "{e}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-otlp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("o.toml");
+        std::fs::write(
+            &f,
+            "sink = [\"otlp:https://c:4317\"]\notlp-protocol = \"grpc\"\notlp-ca = \"/f/ca.pem\"\notlp-header = [\"api-key=k1\"]\n",
+        )
+        .unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert_eq!(c.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.otlp_tls.ca, Some(PathBuf::from("/f/ca.pem")));
+        assert_eq!(c.otlp_headers.0, vec![("api-key".into(), "k1".into())]);
+        // The command line wins over the file.
+        let c = args(&[
+            "--config",
+            f.to_str().unwrap(),
+            "--otlp-header",
+            "api-key=k2",
+            "--otlp-ca",
+            "/cli/ca.pem",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.otlp_headers.0, vec![("api-key".into(), "k2".into())]);
+        assert_eq!(c.otlp_tls.ca, Some(PathBuf::from("/cli/ca.pem")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1258,11 +1471,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max-flows"), "{e}");
-        let e = args(&["--sink", "otlp:https://x:4317"])
+        let e = args(&["--sink", "otlp:ftp://x:4317"])
             .resolve()
             .unwrap_err()
             .to_string();
-        assert!(e.contains("TLS"), "{e}");
+        assert!(e.contains("https://HOST:PORT"), "{e}");
         let e = args(&["--sink", "parquet:s3://"])
             .resolve()
             .unwrap_err()

@@ -58,6 +58,11 @@ pub struct BuildOptions {
     pub otlp_queue_records: usize,
     pub otlp_timeout: Duration,
     pub otlp_metrics: bool,
+    /// OTLP transport, TLS files and extra headers (issue 14; header values are secrets:
+    /// their `Debug` shows keys only).
+    pub otlp_protocol: crate::otlp::OtlpProtocol,
+    pub otlp_tls: crate::otlp::TlsFiles,
+    pub otlp_headers: crate::otlp::Headers,
     pub kafka_format: KafkaFormat,
     pub kafka_options: Vec<(String, String)>,
     pub kafka_queue_max_records: u32,
@@ -85,6 +90,9 @@ impl BuildOptions {
             otlp_queue_records: otlp.queue_records,
             otlp_timeout: otlp.request_timeout,
             otlp_metrics: otlp.metrics,
+            otlp_protocol: otlp.protocol,
+            otlp_tls: otlp.tls,
+            otlp_headers: otlp.headers,
             kafka_format: kafka.format,
             kafka_options: kafka.options,
             kafka_queue_max_records: kafka.queue_max_records,
@@ -182,6 +190,9 @@ fn build_one(s: &SinkSpec, o: &BuildOptions) -> Result<Box<dyn Sink>> {
         SinkSpec::Kafka { brokers, topic } => {
             let sink =
                 KafkaSink::new(kafka_options(brokers, topic, o, spooled)).map_err(err(""))?;
+            // TLS/SASL: a handshake or authentication failure is an error now (issue 14).
+            sink.check_secure(KAFKA_REACHABLE_TIMEOUT)
+                .map_err(err(""))?;
             // Informational only: records queue (bounded) until the brokers answer.
             sink.check_reachable(KAFKA_REACHABLE_TIMEOUT);
             wrap(Box::new(sink))?
@@ -209,6 +220,9 @@ fn otlp_options(endpoint: &str, o: &BuildOptions, spooled: bool) -> OtlpOptions 
     oo.queue_records = o.otlp_queue_records;
     oo.request_timeout = o.otlp_timeout;
     oo.metrics = o.otlp_metrics;
+    oo.protocol = o.otlp_protocol;
+    oo.tls = o.otlp_tls.clone();
+    oo.headers = o.otlp_headers.clone();
     if spooled {
         oo.retry.max_elapsed = Duration::MAX;
         oo.close_timeout = SPOOLED_CLOSE_TIMEOUT;

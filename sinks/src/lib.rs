@@ -204,7 +204,8 @@ pub enum SinkSpec {
     Stdout,
     /// `kafka:BROKERS/TOPIC`, BROKERS = `host:port[,host:port...]`
     Kafka { brokers: String, topic: String },
-    /// `otlp:http://HOST:PORT` (OTLP/gRPC, as `OTEL_EXPORTER_OTLP_ENDPOINT`)
+    /// `otlp:http://HOST:PORT` or `otlp:https://HOST:PORT` (OTLP/gRPC or OTLP/HTTP, as
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`)
     Otlp(String),
     /// `ipfix:HOST:PORT` (UDP) or `ipfix+tcp:HOST:PORT`
     Ipfix { target: String, tcp: bool },
@@ -249,7 +250,9 @@ impl std::str::FromStr for SinkSpec {
                     .map(SinkSpec::Otlp)
                     .map_err(|r| bad(&format!("OTEL_EXPORTER_OTLP_ENDPOINT={e:?}: {r}")))
             }
-            ("otlp", _) => Err(bad("expected otlp:http://HOST:PORT")),
+            ("otlp", _) => Err(bad(
+                "expected otlp:http://HOST:PORT or otlp:https://HOST:PORT",
+            )),
             ("ipfix" | "ipfix+tcp", t) => ipfix::parse_target(t.unwrap_or(""))
                 .map(|target| SinkSpec::Ipfix {
                     target,
@@ -257,7 +260,7 @@ impl std::str::FromStr for SinkSpec {
                 })
                 .map_err(|r| bad(&r)),
             _ => Err(bad(
-                "unknown sink kind; expected `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC`, `otlp:http://HOST:PORT`, `ipfix:HOST:PORT`, `ipfix+tcp:HOST:PORT` or `stdout`",
+                "unknown sink kind; expected `parquet:DIR`, `parquet:s3://BUCKET/PREFIX`, `kafka:BROKERS/TOPIC`, `otlp:http(s)://HOST:PORT`, `ipfix:HOST:PORT`, `ipfix+tcp:HOST:PORT` or `stdout`",
             )),
         }
     }
@@ -361,10 +364,14 @@ mod tests {
         let want = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .unwrap_or_else(|_| "http://localhost:4317".into());
         assert_eq!("otlp".parse::<SinkSpec>().unwrap(), SinkSpec::Otlp(want));
+        // TLS endpoints (issue 14).
+        assert_eq!(
+            "otlp:https://collector:4317".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Otlp("https://collector:4317".into())
+        );
         for bad in [
             "otlp:",
             "otlp:127.0.0.1:4317",
-            "otlp:https://collector:4317",
             "otlp:http://",
             "parquet",
             "parquet:",

@@ -267,7 +267,7 @@ fn bad_options_fail_at_construction() {
         .map(|e| format!("{:#}", anyhow::Error::new(e)))
         .expect("bad value accepted");
     assert!(e.contains("compression"), "{e}");
-    // What this build supports (docs/README): SASL PLAIN over plaintext, no TLS.
+    // What this build supports (docs/TRANSPORTS.md): TLS and SASL PLAIN/SCRAM (issue 14).
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.options = vec![
         ("security.protocol".into(), "SASL_PLAINTEXT".into()),
@@ -277,15 +277,24 @@ fn bad_options_fail_at_construction() {
     ];
     KafkaSink::new(o).unwrap();
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
-    o.options = vec![("security.protocol".into(), "SSL".into())];
-    let e = KafkaSink::new(o)
-        .err()
-        .map(|e| format!("{:#}", anyhow::Error::new(e)))
-        .expect("SSL without TLS support");
+    o.options = vec![
+        ("security.protocol".into(), "SASL_SSL".into()),
+        ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+        ("sasl.username".into(), "u".into()),
+        ("sasl.password".into(), "pw-secret".into()),
+    ];
+    // Debug output never shows a password.
+    let dbg = format!("{o:?}");
     assert!(
-        e.contains("security.protocol") && e.contains("OpenSSL"),
-        "{e}"
+        !dbg.contains("pw-secret") && dbg.contains("sasl.password"),
+        "{dbg}"
     );
+    KafkaSink::new(o).unwrap();
+    // Option syntax errors never show the value either.
+    for bad in ["sasl password=pw-secret", "pw-secret"] {
+        let e = flowlens_sinks::kafka::parse_option(bad).unwrap_err();
+        assert!(!e.contains("pw-secret"), "{e}");
+    }
     let mut o = KafkaOptions::new("127.0.0.1:1", "flows");
     o.queue_max_records = 0;
     assert!(KafkaSink::new(o).is_err());

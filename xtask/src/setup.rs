@@ -256,8 +256,37 @@ fn ensure_tansu() -> Result<()> {
         .arg(home.join(".cargo")))
 }
 
-/// What building flowlens needs: the pinned eBPF nightly and bpf-linker (no test peers).
+/// Issue 14: librdkafka is built with TLS and SASL (rdkafka feature `ssl`) against the system
+/// OpenSSL, so compiling flowlens needs its headers and pkg-config. Checked with pkg-config
+/// itself (no binary to look for), installed before the first cargo build of flowlens.
+fn ensure_build_libs() -> Result<()> {
+    let have = Command::new("pkg-config")
+        .args(["--exists", "openssl"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing apt packages [\"pkg-config\", \"libssl-dev\"] (OpenSSL for librdkafka)"
+    );
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "pkg-config",
+            "libssl-dev",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// What building flowlens needs: the pinned eBPF nightly and bpf-linker (no test peers), and
+/// the OpenSSL headers librdkafka compiles against.
 pub fn toolchain() -> Result<Env> {
+    ensure_build_libs()?;
     let nightly = nightly()?;
     let sysroot = ensure_nightly(&nightly)?;
     let bin = ensure_bpf_linker(&nightly, &sysroot)?;
@@ -294,6 +323,10 @@ pub fn setup() -> Result<Env> {
         ("nfcapd", "nfdump"),
         ("nfacctd", "pmacct"),
         ("tshark", "tshark"),
+        // Issue 14: sinks/tests/otlp_tls.rs and kafka_tls.rs generate certificates with the
+        // openssl CLI; kafka_tls.rs puts stunnel4 (TLS) in front of tansu.
+        ("openssl", "openssl"),
+        ("stunnel4", "stunnel4"),
     ])?;
     ensure_python_modules()?;
     ensure_tansu()?;

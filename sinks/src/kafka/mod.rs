@@ -84,8 +84,9 @@ const RESERVED: &[(&str, &str)] = &[
 /// Checks one `--kafka-option` value: `key=value`, a plausible property name, not reserved.
 /// librdkafka itself rejects unknown names and bad values when the sink is built.
 pub fn parse_option(s: &str) -> std::result::Result<(String, String), String> {
+    // Errors name the key only: the value may be a password (issue 14).
     let Some((k, v)) = s.split_once('=') else {
-        return Err(format!("--kafka-option {s:?}: expected key=value"));
+        return Err("--kafka-option: expected key=value (value not shown)".to_string());
     };
     let k = k.trim();
     if k.is_empty()
@@ -94,7 +95,7 @@ pub fn parse_option(s: &str) -> std::result::Result<(String, String), String> {
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
     {
         return Err(format!(
-            "--kafka-option {s:?}: {k:?} is not a librdkafka property name (e.g. security.protocol)"
+            "--kafka-option: {k:?} is not a librdkafka property name (e.g. security.protocol)"
         ));
     }
     if let Some((_, hint)) = RESERVED.iter().find(|(r, _)| *r == k) {
@@ -103,8 +104,8 @@ pub fn parse_option(s: &str) -> std::result::Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// Options of the Kafka sink.
-#[derive(Clone, Debug)]
+/// Options of the Kafka sink (`Debug` hides the values of secret properties).
+#[derive(Clone)]
 pub struct KafkaOptions {
     /// `host:port[,host:port...]`
     pub brokers: String,
@@ -114,6 +115,38 @@ pub struct KafkaOptions {
     pub options: Vec<(String, String)>,
     pub queue_max_records: u32,
     pub close_timeout: Duration,
+}
+
+/// librdkafka properties whose values are secrets (never printed).
+pub fn is_secret_option(key: &str) -> bool {
+    key.contains("password")
+        || key.contains("secret")
+        || key.ends_with(".pem")
+        || key == "sasl.oauthbearer.config"
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: Vec<String> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                if is_secret_option(k) {
+                    format!("{k}=<redacted>")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        f.debug_struct("KafkaOptions")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("format", &self.format)
+            .field("options", &options)
+            .field("queue_max_records", &self.queue_max_records)
+            .field("close_timeout", &self.close_timeout)
+            .finish()
+    }
 }
 
 impl KafkaOptions {
@@ -188,6 +221,7 @@ impl KafkaSink {
             name: name.clone(),
             log_limit: Default::default(),
             error_limit: Default::default(),
+            auth_error: Default::default(),
         };
         let producer: ThreadedProducer<DeliveryContext> = opts
             .client_config()
@@ -212,6 +246,34 @@ impl KafkaSink {
             drops_logged: 0,
             report_limit: Default::default(),
         })
+    }
+
+    /// With TLS or SASL (`security.protocol` other than plaintext): asks the brokers for
+    /// metadata (bounded wait) and fails if librdkafka reported a TLS handshake or SASL
+    /// authentication failure meanwhile (untrusted certificate, wrong name, refused client
+    /// certificate, wrong password): a one-line error before anything attaches, instead of
+    /// records queueing forever. Brokers that do not answer at all are an outage (`Ok`).
+    pub fn check_secure(&self, timeout: Duration) -> Result<()> {
+        let secure = self
+            .opts
+            .options
+            .iter()
+            .any(|(k, v)| k == "security.protocol" && !v.eq_ignore_ascii_case("plaintext"));
+        let Some(p) = &self.producer else {
+            return Ok(());
+        };
+        if !secure {
+            return Ok(());
+        }
+        let res = p.client().fetch_metadata(Some(&self.opts.topic), timeout);
+        let auth = p.context().auth_error.lock().ok().and_then(|a| a.clone());
+        match (res, auth) {
+            (Err(_), Some((source, reason))) => Err(SinkError::Kafka {
+                context: format!("TLS/SASL with the brokers failed: {reason}"),
+                source,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Asks the brokers for the topic's metadata (bounded wait); logs what is wrong, if

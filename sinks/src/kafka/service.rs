@@ -69,6 +69,21 @@ pub struct DeliveryContext {
     /// warnings and errors are logged at most once per interval, with the count suppressed.
     pub log_limit: crate::log_limit::SharedRateLimited,
     pub error_limit: crate::log_limit::SharedRateLimited,
+    /// The first TLS or SASL failure librdkafka reported (issue 14): `KafkaSink::check_secure`
+    /// turns it into an error at start.
+    pub auth_error: Mutex<Option<(KafkaError, String)>>,
+}
+
+/// A TLS handshake or SASL authentication failure: configuration, not an outage. A TLS alert
+/// from the broker after the handshake (TLS 1.3: a refused or missing client certificate)
+/// arrives as a transport failure whose reason names OpenSSL's "SSL routines".
+pub fn is_auth_error(e: &KafkaError, reason: &str) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::SSL | C::Authentication | C::SaslAuthenticationFailed) => true,
+        Some(C::BrokerTransportFailure) => reason.contains("SSL routines"),
+        _ => false,
+    }
 }
 
 /// Broker error codes are non-negative; librdkafka's local errors (timeout, purge, transport)
@@ -103,6 +118,12 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if is_auth_error(&error, reason)
+            && let Ok(mut a) = self.auth_error.lock()
+            && a.is_none()
+        {
+            *a = Some((error.clone(), reason.replace('\n', " ")));
+        }
         // Transport errors (broker down) arrive here repeatedly; records wait in the queue.
         if let Some(suppressed) = self.error_limit.check() {
             tracing::warn!(sink = %self.name, error = %error, suppressed, "kafka client: {reason}");

@@ -1,7 +1,9 @@
-//! OTLP/gRPC sink: flow records as OpenTelemetry log records, optional capacity metrics.
+//! OTLP sink: flow records as OpenTelemetry log records, optional capacity metrics, over
+//! OTLP/gRPC or OTLP/HTTP (binary protobuf), either with TLS (`https://`, optionally mTLS).
 //!
 //! Layout (as Vector's sinks): [`encode`] builds requests (pure), [`service`] sends them with the
-//! OTLP retry rules, this module owns the queue and the worker.
+//! OTLP retry rules, [`http`] is the OTLP/HTTP transport, [`tls`] the trust roots, client
+//! identity and the handshake check at start, this module owns the queue and the worker.
 //!
 //! Threading: the [`Sink`] trait is synchronous and the collector calls it from its own loop, so
 //! the sink owns one worker thread running a single-threaded tokio runtime with the gRPC client.
@@ -15,7 +17,9 @@
 //! or still unacknowledged when `close` gave up). `queued` is the queue plus the request in flight.
 
 pub mod encode;
+pub mod http;
 pub mod service;
+pub mod tls;
 
 use std::{
     collections::VecDeque,
@@ -36,15 +40,56 @@ use opentelemetry_proto::tonic::{
     },
     resource::v1::Resource,
 };
-use tonic::{codec::CompressionEncoding, transport::Endpoint};
+use prost::Message;
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
+};
 
 use crate::{Result, Sink, SinkError, SinkMetrics};
 use encode::MetricsAggregator;
-use service::{Delivery, RetryPolicy, send_with_retry};
+use service::{Delivery, RetryError, RetryPolicy, Verdict, send_with_retry};
+pub use tls::{Headers, TlsFiles};
 
 /// The OpenTelemetry default OTLP/gRPC endpoint (used for a bare `--sink otlp` when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is unset).
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
+/// The OpenTelemetry default OTLP/HTTP endpoint.
+pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+
+/// The OTLP transport (`--otlp-protocol`, `OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (default port 4317).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with binary protobuf bodies (default port 4318).
+    HttpProtobuf,
+}
+
+impl std::str::FromStr for OtlpProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            "http/json" => Err("http/json is not supported; use http/protobuf or grpc".into()),
+            _ => Err(format!(
+                "unknown OTLP protocol {s:?}: expected grpc or http/protobuf"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for OtlpProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
 /// Default records per export request (about 0.5-1 MB uncompressed, well under the 4 MiB gRPC
 /// default message limit of receivers).
 pub const DEFAULT_BATCH_RECORDS: usize = 2048;
@@ -54,8 +99,14 @@ pub const DEFAULT_QUEUE_RECORDS: usize = 262_144;
 /// Options of the OTLP sink.
 #[derive(Clone, Debug)]
 pub struct OtlpOptions {
-    /// `http://HOST:PORT` of an OTLP/gRPC receiver.
+    /// `http://HOST:PORT` or `https://HOST:PORT` of an OTLP receiver (for OTLP/HTTP the base
+    /// URL: `/v1/logs` and `/v1/metrics` are appended).
     pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// CA and client identity of an `https://` endpoint (ignored for `http://`).
+    pub tls: TlsFiles,
+    /// Extra headers of every request (values are secrets: never logged).
+    pub headers: Headers,
     pub host: Arc<str>,
     /// Records per export request.
     pub batch_records: usize,
@@ -75,6 +126,9 @@ impl OtlpOptions {
     pub fn new(endpoint: impl Into<String>, host: Arc<str>) -> Self {
         OtlpOptions {
             endpoint: endpoint.into(),
+            protocol: OtlpProtocol::default(),
+            tls: TlsFiles::default(),
+            headers: Headers::default(),
             host,
             batch_records: DEFAULT_BATCH_RECORDS,
             queue_records: DEFAULT_QUEUE_RECORDS,
@@ -87,14 +141,13 @@ impl OtlpOptions {
     }
 }
 
-/// Validates an OTLP endpoint (`http://HOST:PORT`); returns it normalised.
+/// Validates an OTLP endpoint (`http://HOST:PORT` or `https://HOST:PORT`); returns it
+/// normalised.
 pub fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
-    if s.starts_with("https://") {
-        return Err("TLS (https://) is not supported yet; use http:// (e.g. a local OpenTelemetry Collector)".into());
-    }
-    if !s.starts_with("http://") {
+    if !s.starts_with("http://") && !s.starts_with("https://") {
         return Err(
-            "expected an http://HOST:PORT endpoint, as in OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "expected an http://HOST:PORT or https://HOST:PORT endpoint, as in OTEL_EXPORTER_OTLP_ENDPOINT"
+                .into(),
         );
     }
     Endpoint::from_shared(s.to_string()).map_err(|e| format!("bad endpoint URL: {e}"))?;
@@ -171,11 +224,14 @@ impl OtlpSink {
         if opts.batch_records == 0 || opts.queue_records == 0 {
             return Err(bad("batch and queue sizes must be at least 1".into()));
         }
-        let ep = Endpoint::from_shared(endpoint)
-            .map_err(|e| bad(e.to_string()))?
-            .timeout(opts.request_timeout)
-            .connect_timeout(opts.request_timeout.min(Duration::from_secs(5)))
-            .tcp_nodelay(true);
+        opts.headers.validate().map_err(bad)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SinkError::io("starting the OTLP runtime", e))?;
+        let transport = rt
+            .block_on(Transport::new(&endpoint, &opts))
+            .map_err(SinkError::Otlp)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
@@ -185,10 +241,6 @@ impl OtlpSink {
             metrics: Mutex::new(MetricsAggregator::default()),
             log: LogLimits::default(),
         });
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| SinkError::io("starting the OTLP runtime", e))?;
         let (done_tx, done) = std::sync::mpsc::channel();
         let w = Worker {
             opts: opts.clone(),
@@ -199,7 +251,7 @@ impl OtlpSink {
         let worker = std::thread::Builder::new()
             .name("flowlens-otlp".into())
             .spawn(move || {
-                rt.block_on(w.run(ep));
+                rt.block_on(w.run(transport));
                 let _ = done_tx.send(());
             })
             .map_err(|e| SinkError::io("starting the OTLP worker thread", e))?;
@@ -355,14 +407,8 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, ep: Endpoint) {
-        let channel = ep.connect_lazy();
-        let logs = LogsServiceClient::new(channel.clone())
-            .send_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Gzip);
-        let metrics = MetricsServiceClient::new(channel)
-            .send_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Gzip);
+    async fn run(self, transport: Transport) {
+        let metrics = &transport;
         let c = &self.shared.counters;
         let mut last_metrics = Instant::now();
         let mut batch: Vec<FlowRecord> = Vec::with_capacity(self.opts.batch_records);
@@ -378,7 +424,7 @@ impl Worker {
                     break;
                 }
                 if self.opts.metrics && last_metrics.elapsed() >= self.opts.metrics_interval {
-                    self.export_metrics(&metrics).await;
+                    self.export_metrics(metrics).await;
                     last_metrics = Instant::now();
                 }
                 let wait = if self.opts.metrics {
@@ -399,22 +445,9 @@ impl Worker {
             }
             let req = encode::logs_request(&self.resource, &batch, now_ns());
             c.sent.fetch_add(n, Relaxed);
-            let delivery = send_with_retry(
-                &self.opts.retry,
-                || self.shared.deadline(),
-                || {
-                    let mut client = logs.clone();
-                    let req = req.clone();
-                    async move {
-                        let resp = client.export(req).await?.into_inner();
-                        Ok(resp
-                            .partial_success
-                            .map(|p| (p.rejected_log_records.max(0) as u64, p.error_message))
-                            .unwrap_or_default())
-                    }
-                },
-            )
-            .await;
+            let delivery = transport
+                .export_logs(&self.opts.retry, || self.shared.deadline(), req)
+                .await;
             let retries = match &delivery {
                 Delivery::Accepted { retries, .. }
                 | Delivery::Refused { retries, .. }
@@ -455,36 +488,23 @@ impl Worker {
             c.in_flight.store(0, Relaxed);
             c.settled.fetch_add(n, Relaxed);
             if self.opts.metrics && last_metrics.elapsed() >= self.opts.metrics_interval {
-                self.export_metrics(&metrics).await;
+                self.export_metrics(metrics).await;
                 last_metrics = Instant::now();
             }
         }
         if self.opts.metrics {
-            self.export_metrics(&metrics).await;
+            self.export_metrics(metrics).await;
         }
     }
 
-    async fn export_metrics(&self, client: &MetricsServiceClient<tonic::transport::Channel>) {
+    async fn export_metrics(&self, transport: &Transport) {
         let req = match self.shared.metrics.lock() {
             Ok(m) if !m.totals.is_empty() => m.request(&self.resource, self.start_ns, now_ns()),
             _ => return,
         };
-        let delivery = send_with_retry(
-            &self.opts.retry,
-            || self.shared.deadline(),
-            || {
-                let mut client = client.clone();
-                let req = req.clone();
-                async move {
-                    let resp = client.export(req).await?.into_inner();
-                    Ok(resp
-                        .partial_success
-                        .map(|p| (p.rejected_data_points.max(0) as u64, p.error_message))
-                        .unwrap_or_default())
-                }
-            },
-        )
-        .await;
+        let delivery = transport
+            .export_metrics(&self.opts.retry, || self.shared.deadline(), req)
+            .await;
         match delivery {
             Delivery::Accepted { rejected: 0, .. } => {}
             other => {
@@ -495,6 +515,244 @@ impl Worker {
                 if let Some(suppressed) = self.shared.log.metrics_failed.check() {
                     tracing::warn!(endpoint = %self.opts.endpoint, outcome = ?other, suppressed, "OTLP metrics export not fully accepted (the next cumulative export supersedes it)");
                 }
+            }
+        }
+    }
+}
+
+/// A failed attempt of either transport.
+#[derive(Debug)]
+enum ExportError {
+    Grpc(tonic::Status),
+    Http(http::HttpFailure),
+}
+
+impl RetryError for ExportError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            ExportError::Grpc(s) => s.verdict(),
+            ExportError::Http(h) => h.verdict(),
+        }
+    }
+    fn text(&self) -> String {
+        match self {
+            ExportError::Grpc(s) => s.text(),
+            ExportError::Http(h) => h.text(),
+        }
+    }
+    fn deadline() -> Self {
+        ExportError::Grpc(<tonic::Status as RetryError>::deadline())
+    }
+}
+
+/// The OTLP client of one sink: gRPC (tonic) or HTTP (reqwest), TLS already checked.
+/// One per sink, never moved in a hot path: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    Grpc {
+        logs: LogsServiceClient<tonic::transport::Channel>,
+        metrics: MetricsServiceClient<tonic::transport::Channel>,
+        headers: tonic::metadata::MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+        logs_url: String,
+        metrics_url: String,
+    },
+}
+
+/// `https://`: reads the TLS files and checks one handshake with the receiver (a receiver that
+/// does not answer is retried later, like any outage; one whose certificate is not trusted or
+/// does not match the name is an error now).
+async fn check_tls(
+    uri: &tonic::codegen::http::Uri,
+    opts: &OtlpOptions,
+    alpn: &[&[u8]],
+) -> std::result::Result<tls::TlsMaterial, String> {
+    let material = tls::load(&opts.tls, alpn)?;
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(443);
+    let probe_timeout = opts.request_timeout.min(Duration::from_secs(5));
+    match tls::probe(material.config.clone(), host, port, probe_timeout).await? {
+        true => tracing::debug!(endpoint = %opts.endpoint, "OTLP TLS handshake checked"),
+        false => {
+            tracing::warn!(endpoint = %opts.endpoint, "OTLP receiver not reachable yet; its TLS certificate is checked when it answers (records queue meanwhile)")
+        }
+    }
+    Ok(material)
+}
+
+impl Transport {
+    async fn new(endpoint: &str, opts: &OtlpOptions) -> std::result::Result<Self, String> {
+        let uri: tonic::codegen::http::Uri = endpoint
+            .parse()
+            .map_err(|e| format!("bad endpoint URL: {e}"))?;
+        let https = uri.scheme_str() == Some("https");
+        if !https && opts.tls != TlsFiles::default() {
+            return Err(
+                "--otlp-ca/--otlp-client-cert/--otlp-client-key need an https:// endpoint".into(),
+            );
+        }
+        match opts.protocol {
+            OtlpProtocol::Grpc => {
+                let mut ep = Endpoint::from_shared(endpoint.to_string())
+                    .map_err(|e| format!("bad endpoint URL: {e}"))?
+                    .timeout(opts.request_timeout)
+                    .connect_timeout(opts.request_timeout.min(Duration::from_secs(5)))
+                    .tcp_nodelay(true);
+                if https {
+                    let m = check_tls(&uri, opts, &[b"h2"]).await?;
+                    let mut tc = ClientTlsConfig::new();
+                    tc = match &m.ca_pem {
+                        Some(pem) => tc.ca_certificate(Certificate::from_pem(pem)),
+                        None => tc.with_native_roots(),
+                    };
+                    if let Some((cert, key)) = &m.identity_pem {
+                        tc = tc.identity(Identity::from_pem(cert, key));
+                    }
+                    ep = ep.tls_config(tc).map_err(|e| format!("TLS setup: {e}"))?;
+                }
+                let mut headers = tonic::metadata::MetadataMap::new();
+                for (k, v) in &opts.headers.0 {
+                    let key = tonic::metadata::AsciiMetadataKey::from_bytes(
+                        k.to_ascii_lowercase().as_bytes(),
+                    )
+                    .map_err(|_| format!("header {k:?}: not a valid header name"))?;
+                    let value: tonic::metadata::AsciiMetadataValue = v.parse().map_err(|_| {
+                        format!("header {k:?}: the value has characters a header cannot carry")
+                    })?;
+                    headers.append(key, value);
+                }
+                let channel = ep.connect_lazy();
+                Ok(Transport::Grpc {
+                    logs: LogsServiceClient::new(channel.clone())
+                        .send_compressed(CompressionEncoding::Gzip)
+                        .accept_compressed(CompressionEncoding::Gzip),
+                    metrics: MetricsServiceClient::new(channel)
+                        .send_compressed(CompressionEncoding::Gzip)
+                        .accept_compressed(CompressionEncoding::Gzip),
+                    headers,
+                })
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let mut hm = reqwest::header::HeaderMap::new();
+                for (k, v) in &opts.headers.0 {
+                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| format!("header {k:?}: not a valid header name"))?;
+                    let mut value = reqwest::header::HeaderValue::from_str(v).map_err(|_| {
+                        format!("header {k:?}: the value has characters a header cannot carry")
+                    })?;
+                    value.set_sensitive(true);
+                    hm.append(name, value);
+                }
+                let mut b = reqwest::Client::builder()
+                    .default_headers(hm)
+                    .timeout(opts.request_timeout)
+                    .connect_timeout(opts.request_timeout.min(Duration::from_secs(5)))
+                    .tcp_nodelay(true)
+                    .user_agent(concat!("flowlens/", env!("CARGO_PKG_VERSION")));
+                if https {
+                    let m = check_tls(&uri, opts, &[b"h2", b"http/1.1"]).await?;
+                    b = b.tls_backend_preconfigured((*m.config).clone());
+                }
+                let client = b.build().map_err(|e| format!("HTTP client setup: {e}"))?;
+                Ok(Transport::Http {
+                    client,
+                    logs_url: http::signal_url(endpoint, "logs"),
+                    metrics_url: http::signal_url(endpoint, "metrics"),
+                })
+            }
+        }
+    }
+
+    async fn export_logs(
+        &self,
+        policy: &RetryPolicy,
+        deadline: impl Fn() -> Option<Instant>,
+        req: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+    ) -> Delivery {
+        match self {
+            Transport::Grpc { logs, headers, .. } => {
+                send_with_retry(policy, deadline, || {
+                    let mut client = logs.clone();
+                    let mut r = tonic::Request::new(req.clone());
+                    *r.metadata_mut() = headers.clone();
+                    async move {
+                        let resp = client.export(r).await.map_err(ExportError::Grpc)?;
+                        Ok::<_, ExportError>(
+                            resp.into_inner()
+                                .partial_success
+                                .map(|p| (p.rejected_log_records.max(0) as u64, p.error_message))
+                                .unwrap_or_default(),
+                        )
+                    }
+                })
+                .await
+            }
+            Transport::Http {
+                client, logs_url, ..
+            } => {
+                let body = http::gzip(&req.encode_to_vec());
+                send_with_retry(policy, deadline, || {
+                    let body = body.clone();
+                    async move {
+                        let resp: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse =
+                            http::post(client, logs_url, body).await.map_err(ExportError::Http)?;
+                        Ok::<_, ExportError>(resp
+                            .partial_success
+                            .map(|p| (p.rejected_log_records.max(0) as u64, p.error_message))
+                            .unwrap_or_default())
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    async fn export_metrics(
+        &self,
+        policy: &RetryPolicy,
+        deadline: impl Fn() -> Option<Instant>,
+        req: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    ) -> Delivery {
+        match self {
+            Transport::Grpc {
+                metrics, headers, ..
+            } => {
+                send_with_retry(policy, deadline, || {
+                    let mut client = metrics.clone();
+                    let mut r = tonic::Request::new(req.clone());
+                    *r.metadata_mut() = headers.clone();
+                    async move {
+                        let resp = client.export(r).await.map_err(ExportError::Grpc)?;
+                        Ok::<_, ExportError>(
+                            resp.into_inner()
+                                .partial_success
+                                .map(|p| (p.rejected_data_points.max(0) as u64, p.error_message))
+                                .unwrap_or_default(),
+                        )
+                    }
+                })
+                .await
+            }
+            Transport::Http {
+                client,
+                metrics_url,
+                ..
+            } => {
+                let body = http::gzip(&req.encode_to_vec());
+                send_with_retry(policy, deadline, || {
+                    let body = body.clone();
+                    async move {
+                        let resp: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse =
+                            http::post(client, metrics_url, body).await.map_err(ExportError::Http)?;
+                        Ok::<_, ExportError>(resp
+                            .partial_success
+                            .map(|p| (p.rejected_data_points.max(0) as u64, p.error_message))
+                            .unwrap_or_default())
+                    }
+                })
+                .await
             }
         }
     }

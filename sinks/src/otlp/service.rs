@@ -118,6 +118,27 @@ pub fn classify(status: &tonic::Status) -> Verdict {
     }
 }
 
+/// A failed attempt of either transport (gRPC status, OTLP/HTTP failure).
+pub trait RetryError {
+    fn verdict(&self) -> Verdict;
+    /// One line for logs (never a header value).
+    fn text(&self) -> String;
+    /// The error of an attempt cut by the shutdown deadline.
+    fn deadline() -> Self;
+}
+
+impl RetryError for tonic::Status {
+    fn verdict(&self) -> Verdict {
+        classify(self)
+    }
+    fn text(&self) -> String {
+        status_text(self)
+    }
+    fn deadline() -> Self {
+        tonic::Status::deadline_exceeded("shutdown deadline reached")
+    }
+}
+
 /// Exponential backoff with jitter; a small xorshift generator is enough for jitter.
 #[derive(Debug)]
 pub struct Backoff {
@@ -170,14 +191,15 @@ pub enum Delivery {
 
 /// Sends with `attempt` until success, a permanent error, `max_elapsed` or `deadline`.
 /// `attempt` returns the number of rejected items of a successful response (and its message).
-pub async fn send_with_retry<F, Fut>(
+pub async fn send_with_retry<F, Fut, E>(
     policy: &RetryPolicy,
     deadline: impl Fn() -> Option<Instant>,
     mut attempt: F,
 ) -> Delivery
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(u64, String), tonic::Status>>,
+    Fut: std::future::Future<Output = Result<(u64, String), E>>,
+    E: RetryError,
 {
     let first = Instant::now();
     let mut backoff = Backoff::new(policy);
@@ -186,9 +208,7 @@ where
         let res = match deadline() {
             Some(d) => match tokio::time::timeout_at(d.into(), attempt()).await {
                 Ok(r) => r,
-                Err(_) => Err(tonic::Status::deadline_exceeded(
-                    "shutdown deadline reached",
-                )),
+                Err(_) => Err(E::deadline()),
             },
             None => attempt().await,
         };
@@ -202,10 +222,10 @@ where
             }
             Err(s) => s,
         };
-        let delay = match classify(&status) {
+        let delay = match status.verdict() {
             Verdict::Permanent => {
                 return Delivery::Refused {
-                    status: status_text(&status),
+                    status: status.text(),
                     retries,
                 };
             }
@@ -215,11 +235,11 @@ where
         let past_deadline = deadline().is_some_and(|d| wake >= d);
         if past_deadline || wake.duration_since(first) > policy.max_elapsed {
             return Delivery::GaveUp {
-                status: status_text(&status),
+                status: status.text(),
                 retries,
             };
         }
-        tracing::debug!(code = ?status.code(), delay = ?delay, "OTLP export failed; retrying");
+        tracing::debug!(error = %status.text(), delay = ?delay, "OTLP export failed; retrying");
         // Sleep in short slices: a shutdown deadline set meanwhile ends the wait promptly.
         loop {
             let now = Instant::now();
@@ -228,7 +248,7 @@ where
             }
             if deadline().is_some_and(|d| now >= d) {
                 return Delivery::GaveUp {
-                    status: status_text(&status),
+                    status: status.text(),
                     retries,
                 };
             }
