@@ -98,12 +98,32 @@ struct SeriesAcc {
     /// (bytes, packets) per bucket.
     v: Vec<(f64, f64)>,
     counts: Counts,
+    /// A record would have grown `v` past [`MAX_BUCKETS`]: the report fails with an error
+    /// instead of allocating (e.g. one `flow_end` in 1971 among records of 2026).
+    too_wide: bool,
 }
+
+/// Most buckets a series may have (the report refuses more, see `build`).
+pub const MAX_BUCKETS: i64 = 1_000_000;
+
+/// A record longer than this (or with `flow_start` after `flow_end`, or at/before the epoch)
+/// is counted as zero-length at its `flow_end` and in `rows_clamped`.
+pub const MAX_RECORD_SPAN_US: i64 = 86_400_000_000;
 
 impl SeriesAcc {
     fn slot(&mut self, idx: i64) -> &mut (f64, f64) {
         if self.v.is_empty() {
             self.base = idx;
+        }
+        let (lo, hi) = (
+            self.base.min(idx),
+            (self.base + self.v.len() as i64).max(idx + 1),
+        );
+        if hi - lo > MAX_BUCKETS + 1 {
+            self.too_wide = true;
+            // A scratch slot: the report fails before anything reads it.
+            self.v.resize(self.v.len().max(1), (0.0, 0.0));
+            return &mut self.v[0];
         }
         if idx < self.base {
             let grow = (self.base - idx) as usize;
@@ -150,6 +170,7 @@ impl SeriesAcc {
             s.1 += p;
         }
         self.counts.merge(&o.counts);
+        self.too_wide |= o.too_wide;
     }
 }
 
@@ -164,23 +185,13 @@ pub struct Selection {
     pub bucket_us: i64,
     /// Keep the top-talker maps (false for the previous-period scan, which needs only series).
     pub talkers: bool,
+    /// Only rows whose `host` is one of these (empty: every host; a file without a `host`
+    /// column has host null, which no name matches).
+    pub hosts: Vec<String>,
 }
 
 /// The columns the report reads (projection).
-pub const COLUMNS: &[&str] = &[
-    "flow_start",
-    "flow_end",
-    "observation_point",
-    "interface_name",
-    "interface_index",
-    "direction",
-    "network_transport",
-    "source_address",
-    "destination_address",
-    "destination_port",
-    "packets",
-    "bytes",
-];
+pub const COLUMNS: &[&str] = super::normalize::REQUIRED;
 
 /// Interned strings: id per distinct value, in first-seen order.
 #[derive(Default)]
@@ -344,6 +355,14 @@ pub struct Agg {
     /// Smallest and largest selected `flow_end` (µs).
     pub min_end: Option<i64>,
     pub max_end: Option<i64>,
+    /// Rows not counted at all: null `flow_end`/`packets`/`bytes`, `flow_end` at or before the
+    /// Unix epoch (an unset clock), negative `packets`/`bytes`.
+    pub rows_rejected: u64,
+    /// Selected rows counted as zero-length at `flow_end` in the time series: `flow_start` null,
+    /// at or before the epoch, after `flow_end`, or more than [`MAX_RECORD_SPAN_US`] before it.
+    pub rows_clamped: u64,
+    /// Selected traffic per `host` (null: files without the column).
+    pub hosts: FxMap<Option<String>, Counts>,
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ReportError> {
@@ -410,21 +429,42 @@ impl Agg {
         let dport = col::<UInt16Array>(b, "destination_port")?;
         let packets = col::<Int64Array>(b, "packets")?;
         let bytes = col::<Int64Array>(b, "bytes")?;
-        if packets.null_count() + bytes.null_count() + start.null_count() + end.null_count() > 0 {
-            return Err(ReportError::Schema(
-                "null flow_start/flow_end/packets/bytes values".into(),
-            ));
-        }
+        // Optional: files from before the column, or from other writers, have host null.
+        let host =
+            match b.column_by_name("host") {
+                Some(c) => Some(c.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    ReportError::Schema("column host has an unexpected type".into())
+                })?),
+                None => None,
+            };
+        let host_of =
+            |i: usize| -> Option<&str> { host.and_then(|h| (!h.is_null(i)).then(|| h.value(i))) };
+        let any_null = packets.null_count() + bytes.null_count() + end.null_count() > 0;
+        let start_nulls = start.null_count() > 0;
         self.rows_read += b.num_rows() as u64;
         let mut key = String::with_capacity(96);
         let mut last_series: usize = usize::MAX;
         let mut obs_tally: Vec<(&str, Counts)> = Vec::new();
+        let mut host_tally: Vec<(Option<&str>, Counts)> = Vec::new();
         for i in 0..b.num_rows() {
+            if any_null && (end.is_null(i) || packets.is_null(i) || bytes.is_null(i)) {
+                self.rows_rejected += 1;
+                continue;
+            }
             let e = end.value(i);
+            let (p, by) = (packets.value(i), bytes.value(i));
+            if e <= 0 || p < 0 || by < 0 {
+                self.rows_rejected += 1;
+                continue;
+            }
             if e < sel.from_us || e >= sel.to_us {
                 continue;
             }
-            let (p, by) = (packets.value(i).max(0) as u64, bytes.value(i).max(0) as u64);
+            let h = host_of(i);
+            if !sel.hosts.is_empty() && !h.is_some_and(|h| sel.hosts.iter().any(|x| x == h)) {
+                continue;
+            }
+            let (p, by) = (p as u64, by as u64);
             let o = obs.value(i);
             // Per-batch tally of observation points (a handful), flushed below.
             match obs_tally.iter_mut().find(|(name, _)| *name == o) {
@@ -439,6 +479,14 @@ impl Agg {
                 continue;
             }
             self.totals.add(p, by);
+            match host_tally.iter_mut().find(|(name, _)| *name == h) {
+                Some((_, c)) => c.add(p, by),
+                None => {
+                    let mut c = Counts::default();
+                    c.add(p, by);
+                    host_tally.push((h, c));
+                }
+            }
             self.min_end = Some(self.min_end.map_or(e, |m| m.min(e)));
             self.max_end = Some(self.max_end.map_or(e, |m| m.max(e)));
             // Series of (interface, direction); the previous row's series is the usual hit.
@@ -466,7 +514,13 @@ impl Agg {
             last_series = idx;
             let s = &mut self.series[idx].1;
             s.counts.add(p, by);
-            s.add(sel.bucket_us, start.value(i), e, p, by);
+            let mut st = start.value(i);
+            if (start_nulls && start.is_null(i)) || st <= 0 || st > e || e - st > MAX_RECORD_SPAN_US
+            {
+                st = e;
+                self.rows_clamped += 1;
+            }
+            s.add(sel.bucket_us, st, e, p, by);
             if !sel.talkers {
                 continue;
             }
@@ -492,6 +546,18 @@ impl Agg {
                 }
             }
         }
+        for (name, c) in host_tally {
+            self.hosts
+                .entry(name.map(str::to_string))
+                .or_default()
+                .merge(&c);
+        }
+        if self.series.iter().any(|(_, s)| s.too_wide) {
+            return Err(ReportError::Input(format!(
+                "the selected records span more than {MAX_BUCKETS} buckets of {} s (is a flow_end far off?); give --from/--to or a larger --bucket",
+                sel.bucket_us / 1_000_000
+            )));
+        }
         Ok(())
     }
 
@@ -508,6 +574,11 @@ impl Agg {
         }
         self.talkers.merge(o.talkers);
         self.rows_read += o.rows_read;
+        self.rows_rejected += o.rows_rejected;
+        self.rows_clamped += o.rows_clamped;
+        for (k, c) in o.hosts {
+            self.hosts.entry(k).or_default().merge(&c);
+        }
         self.min_end = match (self.min_end, o.min_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -963,8 +1034,10 @@ mod tests {
                 k.dst_port = [53, 443, 80][(i % 3) as usize];
                 k.observation_point = OBS_XDP;
                 FlowRecord {
-                    flow_start_us: i as i64 * 1_000_000,
-                    flow_end_us: i as i64 * 1_000_000 + (i as i64 % 4) * 700_000,
+                    flow_start_us: 1_700_000_000_000_000 + i as i64 * 1_000_000,
+                    flow_end_us: 1_700_000_000_000_000
+                        + i as i64 * 1_000_000
+                        + (i as i64 % 4) * 700_000,
                     key: k,
                     interface_name: "eth0".into(),
                     packets: 1 + i as u64 % 9,
@@ -996,6 +1069,7 @@ mod tests {
             observation_point: "xdp".into(),
             bucket_us: 60_000_000,
             talkers: true,
+            hosts: Vec::new(),
         };
         let g = Grouping::Prefix { v4: 24, v6: 64 };
         let mut a = Agg::default();

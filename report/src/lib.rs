@@ -10,6 +10,8 @@
 
 pub mod compute;
 pub mod html;
+pub mod normalize;
+pub mod remote;
 pub mod scan;
 pub mod text;
 /// `flowlens top`.
@@ -24,7 +26,7 @@ use std::{
 use serde::Serialize;
 
 use compute::{Counts, Grouping, Selection, Series, Top};
-use scan::ScanStats;
+use scan::{Input, ScanStats};
 
 /// Version tag of the JSON structure; bumped on incompatible changes.
 pub const FORMAT: &str = "flowlens-report/1";
@@ -47,9 +49,16 @@ pub enum ReportError {
 /// Command-line options of `flowlens report`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReportArgs {
-    /// Directory written by the Parquet sink (object-storage URLs are not supported yet).
-    #[arg(long, value_name = "DIR", default_value = "./flows")]
-    pub input: String,
+    /// The flow lake: a directory or `s3://BUCKET/PREFIX` (S3 settings from the AWS_*
+    /// environment, as for the S3 sink). Any Parquet with the needed columns: every codec,
+    /// any integer widths and timestamp units, `date=/hour=` partitions or none. Repeatable:
+    /// several inputs are read as one lake.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", default_value = "./flows")]
+    pub input: Vec<String>,
+    /// Only records whose `host` column is one of these (repeatable, or comma-separated).
+    /// Default: every host; the report always has a per-host breakdown (`hosts`).
+    #[arg(long, value_name = "HOST", value_delimiter = ',')]
+    pub host: Vec<String>,
     /// Start of the range (inclusive, on flow_end): RFC 3339 UTC (2026-11-26T07:00:00Z), a date
     /// (2026-11-26), `now`, or relative to now (-24h, -7d). Default: the earliest record.
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
@@ -99,7 +108,8 @@ pub struct ReportArgs {
 /// Report options after validation.
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub input: PathBuf,
+    pub inputs: Vec<Input>,
+    pub hosts: Vec<String>,
     pub from_us: Option<i64>,
     pub to_us: Option<i64>,
     pub bucket_us: i64,
@@ -251,19 +261,30 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), ReportError> {
 
 impl ReportArgs {
     pub fn resolve(&self, now_us: i64) -> Result<Options, ReportError> {
-        if self.input.contains("://") {
-            return Err(bad(
-                "--input",
-                &self.input,
-                "object storage is not supported yet by `flowlens report`; give a local directory",
+        let mut inputs = Vec::new();
+        for i in &self.input {
+            if i.contains("://") {
+                let (bucket, prefix) = remote::parse_url(i).map_err(|e| bad("--input", i, e))?;
+                let remote = remote::Remote::open(&bucket)?;
+                inputs.push(Input::S3 { remote, prefix });
+                continue;
+            }
+            let input = PathBuf::from(i);
+            if !input.exists() {
+                return Err(bad("--input", i, "no such directory"));
+            }
+            if !input.is_dir() {
+                return Err(bad("--input", i, "not a directory"));
+            }
+            inputs.push(Input::Dir(input));
+        }
+        if inputs.is_empty() {
+            return Err(ReportError::Input(
+                "--input: give a directory or s3:// URL".into(),
             ));
         }
-        let input = PathBuf::from(&self.input);
-        if !input.exists() {
-            return Err(bad("--input", &self.input, "no such directory"));
-        }
-        if !input.is_dir() {
-            return Err(bad("--input", &self.input, "not a directory"));
+        if self.host.iter().any(|h| h.trim().is_empty()) {
+            return Err(bad("--host", "", "empty host name"));
         }
         let from_us = self
             .from
@@ -345,7 +366,8 @@ impl ReportArgs {
             return Err(bad("--top", "0", "must be at least 1"));
         }
         Ok(Options {
-            input,
+            inputs,
+            hosts: self.host.iter().map(|h| h.trim().to_string()).collect(),
             from_us,
             to_us,
             bucket_us: b.as_micros() as i64,
@@ -446,6 +468,15 @@ pub struct Capacity {
     pub directions: Vec<CapacityDirection>,
 }
 
+/// Selected traffic of one exporter (`host` column; null for files without it).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HostCounts {
+    pub host: Option<String>,
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// Everything `--json` writes.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
@@ -454,6 +485,8 @@ pub struct Report {
     pub range: Range,
     pub observation_point: String,
     pub observation_points: Vec<ObservationPoint>,
+    /// Per exporter, at the selected observation point, sorted by host (null first).
+    pub hosts: Vec<HostCounts>,
     pub scan: ScanStats,
     pub totals: Counts,
     pub series: Series,
@@ -490,11 +523,17 @@ fn bucket_range(agg: &compute::Agg, b: i64, from: Option<i64>, to: Option<i64>) 
 pub fn build(opts: &Options) -> Result<Report, ReportError> {
     let from = opts.from_us.unwrap_or(i64::MIN / 4);
     let to = opts.to_us.unwrap_or(i64::MAX / 4);
-    let plan = scan::plan(&opts.input, from, to)?;
+    let plan = scan::plan(&opts.inputs, from, to)?;
+    let input_text = opts
+        .inputs
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     if plan.stats.files == 0 && plan.stats.partitions_pruned == 0 {
         return Err(ReportError::Input(format!(
             "no .parquet files under {}",
-            opts.input.display()
+            input_text
         )));
     }
     let range_text = || {
@@ -508,7 +547,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         return Err(ReportError::Input(format!(
             "no flow records in {} under {} ({} partitions pruned by name, {} files and {} of {} row groups by statistics)",
             range_text(),
-            opts.input.display(),
+            input_text,
             plan.stats.partitions_pruned,
             plan.stats.files_pruned,
             plan.stats.row_groups_pruned,
@@ -532,6 +571,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         observation_point: obs.clone(),
         bucket_us: opts.bucket_us,
         talkers: true,
+        hosts: opts.hosts.clone(),
     };
     let agg = plan.scan(&sel, opts.threads, opts.quiet, "range")?;
     let mut observation_points: Vec<ObservationPoint> = agg
@@ -574,13 +614,26 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
     let mut scan_stats = plan.stats.clone();
     scan_stats.rows_read = agg.rows_read;
     scan_stats.rows_selected = agg.totals.records;
+    scan_stats.rows_rejected = agg.rows_rejected;
+    scan_stats.rows_clamped = agg.rows_clamped;
+    let mut hosts: Vec<HostCounts> = agg
+        .hosts
+        .iter()
+        .map(|(h, c)| HostCounts {
+            host: h.clone(),
+            records: c.records,
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
 
     // Growth: the previous period of equal length, when the range start was given.
     let previous = match opts.from_us {
         Some(f) => {
             let len = range_to - f;
             let (pf, pt) = (f - len, f);
-            let pplan = scan::plan(&opts.input, pf, pt)?;
+            let pplan = scan::plan(&opts.inputs, pf, pt)?;
             let psel = Selection {
                 from_us: pf,
                 to_us: pt,
@@ -681,7 +734,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
 
     Ok(Report {
         format: FORMAT,
-        input: opts.input.display().to_string(),
+        input: input_text,
         range: Range {
             from_us: range_from,
             to_us: range_to,
@@ -693,6 +746,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         },
         observation_point: obs,
         observation_points,
+        hosts,
         scan: scan_stats,
         totals: agg.totals,
         series,
@@ -707,6 +761,13 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let opts = args.resolve(now_us())?;
     let report = build(&opts)?;
+    let s = &report.scan;
+    if s.rows_rejected + s.rows_clamped > 0 {
+        eprintln!(
+            "flowlens report: warning: {} rows rejected (null or negative packets/bytes, flow_end at or before 1970-01-01), {} rows with an unusable flow_start counted at flow_end (docs/REPORT.md)",
+            s.rows_rejected, s.rows_clamped
+        );
+    }
     for c in &report.capacity {
         if c.directions.is_empty() {
             eprintln!(
