@@ -95,12 +95,31 @@ impl Counts {
 struct SeriesAcc {
     /// Bucket index (since the epoch) of `v[0]`.
     base: i64,
-    /// (bytes, packets) per bucket.
-    v: Vec<(f64, f64)>,
+    /// (bytes, packets) per bucket in fixed point ([`FRAC_BITS`] fraction bits): integer sums do
+    /// not depend on the order rows arrive in, so any rewrite of the lake (other row order,
+    /// other row groups, other thread count) gives bit-identical rates, and so can SQL engines.
+    v: Vec<(u128, u128)>,
     counts: Counts,
     /// A record would have grown `v` past [`MAX_BUCKETS`]: the report fails with an error
     /// instead of allocating (e.g. one `flow_end` in 1971 among records of 2026).
     too_wide: bool,
+}
+
+/// Fraction bits of the series accumulators.
+pub const FRAC_BITS: u32 = 32;
+
+/// `x * num / den` in fixed point, rounded down (`num <= den`, `den > 0`): the share of a
+/// record's count that falls into one bucket. Exact integer arithmetic, no overflow for any
+/// `u64` count and any span below 2^64 µs.
+pub fn share(x: u64, num: u64, den: u64) -> u128 {
+    let prod = x as u128 * num as u128;
+    let (q, r) = (prod / den as u128, prod % den as u128);
+    (q << FRAC_BITS) + (r << FRAC_BITS) / den as u128
+}
+
+/// A fixed-point accumulator as a float.
+pub fn fixed_to_f64(v: u128) -> f64 {
+    v as f64 / (1u64 << FRAC_BITS) as f64
 }
 
 /// Most buckets a series may have (the report refuses more, see `build`).
@@ -111,7 +130,7 @@ pub const MAX_BUCKETS: i64 = 1_000_000;
 pub const MAX_RECORD_SPAN_US: i64 = 86_400_000_000;
 
 impl SeriesAcc {
-    fn slot(&mut self, idx: i64) -> &mut (f64, f64) {
+    fn slot(&mut self, idx: i64) -> &mut (u128, u128) {
         if self.v.is_empty() {
             self.base = idx;
         }
@@ -122,44 +141,43 @@ impl SeriesAcc {
         if hi - lo > MAX_BUCKETS + 1 {
             self.too_wide = true;
             // A scratch slot: the report fails before anything reads it.
-            self.v.resize(self.v.len().max(1), (0.0, 0.0));
+            self.v.resize(self.v.len().max(1), (0, 0));
             return &mut self.v[0];
         }
         if idx < self.base {
             let grow = (self.base - idx) as usize;
-            let mut nv = vec![(0.0, 0.0); grow];
+            let mut nv = vec![(0, 0); grow];
             nv.append(&mut self.v);
             self.v = nv;
             self.base = idx;
         }
         let off = (idx - self.base) as usize;
         if off >= self.v.len() {
-            self.v.resize(off + 1, (0.0, 0.0));
+            self.v.resize(off + 1, (0, 0));
         }
         &mut self.v[off]
     }
 
     fn add(&mut self, bucket_us: i64, start: i64, end: i64, packets: u64, bytes: u64) {
-        let (p, b) = (packets as f64, bytes as f64);
         let first = start.min(end).div_euclid(bucket_us);
         let last = end.div_euclid(bucket_us);
         if end <= start || first == last {
             let s = self.slot(last);
-            s.0 += b;
-            s.1 += p;
+            s.0 += (bytes as u128) << FRAC_BITS;
+            s.1 += (packets as u128) << FRAC_BITS;
             return;
         }
-        let d = (end - start) as f64;
+        let d = (end - start) as u64;
         for idx in first..=last {
             let lo = start.max(idx * bucket_us);
             let hi = end.min((idx + 1) * bucket_us);
             if hi <= lo {
                 continue;
             }
-            let f = (hi - lo) as f64 / d;
+            let ov = (hi - lo) as u64;
             let s = self.slot(idx);
-            s.0 += b * f;
-            s.1 += p * f;
+            s.0 += share(bytes, ov, d);
+            s.1 += share(packets, ov, d);
         }
     }
 
@@ -802,8 +820,8 @@ pub fn series(
             for (i, (vb, vp)) in s.v.iter().enumerate() {
                 let idx = s.base + i as i64 - first;
                 if idx >= 0 && (idx as usize) < n {
-                    b[idx as usize] = vb / bs;
-                    p[idx as usize] = vp / bs;
+                    b[idx as usize] = fixed_to_f64(*vb) / bs;
+                    p[idx as usize] = fixed_to_f64(*vp) / bs;
                 }
             }
             let (intercept, slope) = least_squares_from(&b[s0..s0 + sn], s0, bs);
@@ -984,15 +1002,23 @@ mod tests {
         // 10 s buckets; a record over [5 s, 25 s] → 1/4, 1/2, 1/4.
         s.add(10_000_000, 5_000_000, 25_000_000, 4, 400);
         assert_eq!(s.base, 0);
-        assert_eq!(s.v, vec![(100.0, 1.0), (200.0, 2.0), (100.0, 1.0)]);
+        let f = |b: u64, p: u64| ((b as u128) << FRAC_BITS, (p as u128) << FRAC_BITS);
+        assert_eq!(s.v, vec![f(100, 1), f(200, 2), f(100, 1)]);
         // Zero-length record in bucket 5, and a record ending exactly on a bucket boundary.
         s.add(10_000_000, 55_000_000, 55_000_000, 1, 10);
         s.add(10_000_000, -10_000_000, 0, 2, 20);
         assert_eq!(s.base, -1);
-        assert_eq!(s.v[0], (20.0, 2.0));
-        assert_eq!(s.v[6], (10.0, 1.0));
-        let total: f64 = s.v.iter().map(|x| x.0).sum();
-        assert_eq!(total, 430.0);
+        assert_eq!(s.v[0], f(20, 2));
+        assert_eq!(s.v[6], f(10, 1));
+        let total: u128 = s.v.iter().map(|x| x.0).sum();
+        assert_eq!(total, 430 << FRAC_BITS);
+        // A third each: rounded down, so the shares add up to at most the whole.
+        let mut t = SeriesAcc::default();
+        t.add(10_000_000, 0, 29_999_999, 1, u64::MAX);
+        let sum: u128 = t.v.iter().map(|x| x.0).sum();
+        assert!(
+            sum <= (u64::MAX as u128) << FRAC_BITS && sum + 3 >= (u64::MAX as u128) << FRAC_BITS
+        );
     }
 
     #[test]
