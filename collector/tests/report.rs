@@ -930,7 +930,10 @@ fn bad_input_gives_one_line_errors() {
     std::fs::create_dir_all(&empty).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--input", "/nonexistent/flows"], "no such directory"),
-        (vec!["--input", "s3://bucket/flows"], "not supported yet"),
+        (
+            vec!["--input", "gs://bucket/flows"],
+            "only s3:// URLs are supported",
+        ),
         (
             vec!["--input", empty.to_str().unwrap()],
             "no .parquet files",

@@ -41,8 +41,13 @@ impl Object {
     }
 }
 
+/// One line: S3 errors can quote a multi-line XML body.
 fn err(url: &str, e: impl std::fmt::Display) -> ReportError {
-    ReportError::Input(format!("{url}: {e}"))
+    let e = e.to_string();
+    ReportError::Input(format!(
+        "{url}: {}",
+        e.split_whitespace().collect::<Vec<_>>().join(" ")
+    ))
 }
 
 /// Splits `s3://BUCKET[/PREFIX]` into bucket and prefix (no leading or trailing `/`).
@@ -166,8 +171,13 @@ pub struct Sparse {
 
 impl Sparse {
     fn slice(&self, start: u64, len: Option<usize>) -> parquet::errors::Result<Bytes> {
+        if len == Some(0) {
+            return Ok(Bytes::new());
+        }
+        // Column chunks are often adjacent: `start` belongs to the chunk it lies inside, not to
+        // the one ending there.
         for (off, b) in &self.chunks {
-            if start >= *off && start <= off + b.len() as u64 {
+            if start >= *off && start < off + b.len() as u64 {
                 let from = (start - off) as usize;
                 let to = match len {
                     Some(l) if from + l <= b.len() => from + l,
@@ -221,6 +231,7 @@ mod tests {
             len: 100,
             chunks: vec![
                 (10, Bytes::from_static(b"abcdef")),
+                (16, Bytes::from_static(b"gh")),
                 (50, Bytes::from_static(b"xyz")),
             ],
         };
@@ -231,6 +242,10 @@ mod tests {
         r.read_to_end(&mut v).unwrap();
         assert_eq!(v, b"def");
         assert!(s.get_bytes(14, 5).is_err());
+        // Adjacent chunks: a read at the boundary is the second chunk.
+        let mut v = Vec::new();
+        s.get_read(16).unwrap().read_to_end(&mut v).unwrap();
+        assert_eq!(v, b"gh");
         assert!(s.get_bytes(30, 1).is_err());
     }
 }

@@ -187,6 +187,8 @@ const PYTHON_MODULES: &[(&str, &str)] = &[
     ("moto.server", "moto[server]"),
     ("boto3", "boto3"),
     ("pyarrow", "pyarrow"),
+    // issue 16: report_lake.rs rewrites a flowlens lake with DuckDB.
+    ("duckdb", "duckdb"),
     // deploy/kubernetes/daemonset.yaml is parsed to check the capabilities it grants.
     ("yaml", "pyyaml"),
 ];
