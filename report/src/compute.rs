@@ -70,7 +70,7 @@ impl Hasher for FxHasher {
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Records, packets and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     pub records: u64,
     pub packets: u64,
@@ -579,6 +579,78 @@ impl Agg {
         Ok(())
     }
 
+    fn series_mut(&mut self, interface: &str, direction: &str) -> &mut SeriesAcc {
+        let i = match self
+            .series
+            .iter()
+            .position(|(k, _)| k.0 == interface && k.1 == direction)
+        {
+            Some(i) => i,
+            None => {
+                self.series.push((
+                    (interface.to_string(), direction.to_string()),
+                    SeriesAcc::default(),
+                ));
+                self.series.len() - 1
+            }
+        };
+        &mut self.series[i].1
+    }
+
+    /// Sets a series' record counts (aggregates from another engine, see `engine`).
+    pub fn set_series_counts(&mut self, interface: &str, direction: &str, c: Counts) {
+        self.series_mut(interface, direction).counts = c;
+    }
+
+    /// Adds fixed-point bucket sums to a series (aggregates from another engine).
+    pub fn add_bucket(
+        &mut self,
+        interface: &str,
+        direction: &str,
+        bucket: i64,
+        bytes: u128,
+        packets: u128,
+    ) -> Result<(), ReportError> {
+        let s = self.series_mut(interface, direction);
+        let slot = s.slot(bucket);
+        slot.0 += bytes;
+        slot.1 += packets;
+        if s.too_wide {
+            return Err(ReportError::Input(format!(
+                "aggregates: series {interface}/{direction} spans more than {MAX_BUCKETS} buckets"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn add_source(&mut self, addr: &str, c: Counts) {
+        let i = self.talkers.addrs.id(addr);
+        at(&mut self.talkers.src, i).merge(&c);
+    }
+
+    pub fn add_destination(&mut self, addr: &str, c: Counts) {
+        let i = self.talkers.addrs.id(addr);
+        at(&mut self.talkers.dst, i).merge(&c);
+    }
+
+    pub fn add_conversation(&mut self, a: &str, z: &str, c: Counts) {
+        let (a, z) = (self.talkers.addrs.id(a), self.talkers.addrs.id(z));
+        self.talkers
+            .conversations
+            .entry(pair(a, z))
+            .or_default()
+            .merge(&c);
+    }
+
+    pub fn add_service(&mut self, transport: &str, port: u16, c: Counts) {
+        let t = self.talkers.transports.id(transport);
+        self.talkers
+            .services
+            .entry(t << 16 | port as u32)
+            .or_default()
+            .merge(&c);
+    }
+
     pub fn merge(&mut self, o: Agg) {
         for (k, s) in o.series {
             match self.series.iter_mut().find(|(k2, _)| *k2 == k) {
@@ -663,7 +735,7 @@ impl Grouping {
 }
 
 /// One ranked entry of a top-N list.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct TopEntry {
     pub key: String,
     pub records: u64,
@@ -675,7 +747,7 @@ pub struct TopEntry {
 }
 
 /// A category ranked two ways.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Ranking {
     /// Distinct keys in the category (before the top-N cut).
     pub distinct: u64,
@@ -683,7 +755,7 @@ pub struct Ranking {
     pub by_packets: Vec<TopEntry>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Top {
     pub n: usize,
     pub sources: Ranking,
@@ -695,7 +767,7 @@ pub struct Top {
     pub transports: Ranking,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct RateStats {
     pub mean: f64,
     pub peak: f64,
@@ -705,13 +777,13 @@ pub struct RateStats {
 
 /// Least-squares line through the bucket rates: rate(t) = intercept + slope * t, t in seconds
 /// since the start of the first bucket (bucket midpoints as x).
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Trend {
     pub bytes_per_sec_intercept: f64,
     pub bytes_per_sec_slope_per_day: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct SeriesOut {
     pub interface: String,
     pub direction: String,
@@ -725,7 +797,7 @@ pub struct SeriesOut {
     pub trend: Trend,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Series {
     /// Start of the first bucket (µs since the epoch) and its RFC 3339 form.
     pub start_us: i64,

@@ -9,6 +9,7 @@
 //! and minutes of build time on 2 cores for a handful of group-bys (see docs/ARCHITECTURE.md).
 
 pub mod compute;
+pub mod engine;
 pub mod html;
 pub mod normalize;
 pub mod remote;
@@ -103,6 +104,12 @@ pub struct ReportArgs {
     /// No progress on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Instead of reading a lake: a `flowlens-report/1` file (a report's --json: rendered as
+    /// is) or the `flowlens-aggregates/1` output of `report/sql/run.py` (the report's SQL run
+    /// by DuckDB, ClickHouse or Spark; finished into the report; its range, bucket and
+    /// observation point are the engine's). --input, --from, --to, --bucket, --host ignored.
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
 }
 
 /// Report options after validation.
@@ -262,7 +269,7 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), ReportError> {
 impl ReportArgs {
     pub fn resolve(&self, now_us: i64) -> Result<Options, ReportError> {
         let mut inputs = Vec::new();
-        for i in &self.input {
+        for i in self.input.iter().filter(|_| self.from_json.is_none()) {
             if i.contains("://") {
                 let (bucket, prefix) = remote::parse_url(i).map_err(|e| bad("--input", i, e))?;
                 let remote = remote::Remote::open(&bucket)?;
@@ -278,7 +285,7 @@ impl ReportArgs {
             }
             inputs.push(Input::Dir(input));
         }
-        if inputs.is_empty() {
+        if inputs.is_empty() && self.from_json.is_none() {
             return Err(ReportError::Input(
                 "--input: give a directory or s3:// URL".into(),
             ));
@@ -387,7 +394,7 @@ impl ReportArgs {
 }
 
 /// The time range of the report: records with `flow_end` in `[from, to)`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Range {
     pub from_us: i64,
     pub to_us: i64,
@@ -399,7 +406,7 @@ pub struct Range {
     pub to_given: bool,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct ObservationPoint {
     pub name: String,
     /// True for the point counted in this report.
@@ -409,7 +416,7 @@ pub struct ObservationPoint {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct PreviousSeries {
     pub interface: String,
     pub direction: String,
@@ -420,7 +427,7 @@ pub struct PreviousSeries {
     pub p95_change: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Previous {
     pub from_us: i64,
     pub to_us: i64,
@@ -433,14 +440,14 @@ pub struct Previous {
     pub interfaces: Vec<PreviousSeries>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Growth {
     /// The period of equal length just before this one; null if --from was not given or it has
     /// no records at this observation point. The trend line of each series is in `series`.
     pub previous: Option<Previous>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct CapacityDirection {
     pub direction: String,
     pub p95_bits_per_sec: f64,
@@ -459,7 +466,7 @@ pub struct CapacityDirection {
     pub reaches_threshold_at: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Capacity {
     pub interface: String,
     pub capacity_bits_per_sec: f64,
@@ -469,7 +476,7 @@ pub struct Capacity {
 }
 
 /// Selected traffic of one exporter (`host` column; null for files without it).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct HostCounts {
     pub host: Option<String>,
     pub records: u64,
@@ -478,9 +485,9 @@ pub struct HostCounts {
 }
 
 /// Everything `--json` writes.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Report {
-    pub format: &'static str,
+    pub format: String,
     pub input: String,
     pub range: Range,
     pub observation_point: String,
@@ -574,6 +581,52 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         hosts: opts.hosts.clone(),
     };
     let agg = plan.scan(&sel, opts.threads, opts.quiet, "range")?;
+    let mut previous_scan = |pf: i64, pt: i64| -> Result<Option<compute::Agg>, ReportError> {
+        let pplan = scan::plan(&opts.inputs, pf, pt)?;
+        if pplan.rows() == 0 {
+            return Ok(None);
+        }
+        let psel = Selection {
+            from_us: pf,
+            to_us: pt,
+            talkers: false,
+            ..sel.clone()
+        };
+        Ok(Some(pplan.scan(
+            &psel,
+            opts.threads,
+            opts.quiet,
+            "previous period",
+        )?))
+    };
+    finish(
+        opts,
+        input_text,
+        obs,
+        plan.stats.clone(),
+        agg,
+        &mut previous_scan,
+    )
+}
+
+/// The report from the aggregate of the range (and, through `previous_scan(from, to)`, of the
+/// previous period): shared by a scan of the lake and by `--from-json` aggregates computed by
+/// another engine, so both give the same numbers.
+pub fn finish(
+    opts: &Options,
+    input_text: String,
+    obs: String,
+    stats: ScanStats,
+    agg: compute::Agg,
+    previous_scan: &mut dyn FnMut(i64, i64) -> Result<Option<compute::Agg>, ReportError>,
+) -> Result<Report, ReportError> {
+    let range_text = || {
+        format!(
+            "[{}, {})",
+            opts.from_us.map_or("start".into(), fmt_time),
+            opts.to_us.map_or("end".into(), fmt_time)
+        )
+    };
     let mut observation_points: Vec<ObservationPoint> = agg
         .observation_points
         .iter()
@@ -611,7 +664,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
     }
     let series = compute::series(&agg, opts.bucket_us, first, last, range_from, range_to);
     let top = compute::top(&agg, opts.top, &opts.grouping);
-    let mut scan_stats = plan.stats.clone();
+    let mut scan_stats = stats;
     scan_stats.rows_read = agg.rows_read;
     scan_stats.rows_selected = agg.totals.records;
     scan_stats.rows_rejected = agg.rows_rejected;
@@ -633,19 +686,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         Some(f) => {
             let len = range_to - f;
             let (pf, pt) = (f - len, f);
-            let pplan = scan::plan(&opts.inputs, pf, pt)?;
-            let psel = Selection {
-                from_us: pf,
-                to_us: pt,
-                talkers: false,
-                ..sel.clone()
-            };
-            let pagg = if pplan.rows() > 0 {
-                Some(pplan.scan(&psel, opts.threads, opts.quiet, "previous period")?)
-            } else {
-                None
-            };
-            match pagg {
+            match previous_scan(pf, pt)? {
                 Some(p) if p.totals.records > 0 => {
                     let (a, b) = bucket_range(&p, opts.bucket_us, Some(pf), Some(pt));
                     let ps = compute::series(&p, opts.bucket_us, a, b, pf, pt);
@@ -733,7 +774,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         .collect();
 
     Ok(Report {
-        format: FORMAT,
+        format: FORMAT.to_string(),
         input: input_text,
         range: Range {
             from_us: range_from,
@@ -757,10 +798,65 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
 }
 
 /// `flowlens report`: builds the report and writes the requested outputs.
+/// A report from `--from-json FILE` (see [`engine`]).
+pub fn from_json(opts: &Options, path: &Path) -> Result<Report, ReportError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::Io(name.clone(), e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ReportError::Input(format!("{name}: not JSON: {e}")))?;
+    let bad_json = |e: serde_json::Error| ReportError::Input(format!("{name}: {e}"));
+    match v.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT) => serde_json::from_value(v).map_err(bad_json),
+        Some(engine::AGG_FORMAT) => {
+            let a: engine::Aggregates = serde_json::from_value(v).map_err(bad_json)?;
+            if a.bucket_us < 1_000_000 || a.bucket_us % 1_000_000 != 0 || a.from_us >= a.to_us {
+                return Err(ReportError::Input(format!(
+                    "{name}: bad range or bucket (from_us {}, to_us {}, bucket_us {})",
+                    a.from_us, a.to_us, a.bucket_us
+                )));
+            }
+            let opts = Options {
+                from_us: Some(a.from_us),
+                to_us: Some(a.to_us),
+                bucket_us: a.bucket_us,
+                observation_point: Some(a.observation_point.clone()),
+                ..opts.clone()
+            };
+            let agg = a.range.to_agg()?;
+            let prev = a.previous.as_ref().map(|p| p.to_agg()).transpose()?;
+            let len = a.to_us - a.from_us;
+            let mut prev = Some(prev);
+            let mut previous_scan = |pf: i64, pt: i64| {
+                if (pf, pt) != (a.from_us - len, a.from_us) {
+                    return Err(ReportError::Input(format!(
+                        "{name}: the previous period must be [{pf}, {pt})"
+                    )));
+                }
+                Ok(prev.take().flatten())
+            };
+            finish(
+                &opts,
+                format!("{} ({})", a.input, a.engine),
+                a.observation_point.clone(),
+                ScanStats::default(),
+                agg,
+                &mut previous_scan,
+            )
+        }
+        f => Err(ReportError::Input(format!(
+            "{name}: format {f:?} is neither {FORMAT:?} nor {:?}",
+            engine::AGG_FORMAT
+        ))),
+    }
+}
+
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let opts = args.resolve(now_us())?;
-    let report = build(&opts)?;
+    let report = match &args.from_json {
+        Some(p) => from_json(&opts, p)?,
+        None => build(&opts)?,
+    };
     let s = &report.scan;
     if s.rows_rejected + s.rows_clamped > 0 {
         eprintln!(

@@ -96,7 +96,8 @@ fn dictionary_hint(schema: &arrow_schema::SchemaRef) -> arrow_schema::SchemaRef 
 }
 
 /// Counters of what was read and skipped (part of the JSON report).
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ScanStats {
     /// Partition directories skipped by name (their files were never listed).
     pub partitions_pruned: u64,
