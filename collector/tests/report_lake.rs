@@ -474,3 +474,152 @@ fn s3_input_gives_the_local_report() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Runs `report/sql/run.py` (the report's SQL on another engine) over `lake`.
+fn engine_aggregates(engine: &str, lake: &Path, out: &Path) {
+    let run = concat!(env!("CARGO_MANIFEST_DIR"), "/../report/sql/run.py");
+    let o = Command::new("python3")
+        .args([run, "--engine", engine, "--lake", lake.to_str().unwrap()])
+        .args([
+            "--from",
+            "2026-11-20T01:00:00Z",
+            "--to",
+            "2026-11-20T05:00:00Z",
+        ])
+        .args(["--bucket", "60", "--observation-point", "xdp"])
+        .args(["--out", out.to_str().unwrap()])
+        // Spark in local mode: keep its driver on loopback.
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "run.py --engine {engine}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The report's SQL on DuckDB, on ClickHouse (chdb) and on Spark (pyspark, local mode), finished by `flowlens report
+/// --from-json`, gives the report of `flowlens report --input` on the same lake, exactly
+/// (every float bit-identical); only where it was read from and the file statistics differ.
+#[test]
+fn sql_engines_give_the_same_report() {
+    let (root, lake, _, _) = make_lake("report-lake-sql");
+    // The lake with bad rows too: they must be rejected and clamped the same way.
+    python(&["bad", root.join("bad").to_str().unwrap()]);
+    let local = ok_report(&with_input(lake.to_str().unwrap(), &[]), &[]);
+    let want = content(local.clone());
+    for engine in ["duckdb", "chdb", "spark"] {
+        let agg = root.join(format!("{engine}.json"));
+        engine_aggregates(engine, &lake, &agg);
+        let got = ok_report(
+            &[
+                "--from-json",
+                agg.to_str().unwrap(),
+                "--top",
+                "15",
+                "--link-capacity",
+                "eth0=1Mbit",
+            ],
+            &[],
+        );
+        assert!(
+            got["input"].as_str().unwrap().contains(engine),
+            "{}",
+            got["input"]
+        );
+        assert!(
+            content(got) == want,
+            "{engine}: report differs from flowlens report's"
+        );
+    }
+    // The bad rows of report_lake.py (at 2026-09-21): the same counts from SQL.
+    let rows = root.join("bad/rows");
+    let o = Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../report/sql/run.py"),
+            "--engine",
+            "duckdb",
+            "--lake",
+            rows.to_str().unwrap(),
+            "--from",
+            "2026-09-21T00:00:00Z",
+            "--to",
+            "2026-09-22T00:00:00Z",
+            "--bucket",
+            "60",
+            "--out",
+            root.join("bad.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_sql = ok_report(
+        &["--from-json", root.join("bad.json").to_str().unwrap()],
+        &[],
+    );
+    let local = ok_report(
+        &[
+            "--input",
+            rows.to_str().unwrap(),
+            "--from",
+            "2026-09-21T00:00:00Z",
+            "--to",
+            "2026-09-22T00:00:00Z",
+            "--bucket",
+            "1m",
+        ],
+        &[],
+    );
+    assert_eq!(from_sql["totals"], local["totals"]);
+    assert_eq!(from_sql["scan"]["rows_clamped"], 2);
+    assert_eq!(local["scan"]["rows_clamped"], 2);
+    assert_eq!(from_sql["scan"]["rows_rejected"], 3);
+    assert!(content(from_sql) == content(local));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `--from-json` of a report's own JSON renders the same HTML and table as the report did.
+#[test]
+fn from_json_renders_the_same_html() {
+    let (root, lake, _, _) = make_lake("report-lake-html");
+    let (j, h1, h2) = (
+        root.join("r.json"),
+        root.join("a.html"),
+        root.join("b.html"),
+    );
+    let run = |args: &[&str]| {
+        let o = Command::new(FLOWLENS)
+            .arg("report")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut args = with_input(lake.to_str().unwrap(), &["-q"]);
+    args.extend([
+        "--json",
+        j.to_str().unwrap(),
+        "--html",
+        h1.to_str().unwrap(),
+    ]);
+    let table = run(&args);
+    let table2 = run(&[
+        "--from-json",
+        j.to_str().unwrap(),
+        "--html",
+        h2.to_str().unwrap(),
+    ]);
+    assert_eq!(table, table2);
+    let (a, b) = (std::fs::read(&h1).unwrap(), std::fs::read(&h2).unwrap());
+    assert!(a.len() > 10_000 && a == b, "HTML differs");
+    // Not a report: one line.
+    std::fs::write(root.join("x.json"), "{\"format\": \"other/1\"}").unwrap();
+    let (ok, _, err) = report(&["--from-json", root.join("x.json").to_str().unwrap()], &[]);
+    assert!(
+        !ok && err.trim().lines().count() == 1 && err.contains("other/1"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

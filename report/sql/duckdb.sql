@@ -28,7 +28,10 @@ SELECT CAST(epoch_us(flow_end) AS BIGINT) AS end_us,
        CAST(host AS VARCHAR) AS host,
        (flow_end IS NOT NULL AND packets IS NOT NULL AND bytes IS NOT NULL
         AND epoch_us(flow_end) > 0 AND packets >= 0 AND bytes >= 0) AS valid
-FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = false, union_by_name = true);
+-- Files without a host column (older flowlens) read it as null, even if no file has one.
+FROM (SELECT * FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = false,
+                                 union_by_name = true)
+      UNION ALL BY NAME SELECT CAST(NULL AS VARCHAR) AS host WHERE false);
 
 -- name: selected
 CREATE OR REPLACE TEMP VIEW sel AS

@@ -87,7 +87,11 @@ class Spark:
         from pyspark.sql import SparkSession
 
         self.spark = (SparkSession.builder.appName("flowlens-report")
-                      .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+                      .config("spark.sql.session.timeZone", "UTC")
+                      .config("spark.ui.showConsoleProgress", "false")
+                      .config("spark.ui.enabled", "false")
+                      .getOrCreate())
+        self.spark.sparkContext.setLogLevel("ERROR")
         self.version = "spark " + self.spark.version
 
     def rows(self, sql):

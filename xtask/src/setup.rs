@@ -189,6 +189,10 @@ const PYTHON_MODULES: &[(&str, &str)] = &[
     ("pyarrow", "pyarrow"),
     // issue 16: report_lake.rs rewrites a flowlens lake with DuckDB.
     ("duckdb", "duckdb"),
+    // issue 16: the report's ClickHouse SQL runs in chdb (embedded ClickHouse) in report_lake.rs.
+    ("chdb", "chdb"),
+    // issue 16: ... and its Spark SQL in pyspark (needs java: openjdk-17-jre-headless above).
+    ("pyspark", "pyspark"),
     // deploy/kubernetes/daemonset.yaml is parsed to check the capabilities it grants.
     ("yaml", "pyyaml"),
 ];
@@ -292,6 +296,8 @@ pub fn setup() -> Result<Env> {
         // capabilities (setpriv), and the shipped unit checked by `systemd-analyze verify`.
         ("setpriv", "util-linux"),
         ("systemd-analyze", "systemd"),
+        // issue 16: report_lake.rs runs the report's Spark SQL in pyspark (local mode).
+        ("java", "openjdk-17-jre-headless"),
     ])?;
     ensure_python_modules()?;
     ensure_tansu()?;
