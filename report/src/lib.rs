@@ -56,6 +56,11 @@ pub struct ReportArgs {
     /// several inputs are read as one lake.
     #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", default_value = "./flows")]
     pub input: Vec<String>,
+    /// S3 setting for s3:// inputs, winning over the AWS_* environment: object_store's
+    /// AmazonS3ConfigKey names (endpoint, region, allow_http, access_key_id,
+    /// secret_access_key, ...), as the S3 sink's --s3-option. Repeatable.
+    #[arg(long = "s3-option", value_name = "KEY=VALUE")]
+    pub s3_option: Vec<String>,
     /// Only records whose `host` column is one of these (repeatable, or comma-separated).
     /// Default: every host; the report always has a per-host breakdown (`hosts`).
     #[arg(long, value_name = "HOST", value_delimiter = ',')]
@@ -272,7 +277,14 @@ impl ReportArgs {
         for i in self.input.iter().filter(|_| self.from_json.is_none()) {
             if i.contains("://") {
                 let (bucket, prefix) = remote::parse_url(i).map_err(|e| bad("--input", i, e))?;
-                let remote = remote::Remote::open(&bucket)?;
+                let mut options = Vec::new();
+                for o in &self.s3_option {
+                    let (k, v) = o
+                        .split_once('=')
+                        .ok_or_else(|| bad("--s3-option", o, "expected KEY=VALUE"))?;
+                    options.push((k.trim().to_string(), v.to_string()));
+                }
+                let remote = remote::Remote::open(&bucket, &options)?;
                 inputs.push(Input::S3 { remote, prefix });
                 continue;
             }

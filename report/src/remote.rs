@@ -11,7 +11,11 @@
 use std::{io::Cursor, ops::Range, path::Path, sync::Arc};
 
 use bytes::Bytes;
-use object_store::{ObjectStore, aws::AmazonS3Builder, path::Path as ObjPath};
+use object_store::{
+    ObjectStore,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    path::Path as ObjPath,
+};
 use parquet::{
     errors::ParquetError,
     file::reader::{ChunkReader, Length},
@@ -67,13 +71,19 @@ impl Remote {
         &self.bucket
     }
 
-    /// The client of `bucket`, configured from the environment.
-    pub fn open(bucket: &str) -> Result<Arc<Remote>, ReportError> {
+    /// The client of `bucket`, configured from the environment, then `options`.
+    pub fn open(bucket: &str, options: &[(String, String)]) -> Result<Arc<Remote>, ReportError> {
         let url = format!("s3://{bucket}");
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| err(&url, e))?;
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in options {
+            let key: AmazonS3ConfigKey = k.to_ascii_lowercase().parse().map_err(|_| {
+                ReportError::Input(format!(
+                    "--s3-option {k}: unknown key (object_store AmazonS3ConfigKey names: endpoint, region, allow_http, access_key_id, secret_access_key, ...)"
+                ))
+            })?;
+            b = b.with_config(key, v);
+        }
+        let store = b.build().map_err(|e| err(&url, e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("flowlens-report-s3")
