@@ -118,6 +118,13 @@ def bad(dst):
     d["bytes"] = pa.array([100, 200, 400, 800, 1600, -1], pa.int64())
     pq.write_table(pa.table(d), f"{dst}/rows/rows.parquet")
 
+    # A flow_end in 1971 among rows of 2026: with 1 s buckets, a series over 55 years.
+    os.makedirs(f"{dst}/far", exist_ok=True)
+    d = base(2)
+    d["flow_start"] = pa.array([31_536_000_000_000, us], pa.timestamp("us", tz="UTC"))
+    d["flow_end"] = pa.array([31_536_000_000_000, us], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table(d), f"{dst}/far/far.parquet")
+
     os.makedirs(f"{dst}/missing", exist_ok=True)
     d = base(3)
     del d["destination_port"]

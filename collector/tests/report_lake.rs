@@ -374,6 +374,19 @@ fn bad_rows_are_counted_and_bad_files_are_one_line() {
         }
     };
     one_line("missing", &["old.parquet", "no column destination_port"]);
+    // Bounded memory: refused before any allocation for 1.7e9 buckets (the child would die of
+    // it otherwise); one line.
+    let (ok, _, err) = report(
+        &[
+            "--input",
+            root.join("far").to_str().unwrap(),
+            "--bucket",
+            "1s",
+        ],
+        &[],
+    );
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("1000000 buckets"), "{err}");
     one_line(
         "range",
         &["wide.parquet", "row group 1", "destination_port", "70000"],
@@ -622,6 +635,10 @@ fn from_json_renders_the_same_html() {
         h2.to_str().unwrap(),
     ]);
     assert_eq!(table, table2);
+    assert!(
+        table.contains("Per host") && table.contains("host-a") && table.contains("host-b"),
+        "{table}"
+    );
     let (a, b) = (std::fs::read(&h1).unwrap(), std::fs::read(&h2).unwrap());
     assert!(a.len() > 10_000 && a == b, "HTML differs");
     // Not a report: one line.

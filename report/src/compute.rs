@@ -112,6 +112,13 @@ pub const FRAC_BITS: u32 = 32;
 /// record's count that falls into one bucket. Exact integer arithmetic, no overflow for any
 /// `u64` count and any span below 2^64 µs.
 pub fn share(x: u64, num: u64, den: u64) -> u128 {
+    // Fast path in 64 bits (the usual record: product below 2^64, span below 71 minutes).
+    if let Some(prod) = x.checked_mul(num)
+        && den < 1 << 32
+    {
+        let (q, r) = (prod / den, prod % den);
+        return ((q as u128) << FRAC_BITS) + ((r << FRAC_BITS) / den) as u128;
+    }
     let prod = x as u128 * num as u128;
     let (q, r) = (prod / den as u128, prod % den as u128);
     (q << FRAC_BITS) + (r << FRAC_BITS) / den as u128
@@ -1182,6 +1189,23 @@ mod tests {
         assert_eq!(a.totals, b.totals);
         // (i % 7, i % 13) -> i % 5 for i < 500: 7 * 13 * 5 = 455 distinct pairs (CRT).
         assert_eq!(top(&a, 5, &g).conversations.distinct, 455);
+    }
+
+    #[test]
+    fn fixed_point_share_fast_path_agrees() {
+        let slow = |x: u64, n: u64, d: u64| {
+            let p = x as u128 * n as u128;
+            ((p / d as u128) << FRAC_BITS) + ((p % d as u128) << FRAC_BITS) / d as u128
+        };
+        for (x, n, d) in [
+            (1u64, 1u64, 3u64),
+            (1_000_000, 29_999_999, 60_000_000),
+            (u64::MAX, 1, 2),
+            (12345, 4_294_967_295, 4_294_967_295),
+            (77, 86_399_999_999, 86_400_000_000),
+        ] {
+            assert_eq!(share(x, n, d), slow(x, n, d), "{x} {n} {d}");
+        }
     }
 
     #[test]

@@ -174,13 +174,9 @@ where
 /// A timestamp column of any unit (with or without a time zone) as µs since the epoch.
 fn time(name: &str, c: &ArrayRef) -> Result<ArrayRef, String> {
     let (values, per_us): (Vec<i64>, Result<i64, i64>) = match c.data_type() {
-        DataType::Timestamp(TimeUnit::Microsecond, None) => return Ok(c.clone()),
-        DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => (
-            c.as_primitive::<TimestampMicrosecondType>()
-                .values()
-                .to_vec(),
-            Ok(1),
-        ),
+        // µs already (flowlens writes `Timestamp(µs, "UTC")`): no copy; the aggregation reads
+        // the values whatever the time zone (they are UTC instants).
+        DataType::Timestamp(TimeUnit::Microsecond, _) => return Ok(c.clone()),
         DataType::Timestamp(TimeUnit::Nanosecond, _) => (
             c.as_primitive::<TimestampNanosecondType>()
                 .values()
