@@ -21,7 +21,7 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn record(i: u32, now_us: i64) -> (FlowRecord, IpAddr, IpAddr, &'static str) {
     let mut key = FlowKey::ZERO;
-    let v6 = i % 5 == 0;
+    let v6 = i.is_multiple_of(5);
     let (src, dst): (IpAddr, IpAddr) = if v6 {
         (
             format!("2001:db8::{:x}", i + 1).parse().unwrap(),
@@ -40,7 +40,7 @@ fn record(i: u32, now_us: i64) -> (FlowRecord, IpAddr, IpAddr, &'static str) {
     key.ip_version = if v6 { 6 } else { 4 };
     key.src_addr = to16(src);
     key.dst_addr = to16(dst);
-    key.protocol = if i % 2 == 0 { 6 } else { 17 };
+    key.protocol = if i.is_multiple_of(2) { 6 } else { 17 };
     key.src_port = 40_000 + i as u16;
     key.dst_port = 443;
     key.observation_point = OBS_XDP;
@@ -122,7 +122,7 @@ fn clickhouse_doc_runs_as_written() {
         }
     }
     let mut want: Vec<_> = sums.into_iter().collect();
-    want.sort_by(|a, b| b.1.cmp(&a.1));
+    want.sort_by_key(|w| std::cmp::Reverse(w.1));
     want.truncate(10);
 
     let o = Command::new("python3")

@@ -17,9 +17,9 @@ use arrow_array::{
     TimestampMicrosecondArray,
     cast::AsArray,
     types::{
-        Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
-        TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
-        UInt16Type, UInt32Type, UInt64Type,
+        Int8Type, Int16Type, Int32Type, Int64Type, TimestampMillisecondType,
+        TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
+        UInt64Type,
     },
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
@@ -290,7 +290,9 @@ mod tests {
             ("extra", Arc::new(Int32Array::from(vec![-1]))),
         ]);
         let n = normalize(&b).unwrap();
-        let end = n.column(0).as_primitive::<TimestampMicrosecondType>();
+        let end = n
+            .column(0)
+            .as_primitive::<arrow_array::types::TimestampMicrosecondType>();
         assert_eq!(end.value(0), 1_700_000_000_123_456);
         assert_eq!(
             n.column(1)

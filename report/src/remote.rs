@@ -155,7 +155,13 @@ impl Remote {
             return Err(err(&obj.url(), "not a Parquet file (too small)"));
         }
         let guess = obj.size.min(64 * 1024);
-        let tail = self.fetch(obj, vec![obj.size - guess..obj.size])?;
+        let tail = self.fetch(
+            obj,
+            vec![Range {
+                start: obj.size - guess,
+                end: obj.size,
+            }],
+        )?;
         let t = &tail.chunks[0].1;
         let n = t.len();
         if &t[n - 4..] != b"PAR1" {
@@ -168,7 +174,13 @@ impl Remote {
         if meta_len + 8 > obj.size {
             return Err(err(&obj.url(), "corrupt Parquet footer length"));
         }
-        self.fetch(obj, vec![obj.size - meta_len - 8..obj.size])
+        self.fetch(
+            obj,
+            vec![Range {
+                start: obj.size - meta_len - 8,
+                end: obj.size,
+            }],
+        )
     }
 }
 
