@@ -7,7 +7,10 @@
 //! * `report_rows_per_sec_1_thread`: the same with one thread;
 //! * `report_1h_seconds` vs `report_day_seconds`: one hour of the day (partition pruning);
 //! * `decode_projected_rows_per_sec` vs `decode_all_columns_rows_per_sec`: only the parquet
-//!   decoding (one thread, no aggregation) of the 12 report columns vs all 23 columns.
+//!   decoding (one thread, no aggregation) of the 12 report columns vs all 23 columns;
+//! * `report_compacted_rows_per_sec`: the day after a DuckDB compaction (snappy, one file per
+//!   hour), and `report_s3_rows_per_sec`: three hours of it on S3 (moto on loopback), each
+//!   with the range of 3 runs (`_min`, `_max`) (issue 16).
 
 use std::{
     collections::BTreeMap,
@@ -128,7 +131,11 @@ fn generate(dir: &Path) -> Result<()> {
 }
 
 fn build(dir: &Path, extra: &[&str], threads: usize) -> Result<(f64, u64)> {
-    let mut args = vec!["x", "--input", dir.to_str().context("utf-8 path")?, "-q"];
+    build_input(dir.to_str().context("utf-8 path")?, extra, threads)
+}
+
+fn build_input(input: &str, extra: &[&str], threads: usize) -> Result<(f64, u64)> {
+    let mut args = vec!["x", "--input", input, "-q"];
     args.extend_from_slice(extra);
     #[derive(clap::Parser)]
     struct P {
@@ -163,6 +170,151 @@ fn decode(dir: &Path, projected: bool) -> Result<f64> {
         }
     }
     Ok(rows as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The day rewritten the way users compact a lake (issue 16): DuckDB's defaults (snappy),
+/// `PARTITION_BY (date, hour)`, DuckDB's file names. Made once, like the dataset.
+fn compacted(src: &Path) -> Result<PathBuf> {
+    let out = dataset_dir().with_file_name("report-10m-duckdb");
+    let marker = out.join(MARKER);
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == ROWS.to_string()) {
+        return Ok(out);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let script = format!(
+        "import duckdb\ncon = duckdb.connect()\ncon.execute(\"SET TimeZone='UTC'\")\n\
+         con.execute(\"COPY (SELECT *, strftime(flow_end, '%Y-%m-%d') AS date, strftime(flow_end, '%H') AS hour \
+         FROM read_parquet('{}/**/*.parquet', hive_partitioning = false)) TO '{}' \
+         (FORMAT parquet, PARTITION_BY (date, hour))\")\n",
+        src.display(),
+        out.display()
+    );
+    let st = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .context("python3 with duckdb (cargo xtask setup)")?;
+    anyhow::ensure!(st.success(), "DuckDB compaction failed");
+    std::fs::write(&marker, ROWS.to_string())?;
+    Ok(out)
+}
+
+/// A moto S3 server on a loopback port, killed on drop.
+struct Moto(std::process::Child, String);
+
+impl Moto {
+    fn start() -> Result<Moto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("python3 -m moto.server (cargo xtask setup)")?;
+        let m = Moto(child, format!("http://127.0.0.1:{port}"));
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(m)
+    }
+
+    /// Uploads the files under `dir` whose path contains one of `parts` to s3://bench/flows/.
+    fn upload(&self, dir: &Path, parts: &[&str]) -> Result<()> {
+        let script = format!(
+            "import boto3, os\n\
+             s3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='x', aws_secret_access_key='x', region_name='us-east-1')\n\
+             s3.create_bucket(Bucket='bench')\n\
+             for root, _, files in os.walk('{}'):\n\
+             \x20   for f in files:\n\
+             \x20       p = os.path.join(root, f)\n\
+             \x20       if f.endswith('.parquet') and any(x in p for x in {:?}):\n\
+             \x20           s3.upload_file(p, 'bench', 'flows/' + os.path.relpath(p, '{}'))\n",
+            self.1,
+            dir.display(),
+            parts,
+            dir.display()
+        );
+        let st = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .status()?;
+        anyhow::ensure!(st.success(), "upload to moto failed");
+        Ok(())
+    }
+
+    fn options(&self) -> Vec<String> {
+        [
+            format!("endpoint={}", self.1),
+            "allow_http=true".into(),
+            "access_key_id=x".into(),
+            "secret_access_key=x".into(),
+            "region=us-east-1".into(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["--s3-option".to_string(), o])
+        .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `flowlens report` over the DuckDB-compacted day and over three hours on S3 (moto on
+/// loopback): rows/s, median and range of 3 runs, 2 threads.
+fn lake_figures(dir: &Path, summary: &mut BTreeMap<String, f64>) -> Result<()> {
+    let mut put = |name: &str, rows: u64, mut secs: Vec<f64>| {
+        secs.sort_by(|a, b| a.total_cmp(b));
+        let r = |s: f64| rows as f64 / s;
+        summary.insert(format!("{name}_rows_per_sec"), r(secs[secs.len() / 2]));
+        summary.insert(format!("{name}_rows_per_sec_min"), r(secs[secs.len() - 1]));
+        summary.insert(format!("{name}_rows_per_sec_max"), r(secs[0]));
+        summary.insert(format!("{name}_rows"), rows as f64);
+    };
+    let c = compacted(dir)?;
+    build(&c, &[], 2)?; // warm the page cache
+    let mut secs = Vec::new();
+    let mut rows = 0;
+    for _ in 0..3 {
+        let (s, r) = build(&c, &[], 2)?;
+        secs.push(s);
+        rows = r;
+    }
+    anyhow::ensure!(rows >= 10_000_000, "compacted: only {rows} rows scanned");
+    put("report_compacted", rows, secs);
+
+    let moto = Moto::start()?;
+    moto.upload(dir, &["hour=00/", "hour=01/", "hour=02/"])?;
+    let opts = moto.options();
+    let mut args: Vec<&str> = vec![
+        "--from",
+        "2026-11-20T00:00:00Z",
+        "--to",
+        "2026-11-20T03:00:00Z",
+    ];
+    args.extend(opts.iter().map(String::as_str));
+    let mut secs = Vec::new();
+    let mut rows = 0;
+    for _ in 0..3 {
+        let (s, r) = build_input("s3://bench/flows", &args, 2)?;
+        secs.push(s);
+        rows = r;
+    }
+    anyhow::ensure!(rows >= 1_000_000, "s3: only {rows} rows scanned");
+    put("report_s3", rows, secs);
+    Ok(())
 }
 
 pub fn run(summary: &mut BTreeMap<String, f64>) -> Result<()> {
@@ -218,5 +370,6 @@ pub fn run(summary: &mut BTreeMap<String, f64>) -> Result<()> {
     summary.insert("report_1h_seconds".into(), h);
     summary.insert("decode_projected_rows_per_sec".into(), med(&mut proj));
     summary.insert("decode_all_columns_rows_per_sec".into(), med(&mut all));
+    lake_figures(&dir, summary)?;
     Ok(())
 }

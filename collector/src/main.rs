@@ -55,8 +55,9 @@ enum Cmd {
         #[arg(long)]
         csv: bool,
     },
-    /// Capacity-planning report from a directory of flowlens Parquet files: throughput per
-    /// interface and direction (peak, p95, p99), top talkers, growth, link utilisation.
+    /// Capacity-planning report from a flow lake (directories or s3:// prefixes of Parquet
+    /// files, as flowlens or another engine wrote them, or --from-json): throughput per
+    /// interface and direction (peak, p95, p99), top talkers, hosts, growth, link utilisation.
     ///
     /// Example: flowlens report --input ./flows --from -24h --bucket 5m --html report.html
     ///          --link-capacity eth0=10Gbit

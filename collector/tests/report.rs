@@ -661,6 +661,9 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
                   "from_given": case.from.is_some(), "to_given": case.to.is_some()},
         "observation_point": case.obs,
         "observation_points": points,
+        // Every record of the generated lake was written by host "gen".
+        "hosts": [{"host": "gen", "records": total.records, "packets": total.packets,
+                   "bytes": total.bytes}],
         "scan": {
             "partitions_pruned": partitions_pruned,
             "files": kept.len(),
@@ -669,6 +672,8 @@ fn expected(all: &[Rec], files: &[FileInfo], case: &Case) -> Value {
             "row_groups_pruned": kept.len() - read.len(),
             "rows_read": rows_read,
             "rows_selected": sel.len(),
+            "rows_rejected": 0,
+            "rows_clamped": 0,
         },
         "totals": total.json(),
         "series": {"start_us": first * b, "start": fmt_time(first * b),
@@ -925,7 +930,10 @@ fn bad_input_gives_one_line_errors() {
     std::fs::create_dir_all(&empty).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--input", "/nonexistent/flows"], "no such directory"),
-        (vec!["--input", "s3://bucket/flows"], "not supported yet"),
+        (
+            vec!["--input", "gs://bucket/flows"],
+            "only s3:// URLs are supported",
+        ),
         (
             vec!["--input", empty.to_str().unwrap()],
             "no .parquet files",

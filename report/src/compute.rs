@@ -70,7 +70,7 @@ impl Hasher for FxHasher {
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Records, packets and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     pub records: u64,
     pub packets: u64,
@@ -95,51 +95,96 @@ impl Counts {
 struct SeriesAcc {
     /// Bucket index (since the epoch) of `v[0]`.
     base: i64,
-    /// (bytes, packets) per bucket.
-    v: Vec<(f64, f64)>,
+    /// (bytes, packets) per bucket in fixed point ([`FRAC_BITS`] fraction bits): integer sums do
+    /// not depend on the order rows arrive in, so any rewrite of the lake (other row order,
+    /// other row groups, other thread count) gives bit-identical rates, and so can SQL engines.
+    v: Vec<(u128, u128)>,
     counts: Counts,
+    /// A record would have grown `v` past [`MAX_BUCKETS`]: the report fails with an error
+    /// instead of allocating (e.g. one `flow_end` in 1971 among records of 2026).
+    too_wide: bool,
 }
 
+/// Fraction bits of the series accumulators.
+pub const FRAC_BITS: u32 = 32;
+
+/// `x * num / den` in fixed point, rounded down (`num <= den`, `den > 0`): the share of a
+/// record's count that falls into one bucket. Exact integer arithmetic, no overflow for any
+/// `u64` count and any span below 2^64 µs.
+pub fn share(x: u64, num: u64, den: u64) -> u128 {
+    // Fast path in 64 bits (the usual record: product below 2^64, span below 71 minutes).
+    if let Some(prod) = x.checked_mul(num)
+        && den < 1 << 32
+    {
+        let (q, r) = (prod / den, prod % den);
+        return ((q as u128) << FRAC_BITS) + ((r << FRAC_BITS) / den) as u128;
+    }
+    let prod = x as u128 * num as u128;
+    let (q, r) = (prod / den as u128, prod % den as u128);
+    (q << FRAC_BITS) + (r << FRAC_BITS) / den as u128
+}
+
+/// A fixed-point accumulator as a float.
+pub fn fixed_to_f64(v: u128) -> f64 {
+    v as f64 / (1u64 << FRAC_BITS) as f64
+}
+
+/// Most buckets a series may have (the report refuses more, see `build`).
+pub const MAX_BUCKETS: i64 = 1_000_000;
+
+/// A record longer than this (or with `flow_start` after `flow_end`, or at/before the epoch)
+/// is counted as zero-length at its `flow_end` and in `rows_clamped`.
+pub const MAX_RECORD_SPAN_US: i64 = 86_400_000_000;
+
 impl SeriesAcc {
-    fn slot(&mut self, idx: i64) -> &mut (f64, f64) {
+    fn slot(&mut self, idx: i64) -> &mut (u128, u128) {
         if self.v.is_empty() {
             self.base = idx;
         }
+        let (lo, hi) = (
+            self.base.min(idx),
+            (self.base + self.v.len() as i64).max(idx + 1),
+        );
+        if hi - lo > MAX_BUCKETS + 1 {
+            self.too_wide = true;
+            // A scratch slot: the report fails before anything reads it.
+            self.v.resize(self.v.len().max(1), (0, 0));
+            return &mut self.v[0];
+        }
         if idx < self.base {
             let grow = (self.base - idx) as usize;
-            let mut nv = vec![(0.0, 0.0); grow];
+            let mut nv = vec![(0, 0); grow];
             nv.append(&mut self.v);
             self.v = nv;
             self.base = idx;
         }
         let off = (idx - self.base) as usize;
         if off >= self.v.len() {
-            self.v.resize(off + 1, (0.0, 0.0));
+            self.v.resize(off + 1, (0, 0));
         }
         &mut self.v[off]
     }
 
     fn add(&mut self, bucket_us: i64, start: i64, end: i64, packets: u64, bytes: u64) {
-        let (p, b) = (packets as f64, bytes as f64);
         let first = start.min(end).div_euclid(bucket_us);
         let last = end.div_euclid(bucket_us);
         if end <= start || first == last {
             let s = self.slot(last);
-            s.0 += b;
-            s.1 += p;
+            s.0 += (bytes as u128) << FRAC_BITS;
+            s.1 += (packets as u128) << FRAC_BITS;
             return;
         }
-        let d = (end - start) as f64;
+        let d = (end - start) as u64;
         for idx in first..=last {
             let lo = start.max(idx * bucket_us);
             let hi = end.min((idx + 1) * bucket_us);
             if hi <= lo {
                 continue;
             }
-            let f = (hi - lo) as f64 / d;
+            let ov = (hi - lo) as u64;
             let s = self.slot(idx);
-            s.0 += b * f;
-            s.1 += p * f;
+            s.0 += share(bytes, ov, d);
+            s.1 += share(packets, ov, d);
         }
     }
 
@@ -150,6 +195,7 @@ impl SeriesAcc {
             s.1 += p;
         }
         self.counts.merge(&o.counts);
+        self.too_wide |= o.too_wide;
     }
 }
 
@@ -164,23 +210,13 @@ pub struct Selection {
     pub bucket_us: i64,
     /// Keep the top-talker maps (false for the previous-period scan, which needs only series).
     pub talkers: bool,
+    /// Only rows whose `host` is one of these (empty: every host; a file without a `host`
+    /// column has host null, which no name matches).
+    pub hosts: Vec<String>,
 }
 
 /// The columns the report reads (projection).
-pub const COLUMNS: &[&str] = &[
-    "flow_start",
-    "flow_end",
-    "observation_point",
-    "interface_name",
-    "interface_index",
-    "direction",
-    "network_transport",
-    "source_address",
-    "destination_address",
-    "destination_port",
-    "packets",
-    "bytes",
-];
+pub const COLUMNS: &[&str] = super::normalize::REQUIRED;
 
 /// Interned strings: id per distinct value, in first-seen order.
 #[derive(Default)]
@@ -344,6 +380,14 @@ pub struct Agg {
     /// Smallest and largest selected `flow_end` (µs).
     pub min_end: Option<i64>,
     pub max_end: Option<i64>,
+    /// Rows not counted at all: null `flow_end`/`packets`/`bytes`, `flow_end` at or before the
+    /// Unix epoch (an unset clock), negative `packets`/`bytes`.
+    pub rows_rejected: u64,
+    /// Selected rows counted as zero-length at `flow_end` in the time series: `flow_start` null,
+    /// at or before the epoch, after `flow_end`, or more than [`MAX_RECORD_SPAN_US`] before it.
+    pub rows_clamped: u64,
+    /// Selected traffic per `host` (null: files without the column).
+    pub hosts: FxMap<Option<String>, Counts>,
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ReportError> {
@@ -410,21 +454,42 @@ impl Agg {
         let dport = col::<UInt16Array>(b, "destination_port")?;
         let packets = col::<Int64Array>(b, "packets")?;
         let bytes = col::<Int64Array>(b, "bytes")?;
-        if packets.null_count() + bytes.null_count() + start.null_count() + end.null_count() > 0 {
-            return Err(ReportError::Schema(
-                "null flow_start/flow_end/packets/bytes values".into(),
-            ));
-        }
+        // Optional: files from before the column, or from other writers, have host null.
+        let host =
+            match b.column_by_name("host") {
+                Some(c) => Some(c.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    ReportError::Schema("column host has an unexpected type".into())
+                })?),
+                None => None,
+            };
+        let host_of =
+            |i: usize| -> Option<&str> { host.and_then(|h| (!h.is_null(i)).then(|| h.value(i))) };
+        let any_null = packets.null_count() + bytes.null_count() + end.null_count() > 0;
+        let start_nulls = start.null_count() > 0;
         self.rows_read += b.num_rows() as u64;
         let mut key = String::with_capacity(96);
         let mut last_series: usize = usize::MAX;
         let mut obs_tally: Vec<(&str, Counts)> = Vec::new();
+        let mut host_tally: Vec<(Option<&str>, Counts)> = Vec::new();
         for i in 0..b.num_rows() {
+            if any_null && (end.is_null(i) || packets.is_null(i) || bytes.is_null(i)) {
+                self.rows_rejected += 1;
+                continue;
+            }
             let e = end.value(i);
+            let (p, by) = (packets.value(i), bytes.value(i));
+            if e <= 0 || p < 0 || by < 0 {
+                self.rows_rejected += 1;
+                continue;
+            }
             if e < sel.from_us || e >= sel.to_us {
                 continue;
             }
-            let (p, by) = (packets.value(i).max(0) as u64, bytes.value(i).max(0) as u64);
+            let h = host_of(i);
+            if !sel.hosts.is_empty() && !h.is_some_and(|h| sel.hosts.iter().any(|x| x == h)) {
+                continue;
+            }
+            let (p, by) = (p as u64, by as u64);
             let o = obs.value(i);
             // Per-batch tally of observation points (a handful), flushed below.
             match obs_tally.iter_mut().find(|(name, _)| *name == o) {
@@ -439,6 +504,14 @@ impl Agg {
                 continue;
             }
             self.totals.add(p, by);
+            match host_tally.iter_mut().find(|(name, _)| *name == h) {
+                Some((_, c)) => c.add(p, by),
+                None => {
+                    let mut c = Counts::default();
+                    c.add(p, by);
+                    host_tally.push((h, c));
+                }
+            }
             self.min_end = Some(self.min_end.map_or(e, |m| m.min(e)));
             self.max_end = Some(self.max_end.map_or(e, |m| m.max(e)));
             // Series of (interface, direction); the previous row's series is the usual hit.
@@ -466,7 +539,13 @@ impl Agg {
             last_series = idx;
             let s = &mut self.series[idx].1;
             s.counts.add(p, by);
-            s.add(sel.bucket_us, start.value(i), e, p, by);
+            let mut st = start.value(i);
+            if (start_nulls && start.is_null(i)) || st <= 0 || st > e || e - st > MAX_RECORD_SPAN_US
+            {
+                st = e;
+                self.rows_clamped += 1;
+            }
+            s.add(sel.bucket_us, st, e, p, by);
             if !sel.talkers {
                 continue;
             }
@@ -492,7 +571,91 @@ impl Agg {
                 }
             }
         }
+        for (name, c) in host_tally {
+            self.hosts
+                .entry(name.map(str::to_string))
+                .or_default()
+                .merge(&c);
+        }
+        if self.series.iter().any(|(_, s)| s.too_wide) {
+            return Err(ReportError::Input(format!(
+                "the selected records span more than {MAX_BUCKETS} buckets of {} s (is a flow_end far off?); give --from/--to or a larger --bucket",
+                sel.bucket_us / 1_000_000
+            )));
+        }
         Ok(())
+    }
+
+    fn series_mut(&mut self, interface: &str, direction: &str) -> &mut SeriesAcc {
+        let i = match self
+            .series
+            .iter()
+            .position(|(k, _)| k.0 == interface && k.1 == direction)
+        {
+            Some(i) => i,
+            None => {
+                self.series.push((
+                    (interface.to_string(), direction.to_string()),
+                    SeriesAcc::default(),
+                ));
+                self.series.len() - 1
+            }
+        };
+        &mut self.series[i].1
+    }
+
+    /// Sets a series' record counts (aggregates from another engine, see `engine`).
+    pub fn set_series_counts(&mut self, interface: &str, direction: &str, c: Counts) {
+        self.series_mut(interface, direction).counts = c;
+    }
+
+    /// Adds fixed-point bucket sums to a series (aggregates from another engine).
+    pub fn add_bucket(
+        &mut self,
+        interface: &str,
+        direction: &str,
+        bucket: i64,
+        bytes: u128,
+        packets: u128,
+    ) -> Result<(), ReportError> {
+        let s = self.series_mut(interface, direction);
+        let slot = s.slot(bucket);
+        slot.0 += bytes;
+        slot.1 += packets;
+        if s.too_wide {
+            return Err(ReportError::Input(format!(
+                "aggregates: series {interface}/{direction} spans more than {MAX_BUCKETS} buckets"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn add_source(&mut self, addr: &str, c: Counts) {
+        let i = self.talkers.addrs.id(addr);
+        at(&mut self.talkers.src, i).merge(&c);
+    }
+
+    pub fn add_destination(&mut self, addr: &str, c: Counts) {
+        let i = self.talkers.addrs.id(addr);
+        at(&mut self.talkers.dst, i).merge(&c);
+    }
+
+    pub fn add_conversation(&mut self, a: &str, z: &str, c: Counts) {
+        let (a, z) = (self.talkers.addrs.id(a), self.talkers.addrs.id(z));
+        self.talkers
+            .conversations
+            .entry(pair(a, z))
+            .or_default()
+            .merge(&c);
+    }
+
+    pub fn add_service(&mut self, transport: &str, port: u16, c: Counts) {
+        let t = self.talkers.transports.id(transport);
+        self.talkers
+            .services
+            .entry(t << 16 | port as u32)
+            .or_default()
+            .merge(&c);
     }
 
     pub fn merge(&mut self, o: Agg) {
@@ -508,6 +671,11 @@ impl Agg {
         }
         self.talkers.merge(o.talkers);
         self.rows_read += o.rows_read;
+        self.rows_rejected += o.rows_rejected;
+        self.rows_clamped += o.rows_clamped;
+        for (k, c) in o.hosts {
+            self.hosts.entry(k).or_default().merge(&c);
+        }
         self.min_end = match (self.min_end, o.min_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -574,7 +742,7 @@ impl Grouping {
 }
 
 /// One ranked entry of a top-N list.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct TopEntry {
     pub key: String,
     pub records: u64,
@@ -586,7 +754,7 @@ pub struct TopEntry {
 }
 
 /// A category ranked two ways.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Ranking {
     /// Distinct keys in the category (before the top-N cut).
     pub distinct: u64,
@@ -594,7 +762,7 @@ pub struct Ranking {
     pub by_packets: Vec<TopEntry>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Top {
     pub n: usize,
     pub sources: Ranking,
@@ -606,7 +774,7 @@ pub struct Top {
     pub transports: Ranking,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct RateStats {
     pub mean: f64,
     pub peak: f64,
@@ -616,13 +784,13 @@ pub struct RateStats {
 
 /// Least-squares line through the bucket rates: rate(t) = intercept + slope * t, t in seconds
 /// since the start of the first bucket (bucket midpoints as x).
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Trend {
     pub bytes_per_sec_intercept: f64,
     pub bytes_per_sec_slope_per_day: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct SeriesOut {
     pub interface: String,
     pub direction: String,
@@ -636,7 +804,7 @@ pub struct SeriesOut {
     pub trend: Trend,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Series {
     /// Start of the first bucket (µs since the epoch) and its RFC 3339 form.
     pub start_us: i64,
@@ -731,8 +899,8 @@ pub fn series(
             for (i, (vb, vp)) in s.v.iter().enumerate() {
                 let idx = s.base + i as i64 - first;
                 if idx >= 0 && (idx as usize) < n {
-                    b[idx as usize] = vb / bs;
-                    p[idx as usize] = vp / bs;
+                    b[idx as usize] = fixed_to_f64(*vb) / bs;
+                    p[idx as usize] = fixed_to_f64(*vp) / bs;
                 }
             }
             let (intercept, slope) = least_squares_from(&b[s0..s0 + sn], s0, bs);
@@ -913,15 +1081,23 @@ mod tests {
         // 10 s buckets; a record over [5 s, 25 s] → 1/4, 1/2, 1/4.
         s.add(10_000_000, 5_000_000, 25_000_000, 4, 400);
         assert_eq!(s.base, 0);
-        assert_eq!(s.v, vec![(100.0, 1.0), (200.0, 2.0), (100.0, 1.0)]);
+        let f = |b: u64, p: u64| ((b as u128) << FRAC_BITS, (p as u128) << FRAC_BITS);
+        assert_eq!(s.v, vec![f(100, 1), f(200, 2), f(100, 1)]);
         // Zero-length record in bucket 5, and a record ending exactly on a bucket boundary.
         s.add(10_000_000, 55_000_000, 55_000_000, 1, 10);
         s.add(10_000_000, -10_000_000, 0, 2, 20);
         assert_eq!(s.base, -1);
-        assert_eq!(s.v[0], (20.0, 2.0));
-        assert_eq!(s.v[6], (10.0, 1.0));
-        let total: f64 = s.v.iter().map(|x| x.0).sum();
-        assert_eq!(total, 430.0);
+        assert_eq!(s.v[0], f(20, 2));
+        assert_eq!(s.v[6], f(10, 1));
+        let total: u128 = s.v.iter().map(|x| x.0).sum();
+        assert_eq!(total, 430 << FRAC_BITS);
+        // A third each: rounded down, so the shares add up to at most the whole.
+        let mut t = SeriesAcc::default();
+        t.add(10_000_000, 0, 29_999_999, 1, u64::MAX);
+        let sum: u128 = t.v.iter().map(|x| x.0).sum();
+        assert!(
+            sum <= (u64::MAX as u128) << FRAC_BITS && sum + 3 >= (u64::MAX as u128) << FRAC_BITS
+        );
     }
 
     #[test]
@@ -963,8 +1139,10 @@ mod tests {
                 k.dst_port = [53, 443, 80][(i % 3) as usize];
                 k.observation_point = OBS_XDP;
                 FlowRecord {
-                    flow_start_us: i as i64 * 1_000_000,
-                    flow_end_us: i as i64 * 1_000_000 + (i as i64 % 4) * 700_000,
+                    flow_start_us: 1_700_000_000_000_000 + i as i64 * 1_000_000,
+                    flow_end_us: 1_700_000_000_000_000
+                        + i as i64 * 1_000_000
+                        + (i as i64 % 4) * 700_000,
                     key: k,
                     interface_name: "eth0".into(),
                     packets: 1 + i as u64 % 9,
@@ -996,6 +1174,7 @@ mod tests {
             observation_point: "xdp".into(),
             bucket_us: 60_000_000,
             talkers: true,
+            hosts: Vec::new(),
         };
         let g = Grouping::Prefix { v4: 24, v6: 64 };
         let mut a = Agg::default();
@@ -1010,6 +1189,23 @@ mod tests {
         assert_eq!(a.totals, b.totals);
         // (i % 7, i % 13) -> i % 5 for i < 500: 7 * 13 * 5 = 455 distinct pairs (CRT).
         assert_eq!(top(&a, 5, &g).conversations.distinct, 455);
+    }
+
+    #[test]
+    fn fixed_point_share_fast_path_agrees() {
+        let slow = |x: u64, n: u64, d: u64| {
+            let p = x as u128 * n as u128;
+            ((p / d as u128) << FRAC_BITS) + ((p % d as u128) << FRAC_BITS) / d as u128
+        };
+        for (x, n, d) in [
+            (1u64, 1u64, 3u64),
+            (1_000_000, 29_999_999, 60_000_000),
+            (u64::MAX, 1, 2),
+            (12345, 4_294_967_295, 4_294_967_295),
+            (77, 86_399_999_999, 86_400_000_000),
+        ] {
+            assert_eq!(share(x, n, d), slow(x, n, d), "{x} {n} {d}");
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! and minutes of build time on 2 cores for a handful of group-bys (see docs/ARCHITECTURE.md).
 
 pub mod compute;
+pub mod engine;
 pub mod html;
+pub mod normalize;
+pub mod remote;
 pub mod scan;
 pub mod text;
 /// `flowlens top`.
@@ -24,7 +27,7 @@ use std::{
 use serde::Serialize;
 
 use compute::{Counts, Grouping, Selection, Series, Top};
-use scan::ScanStats;
+use scan::{Input, ScanStats};
 
 /// Version tag of the JSON structure; bumped on incompatible changes.
 pub const FORMAT: &str = "flowlens-report/1";
@@ -47,9 +50,21 @@ pub enum ReportError {
 /// Command-line options of `flowlens report`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReportArgs {
-    /// Directory written by the Parquet sink (object-storage URLs are not supported yet).
-    #[arg(long, value_name = "DIR", default_value = "./flows")]
-    pub input: String,
+    /// The flow lake: a directory or `s3://BUCKET/PREFIX` (S3 settings from the AWS_*
+    /// environment, as for the S3 sink). Any Parquet with the needed columns: every codec,
+    /// any integer widths and timestamp units, `date=/hour=` partitions or none. Repeatable:
+    /// several inputs are read as one lake.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", default_value = "./flows")]
+    pub input: Vec<String>,
+    /// S3 setting for s3:// inputs, winning over the AWS_* environment: object_store's
+    /// AmazonS3ConfigKey names (endpoint, region, allow_http, access_key_id,
+    /// secret_access_key, ...), as the S3 sink's --s3-option. Repeatable.
+    #[arg(long = "s3-option", value_name = "KEY=VALUE")]
+    pub s3_option: Vec<String>,
+    /// Only records whose `host` column is one of these (repeatable, or comma-separated).
+    /// Default: every host; the report always has a per-host breakdown (`hosts`).
+    #[arg(long, value_name = "HOST", value_delimiter = ',')]
+    pub host: Vec<String>,
     /// Start of the range (inclusive, on flow_end): RFC 3339 UTC (2026-11-26T07:00:00Z), a date
     /// (2026-11-26), `now`, or relative to now (-24h, -7d). Default: the earliest record.
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
@@ -94,12 +109,19 @@ pub struct ReportArgs {
     /// No progress on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Instead of reading a lake: a `flowlens-report/1` file (a report's --json: rendered as
+    /// is) or the `flowlens-aggregates/1` output of `report/sql/run.py` (the report's SQL run
+    /// by DuckDB, ClickHouse or Spark; finished into the report; its range, bucket and
+    /// observation point are the engine's). --input, --from, --to, --bucket, --host ignored.
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
 }
 
 /// Report options after validation.
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub input: PathBuf,
+    pub inputs: Vec<Input>,
+    pub hosts: Vec<String>,
     pub from_us: Option<i64>,
     pub to_us: Option<i64>,
     pub bucket_us: i64,
@@ -251,19 +273,37 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), ReportError> {
 
 impl ReportArgs {
     pub fn resolve(&self, now_us: i64) -> Result<Options, ReportError> {
-        if self.input.contains("://") {
-            return Err(bad(
-                "--input",
-                &self.input,
-                "object storage is not supported yet by `flowlens report`; give a local directory",
+        let mut inputs = Vec::new();
+        for i in self.input.iter().filter(|_| self.from_json.is_none()) {
+            if i.contains("://") {
+                let (bucket, prefix) = remote::parse_url(i).map_err(|e| bad("--input", i, e))?;
+                let mut options = Vec::new();
+                for o in &self.s3_option {
+                    let (k, v) = o
+                        .split_once('=')
+                        .ok_or_else(|| bad("--s3-option", o, "expected KEY=VALUE"))?;
+                    options.push((k.trim().to_string(), v.to_string()));
+                }
+                let remote = remote::Remote::open(&bucket, &options)?;
+                inputs.push(Input::S3 { remote, prefix });
+                continue;
+            }
+            let input = PathBuf::from(i);
+            if !input.exists() {
+                return Err(bad("--input", i, "no such directory"));
+            }
+            if !input.is_dir() {
+                return Err(bad("--input", i, "not a directory"));
+            }
+            inputs.push(Input::Dir(input));
+        }
+        if inputs.is_empty() && self.from_json.is_none() {
+            return Err(ReportError::Input(
+                "--input: give a directory or s3:// URL".into(),
             ));
         }
-        let input = PathBuf::from(&self.input);
-        if !input.exists() {
-            return Err(bad("--input", &self.input, "no such directory"));
-        }
-        if !input.is_dir() {
-            return Err(bad("--input", &self.input, "not a directory"));
+        if self.host.iter().any(|h| h.trim().is_empty()) {
+            return Err(bad("--host", "", "empty host name"));
         }
         let from_us = self
             .from
@@ -345,7 +385,8 @@ impl ReportArgs {
             return Err(bad("--top", "0", "must be at least 1"));
         }
         Ok(Options {
-            input,
+            inputs,
+            hosts: self.host.iter().map(|h| h.trim().to_string()).collect(),
             from_us,
             to_us,
             bucket_us: b.as_micros() as i64,
@@ -365,7 +406,7 @@ impl ReportArgs {
 }
 
 /// The time range of the report: records with `flow_end` in `[from, to)`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Range {
     pub from_us: i64,
     pub to_us: i64,
@@ -377,7 +418,7 @@ pub struct Range {
     pub to_given: bool,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct ObservationPoint {
     pub name: String,
     /// True for the point counted in this report.
@@ -387,7 +428,7 @@ pub struct ObservationPoint {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct PreviousSeries {
     pub interface: String,
     pub direction: String,
@@ -398,7 +439,7 @@ pub struct PreviousSeries {
     pub p95_change: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Previous {
     pub from_us: i64,
     pub to_us: i64,
@@ -411,14 +452,14 @@ pub struct Previous {
     pub interfaces: Vec<PreviousSeries>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Growth {
     /// The period of equal length just before this one; null if --from was not given or it has
     /// no records at this observation point. The trend line of each series is in `series`.
     pub previous: Option<Previous>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct CapacityDirection {
     pub direction: String,
     pub p95_bits_per_sec: f64,
@@ -437,7 +478,7 @@ pub struct CapacityDirection {
     pub reaches_threshold_at: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Capacity {
     pub interface: String,
     pub capacity_bits_per_sec: f64,
@@ -446,14 +487,25 @@ pub struct Capacity {
     pub directions: Vec<CapacityDirection>,
 }
 
+/// Selected traffic of one exporter (`host` column; null for files without it).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct HostCounts {
+    pub host: Option<String>,
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// Everything `--json` writes.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Report {
-    pub format: &'static str,
+    pub format: String,
     pub input: String,
     pub range: Range,
     pub observation_point: String,
     pub observation_points: Vec<ObservationPoint>,
+    /// Per exporter, at the selected observation point, sorted by host (null first).
+    pub hosts: Vec<HostCounts>,
     pub scan: ScanStats,
     pub totals: Counts,
     pub series: Series,
@@ -490,11 +542,17 @@ fn bucket_range(agg: &compute::Agg, b: i64, from: Option<i64>, to: Option<i64>) 
 pub fn build(opts: &Options) -> Result<Report, ReportError> {
     let from = opts.from_us.unwrap_or(i64::MIN / 4);
     let to = opts.to_us.unwrap_or(i64::MAX / 4);
-    let plan = scan::plan(&opts.input, from, to)?;
+    let plan = scan::plan(&opts.inputs, from, to)?;
+    let input_text = opts
+        .inputs
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     if plan.stats.files == 0 && plan.stats.partitions_pruned == 0 {
         return Err(ReportError::Input(format!(
             "no .parquet files under {}",
-            opts.input.display()
+            input_text
         )));
     }
     let range_text = || {
@@ -508,7 +566,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         return Err(ReportError::Input(format!(
             "no flow records in {} under {} ({} partitions pruned by name, {} files and {} of {} row groups by statistics)",
             range_text(),
-            opts.input.display(),
+            input_text,
             plan.stats.partitions_pruned,
             plan.stats.files_pruned,
             plan.stats.row_groups_pruned,
@@ -532,8 +590,55 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         observation_point: obs.clone(),
         bucket_us: opts.bucket_us,
         talkers: true,
+        hosts: opts.hosts.clone(),
     };
     let agg = plan.scan(&sel, opts.threads, opts.quiet, "range")?;
+    let mut previous_scan = |pf: i64, pt: i64| -> Result<Option<compute::Agg>, ReportError> {
+        let pplan = scan::plan(&opts.inputs, pf, pt)?;
+        if pplan.rows() == 0 {
+            return Ok(None);
+        }
+        let psel = Selection {
+            from_us: pf,
+            to_us: pt,
+            talkers: false,
+            ..sel.clone()
+        };
+        Ok(Some(pplan.scan(
+            &psel,
+            opts.threads,
+            opts.quiet,
+            "previous period",
+        )?))
+    };
+    finish(
+        opts,
+        input_text,
+        obs,
+        plan.stats.clone(),
+        agg,
+        &mut previous_scan,
+    )
+}
+
+/// The report from the aggregate of the range (and, through `previous_scan(from, to)`, of the
+/// previous period): shared by a scan of the lake and by `--from-json` aggregates computed by
+/// another engine, so both give the same numbers.
+pub fn finish(
+    opts: &Options,
+    input_text: String,
+    obs: String,
+    stats: ScanStats,
+    agg: compute::Agg,
+    previous_scan: &mut dyn FnMut(i64, i64) -> Result<Option<compute::Agg>, ReportError>,
+) -> Result<Report, ReportError> {
+    let range_text = || {
+        format!(
+            "[{}, {})",
+            opts.from_us.map_or("start".into(), fmt_time),
+            opts.to_us.map_or("end".into(), fmt_time)
+        )
+    };
     let mut observation_points: Vec<ObservationPoint> = agg
         .observation_points
         .iter()
@@ -571,28 +676,29 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
     }
     let series = compute::series(&agg, opts.bucket_us, first, last, range_from, range_to);
     let top = compute::top(&agg, opts.top, &opts.grouping);
-    let mut scan_stats = plan.stats.clone();
+    let mut scan_stats = stats;
     scan_stats.rows_read = agg.rows_read;
     scan_stats.rows_selected = agg.totals.records;
+    scan_stats.rows_rejected = agg.rows_rejected;
+    scan_stats.rows_clamped = agg.rows_clamped;
+    let mut hosts: Vec<HostCounts> = agg
+        .hosts
+        .iter()
+        .map(|(h, c)| HostCounts {
+            host: h.clone(),
+            records: c.records,
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
 
     // Growth: the previous period of equal length, when the range start was given.
     let previous = match opts.from_us {
         Some(f) => {
             let len = range_to - f;
             let (pf, pt) = (f - len, f);
-            let pplan = scan::plan(&opts.input, pf, pt)?;
-            let psel = Selection {
-                from_us: pf,
-                to_us: pt,
-                talkers: false,
-                ..sel.clone()
-            };
-            let pagg = if pplan.rows() > 0 {
-                Some(pplan.scan(&psel, opts.threads, opts.quiet, "previous period")?)
-            } else {
-                None
-            };
-            match pagg {
+            match previous_scan(pf, pt)? {
                 Some(p) if p.totals.records > 0 => {
                     let (a, b) = bucket_range(&p, opts.bucket_us, Some(pf), Some(pt));
                     let ps = compute::series(&p, opts.bucket_us, a, b, pf, pt);
@@ -680,8 +786,8 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         .collect();
 
     Ok(Report {
-        format: FORMAT,
-        input: opts.input.display().to_string(),
+        format: FORMAT.to_string(),
+        input: input_text,
         range: Range {
             from_us: range_from,
             to_us: range_to,
@@ -693,6 +799,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         },
         observation_point: obs,
         observation_points,
+        hosts,
         scan: scan_stats,
         totals: agg.totals,
         series,
@@ -703,10 +810,72 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
 }
 
 /// `flowlens report`: builds the report and writes the requested outputs.
+/// A report from `--from-json FILE` (see [`engine`]).
+pub fn from_json(opts: &Options, path: &Path) -> Result<Report, ReportError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::Io(name.clone(), e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ReportError::Input(format!("{name}: not JSON: {e}")))?;
+    let bad_json = |e: serde_json::Error| ReportError::Input(format!("{name}: {e}"));
+    match v.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT) => serde_json::from_value(v).map_err(bad_json),
+        Some(engine::AGG_FORMAT) => {
+            let a: engine::Aggregates = serde_json::from_value(v).map_err(bad_json)?;
+            if a.bucket_us < 1_000_000 || a.bucket_us % 1_000_000 != 0 || a.from_us >= a.to_us {
+                return Err(ReportError::Input(format!(
+                    "{name}: bad range or bucket (from_us {}, to_us {}, bucket_us {})",
+                    a.from_us, a.to_us, a.bucket_us
+                )));
+            }
+            let opts = Options {
+                from_us: Some(a.from_us),
+                to_us: Some(a.to_us),
+                bucket_us: a.bucket_us,
+                observation_point: Some(a.observation_point.clone()),
+                ..opts.clone()
+            };
+            let agg = a.range.to_agg()?;
+            let prev = a.previous.as_ref().map(|p| p.to_agg()).transpose()?;
+            let len = a.to_us - a.from_us;
+            let mut prev = Some(prev);
+            let mut previous_scan = |pf: i64, pt: i64| {
+                if (pf, pt) != (a.from_us - len, a.from_us) {
+                    return Err(ReportError::Input(format!(
+                        "{name}: the previous period must be [{pf}, {pt})"
+                    )));
+                }
+                Ok(prev.take().flatten())
+            };
+            finish(
+                &opts,
+                format!("{} ({})", a.input, a.engine),
+                a.observation_point.clone(),
+                ScanStats::default(),
+                agg,
+                &mut previous_scan,
+            )
+        }
+        f => Err(ReportError::Input(format!(
+            "{name}: format {f:?} is neither {FORMAT:?} nor {:?}",
+            engine::AGG_FORMAT
+        ))),
+    }
+}
+
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let opts = args.resolve(now_us())?;
-    let report = build(&opts)?;
+    let report = match &args.from_json {
+        Some(p) => from_json(&opts, p)?,
+        None => build(&opts)?,
+    };
+    let s = &report.scan;
+    if s.rows_rejected + s.rows_clamped > 0 {
+        eprintln!(
+            "flowlens report: warning: {} rows rejected (null or negative packets/bytes, flow_end at or before 1970-01-01), {} rows with an unusable flow_start counted at flow_end (docs/REPORT.md)",
+            s.rows_rejected, s.rows_clamped
+        );
+    }
     for c in &report.capacity {
         if c.directions.is_empty() {
             eprintln!(

@@ -7,7 +7,7 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -24,8 +24,47 @@ use serde::Serialize;
 
 use super::{
     ReportError,
-    compute::{Agg, COLUMNS, Selection},
+    compute::{Agg, Selection},
+    normalize::{OPTIONAL, REQUIRED, normalize},
+    remote::{Object, Remote},
 };
+
+/// Where the lake is: a local directory or an S3 prefix (`--input`, repeatable).
+#[derive(Clone)]
+pub enum Input {
+    Dir(PathBuf),
+    S3 { remote: Arc<Remote>, prefix: String },
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Dir(d) => write!(f, "{}", d.display()),
+            Input::S3 { remote, prefix } => write!(f, "s3://{}/{prefix}", remote.bucket()),
+        }
+    }
+}
+
+/// One file of the lake.
+pub enum Source {
+    Local(PathBuf),
+    Remote(Object),
+}
+
+impl Source {
+    pub fn name(&self) -> String {
+        match self {
+            Source::Local(p) => p.display().to_string(),
+            Source::Remote(o) => o.url(),
+        }
+    }
+}
 
 /// `[start, end)` in µs of a `date=YYYY-MM-DD[/hour=HH]` path, if the path has such components
 /// (the layout the sinks write: [`flowlens_schema::layout`]).
@@ -57,7 +96,8 @@ fn dictionary_hint(schema: &arrow_schema::SchemaRef) -> arrow_schema::SchemaRef 
 }
 
 /// Counters of what was read and skipped (part of the JSON report).
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ScanStats {
     /// Partition directories skipped by name (their files were never listed).
     pub partitions_pruned: u64,
@@ -71,6 +111,11 @@ pub struct ScanStats {
     pub rows_read: u64,
     /// Rows that passed the time range and observation point filter.
     pub rows_selected: u64,
+    /// Rows not counted (null or negative counts, `flow_end` at or before the epoch).
+    pub rows_rejected: u64,
+    /// Selected rows whose `flow_start` was unusable (null, at/before the epoch, after
+    /// `flow_end`, or more than a day before it): counted at `flow_end` in the time series.
+    pub rows_clamped: u64,
 }
 
 /// One row group to read.
@@ -82,7 +127,7 @@ struct Unit {
 
 /// The files and row groups a scan will read, with their footers loaded once.
 pub struct Plan {
-    files: Vec<(PathBuf, ArrowReaderMetadata)>,
+    files: Vec<(Source, ArrowReaderMetadata)>,
     units: Vec<Unit>,
     pub stats: ScanStats,
     /// Observation points present in the kept row groups according to their statistics:
@@ -91,9 +136,28 @@ pub struct Plan {
     pub observation_points_in_stats: Option<Vec<String>>,
 }
 
-fn i64_stats(s: Option<&Statistics>) -> Option<(i64, i64)> {
-    match s? {
-        Statistics::Int64(v) => Some((*v.min_opt()?, *v.max_opt()?)),
+/// Min and max of an INT64 timestamp column chunk in µs (`per_us`: the file's unit per µs, as
+/// a multiplier or, for nanoseconds, a divisor). INT96 (Spark's default) has no usable
+/// statistics: such row groups are never pruned.
+fn i64_stats(s: Option<&Statistics>, per_us: Result<i64, i64>) -> Option<(i64, i64)> {
+    let (a, b) = match s? {
+        Statistics::Int64(v) => (*v.min_opt()?, *v.max_opt()?),
+        _ => return None,
+    };
+    match per_us {
+        Ok(m) => Some((a.checked_mul(m)?, b.checked_mul(m)?)),
+        Err(d) => Some((a.div_euclid(d), b.div_euclid(d))),
+    }
+}
+
+/// The unit of `flow_end` in a file's Arrow schema, for [`i64_stats`] (`None`: don't prune).
+fn time_unit(schema: &arrow_schema::Schema) -> Option<Result<i64, i64>> {
+    use arrow_schema::{DataType, TimeUnit};
+    match schema.field_with_name("flow_end").ok()?.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => Some(Ok(1_000_000)),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Some(Ok(1000)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Some(Ok(1)),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Some(Err(1000)),
         _ => None,
     }
 }
@@ -110,31 +174,60 @@ fn str_stats(s: Option<&Statistics>) -> Option<(String, String)> {
 
 /// Lists the files under `dir` whose partitions overlap `[from, to)` and keeps the row groups
 /// whose `flow_end` statistics overlap it.
-pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> Result<Plan, ReportError> {
+pub fn plan(inputs: &[Input], from_us: i64, to_us: i64) -> Result<Plan, ReportError> {
     let mut stats = ScanStats::default();
     let mut pruned = 0u64;
-    let paths = crate::top::parquet_files_where(dir, &mut |p| match partition_interval(p) {
+    let mut keep = |p: &Path| match partition_interval(p) {
         Some((a, b)) if b <= from_us || a >= to_us => {
             pruned += 1;
             false
         }
         _ => true,
-    })
-    .map_err(|e| ReportError::Input(format!("{e:#}")))?;
+    };
+    let mut sources = Vec::new();
+    for input in inputs {
+        match input {
+            Input::Dir(dir) => sources.extend(
+                crate::top::parquet_files_where(dir, &mut keep)
+                    .map_err(|e| ReportError::Input(format!("{e:#}")))?
+                    .into_iter()
+                    .map(Source::Local),
+            ),
+            Input::S3 { remote, prefix } => sources.extend(
+                remote
+                    .list(prefix, &mut keep)?
+                    .into_iter()
+                    .map(Source::Remote),
+            ),
+        }
+    }
     stats.partitions_pruned = pruned;
     let mut files = Vec::new();
     let mut units = Vec::new();
     let mut obs: Option<Vec<String>> = Some(Vec::new());
-    for p in paths {
+    for src in sources {
+        let (name, key) = match &src {
+            Source::Local(p) => (p.display().to_string(), p.clone()),
+            Source::Remote(o) => (o.url(), PathBuf::from(o.path.as_ref())),
+        };
         // Files outside the partition range (e.g. a file placed by hand) are checked too.
-        if let Some((a, b)) = partition_interval(&p)
+        if let Some((a, b)) = partition_interval(&key)
             && (b <= from_us || a >= to_us)
         {
             continue;
         }
         stats.files += 1;
-        let f = File::open(&p).map_err(|e| ReportError::Io(p.display().to_string(), e))?;
-        let md = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+        let md = match &src {
+            Source::Local(p) => {
+                let f = File::open(p).map_err(|e| ReportError::Io(name.clone(), e))?;
+                ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+            }
+            Source::Remote(o) => {
+                let footer = o.remote.footer(o)?;
+                ArrowReaderMetadata::load(&footer, ArrowReaderOptions::new())
+            }
+        };
+        let md = md
             .and_then(|md| {
                 // Read the address columns as dictionaries: the aggregation then interns each
                 // distinct address once per column chunk instead of once per row.
@@ -144,19 +237,31 @@ pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> Result<Plan, ReportError> {
                     ArrowReaderOptions::new().with_schema(hint),
                 )
             })
-            .map_err(|e| ReportError::Parquet(p.display().to_string(), e))?;
+            .map_err(|e| ReportError::Parquet(name.clone(), e))?;
         let schema = md.metadata().file_metadata().schema_descr();
         let col_idx = |name: &str| schema.columns().iter().position(|c| c.name() == name);
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|c| col_idx(c).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ReportError::Schema(format!(
+                "{name}: no column {} (flowlens report needs {})",
+                missing.join(", no column "),
+                REQUIRED.join(", ")
+            )));
+        }
         let (Some(end_i), Some(obs_i)) = (col_idx("flow_end"), col_idx("observation_point")) else {
             return Err(ReportError::Schema(format!(
-                "{}: not a flowlens flow file (no flow_end/observation_point column)",
-                p.display()
+                "{name}: no flow_end/observation_point column"
             )));
         };
+        let unit = time_unit(md.schema());
         let before = units.len();
         for (rg_i, rg) in md.metadata().row_groups().iter().enumerate() {
             stats.row_groups += 1;
-            if let Some((min, max)) = i64_stats(rg.column(end_i).statistics())
+            if let Some((min, max)) = unit.and_then(|u| i64_stats(rg.column(end_i).statistics(), u))
                 && (max < from_us || min >= to_us)
             {
                 stats.row_groups_pruned += 1;
@@ -181,7 +286,7 @@ pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> Result<Plan, ReportError> {
         if units.len() == before {
             stats.files_pruned += 1;
         }
-        files.push((p, md));
+        files.push((src, md));
     }
     if let Some(v) = &mut obs {
         v.sort();
@@ -204,28 +309,19 @@ impl Plan {
     pub fn read_observation_points(&self) -> Result<Vec<String>, ReportError> {
         let mut out: Vec<String> = Vec::new();
         for u in &self.units {
-            let (path, md) = &self.files[u.file];
-            let f = File::open(path).map_err(|e| ReportError::Io(path.display().to_string(), e))?;
-            let b = ParquetRecordBatchReaderBuilder::new_with_metadata(f, md.clone());
-            let mask = ProjectionMask::columns(b.parquet_schema(), ["observation_point"]);
-            let r = b
-                .with_projection(mask)
-                .with_row_groups(vec![u.row_group])
-                .build()
-                .map_err(|e| ReportError::Parquet(path.display().to_string(), e))?;
-            for batch in r {
-                let batch = batch.map_err(|e| ReportError::Schema(e.to_string()))?;
+            self.read_row_group(u, &["observation_point"], &mut |batch| {
                 let a = batch
                     .column(0)
                     .as_any()
                     .downcast_ref::<arrow_array::StringArray>()
-                    .ok_or_else(|| ReportError::Schema("observation_point is not text".into()))?;
+                    .ok_or_else(|| "observation_point is not text".to_string())?;
                 for v in a.iter().flatten() {
                     if !out.iter().any(|o| o == v) {
                         out.push(v.to_string());
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
         out.sort();
         Ok(out)
@@ -337,24 +433,83 @@ impl Plan {
         agg: &mut Agg,
         rows_done: &AtomicU64,
     ) -> Result<(), ReportError> {
-        let (path, md) = &self.files[u.file];
-        let name = || path.display().to_string();
-        let f = File::open(path).map_err(|e| ReportError::Io(name(), e))?;
-        let b = ParquetRecordBatchReaderBuilder::new_with_metadata(f, md.clone());
-        let mask = ProjectionMask::columns(b.parquet_schema(), COLUMNS.iter().copied());
-        let reader = b
-            .with_projection(mask)
-            .with_row_groups(vec![u.row_group])
-            .with_batch_size(8192)
-            .build()
-            .map_err(|e| ReportError::Parquet(name(), e))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| ReportError::Schema(format!("{}: {e}", name())))?;
-            agg.add_batch(sel, &batch)
-                .map_err(|e| ReportError::Schema(format!("{}: {e}", name())))?;
+        let mut agg_err = None;
+        let columns: Vec<&str> = REQUIRED.iter().chain(OPTIONAL).copied().collect();
+        self.read_row_group(u, &columns, &mut |batch| {
+            if let Err(e) = agg.add_batch(sel, batch) {
+                let msg = e.to_string();
+                agg_err = Some(e);
+                return Err(msg);
+            }
             rows_done.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            Ok(())
+        })
+        .map_err(|e| match (agg_err, e) {
+            // Errors about the selection as a whole (e.g. too many buckets) stay as they are.
+            (Some(a @ ReportError::Input(_)), _) => a,
+            (_, e) => e,
+        })
+    }
+
+    /// Reads `columns` (those the file has) of one row group, normalised (see
+    /// [`crate::normalize`]), into `f`. Errors name the file and the row group.
+    fn read_row_group(
+        &self,
+        u: &Unit,
+        columns: &[&str],
+        f: &mut dyn FnMut(&arrow_array::RecordBatch) -> Result<(), String>,
+    ) -> Result<(), ReportError> {
+        let (src, md) = &self.files[u.file];
+        let name = src.name();
+        let at = |e: &dyn std::fmt::Display| {
+            ReportError::Schema(format!("{name}: row group {}: {e}", u.row_group))
+        };
+        let pq = md.metadata().file_metadata().schema_descr();
+        let mask = ProjectionMask::columns(pq, columns.iter().copied());
+        let mut run = |reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader| {
+            for batch in reader {
+                let batch = batch.map_err(|e| at(&e))?;
+                let batch = normalize(&batch).map_err(|e| at(&e))?;
+                f(&batch).map_err(|e| at(&e))?;
+            }
+            Ok::<(), ReportError>(())
+        };
+        match src {
+            Source::Local(path) => {
+                let file = File::open(path).map_err(|e| ReportError::Io(name.clone(), e))?;
+                let r = ParquetRecordBatchReaderBuilder::new_with_metadata(file, md.clone())
+                    .with_projection(mask)
+                    .with_row_groups(vec![u.row_group])
+                    .with_batch_size(8192)
+                    .build()
+                    .map_err(|e| ReportError::Parquet(name.clone(), e))?;
+                run(r)
+            }
+            Source::Remote(o) => {
+                // The byte ranges of the projected column chunks, fetched in one go.
+                let rg = md.metadata().row_group(u.row_group);
+                let mut ranges = Vec::new();
+                for (i, c) in rg.columns().iter().enumerate() {
+                    if !mask.leaf_included(i) {
+                        continue;
+                    }
+                    let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+                    let len = c.compressed_size();
+                    if start < 0 || len < 0 || (start + len) as u64 > o.size {
+                        return Err(at(&"column chunk outside the file"));
+                    }
+                    ranges.push(start as u64..(start + len) as u64);
+                }
+                let data = o.remote.fetch(o, ranges)?;
+                let r = ParquetRecordBatchReaderBuilder::new_with_metadata(data, md.clone())
+                    .with_projection(mask)
+                    .with_row_groups(vec![u.row_group])
+                    .with_batch_size(8192)
+                    .build()
+                    .map_err(|e| ReportError::Parquet(name.clone(), e))?;
+                run(r)
+            }
         }
-        Ok(())
     }
 }
 

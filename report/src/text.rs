@@ -155,6 +155,22 @@ pub fn render(r: &Report) -> String {
         si(r.totals.packets as f64, "packets"),
         r.totals.records
     ));
+    if r.hosts.len() > 1 {
+        let rows: Vec<Vec<String>> = r
+            .hosts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.host.clone().unwrap_or_else(|| "(no host column)".into()),
+                    si(h.bytes as f64, "B"),
+                    si(h.packets as f64, "packets"),
+                    h.records.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str("\nPer host (exporter)\n");
+        out.push_str(&table(&["host", "bytes", "packets", "records"], &rows, 1));
+    }
 
     out.push_str(&format!(
         "\nThroughput per interface and direction ({} buckets of {}; bits/s; statistics over the {} whole buckets in the range, percentiles by nearest rank)\n",

@@ -88,7 +88,9 @@ pub fn aggregate(dir: &Path) -> Result<HashMap<TopKey, TopVal>> {
             .with_context(|| format!("reading {}", f.display()))?
             .build()?;
         for b in reader {
-            let b = b?;
+            // Any lake: other integer widths, timestamp units and string encodings (issue 16).
+            let b = crate::normalize::normalize(&b?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             let obs = col::<StringArray>(&b, "observation_point")?;
             let ifn = col::<StringArray>(&b, "interface_name")?;
             let tr = col::<StringArray>(&b, "network_transport")?;

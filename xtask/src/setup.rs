@@ -187,6 +187,12 @@ const PYTHON_MODULES: &[(&str, &str)] = &[
     ("moto.server", "moto[server]"),
     ("boto3", "boto3"),
     ("pyarrow", "pyarrow"),
+    // issue 16: report_lake.rs rewrites a flowlens lake with DuckDB.
+    ("duckdb", "duckdb"),
+    // issue 16: the report's ClickHouse SQL runs in chdb (embedded ClickHouse) in report_lake.rs.
+    ("chdb", "chdb"),
+    // issue 16: ... and its Spark SQL in pyspark (needs java: openjdk-17-jre-headless above).
+    ("pyspark", "pyspark"),
     // deploy/kubernetes/daemonset.yaml is parsed to check the capabilities it grants.
     ("yaml", "pyyaml"),
 ];
@@ -327,6 +333,8 @@ pub fn setup() -> Result<Env> {
         // openssl CLI; kafka_tls.rs puts stunnel4 (TLS) in front of tansu.
         ("openssl", "openssl"),
         ("stunnel4", "stunnel4"),
+        // issue 16: report_lake.rs runs the report's Spark SQL in pyspark (local mode).
+        ("java", "openjdk-17-jre-headless"),
     ])?;
     ensure_python_modules()?;
     ensure_tansu()?;
