@@ -296,6 +296,7 @@ fn bench_value(now: u64) -> FlowValue {
         tcp_flags: 0x18,
         dscp: 0,
         _pad: [0; 7],
+        cgroup_id: 0,
     }
 }
 
@@ -445,6 +446,7 @@ fn rss_child() -> Result<()> {
             tcp_flags: 0x10,
             dscp: 0,
             _pad: [0; 7],
+            cgroup_id: 0,
         };
         let active = drainer.active();
         let map = drainer.flow_map_mut(active);

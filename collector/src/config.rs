@@ -221,6 +221,11 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub kafka_close_timeout: Option<Duration>,
 
+    // --- identity (issue 12) ---
+    /// Label both ends of every record by address (`source_label`, `destination_label`): a CSV file of `CIDR,LABEL` lines, or TOML (`.toml`: `"CIDR" = "LABEL"` pairs); the longest matching prefix wins. At most 4 MiB; a bad line stops the start with an error naming it. [default: no labels]
+    #[arg(long, value_name = "FILE")]
+    pub label_cidrs: Option<PathBuf>,
+
     // --- metrics endpoint (issue 7) ---
     /// Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`) over HTTP on this address: `PORT` or `:PORT` (binds 127.0.0.1), `IP:PORT`, `[IPV6]:PORT`; port 0 picks a free one (logged). An address beyond loopback is allowed but warned about. [default: off; the usual port is 9464]
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_listen)]
@@ -298,6 +303,8 @@ pub struct RunConfig {
     pub kafka_options: Vec<(String, String)>,
     pub kafka_queue_max_records: u32,
     pub kafka_close_timeout: Duration,
+    /// `--label-cidrs` file (read when the run starts).
+    pub label_cidrs: Option<PathBuf>,
     /// `None`: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub sink_stall_timeout: Duration,
@@ -469,6 +476,7 @@ impl RunArgs {
                 .kafka_close_timeout
                 .or(file.kafka_close_timeout)
                 .unwrap_or(DEFAULT_CLOSE_TIMEOUT),
+            label_cidrs: self.label_cidrs.clone().or(file.label_cidrs.clone()),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             sink_stall_timeout: self
                 .sink_stall_timeout

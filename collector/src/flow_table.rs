@@ -28,6 +28,8 @@ pub struct FlowState {
     pub last_seen_ns: u64,
     pub tcp_flags: u16,
     pub dscp: u8,
+    /// cgroup id of the flow's local socket (first non-zero one of the record), or 0.
+    pub cgroup_id: u64,
 }
 
 /// A flow record that ended.
@@ -122,6 +124,9 @@ impl FlowTable {
                     s.dscp = d.dscp;
                 }
                 s.tcp_flags |= flags;
+                if s.cgroup_id == 0 {
+                    s.cgroup_id = d.cgroup_id;
+                }
             })
             .or_insert(FlowState {
                 packets: d.packets,
@@ -130,6 +135,7 @@ impl FlowTable {
                 last_seen_ns: d_last,
                 tcp_flags: flags,
                 dscp: d.dscp,
+                cgroup_id: d.cgroup_id,
             });
     }
 
@@ -188,6 +194,7 @@ mod tests {
             tcp_flags: flags,
             dscp: 0,
             _pad: [0; 7],
+            cgroup_id: 0,
         }
     }
 

@@ -95,7 +95,7 @@ pub fn format_record(r: &FlowRecord) -> String {
             ep(r.destination_address(), k.dst_port)
         )
     };
-    format!(
+    let mut line = format!(
         "{} {} {}@{}{} {} {} packets={} bytes={} tcp_flags={:#x} dscp={} end={}",
         ts(r.flow_end_us),
         observation_point_name(k.observation_point),
@@ -109,7 +109,32 @@ pub fn format_record(r: &FlowRecord) -> String {
         r.tcp_flags,
         r.dscp,
         r.end_reason.as_str()
-    )
+    );
+    end_fields(&mut line, "src", &r.ends.source);
+    end_fields(&mut line, "dst", &r.ends.destination);
+    line
+}
+
+/// Appends ` src_container=... src_pod=...` for the identity fields that are set (issue 12).
+fn end_fields(line: &mut String, prefix: &str, e: &flowlens_schema::record::EndIdentity) {
+    use std::fmt::Write as _;
+    let texts = [
+        ("cgroup", &e.cgroup),
+        ("container", &e.container_id),
+        ("pod", &e.k8s_pod_uid),
+        ("process", &e.process_name),
+    ];
+    for (name, v) in texts {
+        if let Some(v) = v {
+            let _ = write!(line, " {prefix}_{name}={v}");
+        }
+    }
+    if let Some(pid) = e.process_pid {
+        let _ = write!(line, " {prefix}_pid={pid}");
+    }
+    if let Some(l) = &e.label {
+        let _ = write!(line, " {prefix}_label={l}");
+    }
 }
 
 impl Sink for StdoutSink {
