@@ -147,7 +147,7 @@ impl Pipeline {
             self.totals.drained_packets += v.packets;
             self.totals.drained_bytes += v.bytes;
         }
-        self.identity.learn(&self.deltas);
+        self.identity.learn(&mut self.deltas);
         self.table.merge_all(&self.deltas);
         self.ended.clear();
         if final_cycle {
@@ -162,7 +162,8 @@ impl Pipeline {
             self.records.clear();
             for e in chunk {
                 let mut r = self.exporter.record(e, &tb);
-                self.identity.annotate(&mut r, e.state.cgroup_id);
+                self.identity
+                    .annotate(&mut r, e.state.cgroup_id, e.state.last_seen_ns);
                 self.records.push(r);
             }
             self.totals.records += self.records.len() as u64;

@@ -430,11 +430,17 @@ mod probe {
             Some(c) if c != 0 => c,
             _ => return 0,
         };
-        match kread::<u64, DIRECT>(cgrp + o.cgroup_kn as u64) {
+        let id = match kread::<u64, DIRECT>(cgrp + o.cgroup_kn as u64) {
             Some(kn) if kn != 0 => kread::<u64, DIRECT>(kn + o.kn_id as u64).unwrap_or(0),
             _ => 0,
-        }
+        };
+        // The root cgroup (id 1) holds the kernel's own sockets (TCP's per-CPU control
+        // sockets send RSTs and TIME_WAIT ACKs): they name no workload.
+        if id == ROOT_CGROUP_ID { 0 } else { id }
     }
+
+    /// kernfs id of the cgroup v2 root.
+    const ROOT_CGROUP_ID: u64 = 1;
 
     /// Netfilter hook probe (IPv4 and IPv6, any inet hook): counts the packet, returns NF_ACCEPT.
     #[unsafe(no_mangle)]

@@ -116,12 +116,25 @@ fn first_process(dir: &Path) -> Option<(Arc<str>, u32)> {
 
 impl CgroupResolver {
     /// A resolver for the cgroup2 mount of this system (none: every id stays unresolved).
+    ///
+    /// When this mount namespace shows no cgroup2 (e.g. under `ip netns exec`, which remounts
+    /// `/sys`), the hierarchy is read through pid 1's root (`/proc/1/root`), as init sees it.
     pub fn from_system() -> CgroupResolver {
-        let root = std::fs::read_to_string("/proc/self/mountinfo")
+        let own = std::fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|m| cgroup2_mount(&m));
-        if root.is_none() {
-            tracing::warn!("no cgroup2 mount found: flows' cgroup/container columns stay null");
+        let root = own.or_else(|| {
+            let init = std::fs::read_to_string("/proc/1/mountinfo")
+                .ok()
+                .and_then(|m| cgroup2_mount(&m))?;
+            let via = Path::new("/proc/1/root").join(init.strip_prefix("/").ok()?);
+            via.is_dir().then_some(via)
+        });
+        match &root {
+            Some(r) => tracing::debug!(root = %r.display(), "cgroup2 hierarchy for flow identity"),
+            None => {
+                tracing::warn!("no cgroup2 mount found: flows' cgroup/container columns stay null")
+            }
         }
         Self::with_root(root)
     }
@@ -184,6 +197,7 @@ impl CgroupResolver {
                 let rel = dir.strip_prefix(&root).unwrap_or(Path::new(""));
                 let path = format!("/{}", rel.to_string_lossy());
                 let info = CgroupInfo::from_path(&path, first_process(&dir));
+                tracing::debug!(id = meta.ino(), path, process = ?info.process, "cgroup resolved");
                 self.known.insert(meta.ino(), Arc::new(info));
                 self.stats.resolved += 1;
             }

@@ -45,25 +45,38 @@ pub fn socket_end(observation_point: u8) -> Option<bool> {
 type Conv = ([u8; 16], u16, [u8; 16], u16, u8);
 
 /// Cgroup ids of local sockets by conversation, learned from sent packets, to name the
-/// destination of received flows whose packets carried no socket. Entries live for
-/// [`REVERSE_DRAINS`] drains after the last delta that carried them (so a reply within that
-/// window names the receiver; a flow that ends between two drains and never replies is not
-/// named); bounded by [`REVERSE_MAX`].
+/// destination of received packets that carried no socket (no early demux: unconnected UDP,
+/// the first packets of a TCP connection). An entry names a received packet only if the
+/// socket's first reply was sent at most [`REPLY_WINDOW_NS`] after that packet, so when a
+/// second socket (a second container) takes over the same addresses and ports, the first
+/// one's traffic is never named after it, nor the other way round. Entries live for
+/// [`REVERSE_DRAINS`] drains after the last delta that carried them; bounded by
+/// [`REVERSE_MAX`].
 #[derive(Default)]
 struct Reverse {
-    by_conv: HashMap<Conv, (u64, u64)>,
+    by_conv: HashMap<Conv, Sender>,
+    drain: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Sender {
+    cgroup_id: u64,
+    /// Monotonic ns of the first packet this socket sent in the conversation.
+    first_sent_ns: u64,
+    /// Drain that last saw it.
     drain: u64,
 }
 
 const REVERSE_DRAINS: u64 = 64;
 const REVERSE_MAX: usize = 262_144;
+/// How long after a received packet a reply may start and still name its receiver.
+pub const REPLY_WINDOW_NS: u64 = 250_000_000;
 
 impl Reverse {
-    fn learn(&mut self, key: &FlowKey, cgroup_id: u64) {
+    fn learn(&mut self, key: &FlowKey, v: &FlowValue) {
         if self.by_conv.len() >= REVERSE_MAX {
             let d = self.drain;
-            self.by_conv
-                .retain(|_, (_, seen)| d - *seen < REVERSE_DRAINS / 4);
+            self.by_conv.retain(|_, s| d - s.drain < REVERSE_DRAINS / 4);
             if self.by_conv.len() >= REVERSE_MAX {
                 self.by_conv.clear();
             }
@@ -75,11 +88,31 @@ impl Reverse {
             key.dst_port,
             key.protocol,
         );
-        self.by_conv.insert(conv, (cgroup_id, self.drain));
+        let drain = self.drain;
+        self.by_conv
+            .entry(conv)
+            .and_modify(|s| {
+                if s.cgroup_id == v.cgroup_id {
+                    s.drain = drain;
+                    s.first_sent_ns = s.first_sent_ns.min(v.first_seen_ns);
+                } else {
+                    *s = Sender {
+                        cgroup_id: v.cgroup_id,
+                        first_sent_ns: v.first_seen_ns,
+                        drain,
+                    };
+                }
+            })
+            .or_insert(Sender {
+                cgroup_id: v.cgroup_id,
+                first_sent_ns: v.first_seen_ns,
+                drain,
+            });
     }
 
-    /// The cgroup of the local socket that received flow `key`.
-    fn receiver(&self, key: &FlowKey) -> Option<u64> {
+    /// The cgroup of the local socket that received flow `key`, whose last packet (so far)
+    /// arrived at `last_seen_ns`.
+    fn receiver(&self, key: &FlowKey, last_seen_ns: u64) -> Option<u64> {
         let conv = (
             key.dst_addr,
             key.dst_port,
@@ -89,16 +122,16 @@ impl Reverse {
         );
         self.by_conv
             .get(&conv)
-            .filter(|(_, seen)| self.drain - seen < REVERSE_DRAINS)
-            .map(|(id, _)| *id)
+            .filter(|s| self.drain - s.drain < REVERSE_DRAINS)
+            .filter(|s| s.first_sent_ns <= last_seen_ns.saturating_add(REPLY_WINDOW_NS))
+            .map(|s| s.cgroup_id)
     }
 
     fn next_drain(&mut self) {
         self.drain += 1;
         if self.drain.is_multiple_of(REVERSE_DRAINS) {
             let d = self.drain;
-            self.by_conv
-                .retain(|_, (_, seen)| d - *seen < REVERSE_DRAINS);
+            self.by_conv.retain(|_, s| d - s.drain < REVERSE_DRAINS);
         }
     }
 }
@@ -131,18 +164,24 @@ impl IdentityStage {
         }
     }
 
-    /// Sees one drain's deltas before they are merged: resolves the new cgroup ids now, while
-    /// their cgroups exist, and remembers sending sockets by conversation.
-    pub fn learn(&mut self, deltas: &[(FlowKey, FlowValue)]) {
+    /// Sees one drain's deltas before they are merged: remembers sending sockets by
+    /// conversation, names received deltas without a socket after their conversation's
+    /// sender (so the flow table keeps two sockets' records apart), and resolves the new
+    /// cgroup ids now, while their cgroups exist.
+    pub fn learn(&mut self, deltas: &mut [(FlowKey, FlowValue)]) {
         self.reverse.next_drain();
         self.ids.clear();
-        for (k, v) in deltas {
-            if v.cgroup_id == 0 {
-                continue;
+        for (k, v) in deltas.iter() {
+            if v.cgroup_id != 0 && socket_end(k.observation_point) == Some(false) {
+                self.reverse.learn(k, v);
             }
-            self.ids.push(v.cgroup_id);
-            if socket_end(k.observation_point) == Some(false) {
-                self.reverse.learn(k, v.cgroup_id);
+        }
+        for (k, v) in deltas.iter_mut() {
+            if v.cgroup_id == 0 && socket_end(k.observation_point) == Some(true) {
+                v.cgroup_id = self.reverse.receiver(k, v.last_seen_ns).unwrap_or(0);
+            }
+            if v.cgroup_id != 0 {
+                self.ids.push(v.cgroup_id);
             }
         }
         if !self.ids.is_empty() {
@@ -153,13 +192,16 @@ impl IdentityStage {
     }
 
     /// Fills the identity columns of `r`, whose flow's packets carried socket cgroup
-    /// `cgroup_id` (0: none).
-    pub fn annotate(&mut self, r: &mut FlowRecord, cgroup_id: u64) {
+    /// `cgroup_id` (0: none) and whose last packet was seen at `last_seen_ns` (monotonic).
+    pub fn annotate(&mut self, r: &mut FlowRecord, cgroup_id: u64, last_seen_ns: u64) {
         let end = socket_end(r.key.observation_point);
         let (end, id) = match (end, cgroup_id) {
             (Some(end), id) if id != 0 => (Some(end), id),
-            // A received flow without a socket: its reply's sender.
-            (Some(true), _) => (Some(true), self.reverse.receiver(&r.key).unwrap_or(0)),
+            // A received flow whose reply was sent only in a later drain.
+            (Some(true), _) => (
+                Some(true),
+                self.reverse.receiver(&r.key, last_seen_ns).unwrap_or(0),
+            ),
             _ => (None, 0),
         };
         if let (Some(destination), true) = (end, id != 0) {
@@ -248,13 +290,13 @@ mod tests {
     fn the_captured_cgroup_names_the_right_end() {
         let mut s = stage();
         let mut out = record(key(OBS_NF_LOCAL_OUT, 1, 1000, 2, 53));
-        s.annotate(&mut out, 7);
+        s.annotate(&mut out, 7, 0);
         assert_eq!(out.ends.source.container_id.as_deref(), Some(ID));
         assert_eq!(out.ends.source.process_name.as_deref(), Some("nginx"));
         assert_eq!(out.ends.source.process_pid, Some(42));
         assert!(out.ends.destination.is_empty());
         let mut inn = record(key(OBS_NF_LOCAL_IN, 2, 53, 1, 1000));
-        s.annotate(&mut inn, 7);
+        s.annotate(&mut inn, 7, 0);
         assert_eq!(
             inn.ends.destination.cgroup.as_deref(),
             Some(format!("/system.slice/docker-{ID}.scope").as_str())
@@ -262,47 +304,81 @@ mod tests {
         assert!(inn.ends.source.is_empty());
         // Unknown names keep the path, no container id.
         let mut odd = record(key(OBS_NF_LOCAL_OUT, 1, 1, 2, 2));
-        s.annotate(&mut odd, 8);
+        s.annotate(&mut odd, 8, 0);
         assert_eq!(odd.ends.source.cgroup.as_deref(), Some("/odd/name"));
         assert_eq!(odd.ends.source.container_id, None);
         // No socket points, unresolvable ids: nothing, counted.
         for obs in [OBS_XDP, OBS_NF_FORWARD] {
             let mut r = record(key(obs, 1, 1, 2, 2));
-            s.annotate(&mut r, 7);
+            s.annotate(&mut r, 7, 0);
             assert_eq!(r.ends, Default::default());
         }
         let mut r = record(key(OBS_NF_LOCAL_OUT, 1, 1, 2, 2));
-        s.annotate(&mut r, 99);
+        s.annotate(&mut r, 99, 0);
         assert_eq!(r.ends, Default::default());
         assert_eq!(s.stats.unresolved_ends, 1);
+    }
+
+    fn sent(cg: u64, at: u64) -> FlowValue {
+        FlowValue {
+            packets: 1,
+            first_seen_ns: at,
+            last_seen_ns: at,
+            cgroup_id: cg,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn a_received_flow_without_socket_is_named_by_its_reply() {
         let mut s = stage();
         let reply = key(OBS_NF_LOCAL_OUT, 1, 53, 2, 40000);
-        s.learn(&[(
-            reply,
-            FlowValue {
-                packets: 1,
-                cgroup_id: 7,
-                ..Default::default()
-            },
-        )]);
-        let mut r = record(key(OBS_NF_LOCAL_IN, 2, 40000, 1, 53));
-        s.annotate(&mut r, 0);
+        let request = key(OBS_NF_LOCAL_IN, 2, 40000, 1, 53);
+        let other = key(OBS_NF_LOCAL_IN, 2, 40001, 1, 53);
+        let mut d = [
+            (request, sent(0, 1_000)),
+            (reply, sent(7, 2_000)),
+            (other, sent(0, 1_000)),
+        ];
+        s.learn(&mut d);
+        assert_eq!(
+            d[0].1.cgroup_id, 7,
+            "the request is stamped with its receiver"
+        );
+        assert_eq!(
+            d[2].1.cgroup_id, 0,
+            "another client port is another conversation"
+        );
+        // At export, a request drained before its reply was sent is named too.
+        let mut r = record(request);
+        s.annotate(&mut r, 0, 1_500);
         assert_eq!(r.ends.destination.container_id.as_deref(), Some(ID));
-        // Another client port: not the same conversation, not named.
-        let mut other = record(key(OBS_NF_LOCAL_IN, 2, 40001, 1, 53));
-        s.annotate(&mut other, 0);
-        assert!(other.ends.destination.is_empty());
         // The entry expires after REVERSE_DRAINS drains without the conversation.
         for _ in 0..REVERSE_DRAINS {
-            s.learn(&[]);
+            s.learn(&mut []);
         }
-        let mut late = record(key(OBS_NF_LOCAL_IN, 2, 40000, 1, 53));
-        s.annotate(&mut late, 0);
+        let mut late = record(request);
+        s.annotate(&mut late, 0, 1_500);
         assert!(late.ends.destination.is_empty());
+    }
+
+    /// A second socket (cgroup 8) takes over the conversation of the first (cgroup 7) well after
+    /// the first's last packet: the first's received packets are never named after the second.
+    #[test]
+    fn a_reused_conversation_names_no_packet_after_the_wrong_socket() {
+        let mut s = stage();
+        let reply = key(OBS_NF_LOCAL_OUT, 1, 53, 2, 40000);
+        let request = key(OBS_NF_LOCAL_IN, 2, 40000, 1, 53);
+        s.learn(&mut [(request, sent(0, 1_000)), (reply, sent(7, 2_000))]);
+        let later = 2_000 + 10 * REPLY_WINDOW_NS;
+        let mut d = [(request, sent(0, later)), (reply, sent(8, later + 1))];
+        s.learn(&mut d);
+        assert_eq!(d[0].1.cgroup_id, 8);
+        // The first socket's request record, exported now: the entry is the second socket's,
+        // which started long after: not named (rather than misnamed).
+        let mut r = record(request);
+        s.annotate(&mut r, 0, 1_000);
+        assert!(r.ends.destination.is_empty());
     }
 
     #[test]
