@@ -687,6 +687,14 @@ const SUITES: &[Suite] = &[
         args: &[],
     },
     Suite {
+        // Issue 12: socket cgroup capture in the netfilter programs on a pure cgroup v2 guest.
+        target: "identity_e2e",
+        kernels: &["6.12"],
+        tests: &[],
+        env: &[],
+        args: &[],
+    },
+    Suite {
         target: "netfilter_e2e",
         kernels: &["6.12"],
         tests: &["forward_in_router_counts_forwarded_traffic_exactly"],

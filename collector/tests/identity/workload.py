@@ -9,7 +9,7 @@
 #       sends COUNT datagrams from SRC_PORT to PEER:9001, each answered; prints "done".
 #   peer - MY_IP        (in the peer namespace, no cgroup)
 #       TCP echo on MY_IP:9000 (a thread per connection) and UDP echo on MY_IP:9001; prints
-#       "ready"; exits after 60 s or when stdin closes.
+#       "ready"; exits after 600 s or when stdin closes.
 #   connect TARGET MY_IP TCP_PORT UDP_PORT   (in the peer namespace)
 #       one TCP echo exchange of 3000 bytes with TARGET:TCP_PORT, one UDP datagram answered by
 #       TARGET:UDP_PORT; prints "done".
@@ -76,7 +76,7 @@ if mode == "peer":
     time.sleep(0.3)
     print("ready", flush=True)
     threading.Thread(target=lambda: (sys.stdin.read(), __import__("os")._exit(0)), daemon=True).start()
-    time.sleep(60)
+    time.sleep(600)
 elif mode == "connect":
     target = peer
     tport, uport = int(sys.argv[4]), int(sys.argv[5])
