@@ -26,6 +26,7 @@
 //! `flowlens-bench report` runs only the report section (no root needed) and merges its
 //! numbers into an existing `summary.json`.
 
+mod identity;
 mod metrics;
 mod report;
 
@@ -725,6 +726,14 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some("rss-child") => return rss_child(),
+        // Issue 12: probe cost of socket identity (with/without) and identity records/s.
+        Some("identity") => {
+            let mut s = BTreeMap::new();
+            identity::probe_cost(5, 200_000, &mut s)?;
+            identity::records_per_sec(&mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
         // For profiling one part: `perf record flowlens-bench drain`.
         Some("probe") => {
             let c = probe_cost(7, 200_000)?;
@@ -807,6 +816,10 @@ fn main() -> Result<()> {
         "nf_probe_read_over_noop_ns_existing_flow".into(),
         nf_read - nf_noop,
     );
+
+    // Issue 12: socket identity capture, side by side, and the identity stage.
+    identity::probe_cost(5, 200_000, &mut summary)?;
+    identity::records_per_sec(&mut summary)?;
 
     // New flows.
     let (new_flow, new_noop) = new_flow_cost(5, 2_000)?;
