@@ -388,7 +388,7 @@ mod tests {
             Some(LabelTable::parse_csv("10.0.0.1/32,a\n10.0.0.0/24,net\n").unwrap()),
         );
         let mut r = record(key(OBS_XDP, 1, 1, 2, 2));
-        s.annotate(&mut r, 0);
+        s.annotate(&mut r, 0, 0);
         assert_eq!(r.ends.source.label.as_deref(), Some("a"));
         assert_eq!(r.ends.destination.label.as_deref(), Some("net"));
     }

@@ -104,10 +104,11 @@ fn put_ends(out: &mut Vec<u8>, ends: &Ends) {
     }
     out.extend_from_slice(&mask.to_le_bytes());
     for e in [&ends.source, &ends.destination] {
-        for s in [&e.cgroup, &e.container_id, &e.k8s_pod_uid, &e.process_name] {
-            if let Some(s) = s {
-                put_str(out, s);
-            }
+        for s in [&e.cgroup, &e.container_id, &e.k8s_pod_uid, &e.process_name]
+            .into_iter()
+            .flatten()
+        {
+            put_str(out, s);
         }
         if let Some(pid) = e.process_pid {
             out.extend_from_slice(&pid.to_le_bytes());
