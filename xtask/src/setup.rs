@@ -290,6 +290,9 @@ pub fn setup() -> Result<Env> {
         // capabilities (setpriv), and the shipped unit checked by `systemd-analyze verify`.
         ("setpriv", "util-linux"),
         ("systemd-analyze", "systemd"),
+        // Issue 12, collector/tests/identity_e2e.rs: workloads and flowlens enter the test's
+        // network namespace with nsenter (keeping the cgroup2 mount that `ip netns exec` hides).
+        ("nsenter", "util-linux"),
     ])?;
     ensure_python_modules()?;
     ensure_tansu()?;
