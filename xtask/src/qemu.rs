@@ -743,6 +743,7 @@ const SUITES: &[Suite] = &[
         tests: &[],
         env: &[],
         args: &[],
+        vcpus: DEFAULT_VCPUS,
     },
     Suite {
         target: "netfilter_e2e",
