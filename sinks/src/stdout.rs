@@ -290,4 +290,31 @@ mod tests {
         }
         assert!(format_record(&recs[whole.len()]).starts_with(last));
     }
+
+    #[test]
+    fn identity_fields_are_appended_when_set() {
+        let recs = flowlens_testkit::records::conversations(8);
+        // Conversation 2 names its local end (source of the first record) and labels none;
+        // conversation 6 names it and labels both ends.
+        let named = format_record(&recs[4]);
+        assert!(
+            named.contains(" src_cgroup=/kubepods.slice/")
+                && named.contains(&format!(" src_container={:064x}", 2))
+                && named.contains(" src_pod=0b5a9f6e-1c2d-4e5f-8a9b-000000000002")
+                && named.contains(" src_process=nginx src_pid=1002")
+                && !named.contains(" dst_"),
+            "{named}"
+        );
+        let reply = format_record(&recs[5]);
+        assert!(
+            reply.contains(" dst_container=") && !reply.contains(" src_"),
+            "{reply}"
+        );
+        let labelled = format_record(&recs[12]);
+        assert!(
+            labelled.ends_with(" src_label=site-a dst_label=cloud ü"),
+            "{labelled}"
+        );
+        assert!(!format_record(&recs[0]).contains("src_"));
+    }
 }
