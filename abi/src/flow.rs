@@ -82,12 +82,17 @@ pub struct FlowValue {
     /// DSCP of the last packet.
     pub dscp: u8,
     pub _pad: [u8; 7],
+    /// cgroup v2 id (kernfs node id, the cgroup directory's inode number) of the local socket
+    /// that sent (`nf_local_out`, `nf_post_routing`) or receives (`nf_local_in`, after early
+    /// demux) the flow's packets; 0 when no packet of the delta carried a full local socket.
+    /// The first non-zero id a packet brings is kept (a socket's cgroup never changes).
+    pub cgroup_id: u64,
 }
 
 impl FlowValue {
     /// The value of a flow's first packet.
     #[inline(always)]
-    pub const fn first(bytes: u64, tcp_flags: u64, dscp: u8, now_ns: u64) -> Self {
+    pub const fn first(bytes: u64, tcp_flags: u64, dscp: u8, now_ns: u64, cgroup_id: u64) -> Self {
         FlowValue {
             packets: 1,
             bytes,
@@ -96,6 +101,7 @@ impl FlowValue {
             tcp_flags,
             dscp,
             _pad: [0; 7],
+            cgroup_id,
         }
     }
 }
@@ -166,11 +172,22 @@ pub struct NfOffsets {
     pub state_out: u32,
     /// `struct net_device`: `ifindex` (int).
     pub dev_ifindex: u32,
+    /// Socket identity (issue 12): `sk_buff.sk` (pointer), `sock.__sk_common.skc_state` (u8),
+    /// `sock.sk_cgrp_data.cgroup` (pointer), `cgroup.kn` (pointer), `kernfs_node.id` (u64).
+    pub skb_sk: u32,
+    pub sk_state: u32,
+    pub sk_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// 1: netfilter programs read the socket's cgroup id (the five reads above, for packets
+    /// with a socket); 0: they don't (the benchmark's side-by-side baseline). In frozen
+    /// `.rodata`, so the verifier drops the branch not taken.
+    pub socket_identity: u32,
 }
 
 #[cfg(feature = "aya")]
 mod pod {
-    // SAFETY: #[repr(C)], Copy, eight u32 fields, no padding.
+    // SAFETY: #[repr(C)], Copy, fourteen u32 fields, no padding.
     unsafe impl aya::Pod for super::NfOffsets {}
     // SAFETY: both types are #[repr(C)], Copy, contain only integers and byte arrays, and have no
     // implicit padding (the explicit `_pad` fields fill every gap; see the size test below).
@@ -186,7 +203,8 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16 + 16 + 2 * 3 + 6 + 4);
-        assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7);
+        assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7 + 8);
+        assert_eq!(core::mem::size_of::<NfOffsets>(), 4 * 14);
     }
 
     #[test]

@@ -84,6 +84,7 @@ fn records() -> Vec<FlowRecord> {
                 host: "bench-host".into(),
                 // A Community ID is 30 characters ("1:" + base64 of a SHA-1).
                 community_id: format!("1:{:028}", i),
+                ends: Default::default(),
             }
         })
         .collect()

@@ -32,6 +32,7 @@
 //! numbers into an existing `summary.json`; `flowlens-bench ipfix` likewise for IPFIX.
 
 mod ipfix;
+mod identity;
 mod metrics;
 mod otlp_transport;
 mod report;
@@ -303,6 +304,7 @@ fn bench_value(now: u64) -> FlowValue {
         tcp_flags: 0x18,
         dscp: 0,
         _pad: [0; 7],
+        cgroup_id: 0,
     }
 }
 
@@ -452,6 +454,7 @@ fn rss_child() -> Result<()> {
             tcp_flags: 0x10,
             dscp: 0,
             _pad: [0; 7],
+            cgroup_id: 0,
         };
         let active = drainer.active();
         let map = drainer.flow_map_mut(active);
@@ -730,6 +733,14 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some("rss-child") => return rss_child(),
+        // Issue 12: probe cost of socket identity (with/without) and identity records/s.
+        Some("identity") => {
+            let mut s = BTreeMap::new();
+            identity::probe_cost(5, 200_000, &mut s)?;
+            identity::records_per_sec(&mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
         // For profiling one part: `perf record flowlens-bench drain`.
         Some("probe") => {
             let c = probe_cost(7, 200_000)?;
@@ -823,6 +834,10 @@ fn main() -> Result<()> {
         "nf_probe_read_over_noop_ns_existing_flow".into(),
         nf_read - nf_noop,
     );
+
+    // Issue 12: socket identity capture, side by side, and the identity stage.
+    identity::probe_cost(5, 200_000, &mut summary)?;
+    identity::records_per_sec(&mut summary)?;
 
     // New flows.
     let (new_flow, new_noop) = new_flow_cost(5, 2_000)?;

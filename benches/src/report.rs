@@ -117,6 +117,7 @@ fn generate(dir: &Path) -> Result<()> {
             end_reason: EndReason::ActiveTimeout,
             host: host.clone(),
             community_id: String::new(),
+            ends: Default::default(),
         });
         if chunk.len() == chunk.capacity() {
             sink.write(&chunk)?;

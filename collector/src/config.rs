@@ -298,6 +298,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PEN")]
     pub ipfix_enterprise_number: Option<u32>,
 
+    // --- identity (issue 12) ---
+    /// Label both ends of every record by address (`source_label`, `destination_label`): a CSV file of `CIDR,LABEL` lines, or TOML (`.toml`: `"CIDR" = "LABEL"` pairs); the longest matching prefix wins. At most 4 MiB; a bad line stops the start with an error naming it. [default: no labels]
+    #[arg(long, value_name = "FILE")]
+    pub label_cidrs: Option<PathBuf>,
+
     // --- metrics endpoint (issue 7) ---
     /// Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`) over HTTP on this address: `PORT` or `:PORT` (binds 127.0.0.1), `IP:PORT`, `[IPV6]:PORT`; port 0 picks a free one (logged). An address beyond loopback is allowed but warned about. [default: off; the usual port is 9464]
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_listen)]
@@ -402,6 +407,9 @@ pub struct RunConfig {
     pub kafka_queue_max_records: u32,
     pub kafka_close_timeout: Duration,
     pub ipfix: flowlens_sinks::ipfix::IpfixSettings,
+
+    /// `--label-cidrs` file (read when the run starts).
+    pub label_cidrs: Option<PathBuf>,
     /// `None`: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub sink_stall_timeout: Duration,
@@ -659,6 +667,8 @@ impl RunArgs {
                             .unwrap_or(flowlens_sinks::ipfix::DEFAULT_ENTERPRISE_NUMBER)
                     }),
             },
+
+            label_cidrs: self.label_cidrs.clone().or(file.label_cidrs.clone()),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             sink_stall_timeout: self
                 .sink_stall_timeout

@@ -46,6 +46,7 @@ impl Exporter {
             end_reason: e.reason,
             host: self.host.clone(),
             community_id,
+            ends: Default::default(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct FlowState {
     pub last_seen_ns: u64,
     pub tcp_flags: u16,
     pub dscp: u8,
+    /// cgroup id of the flow's local socket (first non-zero one of the record), or 0.
+    pub cgroup_id: u64,
 }
 
 /// A flow record that ended.
@@ -40,6 +42,9 @@ pub struct Ended {
 
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowState, Hasher>,
+    /// Records ended because the same flow key showed up with another socket's cgroup (a
+    /// reused address and port): emitted at the next [`FlowTable::expire`] / `drain_all`.
+    split: Vec<Ended>,
     active_ns: u64,
     idle_ns: u64,
 }
@@ -48,6 +53,7 @@ impl FlowTable {
     pub fn new(active_timeout: Duration, idle_timeout: Duration) -> Self {
         FlowTable {
             flows: HashMap::with_hasher(Hasher::default()),
+            split: Vec::new(),
             active_ns: u64::try_from(active_timeout.as_nanos()).unwrap_or(u64::MAX),
             idle_ns: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
         }
@@ -111,9 +117,29 @@ impl FlowTable {
         // CPUs store last_seen without ordering, and XDP reads the coarse clock (one tick) on
         // each CPU: the last packet of a delta is never before its first.
         let d_last = d.last_seen_ns.max(d.first_seen_ns);
-        self.flows
-            .entry(*key)
-            .and_modify(|s| {
+        let fresh = FlowState {
+            packets: d.packets,
+            bytes: d.bytes,
+            first_seen_ns: d.first_seen_ns,
+            last_seen_ns: d_last,
+            tcp_flags: flags,
+            dscp: d.dscp,
+            cgroup_id: d.cgroup_id,
+        };
+        match self.flows.entry(*key) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let s = o.get_mut();
+                if s.cgroup_id != 0 && d.cgroup_id != 0 && s.cgroup_id != d.cgroup_id {
+                    // Another socket (another cgroup) now uses this flow key: the old record
+                    // ends here, so nothing of the new socket is attributed to the old one.
+                    self.split.push(Ended {
+                        key: *key,
+                        state: *s,
+                        reason: EndReason::EndOfFlow,
+                    });
+                    *s = fresh;
+                    return;
+                }
                 s.packets += d.packets;
                 s.bytes += d.bytes;
                 s.first_seen_ns = s.first_seen_ns.min(d.first_seen_ns);
@@ -122,19 +148,19 @@ impl FlowTable {
                     s.dscp = d.dscp;
                 }
                 s.tcp_flags |= flags;
-            })
-            .or_insert(FlowState {
-                packets: d.packets,
-                bytes: d.bytes,
-                first_seen_ns: d.first_seen_ns,
-                last_seen_ns: d_last,
-                tcp_flags: flags,
-                dscp: d.dscp,
-            });
+                if s.cgroup_id == 0 {
+                    s.cgroup_id = d.cgroup_id;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(fresh);
+            }
+        }
     }
 
     /// Moves every record that ended by `now_ns` (CLOCK_MONOTONIC) into `out`.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Ended>) {
+        out.append(&mut self.split);
         let (active, idle) = (self.active_ns, self.idle_ns);
         self.flows.retain(|key, s| {
             let reason = if s.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -157,6 +183,7 @@ impl FlowTable {
 
     /// Ends every open record with `forced_end` (shutdown).
     pub fn drain_all(&mut self, out: &mut Vec<Ended>) {
+        out.append(&mut self.split);
         out.extend(self.flows.drain().map(|(key, state)| Ended {
             key,
             state,
@@ -188,6 +215,7 @@ mod tests {
             tcp_flags: flags,
             dscp: 0,
             _pad: [0; 7],
+            cgroup_id: 0,
         }
     }
 
@@ -327,5 +355,31 @@ mod tests {
             with < without,
             "reserve: {with} slots, plain hashbrown: {without}"
         );
+    }
+
+    #[test]
+    fn another_cgroup_on_the_same_key_ends_the_record() {
+        let mut t = table();
+        let k = key(53);
+        let with = |cg: u64, first: u64| FlowValue {
+            cgroup_id: cg,
+            ..delta(1, 100, first, first, 0)
+        };
+        t.merge(&k, &with(0, 1));
+        t.merge(&k, &with(7, 2)); // first socket named: adopted
+        t.merge(&k, &with(0, 3)); // a packet without socket: same record
+        t.merge(&k, &with(7, 4));
+        t.merge(&k, &with(9, 5)); // another cgroup: new record
+        let mut out = Vec::new();
+        t.expire(6, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].state.cgroup_id, 7);
+        assert_eq!(out[0].state.packets, 4);
+        assert_eq!(out[0].reason, EndReason::EndOfFlow);
+        out.clear();
+        t.drain_all(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].state.cgroup_id, out[0].state.packets), (9, 1));
+        assert_eq!(out[0].state.first_seen_ns, 5);
     }
 }

@@ -1,7 +1,7 @@
 //! flowlens collector.
 //!
 //! Data flows one way: [`probe`] (kernel maps) → [`drain`] → [`flow_table`] (merging, timeouts)
-//! → [`export`] (records) → sinks (built by `flowlens_sinks::build`). [`pipeline`] runs those
+//! → [`export`] (records) → [`identity`] (who is talking at each local end) → sinks (built by `flowlens_sinks::build`). [`pipeline`] runs those
 //! stages once per cycle and accumulates the [`stats`]; [`run`] starts and stops everything
 //! (validation, [`netfilter::detect`], attaching, the timer loop, shutdown).
 //!
@@ -18,6 +18,7 @@ pub mod conservation;
 pub mod drain;
 pub mod export;
 pub mod flow_table;
+pub mod identity;
 pub mod ifaces;
 pub mod kernel_support;
 pub mod metrics;

@@ -21,6 +21,7 @@ use crate::{
     drain::Drainer,
     export::Exporter,
     flow_table::{Ended, FlowTable},
+    identity::{CgroupResolver, IdentityStage},
     stats::{RunStats, SinkFailures, Totals},
     timebase::{Timebase, monotonic_now_ns},
 };
@@ -44,6 +45,9 @@ struct SinkLog {
 pub struct Pipeline {
     pub table: FlowTable,
     pub exporter: Exporter,
+    /// Names each record's local ends (docs/IDENTITY.md); inert until [`Pipeline::new`]'s
+    /// caller gives it a cgroup root or labels.
+    pub identity: IdentityStage,
     pub sinks: Vec<Box<dyn Sink>>,
     pub totals: Totals,
     /// Per sink, in the order of `sinks`.
@@ -64,6 +68,7 @@ impl Pipeline {
         Pipeline {
             table,
             exporter,
+            identity: IdentityStage::new(CgroupResolver::with_root(None), None),
             sinks,
             totals: Totals::default(),
             sink_failures: vec![SinkFailures::default(); n],
@@ -142,6 +147,7 @@ impl Pipeline {
             self.totals.drained_packets += v.packets;
             self.totals.drained_bytes += v.bytes;
         }
+        self.identity.learn(&mut self.deltas);
         self.table.merge_all(&self.deltas);
         self.ended.clear();
         if final_cycle {
@@ -155,7 +161,10 @@ impl Pipeline {
         for chunk in self.ended.chunks(RECORD_CHUNK) {
             self.records.clear();
             for e in chunk {
-                self.records.push(self.exporter.record(e, &tb));
+                let mut r = self.exporter.record(e, &tb);
+                self.identity
+                    .annotate(&mut r, e.state.cgroup_id, e.state.last_seen_ns);
+                self.records.push(r);
             }
             self.totals.records += self.records.len() as u64;
             for r in &self.records {

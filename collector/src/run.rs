@@ -18,7 +18,7 @@ use crate::{
     drain::Drainer,
     export::Exporter,
     flow_table::FlowTable,
-    ifaces, kernel_support, metrics,
+    identity, ifaces, kernel_support, metrics,
     observe::{observed_cycle, observer_for},
     pipeline::Pipeline,
     probe::Probe,
@@ -41,6 +41,12 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     crate::privileges::check()?;
     // Metrics endpoint: bound first, so a taken port fails before anything is attached.
     let metrics_listener = cfg.metrics_listen.map(metrics::bind).transpose()?;
+    let labels = cfg
+        .label_cidrs
+        .as_deref()
+        .map(identity::LabelTable::from_file)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let sinks = flowlens_sinks::build::build(&cfg.sinks, &cfg.sink_options(host.clone()))?;
 
     // Signal listeners exist before anything is attached: a SIGTERM that arrives while the
@@ -119,6 +125,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         Exporter::new(host),
         sinks,
     );
+    pipe.identity = identity::IdentityStage::new(identity::CgroupResolver::from_system(), labels);
 
     let result: Result<()> = rt.block_on(async {
         let mut tick = tokio::time::interval(cfg.drain_interval);

@@ -70,6 +70,7 @@ fn record(i: u32, now_us: i64) -> (FlowRecord, IpAddr, IpAddr, &'static str) {
         end_reason: EndReason::IdleTimeout,
         host: "doc".into(),
         community_id: String::new(),
+        ends: Default::default(),
     };
     (r, src, dst, if key.protocol == 6 { "tcp" } else { "udp" })
 }

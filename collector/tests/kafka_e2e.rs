@@ -89,11 +89,40 @@ fn parquet_rows(dir: &Path) -> Vec<FlowMessage> {
                     flow_end_reason: s("flow_end_reason").value(i).into(),
                     host: s("host").value(i).into(),
                     community_id: s("community_id").value(i).into(),
+                    source_cgroup: opt_str(&b, "source_cgroup", i),
+                    source_container_id: opt_str(&b, "source_container_id", i),
+                    source_k8s_pod_uid: opt_str(&b, "source_k8s_pod_uid", i),
+                    source_process_name: opt_str(&b, "source_process_name", i),
+                    source_process_pid: opt_u32(&b, "source_process_pid", i),
+                    source_label: opt_str(&b, "source_label", i),
+                    destination_cgroup: opt_str(&b, "destination_cgroup", i),
+                    destination_container_id: opt_str(&b, "destination_container_id", i),
+                    destination_k8s_pod_uid: opt_str(&b, "destination_k8s_pod_uid", i),
+                    destination_process_name: opt_str(&b, "destination_process_name", i),
+                    destination_process_pid: opt_u32(&b, "destination_process_pid", i),
+                    destination_label: opt_str(&b, "destination_label", i),
                 });
             }
         }
     }
     out
+}
+
+/// A nullable identity column (issue 12) of row `i`.
+fn opt_str(b: &arrow_array::RecordBatch, n: &str, i: usize) -> Option<String> {
+    let c = b
+        .column_by_name(n)?
+        .as_any()
+        .downcast_ref::<StringArray>()?;
+    (!c.is_null(i)).then(|| c.value(i).to_string())
+}
+
+fn opt_u32(b: &arrow_array::RecordBatch, n: &str, i: usize) -> Option<u32> {
+    let c = b
+        .column_by_name(n)?
+        .as_any()
+        .downcast_ref::<UInt32Array>()?;
+    (!c.is_null(i)).then(|| c.value(i))
 }
 
 fn sort(v: &mut [FlowMessage]) {

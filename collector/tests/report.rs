@@ -165,6 +165,7 @@ fn generate(n: usize) -> (Vec<FlowRecord>, Vec<Rec>) {
             end_reason: EndReason::IdleTimeout,
             host: "gen".into(),
             community_id: String::new(),
+            ends: Default::default(),
         });
         mine.push(Rec {
             start,

@@ -131,6 +131,7 @@ fn records(host: &str, seed: u64, n: usize) -> Vec<FlowRecord> {
                 end_reason: EndReason::IdleTimeout,
                 host: host.into(),
                 community_id: String::new(),
+                ends: Default::default(),
             }
         })
         .collect()

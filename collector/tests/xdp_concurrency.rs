@@ -216,6 +216,7 @@ fn batch_and_per_key_drains_move_the_same_entries() {
             tcp_flags: 0x10,
             dscp: 0,
             _pad: [0; 7],
+            cgroup_id: 0,
         };
         (k, v)
     };

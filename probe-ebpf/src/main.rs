@@ -129,6 +129,7 @@ mod probe {
         parsed: Parsed,
         observation_point: u8,
         ifindex: u32,
+        cgroup_id: u64,
     ) {
         let buffer = active_buffer();
         let c = STATS.get_ptr_mut(stats::index(buffer, observation_point));
@@ -156,7 +157,7 @@ mod probe {
             unsafe { bpf_ktime_get_ns() }
         };
         let flows = if buffer == 0 { &FLOWS_0 } else { &FLOWS_1 };
-        match record(flows, &key, bytes, flags, meta.dscp, now) {
+        match record(flows, &key, bytes, flags, meta.dscp, now, cgroup_id) {
             Stored::Updated => bump(c, stats::BYTES_KEYED, bytes),
             Stored::Inserted => {
                 bump(c, stats::BYTES_KEYED, bytes);
@@ -171,12 +172,12 @@ mod probe {
         let parsed = parse_ethernet(&Xdp(&ctx));
         // SAFETY: reading the ingress ifindex from the xdp_md context.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        account::<true>(parsed, OBS_XDP, ifindex);
+        account::<true>(parsed, OBS_XDP, ifindex, 0);
         xdp_action::XDP_PASS
     }
 
     #[inline(always)]
-    fn update(v: *mut FlowValue, bytes: u64, flags: u64, dscp: u8, now: u64) {
+    fn update(v: *mut FlowValue, bytes: u64, flags: u64, dscp: u8, now: u64, cgroup_id: u64) {
         // SAFETY: `v` points into a live map value (RCU-protected for the program's run). The
         // counters use BPF atomic instructions; last_seen and dscp are plain stores (last writer
         // wins, which is the intended semantics).
@@ -199,6 +200,11 @@ mod probe {
             }
             (*v).last_seen_ns = now;
             (*v).dscp = dscp;
+            // The first packet that carried a socket names the flow; later ones (the same
+            // socket) need no store. A racing writer can only write the same socket's id.
+            if cgroup_id != 0 && core::ptr::read_volatile(&raw const (*v).cgroup_id) == 0 {
+                (*v).cgroup_id = cgroup_id;
+            }
         }
     }
 
@@ -232,19 +238,20 @@ mod probe {
         flags: u64,
         dscp: u8,
         now: u64,
+        cgroup_id: u64,
     ) -> Stored {
         if let Some(v) = flows.get_ptr_mut(key) {
-            update(v, bytes, flags, dscp, now);
+            update(v, bytes, flags, dscp, now, cgroup_id);
             return Stored::Updated;
         }
-        let fresh = FlowValue::first(bytes, flags, dscp, now);
+        let fresh = FlowValue::first(bytes, flags, dscp, now, cgroup_id);
         if flows.insert(key, &fresh, BPF_NOEXIST).is_ok() {
             return Stored::Inserted;
         }
         // Another CPU inserted the flow between our lookup and insert: add to its entry.
         match flows.get_ptr_mut(key) {
             Some(v) => {
-                update(v, bytes, flags, dscp, now);
+                update(v, bytes, flags, dscp, now, cgroup_id);
                 Stored::Updated
             }
             None => Stored::Refused,
@@ -276,6 +283,12 @@ mod probe {
         state_in: 0,
         state_out: 0,
         dev_ifindex: 0,
+        skb_sk: 0,
+        sk_state: 0,
+        sk_cgroup: 0,
+        cgroup_kn: 0,
+        kn_id: 0,
+        socket_identity: 0,
     });
 
     /// Hooks at or below this number (`NF_INET_FORWARD`) report the input interface, the others
@@ -385,8 +398,49 @@ mod probe {
             NFPROTO_IPV6 => parse_ipv6(&pkt, 0, VLAN_NONE),
             _ => Parsed::NonIp,
         };
-        account::<false>(parsed, OBS_NF_PRE_ROUTING + hook, ifindex);
+        let cgroup_id = if o.socket_identity != 0 {
+            socket_cgroup::<DIRECT>(&o, skb)
+        } else {
+            0
+        };
+        account::<false>(parsed, OBS_NF_PRE_ROUTING + hook, ifindex, cgroup_id);
     }
+
+    /// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: `skb->sk` is then a `struct inet_timewait_sock`
+    /// or `struct request_sock`, which have no `sk_cgrp_data` (not a "full socket").
+    const TCP_TIME_WAIT: u8 = 6;
+    const TCP_NEW_SYN_RECV: u8 = 12;
+
+    /// cgroup v2 id of the full socket `skb->sk` (0 when there is none):
+    /// `skb->sk->sk_cgrp_data.cgroup->kn->id`. Locally generated packets carry their socket
+    /// (`nf_local_out`, `nf_post_routing`); received ones do after early demux
+    /// (`nf_local_in`, established TCP and connected UDP). A packet that crossed a veth from
+    /// another namespace has been orphaned (no socket).
+    #[inline(always)]
+    fn socket_cgroup<const DIRECT: bool>(o: &NfOffsets, skb: u64) -> u64 {
+        let sk = match kread::<u64, DIRECT>(skb + o.skb_sk as u64) {
+            Some(sk) if sk != 0 => sk,
+            _ => return 0,
+        };
+        match kread::<u8, DIRECT>(sk + o.sk_state as u64) {
+            Some(TCP_TIME_WAIT | TCP_NEW_SYN_RECV) | None => return 0,
+            Some(_) => {}
+        }
+        let cgrp = match kread::<u64, DIRECT>(sk + o.sk_cgroup as u64) {
+            Some(c) if c != 0 => c,
+            _ => return 0,
+        };
+        let id = match kread::<u64, DIRECT>(cgrp + o.cgroup_kn as u64) {
+            Some(kn) if kn != 0 => kread::<u64, DIRECT>(kn + o.kn_id as u64).unwrap_or(0),
+            _ => 0,
+        };
+        // The root cgroup (id 1) holds the kernel's own sockets (TCP's per-CPU control
+        // sockets send RSTs and TIME_WAIT ACKs): they name no workload.
+        if id == ROOT_CGROUP_ID { 0 } else { id }
+    }
+
+    /// kernfs id of the cgroup v2 root.
+    const ROOT_CGROUP_ID: u64 = 1;
 
     /// Netfilter hook probe (IPv4 and IPv6, any inet hook): counts the packet, returns NF_ACCEPT.
     #[unsafe(no_mangle)]

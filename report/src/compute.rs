@@ -1152,6 +1152,7 @@ mod tests {
                     end_reason: EndReason::IdleTimeout,
                     host: "h".into(),
                     community_id: String::new(),
+                    ends: Default::default(),
                 }
             })
             .collect();

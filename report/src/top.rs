@@ -22,6 +22,51 @@ pub struct TopKey {
     pub destination_port: u16,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// Who each end is (issue 12, [`who`]): empty when not named.
+    pub source_who: String,
+    pub destination_who: String,
+}
+
+/// Short name of one end from its identity columns: the container id's first 12 digits (with
+/// the pod UID's first 8 when there is one), else the cgroup's last component, else the label;
+/// then the process name.
+pub fn who(
+    container: Option<&str>,
+    pod: Option<&str>,
+    cgroup: Option<&str>,
+    process: Option<&str>,
+    label: Option<&str>,
+) -> String {
+    let mut w = match (container, pod, cgroup) {
+        (Some(c), Some(p), _) => format!("pod {}/{}", &p[..p.len().min(8)], &c[..c.len().min(12)]),
+        (Some(c), None, _) => format!("ctr {}", &c[..c.len().min(12)]),
+        (None, _, Some(g)) => g.rsplit('/').next().unwrap_or(g).to_string(),
+        _ => String::new(),
+    };
+    if let Some(p) = process {
+        if !w.is_empty() {
+            w.push(' ');
+        }
+        w.push_str(p);
+    }
+    if w.is_empty()
+        && let Some(l) = label
+    {
+        w = l.to_string();
+    }
+    w
+}
+
+/// A nullable text column of `b`, absent in files written before it existed.
+fn opt_col<'a>(b: &'a arrow_array::RecordBatch, name: &str) -> Option<&'a StringArray> {
+    b.column_by_name(name)?
+        .as_any()
+        .downcast_ref::<StringArray>()
+}
+
+fn opt_val(c: Option<&StringArray>, i: usize) -> Option<&str> {
+    use arrow_array::Array as _;
+    c.filter(|c| !c.is_null(i)).map(|c| c.value(i))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +147,26 @@ pub fn aggregate(dir: &Path) -> Result<HashMap<TopKey, TopVal>> {
             let ic = col::<UInt8Array>(&b, "icmp_code")?;
             let pk = col::<Int64Array>(&b, "packets")?;
             let by = col::<Int64Array>(&b, "bytes")?;
+            let ends = ["source", "destination"].map(|e| {
+                [
+                    "container_id",
+                    "k8s_pod_uid",
+                    "cgroup",
+                    "process_name",
+                    "label",
+                ]
+                .map(|f| opt_col(&b, &format!("{e}_{f}")))
+            });
+            let who_at = |e: usize, i: usize| {
+                let c = &ends[e];
+                who(
+                    opt_val(c[0], i),
+                    opt_val(c[1], i),
+                    opt_val(c[2], i),
+                    opt_val(c[3], i),
+                    opt_val(c[4], i),
+                )
+            };
             for i in 0..b.num_rows() {
                 let k = TopKey {
                     observation_point: obs.value(i).to_string(),
@@ -113,6 +178,8 @@ pub fn aggregate(dir: &Path) -> Result<HashMap<TopKey, TopVal>> {
                     destination_port: dp.value(i),
                     icmp_type: it.value(i),
                     icmp_code: ic.value(i),
+                    source_who: who_at(0, i),
+                    destination_who: who_at(1, i),
                 };
                 let v = agg.entry(k).or_default();
                 v.packets += pk.value(i);
@@ -146,7 +213,7 @@ pub fn table(agg: &HashMap<TopKey, TopVal>, limit: usize) -> String {
         "records".into(),
     ]];
     for (k, v) in rows.into_iter().take(limit) {
-        let (s, d) = if k.transport == "icmp" || k.transport == "ipv6-icmp" {
+        let (mut s, mut d) = if k.transport == "icmp" || k.transport == "ipv6-icmp" {
             (
                 k.source.clone(),
                 format!(
@@ -160,6 +227,11 @@ pub fn table(agg: &HashMap<TopKey, TopVal>, limit: usize) -> String {
                 ep(&k.destination, k.destination_port),
             )
         };
+        for (text, w) in [(&mut s, &k.source_who), (&mut d, &k.destination_who)] {
+            if !w.is_empty() {
+                text.push_str(&format!(" ({w})"));
+            }
+        }
         lines.push([
             k.observation_point.clone(),
             k.interface_name.clone(),
@@ -221,4 +293,37 @@ pub fn csv(agg: &HashMap<TopKey, TopVal>) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod who_tests {
+    use super::who;
+
+    #[test]
+    fn names_each_kind_of_end() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            who(
+                Some(id),
+                Some("0b5a9f6e-1c2d"),
+                Some("/x"),
+                Some("nginx"),
+                None
+            ),
+            "pod 0b5a9f6e/0123456789ab nginx"
+        );
+        assert_eq!(who(Some(id), None, None, None, None), "ctr 0123456789ab");
+        assert_eq!(
+            who(
+                None,
+                None,
+                Some("/system.slice/sshd.service"),
+                None,
+                Some("lab")
+            ),
+            "sshd.service"
+        );
+        assert_eq!(who(None, None, None, None, Some("site-a")), "site-a");
+        assert_eq!(who(None, None, None, None, None), "");
+    }
 }

@@ -111,7 +111,60 @@ pub struct FlowRecord {
     pub end_reason: EndReason,
     pub host: Arc<str>,
     pub community_id: String,
+    /// Who is talking at each end (issue 12): all null unless the identity stage named it.
+    pub ends: Ends,
 }
+
+/// The identity of one end of a flow (`source_*` / `destination_*` columns). Every field is
+/// null when the end is not local or could not be resolved (docs/IDENTITY.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndIdentity {
+    /// cgroup v2 path relative to the cgroup root, e.g. `/system.slice/nginx.service`.
+    pub cgroup: Option<Arc<str>>,
+    /// Full container id (64 hex digits for Docker/containerd/CRI-O/Podman).
+    pub container_id: Option<Arc<str>>,
+    /// Kubernetes pod UID with dashes.
+    pub k8s_pod_uid: Option<Arc<str>>,
+    /// `comm` of a process in the end's cgroup (best effort).
+    pub process_name: Option<Arc<str>>,
+    pub process_pid: Option<u32>,
+    /// Label of the longest `--label-cidrs` prefix containing the end's address.
+    pub label: Option<Arc<str>>,
+}
+
+impl EndIdentity {
+    pub fn is_empty(&self) -> bool {
+        *self == EndIdentity::default()
+    }
+}
+
+/// Identity of both ends of a flow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ends {
+    pub source: EndIdentity,
+    pub destination: EndIdentity,
+}
+
+impl Ends {
+    pub fn end(&self, destination: bool) -> &EndIdentity {
+        if destination {
+            &self.destination
+        } else {
+            &self.source
+        }
+    }
+}
+
+/// The suffixes of the per-end identity columns, in column order (`source_` then
+/// `destination_` prefix).
+pub const END_FIELDS: [&str; 6] = [
+    "cgroup",
+    "container_id",
+    "k8s_pod_uid",
+    "process_name",
+    "process_pid",
+    "label",
+];
 
 impl FlowRecord {
     pub fn source_address(&self) -> IpAddr {
@@ -277,6 +330,78 @@ pub const COLUMNS: &[Column] = &[
         nullable: false,
         description: "Community ID v1 (seed 0) of the flow, to join with Zeek/Suricata data.",
     },
+    Column {
+        name: "source_cgroup",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "cgroup v2 path (relative to the cgroup root, e.g. `/system.slice/nginx.service`) of the source end when it is a local socket or a local container's network namespace; null otherwise (docs/IDENTITY.md says which ends are named).",
+    },
+    Column {
+        name: "source_container_id",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Full container id of the source end when its cgroup is a container's (Docker, containerd/CRI, CRI-O, Podman naming); null otherwise.",
+    },
+    Column {
+        name: "source_k8s_pod_uid",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kubernetes pod UID (with dashes) of the source end when its cgroup path carries one (`kubepods…pod<uid>…`); null otherwise.",
+    },
+    Column {
+        name: "source_process_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Best effort: the name (`comm`) of the lowest-pid process in the source end's cgroup when the flow was exported; null when the cgroup had no process then.",
+    },
+    Column {
+        name: "source_process_pid",
+        data_type: || DataType::UInt32,
+        nullable: true,
+        description: "Best effort: the pid (in the collector's pid namespace) of that process; null with `source_process_name`.",
+    },
+    Column {
+        name: "source_label",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Label of the longest `--label-cidrs` prefix containing `source_address`; null when none does.",
+    },
+    Column {
+        name: "destination_cgroup",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "cgroup v2 path (relative to the cgroup root, e.g. `/system.slice/nginx.service`) of the destination end when it is a local socket or a local container's network namespace; null otherwise (docs/IDENTITY.md says which ends are named).",
+    },
+    Column {
+        name: "destination_container_id",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Full container id of the destination end when its cgroup is a container's (Docker, containerd/CRI, CRI-O, Podman naming); null otherwise.",
+    },
+    Column {
+        name: "destination_k8s_pod_uid",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kubernetes pod UID (with dashes) of the destination end when its cgroup path carries one (`kubepods…pod<uid>…`); null otherwise.",
+    },
+    Column {
+        name: "destination_process_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Best effort: the name (`comm`) of the lowest-pid process in the destination end's cgroup when the flow was exported; null when the cgroup had no process then.",
+    },
+    Column {
+        name: "destination_process_pid",
+        data_type: || DataType::UInt32,
+        nullable: true,
+        description: "Best effort: the pid (in the collector's pid namespace) of that process; null with `destination_process_name`.",
+    },
+    Column {
+        name: "destination_label",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Label of the longest `--label-cidrs` prefix containing `destination_address`; null when none does.",
+    },
 ];
 
 /// The Arrow schema of [`FlowRecord`] rows.
@@ -319,6 +444,7 @@ pub fn to_record_batch(
     let mut host = StringBuilder::with_capacity(n, n * 8);
     let mut cid = StringBuilder::with_capacity(n, n * 30);
     let mut buf = String::with_capacity(40);
+    let mut ends = [EndBuilders::new(n), EndBuilders::new(n)];
     for r in records {
         use std::fmt::Write as _;
         let k = &r.key;
@@ -349,6 +475,8 @@ pub fn to_record_batch(
         reason.append_value(r.end_reason.as_str());
         host.append_value(&*r.host);
         cid.append_value(&r.community_id);
+        ends[0].append(&r.ends.source);
+        ends[1].append(&r.ends.destination);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(start.finish()),
@@ -375,7 +503,50 @@ pub fn to_record_batch(
         Arc::new(host.finish()),
         Arc::new(cid.finish()),
     ];
+    let mut columns = columns;
+    for e in &mut ends {
+        e.finish_into(&mut columns);
+    }
     RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// Builders of one end's identity columns ([`END_FIELDS`] order).
+struct EndBuilders {
+    cgroup: StringBuilder,
+    container: StringBuilder,
+    pod: StringBuilder,
+    pname: StringBuilder,
+    pid: UInt32Builder,
+    label: StringBuilder,
+}
+
+impl EndBuilders {
+    fn new(n: usize) -> Self {
+        EndBuilders {
+            cgroup: StringBuilder::with_capacity(n, 0),
+            container: StringBuilder::with_capacity(n, 0),
+            pod: StringBuilder::with_capacity(n, 0),
+            pname: StringBuilder::with_capacity(n, 0),
+            pid: UInt32Builder::with_capacity(n),
+            label: StringBuilder::with_capacity(n, 0),
+        }
+    }
+    fn append(&mut self, e: &EndIdentity) {
+        self.cgroup.append_option(e.cgroup.as_deref());
+        self.container.append_option(e.container_id.as_deref());
+        self.pod.append_option(e.k8s_pod_uid.as_deref());
+        self.pname.append_option(e.process_name.as_deref());
+        self.pid.append_option(e.process_pid);
+        self.label.append_option(e.label.as_deref());
+    }
+    fn finish_into(&mut self, columns: &mut Vec<ArrayRef>) {
+        columns.push(Arc::new(self.cgroup.finish()));
+        columns.push(Arc::new(self.container.finish()));
+        columns.push(Arc::new(self.pod.finish()));
+        columns.push(Arc::new(self.pname.finish()));
+        columns.push(Arc::new(self.pid.finish()));
+        columns.push(Arc::new(self.label.finish()));
+    }
 }
 
 /// `docs/SCHEMA.md`'s column table, generated from [`COLUMNS`].
@@ -419,6 +590,7 @@ mod tests {
             end_reason: EndReason::IdleTimeout,
             host: "h".into(),
             community_id: "1:x".into(),
+            ends: Ends::default(),
         }
     }
 
@@ -429,6 +601,8 @@ mod tests {
         r2.key.vlan_id = 42;
         r2.key.ip_version = 6;
         r2.key.src_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        r2.ends.source.container_id = Some("abc".into());
+        r2.ends.destination.process_pid = Some(7);
         let b = to_record_batch(&schema, &[sample(), r2]).unwrap();
         assert_eq!(b.num_columns(), COLUMNS.len());
         assert_eq!(b.num_rows(), 2);
@@ -443,6 +617,30 @@ mod tests {
         let vlan = col("vlan_id");
         assert!(vlan.is_null(0));
         assert!(!vlan.is_null(1));
+        let c = col("source_container_id");
+        assert!(c.is_null(0));
+        assert_eq!(
+            c.as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap()
+                .value(1),
+            "abc"
+        );
+        assert!(col("source_cgroup").is_null(1));
+        let pid = col("destination_process_pid");
+        assert_eq!(
+            pid.as_any()
+                .downcast_ref::<arrow_array::UInt32Array>()
+                .unwrap()
+                .value(1),
+            7
+        );
+        for (i, end) in ["source", "destination"].iter().enumerate() {
+            for (j, f) in END_FIELDS.iter().enumerate() {
+                let at = COLUMNS.len() - 12 + 6 * i + j;
+                assert_eq!(COLUMNS[at].name, format!("{end}_{f}"));
+            }
+        }
         let t = col("network_transport");
         assert_eq!(
             t.as_any()

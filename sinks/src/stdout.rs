@@ -95,7 +95,7 @@ pub fn format_record(r: &FlowRecord) -> String {
             ep(r.destination_address(), k.dst_port)
         )
     };
-    format!(
+    let mut line = format!(
         "{} {} {}@{}{} {} {} packets={} bytes={} tcp_flags={:#x} dscp={} end={}",
         ts(r.flow_end_us),
         observation_point_name(k.observation_point),
@@ -109,7 +109,32 @@ pub fn format_record(r: &FlowRecord) -> String {
         r.tcp_flags,
         r.dscp,
         r.end_reason.as_str()
-    )
+    );
+    end_fields(&mut line, "src", &r.ends.source);
+    end_fields(&mut line, "dst", &r.ends.destination);
+    line
+}
+
+/// Appends ` src_container=... src_pod=...` for the identity fields that are set (issue 12).
+fn end_fields(line: &mut String, prefix: &str, e: &flowlens_schema::record::EndIdentity) {
+    use std::fmt::Write as _;
+    let texts = [
+        ("cgroup", &e.cgroup),
+        ("container", &e.container_id),
+        ("pod", &e.k8s_pod_uid),
+        ("process", &e.process_name),
+    ];
+    for (name, v) in texts {
+        if let Some(v) = v {
+            let _ = write!(line, " {prefix}_{name}={v}");
+        }
+    }
+    if let Some(pid) = e.process_pid {
+        let _ = write!(line, " {prefix}_pid={pid}");
+    }
+    if let Some(l) = &e.label {
+        let _ = write!(line, " {prefix}_label={l}");
+    }
 }
 
 impl Sink for StdoutSink {
@@ -264,5 +289,32 @@ mod tests {
             assert_eq!(*l, format_record(r));
         }
         assert!(format_record(&recs[whole.len()]).starts_with(last));
+    }
+
+    #[test]
+    fn identity_fields_are_appended_when_set() {
+        let recs = flowlens_testkit::records::conversations(8);
+        // Conversation 2 names its local end (source of the first record) and labels none;
+        // conversation 6 names it and labels both ends.
+        let named = format_record(&recs[4]);
+        assert!(
+            named.contains(" src_cgroup=/kubepods.slice/")
+                && named.contains(&format!(" src_container={:064x}", 2))
+                && named.contains(" src_pod=0b5a9f6e-1c2d-4e5f-8a9b-000000000002")
+                && named.contains(" src_process=nginx src_pid=1002")
+                && !named.contains(" dst_"),
+            "{named}"
+        );
+        let reply = format_record(&recs[5]);
+        assert!(
+            reply.contains(" dst_container=") && !reply.contains(" src_"),
+            "{reply}"
+        );
+        let labelled = format_record(&recs[12]);
+        assert!(
+            labelled.ends_with(" src_label=site-a dst_label=cloud ü"),
+            "{labelled}"
+        );
+        assert!(!format_record(&recs[0]).contains("src_"));
     }
 }

@@ -131,6 +131,7 @@ fn record(i: u32) -> FlowRecord {
         end_reason: EndReason::IdleTimeout,
         host: "testhost".into(),
         community_id: format!("1:r{i}"),
+        ends: Default::default(),
     }
 }
 

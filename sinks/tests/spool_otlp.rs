@@ -174,6 +174,7 @@ fn record(i: u32) -> FlowRecord {
         end_reason: EndReason::IdleTimeout,
         host: "testhost".into(),
         community_id: format!("1:rec{i}"),
+        ends: Default::default(),
     }
 }
 

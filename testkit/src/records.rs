@@ -7,7 +7,7 @@ use std::sync::Arc;
 use flowlens_schema::{
     FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, OBS_XDP, VLAN_NONE,
     community_id::community_id_v1,
-    record::{EndReason, FlowRecord, key_addr},
+    record::{EndIdentity, EndReason, Ends, FlowRecord, key_addr},
 };
 
 /// `2 * conversations` records: record `2i` is A→B of conversation `i`, `2i + 1` is B→A.
@@ -99,8 +99,41 @@ pub fn conversations(conversations: usize) -> Vec<FlowRecord> {
                 },
                 host: host.clone(),
                 community_id,
+                ends: ends(i, dir),
             });
         }
     }
     out
+}
+
+/// Identity columns (issue 12) on every fourth conversation: the local end (source of the
+/// first direction, destination of the reply) named like a containerd pod, a process, and a
+/// label on both ends of every eighth one; the rest stay null, as on a host's other traffic.
+fn ends(i: usize, dir: usize) -> Ends {
+    let mut e = Ends::default();
+    if i % 4 == 2 {
+        let local = EndIdentity {
+            cgroup: Some(
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0b5a9f6e_1c2d_4e5f_8a9b_{i:012x}.slice/cri-containerd-{i:064x}.scope"
+                )
+                .into(),
+            ),
+            container_id: Some(format!("{i:064x}").into()),
+            k8s_pod_uid: Some(format!("0b5a9f6e-1c2d-4e5f-8a9b-{i:012x}").into()),
+            process_name: (i % 8 == 2).then(|| "nginx".into()),
+            process_pid: (i % 8 == 2).then_some(1000 + i as u32),
+            label: None,
+        };
+        if dir == 0 {
+            e.source = local;
+        } else {
+            e.destination = local;
+        }
+    }
+    if i % 8 == 6 {
+        e.source.label = Some("site-a".into());
+        e.destination.label = Some("cloud ü".into());
+    }
+    e
 }

@@ -737,6 +737,15 @@ const SUITES: &[Suite] = &[
         vcpus: DEFAULT_VCPUS,
     },
     Suite {
+        // Issue 12: socket cgroup capture in the netfilter programs on a pure cgroup v2 guest.
+        target: "identity_e2e",
+        kernels: &["6.12"],
+        tests: &[],
+        env: &[],
+        args: &[],
+        vcpus: DEFAULT_VCPUS,
+    },
+    Suite {
         target: "netfilter_e2e",
         kernels: &["6.12"],
         tests: &["forward_in_router_counts_forwarded_traffic_exactly"],

@@ -335,6 +335,9 @@ pub fn setup() -> Result<Env> {
         ("stunnel4", "stunnel4"),
         // issue 16: report_lake.rs runs the report's Spark SQL in pyspark (local mode).
         ("java", "openjdk-17-jre-headless"),
+        // Issue 12, collector/tests/identity_e2e.rs: workloads and flowlens enter the test's
+        // network namespace with nsenter (keeping the cgroup2 mount that `ip netns exec` hides).
+        ("nsenter", "util-linux"),
     ])?;
     ensure_python_modules()?;
     ensure_tansu()?;

@@ -197,6 +197,14 @@ pub fn nf_offsets(btf: &Btf) -> Result<NfOffsets, BtfError> {
         state_in: btf.member_sized("nf_hook_state", "in", 8)?,
         state_out: btf.member_sized("nf_hook_state", "out", 8)?,
         dev_ifindex: btf.member_sized("net_device", "ifindex", 4)?,
+        skb_sk: btf.member_sized("sk_buff", "sk", 8)?,
+        sk_state: btf.member("sock", "__sk_common")?.offset
+            + btf.member_sized("sock_common", "skc_state", 1)?,
+        sk_cgroup: btf.member("sock", "sk_cgrp_data")?.offset
+            + btf.member_sized("sock_cgroup_data", "cgroup", 8)?,
+        cgroup_kn: btf.member_sized("cgroup", "kn", 8)?,
+        kn_id: btf.member_sized("kernfs_node", "id", 8)?,
+        socket_identity: 1,
     })
 }
 

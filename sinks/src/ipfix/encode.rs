@@ -136,8 +136,8 @@ impl EnterpriseField {
     }
 }
 
-/// flowlens-specific elements (enterprise number from `--ipfix-enterprise-number`). Planned
-/// ids of the identity columns are listed in `docs/IPFIX.md`.
+/// flowlens-specific elements (enterprise number from `--ipfix-enterprise-number`), listed in
+/// `docs/IPFIX.md`.
 pub const ENTERPRISE_FIELDS: &[EnterpriseField] = &[
     EnterpriseField {
         id: 1,
@@ -162,6 +162,79 @@ pub const ENTERPRISE_FIELDS: &[EnterpriseField] = &[
         column: "host",
         kind: Kind::Str,
         get: |r| Value::Str(&r.host),
+    },
+    // Identity of each local end (docs/IDENTITY.md); null is sent as "" or 0.
+    EnterpriseField {
+        id: 10,
+        column: "source_cgroup",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.cgroup.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 11,
+        column: "source_container_id",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.container_id.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 12,
+        column: "source_k8s_pod_uid",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.k8s_pod_uid.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 13,
+        column: "source_process_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.process_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 14,
+        column: "source_process_pid",
+        kind: Kind::U32,
+        get: |r| Value::U32(r.ends.source.process_pid.unwrap_or(0)),
+    },
+    EnterpriseField {
+        id: 15,
+        column: "source_label",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.label.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 20,
+        column: "destination_cgroup",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.cgroup.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 21,
+        column: "destination_container_id",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.container_id.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 22,
+        column: "destination_k8s_pod_uid",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.k8s_pod_uid.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 23,
+        column: "destination_process_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.process_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 24,
+        column: "destination_process_pid",
+        kind: Kind::U32,
+        get: |r| Value::U32(r.ends.destination.process_pid.unwrap_or(0)),
+    },
+    EnterpriseField {
+        id: 25,
+        column: "destination_label",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.label.as_deref().unwrap_or("")),
     },
 ];
 
@@ -524,6 +597,7 @@ mod tests {
             end_reason: EndReason::EndOfFlow,
             host: "h".into(),
             community_id: "1:x".into(),
+            ends: Default::default(),
         }
     }
 

@@ -11,7 +11,9 @@
 
 use std::fmt::Write as _;
 
-use flowlens_schema::record::{FlowRecord, direction_name, observation_point_name, transport_name};
+use flowlens_schema::record::{
+    EndIdentity, FlowRecord, direction_name, observation_point_name, transport_name,
+};
 use serde::Serialize;
 
 use flowlens_schema::layout::civil_from_days;
@@ -97,6 +99,31 @@ pub struct FlowMessage {
     pub host: String,
     #[prost(string, tag = "23")]
     pub community_id: String,
+    // Identity of each end (issue 12): absent when null.
+    #[prost(string, optional, tag = "24")]
+    pub source_cgroup: Option<String>,
+    #[prost(string, optional, tag = "25")]
+    pub source_container_id: Option<String>,
+    #[prost(string, optional, tag = "26")]
+    pub source_k8s_pod_uid: Option<String>,
+    #[prost(string, optional, tag = "27")]
+    pub source_process_name: Option<String>,
+    #[prost(uint32, optional, tag = "28")]
+    pub source_process_pid: Option<u32>,
+    #[prost(string, optional, tag = "29")]
+    pub source_label: Option<String>,
+    #[prost(string, optional, tag = "30")]
+    pub destination_cgroup: Option<String>,
+    #[prost(string, optional, tag = "31")]
+    pub destination_container_id: Option<String>,
+    #[prost(string, optional, tag = "32")]
+    pub destination_k8s_pod_uid: Option<String>,
+    #[prost(string, optional, tag = "33")]
+    pub destination_process_name: Option<String>,
+    #[prost(uint32, optional, tag = "34")]
+    pub destination_process_pid: Option<u32>,
+    #[prost(string, optional, tag = "35")]
+    pub destination_label: Option<String>,
 }
 
 /// Replaces the contents of `s` without giving up its allocation.
@@ -140,7 +167,49 @@ impl FlowMessage {
         set(&mut self.flow_end_reason, r.end_reason.as_str());
         set(&mut self.host, &r.host);
         set(&mut self.community_id, &r.community_id);
+        fill_end(
+            [
+                &mut self.source_cgroup,
+                &mut self.source_container_id,
+                &mut self.source_k8s_pod_uid,
+                &mut self.source_process_name,
+                &mut self.source_label,
+            ],
+            &mut self.source_process_pid,
+            &r.ends.source,
+        );
+        fill_end(
+            [
+                &mut self.destination_cgroup,
+                &mut self.destination_container_id,
+                &mut self.destination_k8s_pod_uid,
+                &mut self.destination_process_name,
+                &mut self.destination_label,
+            ],
+            &mut self.destination_process_pid,
+            &r.ends.destination,
+        );
     }
+}
+
+/// Sets an optional message string, reusing its buffer.
+fn set_opt(slot: &mut Option<String>, v: Option<&str>) {
+    match (slot.as_mut(), v) {
+        (Some(s), Some(v)) => set(s, v),
+        (None, Some(v)) => *slot = Some(v.to_string()),
+        (_, None) => *slot = None,
+    }
+}
+
+/// One end's identity fields: (cgroup, container id, pod uid, process name, label), pid.
+fn fill_end(texts: [&mut Option<String>; 5], pid: &mut Option<u32>, e: &EndIdentity) {
+    let [cgroup, container, pod, pname, label] = texts;
+    set_opt(cgroup, e.cgroup.as_deref());
+    set_opt(container, e.container_id.as_deref());
+    set_opt(pod, e.k8s_pod_uid.as_deref());
+    set_opt(pname, e.process_name.as_deref());
+    set_opt(label, e.label.as_deref());
+    *pid = e.process_pid;
 }
 
 /// `2026-11-26T07:30:08.123456Z` for microseconds since the epoch.
@@ -183,6 +252,18 @@ struct JsonFlow<'a> {
     flow_end_reason: &'a str,
     host: &'a str,
     community_id: &'a str,
+    source_cgroup: Option<&'a str>,
+    source_container_id: Option<&'a str>,
+    source_k8s_pod_uid: Option<&'a str>,
+    source_process_name: Option<&'a str>,
+    source_process_pid: Option<u32>,
+    source_label: Option<&'a str>,
+    destination_cgroup: Option<&'a str>,
+    destination_container_id: Option<&'a str>,
+    destination_k8s_pod_uid: Option<&'a str>,
+    destination_process_name: Option<&'a str>,
+    destination_process_pid: Option<u32>,
+    destination_label: Option<&'a str>,
 }
 
 /// Encodes records into message values, reusing its buffers.
@@ -247,6 +328,18 @@ impl Encoder {
                     flow_end_reason: r.end_reason.as_str(),
                     host: &r.host,
                     community_id: &r.community_id,
+                    source_cgroup: r.ends.source.cgroup.as_deref(),
+                    source_container_id: r.ends.source.container_id.as_deref(),
+                    source_k8s_pod_uid: r.ends.source.k8s_pod_uid.as_deref(),
+                    source_process_name: r.ends.source.process_name.as_deref(),
+                    source_process_pid: r.ends.source.process_pid,
+                    source_label: r.ends.source.label.as_deref(),
+                    destination_cgroup: r.ends.destination.cgroup.as_deref(),
+                    destination_container_id: r.ends.destination.container_id.as_deref(),
+                    destination_k8s_pod_uid: r.ends.destination.k8s_pod_uid.as_deref(),
+                    destination_process_name: r.ends.destination.process_name.as_deref(),
+                    destination_process_pid: r.ends.destination.process_pid,
+                    destination_label: r.ends.destination.label.as_deref(),
                 };
                 // Serializing plain strings and integers into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, &j);

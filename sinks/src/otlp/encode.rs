@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use flowlens_schema::record::{FlowRecord, direction_name, observation_point_name, transport_name};
+use flowlens_schema::record::{
+    EndIdentity, FlowRecord, direction_name, observation_point_name, transport_name,
+};
 use opentelemetry_proto::tonic::{
     collector::{logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest},
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
@@ -70,6 +72,50 @@ pub const ATTRIBUTES: &[(&str, Target)] = &[
     ("flow_end_reason", Target::Attribute("flow.end_reason")),
     ("host", Target::Resource("host.name")),
     ("community_id", Target::Attribute("flow.community_id")),
+    // Identity of each end (issue 12): OpenTelemetry's container/k8s/process names under the
+    // end's prefix; omitted when null.
+    ("source_cgroup", Target::Attribute("flow.source.cgroup")),
+    (
+        "source_container_id",
+        Target::Attribute("source.container.id"),
+    ),
+    (
+        "source_k8s_pod_uid",
+        Target::Attribute("source.k8s.pod.uid"),
+    ),
+    (
+        "source_process_name",
+        Target::Attribute("source.process.executable.name"),
+    ),
+    (
+        "source_process_pid",
+        Target::Attribute("source.process.pid"),
+    ),
+    ("source_label", Target::Attribute("flow.source.label")),
+    (
+        "destination_cgroup",
+        Target::Attribute("flow.destination.cgroup"),
+    ),
+    (
+        "destination_container_id",
+        Target::Attribute("destination.container.id"),
+    ),
+    (
+        "destination_k8s_pod_uid",
+        Target::Attribute("destination.k8s.pod.uid"),
+    ),
+    (
+        "destination_process_name",
+        Target::Attribute("destination.process.executable.name"),
+    ),
+    (
+        "destination_process_pid",
+        Target::Attribute("destination.process.pid"),
+    ),
+    (
+        "destination_label",
+        Target::Attribute("flow.destination.label"),
+    ),
 ];
 
 /// `event_name` of every flow log record.
@@ -121,6 +167,46 @@ fn us_to_ns(us: i64) -> u64 {
     (us.max(0) as u64).saturating_mul(1000)
 }
 
+/// Attribute names of one end's identity, in `END_FIELDS` order.
+const END_ATTRIBUTES: [[&str; 6]; 2] = [
+    [
+        "flow.source.cgroup",
+        "source.container.id",
+        "source.k8s.pod.uid",
+        "source.process.executable.name",
+        "source.process.pid",
+        "flow.source.label",
+    ],
+    [
+        "flow.destination.cgroup",
+        "destination.container.id",
+        "destination.k8s.pod.uid",
+        "destination.process.executable.name",
+        "destination.process.pid",
+        "flow.destination.label",
+    ],
+];
+
+fn end_attributes(a: &mut Vec<KeyValue>, e: &EndIdentity, names: &[&str; 6]) {
+    let texts = [
+        (0, &e.cgroup),
+        (1, &e.container_id),
+        (2, &e.k8s_pod_uid),
+        (3, &e.process_name),
+    ];
+    for (j, v) in texts {
+        if let Some(v) = v {
+            a.push(kv(names[j], s(&**v)));
+        }
+    }
+    if let Some(pid) = e.process_pid {
+        a.push(kv(names[4], i(pid)));
+    }
+    if let Some(l) = &e.label {
+        a.push(kv(names[5], s(&**l)));
+    }
+}
+
 /// One flow record as an OTLP log record (see [`ATTRIBUTES`]).
 pub fn log_record(r: &FlowRecord, observed_ns: u64) -> LogRecord {
     let k = &r.key;
@@ -160,6 +246,8 @@ pub fn log_record(r: &FlowRecord, observed_ns: u64) -> LogRecord {
     a.push(kv("flow.dscp", i(r.dscp)));
     a.push(kv("flow.end_reason", s(r.end_reason.as_str())));
     a.push(kv("flow.community_id", s(r.community_id.as_str())));
+    end_attributes(&mut a, &r.ends.source, &END_ATTRIBUTES[0]);
+    end_attributes(&mut a, &r.ends.destination, &END_ATTRIBUTES[1]);
     LogRecord {
         time_unix_nano: us_to_ns(r.flow_end_us),
         observed_time_unix_nano: observed_ns,
@@ -314,7 +402,10 @@ pub fn markdown_table() -> String {
             Target::Attribute(n) => format!("attribute `{n}`"),
             Target::Resource(n) => format!("resource attribute `{n}`"),
         };
-        let nullable = if *col == "vlan_id" {
+        let nullable = if flowlens_schema::record::COLUMNS
+            .iter()
+            .any(|c| c.name == *col && c.nullable)
+        {
             " (omitted when null)"
         } else {
             ""
@@ -331,6 +422,17 @@ mod tests {
         flow::{FlowKey, IPPROTO_TCP, OBS_XDP},
         record::{COLUMNS, EndReason},
     };
+
+    fn full_end(tag: &str) -> flowlens_schema::record::EndIdentity {
+        flowlens_schema::record::EndIdentity {
+            cgroup: Some(format!("/system.slice/{tag}.service").into()),
+            container_id: Some(format!("{tag}-cid").into()),
+            k8s_pod_uid: Some(format!("{tag}-pod").into()),
+            process_name: Some(format!("{tag}-proc").into()),
+            process_pid: Some(if tag == "s" { 11 } else { 22 }),
+            label: Some(format!("{tag}-label").into()),
+        }
+    }
 
     fn sample(vlan: u16) -> FlowRecord {
         let mut key = FlowKey::ZERO;
@@ -355,6 +457,10 @@ mod tests {
             end_reason: EndReason::EndOfFlow,
             host: "h1".into(),
             community_id: "1:abc=".into(),
+            ends: flowlens_schema::record::Ends {
+                source: full_end("s"),
+                destination: full_end("d"),
+            },
         }
     }
 
@@ -435,10 +541,29 @@ mod tests {
             attr(&l, "flow.start_time_unix_nano"),
             Some(&i(1_700_000_000_000_000_000i64))
         );
+        assert_eq!(attr(&l, "source.container.id"), Some(&s("s-cid")));
+        assert_eq!(attr(&l, "source.k8s.pod.uid"), Some(&s("s-pod")));
+        assert_eq!(
+            attr(&l, "source.process.executable.name"),
+            Some(&s("s-proc"))
+        );
+        assert_eq!(attr(&l, "source.process.pid"), Some(&i(11)));
+        assert_eq!(
+            attr(&l, "flow.source.cgroup"),
+            Some(&s("/system.slice/s.service"))
+        );
+        assert_eq!(attr(&l, "flow.source.label"), Some(&s("s-label")));
+        assert_eq!(attr(&l, "destination.container.id"), Some(&s("d-cid")));
+        assert_eq!(attr(&l, "destination.process.pid"), Some(&i(22)));
+        assert_eq!(attr(&l, "flow.destination.label"), Some(&s("d-label")));
         // No VLAN: the attribute is left out (the column is null).
         let l = log_record(&sample(flowlens_schema::flow::VLAN_NONE), 5);
         assert_eq!(attr(&l, "flow.vlan.id"), None);
         assert_eq!(l.attributes.len(), want.len() - 1);
+        // No identity: its 12 attributes are left out.
+        let mut r = sample(42);
+        r.ends = Default::default();
+        assert_eq!(log_record(&r, 5).attributes.len(), want.len() - 12);
     }
 
     #[test]

@@ -6,13 +6,18 @@
 //! dst_port u16 | vlan_id u16 | ip_version u8 | protocol u8 | icmp_type u8 | icmp_code u8 |
 //! observation_point u8 | ifindex u32 | packets u64 | bytes u64 | tcp_flags u16 | dscp u8 |
 //! end_reason u8 | interface_name (u16 len, UTF-8) | host (u16 len, UTF-8) | community_id (same)
+//! [ identity: present u16 (bit i = field i of source then destination, `END_FIELDS` order) |
+//!   each present field: strings (u16 len, UTF-8), process_pid u32 ]
 //! ```
+//!
+//! The identity part (issue 12) is absent when every identity field is null, so records spooled
+//! by an older flowlens decode unchanged.
 
 use std::sync::Arc;
 
 use flowlens_schema::{
     flow::FlowKey,
-    record::{EndReason, FlowRecord},
+    record::{EndIdentity, EndReason, Ends, FlowRecord},
 };
 
 const FIXED: usize = 8 + 8 + 16 + 16 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 1 + 4 + 8 + 8 + 2 + 1 + 1;
@@ -74,6 +79,44 @@ pub fn encode(r: &FlowRecord, out: &mut Vec<u8>) {
     put_str(out, &r.interface_name);
     put_str(out, &r.host);
     put_str(out, &r.community_id);
+    put_ends(out, &r.ends);
+}
+
+fn put_ends(out: &mut Vec<u8>, ends: &Ends) {
+    if ends.source.is_empty() && ends.destination.is_empty() {
+        return;
+    }
+    let mut mask = 0u16;
+    for (i, e) in [&ends.source, &ends.destination].into_iter().enumerate() {
+        let present = [
+            e.cgroup.is_some(),
+            e.container_id.is_some(),
+            e.k8s_pod_uid.is_some(),
+            e.process_name.is_some(),
+            e.process_pid.is_some(),
+            e.label.is_some(),
+        ];
+        for (j, p) in present.into_iter().enumerate() {
+            if p {
+                mask |= 1 << (6 * i + j);
+            }
+        }
+    }
+    out.extend_from_slice(&mask.to_le_bytes());
+    for e in [&ends.source, &ends.destination] {
+        for s in [&e.cgroup, &e.container_id, &e.k8s_pod_uid, &e.process_name]
+            .into_iter()
+            .flatten()
+        {
+            put_str(out, s);
+        }
+        if let Some(pid) = e.process_pid {
+            out.extend_from_slice(&pid.to_le_bytes());
+        }
+        if let Some(l) = &e.label {
+            put_str(out, l);
+        }
+    }
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -83,6 +126,32 @@ impl<'a> Cursor<'a> {
         let (h, t) = self.0.split_at_checked(N).ok_or("record too short")?;
         self.0 = t;
         h.try_into().map_err(|_| "record too short")
+    }
+    fn ends(&mut self) -> Result<Ends, &'static str> {
+        let mask = u16::from_le_bytes(self.take()?);
+        if mask >> 12 != 0 {
+            return Err("unknown identity fields");
+        }
+        let mut ends = [EndIdentity::default(), EndIdentity::default()];
+        for (i, e) in ends.iter_mut().enumerate() {
+            let has = |j: usize| mask & (1 << (6 * i + j)) != 0;
+            let text = |c: &mut Self, j: usize| -> Result<Option<Arc<str>>, &'static str> {
+                Ok(if has(j) { Some(c.str()?.into()) } else { None })
+            };
+            e.cgroup = text(self, 0)?;
+            e.container_id = text(self, 1)?;
+            e.k8s_pod_uid = text(self, 2)?;
+            e.process_name = text(self, 3)?;
+            if has(4) {
+                e.process_pid = Some(u32::from_le_bytes(self.take()?));
+            }
+            e.label = text(self, 5)?;
+        }
+        let [source, destination] = ends;
+        Ok(Ends {
+            source,
+            destination,
+        })
     }
     fn str(&mut self) -> Result<&'a str, &'static str> {
         let n = u16::from_le_bytes(self.take()?) as usize;
@@ -134,6 +203,11 @@ impl Decoder {
         let interface_name = intern(&mut self.iface, c.str()?);
         let host = intern(&mut self.host, c.str()?);
         let community_id = c.str()?.to_string();
+        let ends = if c.0.is_empty() {
+            Ends::default()
+        } else {
+            c.ends()?
+        };
         if !c.0.is_empty() {
             return Err("trailing bytes after the record");
         }
@@ -149,6 +223,7 @@ impl Decoder {
             end_reason,
             host,
             community_id,
+            ends,
         })
     }
 }
@@ -190,6 +265,7 @@ mod tests {
                 end_reason: reason,
                 host: "node-1".into(),
                 community_id: "1:abcdefghijklmnopqrstuvwxyz0=".into(),
+                ends: Default::default(),
             };
             let mut b = Vec::new();
             encode(&r, &mut b);
@@ -198,5 +274,59 @@ mod tests {
                 assert!(Decoder::default().decode(&b[..cut]).is_err(), "cut {cut}");
             }
         }
+    }
+
+    #[test]
+    fn round_trips_identity_and_reads_records_without_it() {
+        let mut r = Decoder::default()
+            .decode(&{
+                let mut b = Vec::new();
+                let mut key = FlowKey::ZERO;
+                key.ip_version = 4;
+                encode(
+                    &FlowRecord {
+                        flow_start_us: 1,
+                        flow_end_us: 2,
+                        key,
+                        interface_name: "eth0".into(),
+                        packets: 1,
+                        bytes: 60,
+                        tcp_flags: 0,
+                        dscp: 0,
+                        end_reason: EndReason::IdleTimeout,
+                        host: "h".into(),
+                        community_id: "1:x".into(),
+                        ends: Ends::default(),
+                    },
+                    &mut b,
+                );
+                b
+            })
+            .unwrap();
+        let plain_len = {
+            let mut b = Vec::new();
+            encode(&r, &mut b);
+            b.len()
+        };
+        r.ends.source.cgroup = Some("/kubepods.slice/x.scope".into());
+        r.ends.source.container_id = Some("ab".repeat(32).into());
+        r.ends.source.k8s_pod_uid = Some("0b5a9f6e-1c2d-4e5f-8a9b-0c1d2e3f4a5b".into());
+        r.ends.destination.process_name = Some("nginx".into());
+        r.ends.destination.process_pid = Some(4242);
+        r.ends.destination.label = Some("site-a".into());
+        let mut b = Vec::new();
+        encode(&r, &mut b);
+        assert_eq!(Decoder::default().decode(&b).unwrap(), r);
+        // A cut inside the identity part fails; a cut right before it is an older record.
+        for cut in plain_len + 1..b.len() {
+            assert!(Decoder::default().decode(&b[..cut]).is_err(), "cut {cut}");
+        }
+        let mut old = r.clone();
+        old.ends = Ends::default();
+        assert_eq!(Decoder::default().decode(&b[..plain_len]).unwrap(), old);
+        // Unknown presence bits are refused, not skipped.
+        let mut bad = b[..plain_len].to_vec();
+        bad.extend_from_slice(&(1u16 << 13).to_le_bytes());
+        assert!(Decoder::default().decode(&bad).is_err());
     }
 }

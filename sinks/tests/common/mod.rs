@@ -110,6 +110,18 @@ fn from_json(b: &[u8]) -> FlowMessage {
         flow_end_reason: s("flow_end_reason"),
         host: s("host"),
         community_id: s("community_id"),
+        source_cgroup: v["source_cgroup"].as_str().map(str::to_string),
+        source_container_id: v["source_container_id"].as_str().map(str::to_string),
+        source_k8s_pod_uid: v["source_k8s_pod_uid"].as_str().map(str::to_string),
+        source_process_name: v["source_process_name"].as_str().map(str::to_string),
+        source_process_pid: v["source_process_pid"].as_u64().map(|x| x as u32),
+        source_label: v["source_label"].as_str().map(str::to_string),
+        destination_cgroup: v["destination_cgroup"].as_str().map(str::to_string),
+        destination_container_id: v["destination_container_id"].as_str().map(str::to_string),
+        destination_k8s_pod_uid: v["destination_k8s_pod_uid"].as_str().map(str::to_string),
+        destination_process_name: v["destination_process_name"].as_str().map(str::to_string),
+        destination_process_pid: v["destination_process_pid"].as_u64().map(|x| x as u32),
+        destination_label: v["destination_label"].as_str().map(str::to_string),
     }
 }
 

@@ -1,0 +1,395 @@
+//! The identity stage: who is talking at each local end of a flow (issue 12).
+//!
+//! Data flows one way: drain → [`IdentityStage::learn`] (new cgroup ids of the drain's deltas
+//! are resolved while their cgroups still exist) → flow table → export →
+//! [`IdentityStage::annotate`] (the record's `source_*` / `destination_*` identity columns) →
+//! sinks. This module imports nothing of the collector but its own submodules.
+//!
+//! Which end a captured cgroup id names (docs/IDENTITY.md has the full table):
+//! * `nf_local_out`, `nf_post_routing`: the packet's socket sent it: the **source** end.
+//! * `nf_local_in` (and `nf_pre_routing`, where the kernel has not assigned a socket yet, so
+//!   never in practice): the socket that receives it (early demux): the **destination** end.
+//! * A received flow whose packets carried no socket (no early demux: unconnected UDP, the
+//!   first packets of a TCP connection) is named by the **other direction** of the same
+//!   conversation seen at `nf_local_out` in this or an earlier drain (see [`Reverse`]).
+//! * `xdp`, `nf_forward`: no socket; not named by a cgroup.
+//!
+//! `--label-cidrs` labels both ends of every record by address.
+
+pub mod cgroup;
+pub mod container;
+pub mod labels;
+
+use std::collections::HashMap;
+
+use flowlens_schema::{
+    FlowKey, FlowValue, OBS_NF_LOCAL_IN, OBS_NF_LOCAL_OUT, OBS_NF_POST_ROUTING, OBS_NF_PRE_ROUTING,
+    record::{EndIdentity, FlowRecord},
+};
+
+pub use cgroup::{CgroupInfo, CgroupResolver};
+pub use labels::LabelTable;
+
+/// Which end of a flow a cgroup id captured at `observation_point` belongs to:
+/// `Some(false)` = source, `Some(true)` = destination, `None` = no socket there.
+pub fn socket_end(observation_point: u8) -> Option<bool> {
+    match observation_point {
+        OBS_NF_LOCAL_OUT | OBS_NF_POST_ROUTING => Some(false),
+        OBS_NF_LOCAL_IN | OBS_NF_PRE_ROUTING => Some(true),
+        _ => None,
+    }
+}
+
+/// A local socket's end of a conversation: (local address, local port, remote address, remote
+/// port, protocol).
+type Conv = ([u8; 16], u16, [u8; 16], u16, u8);
+
+/// Cgroup ids of local sockets by conversation, learned from sent packets, to name the
+/// destination of received packets that carried no socket (no early demux: unconnected UDP,
+/// the first packets of a TCP connection). An entry names a received packet only if the
+/// socket's first reply was sent at most [`REPLY_WINDOW_NS`] after that packet, so when a
+/// second socket (a second container) takes over the same addresses and ports, the first
+/// one's traffic is never named after it, nor the other way round. Entries live for
+/// [`REVERSE_DRAINS`] drains after the last delta that carried them; bounded by
+/// [`REVERSE_MAX`].
+#[derive(Default)]
+struct Reverse {
+    by_conv: HashMap<Conv, Sender>,
+    drain: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Sender {
+    cgroup_id: u64,
+    /// Monotonic ns of the first packet this socket sent in the conversation.
+    first_sent_ns: u64,
+    /// Drain that last saw it.
+    drain: u64,
+}
+
+const REVERSE_DRAINS: u64 = 64;
+const REVERSE_MAX: usize = 262_144;
+/// How long after a received packet a reply may start and still name its receiver.
+pub const REPLY_WINDOW_NS: u64 = 250_000_000;
+
+impl Reverse {
+    fn learn(&mut self, key: &FlowKey, v: &FlowValue) {
+        if self.by_conv.len() >= REVERSE_MAX {
+            let d = self.drain;
+            self.by_conv.retain(|_, s| d - s.drain < REVERSE_DRAINS / 4);
+            if self.by_conv.len() >= REVERSE_MAX {
+                self.by_conv.clear();
+            }
+        }
+        let conv = (
+            key.src_addr,
+            key.src_port,
+            key.dst_addr,
+            key.dst_port,
+            key.protocol,
+        );
+        let drain = self.drain;
+        self.by_conv
+            .entry(conv)
+            .and_modify(|s| {
+                if s.cgroup_id == v.cgroup_id {
+                    s.drain = drain;
+                    s.first_sent_ns = s.first_sent_ns.min(v.first_seen_ns);
+                } else {
+                    *s = Sender {
+                        cgroup_id: v.cgroup_id,
+                        first_sent_ns: v.first_seen_ns,
+                        drain,
+                    };
+                }
+            })
+            .or_insert(Sender {
+                cgroup_id: v.cgroup_id,
+                first_sent_ns: v.first_seen_ns,
+                drain,
+            });
+    }
+
+    /// The cgroup of the local socket that received flow `key`, whose last packet (so far)
+    /// arrived at `last_seen_ns`.
+    fn receiver(&self, key: &FlowKey, last_seen_ns: u64) -> Option<u64> {
+        let conv = (
+            key.dst_addr,
+            key.dst_port,
+            key.src_addr,
+            key.src_port,
+            key.protocol,
+        );
+        self.by_conv
+            .get(&conv)
+            .filter(|s| self.drain - s.drain < REVERSE_DRAINS)
+            .filter(|s| s.first_sent_ns <= last_seen_ns.saturating_add(REPLY_WINDOW_NS))
+            .map(|s| s.cgroup_id)
+    }
+
+    fn next_drain(&mut self) {
+        self.drain += 1;
+        if self.drain.is_multiple_of(REVERSE_DRAINS) {
+            let d = self.drain;
+            self.by_conv.retain(|_, s| d - s.drain < REVERSE_DRAINS);
+        }
+    }
+}
+
+/// Counters of the identity stage (for logs and the benchmark).
+#[derive(Default, Debug, Clone, Copy)]
+pub struct IdentityStats {
+    /// Record ends named by a cgroup.
+    pub named_ends: u64,
+    /// Record ends whose cgroup id could not be resolved to a path.
+    pub unresolved_ends: u64,
+}
+
+pub struct IdentityStage {
+    pub cgroups: CgroupResolver,
+    labels: Option<LabelTable>,
+    reverse: Reverse,
+    pub stats: IdentityStats,
+    ids: Vec<u64>,
+}
+
+impl IdentityStage {
+    pub fn new(cgroups: CgroupResolver, labels: Option<LabelTable>) -> IdentityStage {
+        IdentityStage {
+            cgroups,
+            labels,
+            reverse: Reverse::default(),
+            stats: IdentityStats::default(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Sees one drain's deltas before they are merged: remembers sending sockets by
+    /// conversation, names received deltas without a socket after their conversation's
+    /// sender (so the flow table keeps two sockets' records apart), and resolves the new
+    /// cgroup ids now, while their cgroups exist.
+    pub fn learn(&mut self, deltas: &mut [(FlowKey, FlowValue)]) {
+        self.reverse.next_drain();
+        self.ids.clear();
+        for (k, v) in deltas.iter() {
+            if v.cgroup_id != 0 && socket_end(k.observation_point) == Some(false) {
+                self.reverse.learn(k, v);
+            }
+        }
+        for (k, v) in deltas.iter_mut() {
+            if v.cgroup_id == 0 && socket_end(k.observation_point) == Some(true) {
+                v.cgroup_id = self.reverse.receiver(k, v.last_seen_ns).unwrap_or(0);
+            }
+            if v.cgroup_id != 0 {
+                self.ids.push(v.cgroup_id);
+            }
+        }
+        if !self.ids.is_empty() {
+            let ids = std::mem::take(&mut self.ids);
+            self.cgroups.learn(ids.iter().copied());
+            self.ids = ids;
+        }
+    }
+
+    /// Fills the identity columns of `r`, whose flow's packets carried socket cgroup
+    /// `cgroup_id` (0: none) and whose last packet was seen at `last_seen_ns` (monotonic).
+    pub fn annotate(&mut self, r: &mut FlowRecord, cgroup_id: u64, last_seen_ns: u64) {
+        let end = socket_end(r.key.observation_point);
+        let (end, id) = match (end, cgroup_id) {
+            (Some(end), id) if id != 0 => (Some(end), id),
+            // A received flow whose reply was sent only in a later drain.
+            (Some(true), _) => (
+                Some(true),
+                self.reverse.receiver(&r.key, last_seen_ns).unwrap_or(0),
+            ),
+            _ => (None, 0),
+        };
+        if let (Some(destination), true) = (end, id != 0) {
+            let e = if destination {
+                &mut r.ends.destination
+            } else {
+                &mut r.ends.source
+            };
+            match self.cgroups.get(id) {
+                Some(info) => {
+                    fill(e, info);
+                    self.stats.named_ends += 1;
+                }
+                None => self.stats.unresolved_ends += 1,
+            }
+        }
+        if let Some(t) = &self.labels {
+            r.ends.source.label = t.lookup(r.source_address()).cloned();
+            r.ends.destination.label = t.lookup(r.destination_address()).cloned();
+        }
+    }
+}
+
+fn fill(e: &mut EndIdentity, info: &CgroupInfo) {
+    e.cgroup = Some(info.path.clone());
+    e.container_id = info.container_id.clone();
+    e.k8s_pod_uid = info.k8s_pod_uid.clone();
+    if let Some((name, pid)) = &info.process {
+        e.process_name = Some(name.clone());
+        e.process_pid = Some(*pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use flowlens_schema::{OBS_NF_FORWARD, OBS_XDP, record::EndReason};
+
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn key(obs: u8, src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
+        let mut k = FlowKey::ZERO;
+        k.ip_version = 4;
+        k.protocol = 17;
+        k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, src]);
+        k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, dst]);
+        (k.src_port, k.dst_port) = (sport, dport);
+        k.observation_point = obs;
+        k
+    }
+
+    fn record(key: FlowKey) -> FlowRecord {
+        FlowRecord {
+            flow_start_us: 0,
+            flow_end_us: 0,
+            key,
+            interface_name: "x".into(),
+            packets: 1,
+            bytes: 1,
+            tcp_flags: 0,
+            dscp: 0,
+            end_reason: EndReason::IdleTimeout,
+            host: "h".into(),
+            community_id: String::new(),
+            ends: Default::default(),
+        }
+    }
+
+    fn stage() -> IdentityStage {
+        let mut c = CgroupResolver::with_root(None);
+        c.insert(
+            7,
+            CgroupInfo::from_path(
+                &format!("/system.slice/docker-{ID}.scope"),
+                Some((Arc::from("nginx"), 42)),
+            ),
+        );
+        c.insert(8, CgroupInfo::from_path("/odd/name", None));
+        IdentityStage::new(c, None)
+    }
+
+    #[test]
+    fn the_captured_cgroup_names_the_right_end() {
+        let mut s = stage();
+        let mut out = record(key(OBS_NF_LOCAL_OUT, 1, 1000, 2, 53));
+        s.annotate(&mut out, 7, 0);
+        assert_eq!(out.ends.source.container_id.as_deref(), Some(ID));
+        assert_eq!(out.ends.source.process_name.as_deref(), Some("nginx"));
+        assert_eq!(out.ends.source.process_pid, Some(42));
+        assert!(out.ends.destination.is_empty());
+        let mut inn = record(key(OBS_NF_LOCAL_IN, 2, 53, 1, 1000));
+        s.annotate(&mut inn, 7, 0);
+        assert_eq!(
+            inn.ends.destination.cgroup.as_deref(),
+            Some(format!("/system.slice/docker-{ID}.scope").as_str())
+        );
+        assert!(inn.ends.source.is_empty());
+        // Unknown names keep the path, no container id.
+        let mut odd = record(key(OBS_NF_LOCAL_OUT, 1, 1, 2, 2));
+        s.annotate(&mut odd, 8, 0);
+        assert_eq!(odd.ends.source.cgroup.as_deref(), Some("/odd/name"));
+        assert_eq!(odd.ends.source.container_id, None);
+        // No socket points, unresolvable ids: nothing, counted.
+        for obs in [OBS_XDP, OBS_NF_FORWARD] {
+            let mut r = record(key(obs, 1, 1, 2, 2));
+            s.annotate(&mut r, 7, 0);
+            assert_eq!(r.ends, Default::default());
+        }
+        let mut r = record(key(OBS_NF_LOCAL_OUT, 1, 1, 2, 2));
+        s.annotate(&mut r, 99, 0);
+        assert_eq!(r.ends, Default::default());
+        assert_eq!(s.stats.unresolved_ends, 1);
+    }
+
+    fn sent(cg: u64, at: u64) -> FlowValue {
+        FlowValue {
+            packets: 1,
+            first_seen_ns: at,
+            last_seen_ns: at,
+            cgroup_id: cg,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_received_flow_without_socket_is_named_by_its_reply() {
+        let mut s = stage();
+        let reply = key(OBS_NF_LOCAL_OUT, 1, 53, 2, 40000);
+        let request = key(OBS_NF_LOCAL_IN, 2, 40000, 1, 53);
+        let other = key(OBS_NF_LOCAL_IN, 2, 40001, 1, 53);
+        let mut d = [
+            (request, sent(0, 1_000)),
+            (reply, sent(7, 2_000)),
+            (other, sent(0, 1_000)),
+        ];
+        s.learn(&mut d);
+        assert_eq!(
+            d[0].1.cgroup_id, 7,
+            "the request is stamped with its receiver"
+        );
+        assert_eq!(
+            d[2].1.cgroup_id, 0,
+            "another client port is another conversation"
+        );
+        // At export, a request drained before its reply was sent is named too.
+        let mut r = record(request);
+        s.annotate(&mut r, 0, 1_500);
+        assert_eq!(r.ends.destination.container_id.as_deref(), Some(ID));
+        // The entry expires after REVERSE_DRAINS drains without the conversation.
+        for _ in 0..REVERSE_DRAINS {
+            s.learn(&mut []);
+        }
+        let mut late = record(request);
+        s.annotate(&mut late, 0, 1_500);
+        assert!(late.ends.destination.is_empty());
+    }
+
+    /// A second socket (cgroup 8) takes over the conversation of the first (cgroup 7) well after
+    /// the first's last packet: the first's received packets are never named after the second.
+    #[test]
+    fn a_reused_conversation_names_no_packet_after_the_wrong_socket() {
+        let mut s = stage();
+        let reply = key(OBS_NF_LOCAL_OUT, 1, 53, 2, 40000);
+        let request = key(OBS_NF_LOCAL_IN, 2, 40000, 1, 53);
+        s.learn(&mut [(request, sent(0, 1_000)), (reply, sent(7, 2_000))]);
+        let later = 2_000 + 10 * REPLY_WINDOW_NS;
+        let mut d = [(request, sent(0, later)), (reply, sent(8, later + 1))];
+        s.learn(&mut d);
+        assert_eq!(d[0].1.cgroup_id, 8);
+        // The first socket's request record, exported now: the entry is the second socket's,
+        // which started long after: not named (rather than misnamed).
+        let mut r = record(request);
+        s.annotate(&mut r, 0, 1_000);
+        assert!(r.ends.destination.is_empty());
+    }
+
+    #[test]
+    fn labels_fill_both_ends() {
+        let mut s = IdentityStage::new(
+            CgroupResolver::with_root(None),
+            Some(LabelTable::parse_csv("10.0.0.1/32,a\n10.0.0.0/24,net\n").unwrap()),
+        );
+        let mut r = record(key(OBS_XDP, 1, 1, 2, 2));
+        s.annotate(&mut r, 0, 0);
+        assert_eq!(r.ends.source.label.as_deref(), Some("a"));
+        assert_eq!(r.ends.destination.label.as_deref(), Some("net"));
+    }
+}
