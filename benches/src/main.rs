@@ -31,8 +31,8 @@
 //! `flowlens-bench report` runs only the report section (no root needed) and merges its
 //! numbers into an existing `summary.json`; `flowlens-bench ipfix` likewise for IPFIX.
 
-mod ipfix;
 mod identity;
+mod ipfix;
 mod metrics;
 mod otlp_transport;
 mod report;

@@ -702,14 +702,28 @@ mod tests {
         assert_eq!(&with[..without.len()], &without[..]);
         assert_eq!(
             &with[without.len()..],
-            &[&[3u8][..], b"1:x", &[3], b"xdp", &[4], b"eth0", &[1], b"h"].concat()[..]
+            &[
+                &[3u8][..],
+                b"1:x",
+                &[3],
+                b"xdp",
+                &[4],
+                b"eth0",
+                &[1],
+                b"h",
+                // Identity of both ends, all null: four empty strings, pid 0, empty label.
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0],
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ]
+            .concat()[..]
         );
         // Long strings are cut at a character boundary to 255 bytes.
         let mut r = rec(true);
         r.host = "é".repeat(200).into();
         let mut b = Vec::new();
         e.encode_record(&r, &mut b);
-        assert_eq!(b[b.len() - 255], 254);
+        // (followed by the 18 bytes of the two null identities)
+        assert_eq!(b[b.len() - 18 - 255], 254);
     }
 
     /// Messages never exceed the limit; records are never split; sequence numbers in the
@@ -746,8 +760,11 @@ mod tests {
                         TEMPLATE_V4 | TEMPLATE_V6 => {
                             let fixed = if id == TEMPLATE_V4 { 63 } else { 87 };
                             let mut q = p + fixed;
-                            for _ in ENTERPRISE_FIELDS {
-                                q += 1 + m[q] as usize;
+                            for f in ENTERPRISE_FIELDS {
+                                q += match f.kind {
+                                    Kind::Str => 1 + m[q] as usize,
+                                    Kind::U32 => 4,
+                                };
                             }
                             let at = p + 32 + if id == TEMPLATE_V4 { 8 } else { 32 };
                             ports.push(u16::from_be_bytes([m[at], m[at + 1]]));
