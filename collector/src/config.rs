@@ -481,9 +481,11 @@ impl RunArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
+                let parsed = toml::from_str::<RunArgs>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}", toml_error(path, &text, &e)))?;
+                // After parsing: a file that is refused is one error line, nothing else.
                 warn_if_world_readable(path);
-                toml::from_str::<RunArgs>(&text)
-                    .map_err(|e| anyhow::anyhow!("{}", toml_error(path, &text, &e)))?
+                parsed
             }
             None => RunArgs::default(),
         };

@@ -125,7 +125,14 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         Exporter::new(host),
         sinks,
     );
-    pipe.identity = identity::IdentityStage::new(identity::CgroupResolver::from_system(), labels);
+    // Only the netfilter programs capture sockets' cgroups: an XDP-only run has none to resolve
+    // (and no reason to look for, or warn about, the cgroup2 hierarchy).
+    let cgroups = if nf_hooks.is_empty() {
+        identity::CgroupResolver::with_root(None)
+    } else {
+        identity::CgroupResolver::from_system()
+    };
+    pipe.identity = identity::IdentityStage::new(cgroups, labels);
 
     let result: Result<()> = rt.block_on(async {
         let mut tick = tokio::time::interval(cfg.drain_interval);
