@@ -10,9 +10,9 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use flowlens_schema::{
@@ -395,51 +395,7 @@ fn bad_rows_are_counted_and_bad_files_are_one_line() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// A moto server on an ephemeral loopback port; killed (by its pid) on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server (run `cargo xtask setup`)");
-        let m = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(60), "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use flowlens_testkit::moto::Moto;
 
 #[test]
 fn s3_input_gives_the_local_report() {

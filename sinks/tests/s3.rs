@@ -6,8 +6,8 @@ use flowlens_testkit::unique_path;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use flowlens_schema::{
@@ -22,45 +22,14 @@ use flowlens_sinks::{
 
 const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_check.py");
 
-/// A moto server; killed (by its pid) on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
+use flowlens_testkit::moto::Moto;
+
+/// Reads the bucket back with boto3 + pyarrow (`s3_check.py`).
+trait Check {
+    fn check(&self, args: &[&str]) -> String;
 }
 
-impl Moto {
-    fn start() -> Moto {
-        // An ephemeral port: bind 0, note it, release it for moto.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server (run `cargo xtask setup`)");
-        let m = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(60), "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-
+impl Check for Moto {
     fn check(&self, args: &[&str]) -> String {
         let out = Command::new("python3")
             .arg(CHECK)
@@ -75,13 +44,6 @@ impl Moto {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -16,7 +16,8 @@
 //!   `etherparse` (deliberately not with flowlens' own parser).
 //!
 //! With the default feature `peers` (off for xtask, to keep its build small):
-//! * `otlp`: an OTLP/gRPC logs receiver that records what it gets.
+//! * `otlp`: an OTLP/gRPC logs receiver that records what it gets; `moto`: an S3-compatible
+//!   server (moto) on loopback.
 //! * `kafka`: a real Kafka-compatible broker process (tansu) and a consumer that reads a
 //!   topic back; `records`: synthetic flow records (both directions of each conversation).
 //!
@@ -30,6 +31,8 @@ mod fs;
 #[cfg(feature = "peers")]
 pub mod kafka;
 mod link;
+#[cfg(feature = "peers")]
+pub mod moto;
 mod netns;
 #[cfg(feature = "peers")]
 pub mod otlp;
