@@ -306,3 +306,76 @@ fn bad_options_fail_at_construction() {
         ("sasl.password".to_string(), "a=b".to_string())
     );
 }
+
+/// The topic disappears (the cluster answers "unknown topic or partition", as after an
+/// in-memory broker restart or a deleted topic) and comes back a few seconds later: librdkafka
+/// fails the records it holds meanwhile. Those failures can clear, so the sink sends the
+/// records again; none is counted lost and each is in the topic exactly once.
+#[test]
+fn records_survive_a_topic_that_is_gone_for_a_while() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("flows", 2, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let mut o = opts(&bootstrap, "flows");
+    o.options.extend([
+        // Notice the missing topic within seconds (librdkafka's defaults: 5 min metadata
+        // refresh, 30 s before a topic missing from metadata fails its records).
+        ("topic.metadata.refresh.interval.ms".into(), "200".into()),
+        ("topic.metadata.propagation.max.ms".into(), "500".into()),
+    ]);
+    let mut sink = KafkaSink::new(o).unwrap();
+    let recs = conversations(300); // 600 records
+    sink.write(&recs[..100]).unwrap();
+    wait_for(&sink, "first 100 acknowledged", |m| m.acknowledged == 100);
+
+    cluster
+        .topic_error(
+            "flows",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART; 50],
+    );
+    for chunk in recs[100..].chunks(100) {
+        sink.write(chunk).unwrap();
+        sink.tick().unwrap();
+    }
+    // Until librdkafka has failed (and the sink re-queued) records for the missing topic.
+    let m = wait_for(&sink, "deliveries failed while the topic is gone", |m| {
+        m.retried > 0
+    });
+    assert_eq!((m.lost, m.rejected), (0, 0), "{m:?}");
+    for _ in 0..40 {
+        sink.tick().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = sink.metrics();
+    assert_eq!(
+        (m.lost, m.rejected),
+        (0, 0),
+        "while the topic is gone: {m:?}"
+    );
+    assert!(m.acknowledged < 600, "{m:?}");
+
+    cluster
+        .topic_error("flows", RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let t0 = Instant::now();
+    while sink.metrics().acknowledged < 600 {
+        assert!(t0.elapsed() < TIMEOUT, "{:?}", sink.metrics());
+        sink.tick().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sink.close().unwrap();
+    let m = sink.metrics();
+    assert_eq!(
+        (m.acknowledged, m.queued, m.lost, m.rejected),
+        (600, 0, 0, 0),
+        "{m:?}"
+    );
+    let got = consume_all(&bootstrap, "flows", recs.len(), SETTLE, TIMEOUT).unwrap();
+    assert_consumed_exactly(&recs, &got, KafkaFormat::Protobuf);
+}

@@ -13,7 +13,10 @@
 //! collector thread never blocks: blocking would stall the kernel map drain and lose more).
 //! A record still unacknowledged when its timeout expires, or when `close` gives up after
 //! `close_timeout`, is counted as lost; one the broker (or librdkafka) refused for good is
-//! counted as rejected. At any time `acknowledged + rejected + lost + queued == records written`.
+//! counted as rejected. A delivery that failed with an error that can clear (unknown topic or
+//! partition, no leader, not enough replicas: [`service::is_transient`]) is sent again after
+//! [`service::RETRY_BACKOFF`] and counted in `retried`, never as lost; it stays `queued`
+//! meanwhile. At any time `acknowledged + rejected + lost + queued == records written`.
 
 pub mod encode;
 pub mod service;
@@ -199,6 +202,7 @@ pub struct KafkaSink {
     /// Failures already logged (`tick` logs new ones).
     failures_logged: u64,
     drops_logged: u64,
+    requeues_logged: u64,
     /// `report` runs every tick; while failures continue it logs at most once per interval
     /// (each line carries every record failed since the previous one).
     report_limit: crate::log_limit::RateLimited,
@@ -244,6 +248,7 @@ impl KafkaSink {
             unaccounted_at_close: 0,
             failures_logged: 0,
             drops_logged: 0,
+            requeues_logged: 0,
             report_limit: Default::default(),
         })
     }
@@ -295,14 +300,89 @@ impl KafkaSink {
         }
     }
 
+    /// Hands the records whose delivery failed transiently, and whose backoff has passed, to
+    /// librdkafka again (same index, key, payload and timestamp). What finds the queue full
+    /// waits for the next call.
+    fn resend(&mut self) {
+        let Some(p) = &self.producer else { return };
+        let now = std::time::Instant::now();
+        let due: Vec<service::Retry> = match self.counters.retry.lock() {
+            Ok(mut r) if r.iter().any(|x| x.due <= now) => {
+                let (due, wait) = std::mem::take(&mut *r)
+                    .into_iter()
+                    .partition(|x| x.due <= now);
+                *r = wait;
+                due
+            }
+            _ => return,
+        };
+        let mut back = Vec::new();
+        for x in due {
+            let mut rec = BaseRecord::with_opaque_to(&self.opts.topic, x.idx as usize)
+                .payload(&x.payload[..]);
+            if let Some(k) = &x.key {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(ts) = x.timestamp_ms {
+                rec = rec.timestamp(ts);
+            }
+            match p.send(rec) {
+                Ok(()) => {}
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    back.push(x)
+                }
+                // librdkafka refuses records for a topic it knows to be missing at once.
+                Err((e, _)) if service::is_transient(&e) => back.push(service::Retry {
+                    due: now + service::RETRY_BACKOFF,
+                    ..x
+                }),
+                Err((e, _)) => {
+                    // Refused locally for good now: rejected, like a first send refused.
+                    self.refused_locally += 1;
+                    self.sent -= 1;
+                    if let Ok(mut w) = self.counters.settled.lock() {
+                        w.settle(x.idx);
+                    }
+                    if let Ok(mut last) = self.counters.last_error.lock() {
+                        *last = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        if !back.is_empty()
+            && let Ok(mut r) = self.counters.retry.lock()
+        {
+            r.extend(back);
+        }
+    }
+
+    /// Records waiting to be sent again.
+    fn retry_len(&self) -> usize {
+        self.counters.retry.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
     /// Logs failures and drops that happened since the last call.
     fn report(&mut self) {
         let failed = self.counters.failed.load(Ordering::Relaxed);
         let dropped = self.dropped_queue_full + self.refused_locally;
-        if (failed > self.failures_logged || dropped > self.drops_logged)
+        let requeued = self.counters.requeued.load(Ordering::Relaxed);
+        if (failed > self.failures_logged
+            || dropped > self.drops_logged
+            || requeued > self.requeues_logged)
             && self.report_limit.check().is_none()
         {
             return;
+        }
+        if requeued > self.requeues_logged {
+            let last = self
+                .counters
+                .last_transient
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            tracing::warn!(sink = %self.name, records = requeued - self.requeues_logged, waiting = self.retry_len(), last_error = %last, "kafka deliveries failed with an error that can clear; sending these records again");
+            self.requeues_logged = requeued;
         }
         if failed > self.failures_logged {
             let last = self
@@ -328,6 +408,8 @@ impl Sink for KafkaSink {
     }
 
     fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
+        // Records that failed transiently go first (they are older).
+        self.resend();
         let Some(p) = &self.producer else {
             return Err(SinkError::Spec {
                 spec: self.name.clone(),
@@ -357,6 +439,24 @@ impl Sink for KafkaSink {
                     settle_now(idx, idx + rest);
                     break;
                 }
+                Err((e, _)) if service::is_transient(&e) => {
+                    // Refused now for a reason that can clear (the topic is missing): kept and
+                    // sent again like a transient delivery failure.
+                    self.sent += 1;
+                    self.counters.requeued.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = self.counters.last_transient.lock() {
+                        *last = Some(e.to_string());
+                    }
+                    if let Ok(mut retry) = self.counters.retry.lock() {
+                        retry.push(service::Retry {
+                            idx,
+                            key: Some(key.to_vec()),
+                            payload: self.buf.clone(),
+                            timestamp_ms: Some(r.flow_end_us / 1000),
+                            due: std::time::Instant::now() + service::RETRY_BACKOFF,
+                        });
+                    }
+                }
                 Err((e, _)) => {
                     self.refused_locally += 1;
                     settle_now(idx, idx + 1);
@@ -371,15 +471,37 @@ impl Sink for KafkaSink {
     }
 
     fn tick(&mut self) -> Result<()> {
+        self.resend();
         self.report();
         Ok(())
     }
 
     fn close(&mut self) -> Result<()> {
-        let Some(p) = self.producer.take() else {
+        if self.producer.is_none() {
             return Ok(());
+        }
+        // Wait for acknowledgements, sending again what failed transiently meanwhile.
+        let deadline = std::time::Instant::now() + self.opts.close_timeout;
+        let mut flushed;
+        loop {
+            self.resend();
+            let p = self.producer.as_ref().expect("checked above");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            flushed = p.flush(left.min(service::RETRY_BACKOFF));
+            if (flushed.is_ok() && self.retry_len() == 0) || left.is_zero() {
+                break;
+            }
+            if flushed.is_ok() {
+                // Only records waiting out their backoff are left.
+                std::thread::sleep(Duration::from_millis(50).min(left));
+            }
+        }
+        let p = self.producer.take().expect("checked above");
+        let flushed = if self.retry_len() > 0 {
+            Err(())
+        } else {
+            flushed.map_err(|_| ())
         };
-        let flushed = p.flush(self.opts.close_timeout);
         if flushed.is_err() {
             tracing::warn!(sink = %self.name, unacknowledged = p.in_flight_count(), timeout = ?self.opts.close_timeout, "kafka: not every record acknowledged in time; purging the rest (counted as lost)");
             p.purge(PurgeConfig::default().queue().inflight());
@@ -427,7 +549,7 @@ impl Sink for KafkaSink {
         SinkMetrics {
             sent: self.sent,
             acknowledged: c.acked.load(Ordering::Relaxed),
-            retried: c.retransmitted.load(Ordering::Relaxed),
+            retried: c.retransmitted.load(Ordering::Relaxed) + c.requeued.load(Ordering::Relaxed),
             rejected: broker_rejected + self.refused_locally,
             // Handed to librdkafka, no delivery report yet (librdkafka's own outq_len also
             // counts requests and events, so it is not used here).

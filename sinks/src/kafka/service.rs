@@ -1,10 +1,18 @@
 //! The I/O side of the Kafka sink: librdkafka's producer callbacks, turned into counters.
 //!
 //! A record counts as acknowledged only when its delivery report says the broker stored it
-//! (with `acks=all`: every in-sync replica). Failed reports are split into `rejected` (the
-//! broker answered with an error code: permanent, librdkafka already retried what was
-//! retryable) and other failures (message timeout while the broker was unreachable, purge at
-//! close); both count as lost.
+//! (with `acks=all`: every in-sync replica). A failed report is one of:
+//! * **transient** ([`is_transient`]: the topic or partition is unknown for now, no leader, not
+//!   enough replicas, a request timeout, the brokers unreachable): the failure can clear, so the record
+//!   is kept ([`Counters::retry`]) and the sink hands it to librdkafka again after
+//!   [`RETRY_BACKOFF`]; it stays unsettled meanwhile (so the spool wrapper sees no room and
+//!   newer records go to the spool), and is never counted lost for it;
+//! * **rejected**: any other broker error code (message too large, not authorized, ...):
+//!   permanent, librdkafka already retried what it could;
+//! * **lost**: any other local failure (`message.timeout.ms` expired, a purge at close).
+//!
+//! Re-sending a record after a timeout may duplicate it (the broker may have stored the first
+//! copy without answering): at-least-once, as the spool's guarantee already says.
 
 use std::sync::{
     Mutex,
@@ -12,7 +20,7 @@ use std::sync::{
 };
 
 use rdkafka::{
-    ClientContext,
+    ClientContext, Message,
     config::RDKafkaLogLevel,
     error::KafkaError,
     producer::{DeliveryResult, ProducerContext},
@@ -33,10 +41,66 @@ pub struct Counters {
     /// per-record retry count. Sampled when its queue is empty (so every transmitted record
     /// has its delivery report), at most once per `statistics.interval.ms`; never decreases.
     pub retransmitted: AtomicU64,
+    /// Delivery reports with a transient error whose record was kept to be sent again.
+    pub requeued: AtomicU64,
+    /// Those records, waiting to be handed to librdkafka again (the sink's `write`/`tick`).
+    pub retry: Mutex<Vec<Retry>>,
     /// The most recent delivery error, for the periodic log line.
     pub last_error: Mutex<Option<String>>,
+    /// The most recent transient delivery error.
+    pub last_transient: Mutex<Option<String>>,
     /// Which records (by their index, the delivery opaque) have a final outcome.
     pub settled: Mutex<Watermark>,
+}
+
+/// How long a record whose delivery failed transiently waits before it is sent again.
+pub const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A record to send again: its index (the delivery opaque), key, payload and timestamp, and
+/// when it may be sent.
+#[derive(Debug)]
+pub struct Retry {
+    pub idx: u64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
+    pub due: std::time::Instant,
+}
+
+/// Delivery errors that can clear without anything changing on flowlens's side: the topic or
+/// partition is unknown for now (deleted and re-created, a broker restarted without it, a
+/// partition being moved), no leader or not enough in-sync replicas yet, timeouts, unreachable
+/// brokers. Everything else (message too large, authorization, invalid record, ...) is final,
+/// and so is `MessageTimedOut`: `message.timeout.ms` is the bound the user chose for how long a
+/// record may wait (under a spool flowlens sets it to infinite, see `build.rs`).
+pub fn is_transient(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::UnknownPartition
+                | C::UnknownTopic
+                | C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::Resolve
+                | C::OperationTimedOut
+                | C::TimedOutQueue
+                | C::UnknownTopicOrPartition
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::RequestTimedOut
+                | C::BrokerNotAvailable
+                | C::ReplicaNotAvailable
+                | C::NetworkException
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::NotController
+                | C::KafkaStorageError
+                | C::FencedLeaderEpoch
+                | C::UnknownLeaderEpoch
+                | C::PreferredLeaderNotAvailable
+        )
+    )
 }
 
 /// A FIFO watermark over out-of-order completions: `next` is the count of records settled with
@@ -149,6 +213,24 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, idx: usize) {
         let c = &self.counters;
+        if let Err((e, msg)) = result
+            && is_transient(e)
+            && let Ok(mut retry) = c.retry.lock()
+        {
+            // Kept unsettled, sent again by the sink (see the module docs).
+            retry.push(Retry {
+                idx: idx as u64,
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                timestamp_ms: msg.timestamp().to_millis(),
+                due: std::time::Instant::now() + RETRY_BACKOFF,
+            });
+            c.requeued.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = c.last_transient.lock() {
+                *last = Some(e.to_string());
+            }
+            return;
+        }
         if let Ok(mut w) = c.settled.lock() {
             w.settle(idx as u64);
         }
@@ -202,5 +284,30 @@ mod tests {
         assert!(!is_broker_error(&KafkaError::MessageProduction(
             RDKafkaErrorCode::PurgeQueue
         )));
+    }
+
+    #[test]
+    fn failures_that_can_clear_are_told_from_final_ones() {
+        let e = |c| KafkaError::MessageProduction(c);
+        for c in [
+            RDKafkaErrorCode::UnknownPartition,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(is_transient(&e(c)), "{c:?}");
+        }
+        for c in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+            RDKafkaErrorCode::InvalidMessage,
+            RDKafkaErrorCode::PurgeQueue,
+            RDKafkaErrorCode::PurgeInflight,
+            RDKafkaErrorCode::MessageTimedOut,
+        ] {
+            assert!(!is_transient(&e(c)), "{c:?}");
+        }
     }
 }
