@@ -527,4 +527,106 @@ mod tests {
         assert_eq!(r.ends.source.label.as_deref(), Some("a"));
         assert_eq!(r.ends.destination.label.as_deref(), Some("net"));
     }
+
+    fn at(obs: u8, ifindex: u32, src: u8, dst: u8) -> FlowKey {
+        let mut k = key(obs, src, 1000, dst, 53);
+        k.ifindex = ifindex;
+        k
+    }
+
+    fn info(id: &str) -> CgroupInfo {
+        CgroupInfo::from_path(
+            &format!("/system.slice/docker-{id}.scope"),
+            Some((Arc::from("app"), 9)),
+        )
+    }
+
+    /// Drains `d` and exports each delta as its own record (what the flow table does for a
+    /// new key), returning the records.
+    fn through(s: &mut IdentityStage, d: &mut [(FlowKey, FlowValue)]) -> Vec<FlowRecord> {
+        s.learn(d);
+        d.iter()
+            .map(|(k, v)| {
+                let mut r = record(*k);
+                s.annotate(&mut r, v.cgroup_id, v.last_seen_ns);
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_interface_names_its_container_at_the_right_end() {
+        let mut s = stage();
+        s.peers.insert(5, info(ID));
+        let mut d = [
+            (at(OBS_XDP, 5, 2, 1), sent(0, 1)),
+            (at(OBS_NF_FORWARD, 5, 2, 3), sent(0, 1)),
+            (at(OBS_NF_LOCAL_IN, 5, 2, 1), sent(0, 1)),
+            (at(OBS_NF_LOCAL_OUT, 5, 1, 2), sent(8, 1)),
+            (at(OBS_NF_POST_ROUTING, 5, 1, 2), sent(0, 1)),
+            (at(OBS_NF_LOCAL_OUT, 6, 1, 4), sent(0, 1)), // another interface: nothing
+        ];
+        let r = through(&mut s, &mut d);
+        for r in &r[..3] {
+            assert_eq!(r.ends.source.container_id.as_deref(), Some(ID), "{r:?}");
+            assert_eq!(r.ends.source.process_pid, Some(9));
+            assert!(r.ends.destination.is_empty());
+        }
+        assert_eq!(r[3].ends.destination.container_id.as_deref(), Some(ID));
+        assert_eq!(r[3].ends.source.cgroup.as_deref(), Some("/odd/name"), "socket end kept");
+        assert_eq!(r[4].ends.destination.container_id.as_deref(), Some(ID));
+        assert!(r[4].ends.source.is_empty());
+        assert_eq!(r[5].ends, Default::default());
+        assert_eq!(s.stats.interface_ends, 5);
+        assert!(s.stamps.by_key.is_empty() && s.stamps.by_handle.is_empty());
+    }
+
+    /// A record stays one record while its interface keeps its container (a socket cgroup that
+    /// shows up later joins it); a container gone keeps its name for the open record; a new
+    /// container on the same interface index gets a new record.
+    #[test]
+    fn stamps_follow_the_container_not_the_interface_index() {
+        let mut s = stage();
+        let k = at(OBS_NF_LOCAL_OUT, 5, 1, 2);
+        s.peers.insert(5, info(ID));
+        let mut d1 = [(k, sent(0, 1))];
+        s.learn(&mut d1);
+        let h = d1[0].1.cgroup_id;
+        assert_ne!(h & STAMP_BIT, 0);
+        let mut d2 = [(k, sent(7, 2))];
+        s.learn(&mut d2);
+        assert_eq!(d2[0].1.cgroup_id, h, "same container, socket now known: same record");
+        let mut d3 = [(k, sent(0, 3))];
+        s.learn(&mut d3);
+        assert_eq!(d3[0].1.cgroup_id, h);
+        // The container goes away; packets drained within TOMBSTONE_DRAINS still name it.
+        s.peers.remove(5);
+        let mut d4 = [(k, sent(0, 4))];
+        s.learn(&mut d4);
+        assert_eq!(d4[0].1.cgroup_id, h);
+        for _ in 0..netns::TOMBSTONE_DRAINS + 1 {
+            s.learn(&mut []);
+        }
+        // A new container takes the index: another stamp, so the flow table splits.
+        let other = "b".repeat(64);
+        s.peers.insert(5, info(&other));
+        let mut d5 = [(k, sent(0, 5))];
+        s.learn(&mut d5);
+        let h2 = d5[0].1.cgroup_id;
+        assert_ne!(h2, h);
+        let mut old = record(k);
+        s.annotate(&mut old, h, 4);
+        assert_eq!(old.ends.destination.container_id.as_deref(), Some(ID));
+        assert_eq!(old.ends.source.container_id.as_deref(), Some(ID), "socket 7");
+        let mut new = record(k);
+        s.annotate(&mut new, h2, 5);
+        assert_eq!(new.ends.destination.container_id.as_deref(), Some(other.as_str()));
+        assert!(new.ends.source.is_empty());
+        // Another socket on the same key and container: a new stamp too.
+        let mut d6 = [(k, sent(7, 6))];
+        s.learn(&mut d6);
+        let mut d7 = [(k, sent(8, 7))];
+        s.learn(&mut d7);
+        assert_ne!(d6[0].1.cgroup_id, d7[0].1.cgroup_id);
+    }
 }

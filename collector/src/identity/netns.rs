@@ -656,13 +656,13 @@ mod tests {
 
     #[test]
     fn a_netns_is_named_after_its_processes() {
-        let c = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podaa_bb.slice/cri-containerd-{ID}.scope");
-        let pause = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podaa_bb.slice/cri-containerd-ffff.scope";
+        let c = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-{ID}.scope");
+        let pause = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-ffff.scope";
         // One process: its cgroup and itself.
         let (i, t) = name_netns(vec![p(10, "python3", &c)]);
         let i = i.unwrap();
         assert_eq!(i.container_id.as_deref(), Some(ID));
-        assert_eq!(i.k8s_pod_uid.as_deref(), Some("aa-bb"));
+        assert_eq!(i.k8s_pod_uid.as_deref(), Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
         assert_eq!(i.process, Some((Arc::from("python3"), 10)));
         assert!(!t);
         // pause is skipped when another process is there; alone it is tentative.
@@ -678,9 +678,9 @@ mod tests {
         let i = i.unwrap();
         assert_eq!(
             &*i.path,
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podaa_bb.slice"
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice"
         );
-        assert_eq!(i.k8s_pod_uid.as_deref(), Some("aa-bb"));
+        assert_eq!(i.k8s_pod_uid.as_deref(), Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
         assert_eq!((i.container_id, i.process), (None, None));
         // No process: nothing, tentative.
         assert!(matches!(name_netns(vec![]), (None, true)));
