@@ -13,17 +13,20 @@
 //!    id it has here, until every wanted id is found.
 //! 3. The processes of that namespace and their cgroup v2 paths (`/proc/<pid>/cgroup`, the
 //!    `0::` line) name it, with the same [`CgroupInfo`] (container id, pod UID) the socket
-//!    cgroups get: one cgroup → that cgroup and its lowest pid; processes named `pause` (a
-//!    Kubernetes pod's sandbox) are skipped when others exist; several cgroups (a pod with
-//!    several containers) → their common ancestor (the pod's cgroup: pod UID, no container id,
-//!    no process).
+//!    cgroups get ([`name_netns`]): the namespace's oldest process (start time), skipping
+//!    processes named `pause` (a Kubernetes pod's sandbox) when others exist, gives the cgroup
+//!    and the process. Processes of other cgroups that pass through the namespace (CNI
+//!    plugins, `ip netns exec`, `nsenter`) are ignored, except that when other processes of
+//!    the same pod (same pod UID) live in other cgroups (a pod with several containers), the
+//!    name is the pod's cgroup (their common ancestor: pod UID, no container id, no process).
 //!
 //! Each (interface, namespace inode, identity) gets a fresh *end id*: an interface index
 //! reused by a new container is a new end, never the old one. The map is refreshed when a
 //! link notification (`RTMGRP_LINK`) announces a new interface or a changed peer, when a
 //! drain sees an interface index the map does not know (at most once per [`MISS_RETRY`]), and,
-//! for a namespace that had no process yet (or only `pause`), again when its interface carries
-//! traffic (at most once per [`MISS_RETRY`]). A removed interface keeps its entry for
+//! for a namespace that had no process yet (or only `pause`: runtimes create the namespace and
+//! its veth before they start the container), again when its interface carries traffic (at
+//! most once per drain, then backing off from [`RETRY_MIN`] doubling up to [`RETRY_MAX`]). A removed interface keeps its entry for
 //! [`TOMBSTONE_DRAINS`] drains (packets captured before the removal are drained after it),
 //! unless a new interface takes its index.
 
@@ -39,6 +42,9 @@ use super::cgroup::CgroupInfo;
 
 /// An unknown interface index (or a namespace without a process) is looked up again after this long.
 pub const MISS_RETRY: Duration = Duration::from_secs(1);
+/// First and longest wait between two lookups of a namespace that had no process.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Drains a removed interface's entry outlives its removal.
 pub const TOMBSTONE_DRAINS: u64 = 3;
 /// Processes of one namespace whose cgroup is read (the lowest pids).
@@ -77,6 +83,9 @@ struct Link {
     end: Option<PeerEnd>,
     /// No process (or only `pause`) in the namespace when resolved: looked up again.
     tentative: bool,
+    /// When a tentative link is looked up again, and the wait after that.
+    retry_at: Instant,
+    backoff: Duration,
     /// Drain at which the link was seen removed.
     removed: Option<u64>,
 }
@@ -103,6 +112,8 @@ pub struct PeerMap {
     last_refresh: Option<Instant>,
     next_end: u64,
     drain: u64,
+    /// Drain of the last refresh caused by a miss.
+    miss_drain: u64,
     pub stats: PeerStats,
 }
 
@@ -119,6 +130,7 @@ impl PeerMap {
             last_refresh: None,
             next_end: 1,
             drain: 0,
+            miss_drain: u64::MAX,
             stats: PeerStats::default(),
         }
     }
@@ -166,11 +178,16 @@ impl PeerMap {
     /// The container behind interface `ifindex`, for packets drained now.
     pub fn end(&mut self, ifindex: u32) -> Option<&PeerEnd> {
         let want = match self.links.get(&ifindex) {
-            Some(l) => l.tentative,
-            None => !self.others.contains(&ifindex) && ifindex != 0,
+            Some(l) => l.tentative && l.removed.is_none() && Instant::now() >= l.retry_at,
+            None => {
+                !self.others.contains(&ifindex)
+                    && ifindex != 0
+                    && self.last_refresh.is_none_or(|t| t.elapsed() >= MISS_RETRY)
+            }
         };
-        // At most one refresh per MISS_RETRY for all misses together.
-        if want && self.nl.is_some() && self.last_refresh.is_none_or(|t| t.elapsed() >= MISS_RETRY) {
+        // At most one refresh per drain for all misses together.
+        if want && self.nl.is_some() && self.miss_drain != self.drain {
+            self.miss_drain = self.drain;
             self.refresh();
         }
         self.links.get(&ifindex)?.end.as_ref()
@@ -190,6 +207,8 @@ impl PeerMap {
                     info: Arc::new(info),
                 }),
                 tentative: false,
+                retry_at: Instant::now(),
+                backoff: Duration::ZERO,
                 removed: None,
             },
         );
@@ -301,6 +320,7 @@ impl PeerMap {
                 continue;
             }
             let (info, tentative) = identity_of(pids);
+            tracing::debug!(index, nsid, netns = ino, ?pids, ?info, tentative, "host interface named");
             let end = match (info, self.links.get(&index)) {
                 // Same namespace, same identity: the same end (open records stay whole).
                 (Some(i), Some(l))
@@ -319,13 +339,31 @@ impl PeerMap {
                 }
                 (None, _) => None,
             };
+            // A name is confirmed when a second lookup agrees (a container's first process
+            // often execs its entrypoint after the runtime attached the veth): until then it is
+            // looked up again too.
+            let confirmed = matches!(
+                (&end, self.links.get(&index)),
+                (Some(e), Some(l)) if l.end.as_ref().is_some_and(|o| o.end_id == e.end_id)
+            );
+            let tentative = tentative || ino == 0 || !confirmed;
+            // A namespace without its process yet (or a name not confirmed): looked up again
+            // when its interface carries traffic, RETRY_MIN later, then less and less often.
+            let backoff = match self.links.get(&index) {
+                Some(l) if l.tentative && l.removed.is_none() && l.nsid == nsid => {
+                    (l.backoff * 2).clamp(RETRY_MIN, RETRY_MAX)
+                }
+                _ => RETRY_MIN,
+            };
             self.links.insert(
                 index,
                 Link {
                     nsid,
                     netns: ino,
                     end,
-                    tentative: tentative || ino == 0,
+                    tentative,
+                    retry_at: Instant::now() + backoff,
+                    backoff,
                     removed: None,
                 },
             );
@@ -384,39 +422,74 @@ pub fn v2_path(text: &str) -> Option<&str> {
 /// Names a namespace after its processes (see the module doc); `true` when it should be looked
 /// up again (no process, or only `pause`).
 fn identity_of(pids: &[u32]) -> (Option<CgroupInfo>, bool) {
-    let mut procs: Vec<(u32, String, String)> = Vec::new();
+    let mut procs: Vec<Proc> = Vec::new();
     for pid in pids.iter().take(MAX_PROCS_PER_NETNS) {
-        let (Ok(cg), Ok(comm)) = (
+        let (Ok(cg), Ok(stat)) = (
             std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
-            std::fs::read_to_string(format!("/proc/{pid}/comm")),
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
         ) else {
             continue;
         };
-        if let Some(path) = v2_path(&cg) {
-            procs.push((*pid, comm.trim_end().to_string(), path.to_string()));
-        }
+        let (Some(path), Some((comm, start))) = (v2_path(&cg), parse_stat(&stat)) else {
+            continue;
+        };
+        procs.push(Proc {
+            start,
+            pid: *pid,
+            comm: comm.to_string(),
+            cgroup: path.to_string(),
+        });
     }
     name_netns(procs)
 }
 
-/// [`identity_of`] on (pid, comm, cgroup path) triples, lowest pid first.
-pub fn name_netns(mut procs: Vec<(u32, String, String)>) -> (Option<CgroupInfo>, bool) {
+/// A process of a namespace: start time (clock ticks since boot), pid, `comm`, cgroup v2 path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Proc {
+    pub start: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: String,
+}
+
+/// (comm, start time) of a `/proc/<pid>/stat` text (`comm` is in parentheses and may hold
+/// spaces and parentheses; the start time is field 22).
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    // Fields after comm start at field 3 (state): the start time is the 20th of them.
+    let start = stat.get(close + 1..)?.split_whitespace().nth(19)?.parse().ok()?;
+    Some((comm, start))
+}
+
+/// [`identity_of`] on a namespace's processes (see the module doc).
+pub fn name_netns(mut procs: Vec<Proc>) -> (Option<CgroupInfo>, bool) {
     procs.sort();
     if procs.is_empty() {
         return (None, true);
     }
-    let only_pause = procs.iter().all(|(_, c, _)| c == "pause");
+    let only_pause = procs.iter().all(|p| p.comm == "pause");
     if !only_pause {
-        procs.retain(|(_, c, _)| c != "pause");
+        procs.retain(|p| p.comm != "pause");
     }
     let first = &procs[0];
-    if procs.iter().all(|(_, _, p)| *p == first.2) {
-        let info = CgroupInfo::from_path(&first.2, Some((Arc::from(first.1.as_str()), first.0)));
+    let info = CgroupInfo::from_path(&first.cgroup, Some((Arc::from(first.comm.as_str()), first.pid)));
+    let Some(pod) = info.k8s_pod_uid.clone() else {
+        return (Some(info), only_pause);
+    };
+    // Other containers of the same pod in this namespace: the pod's cgroup.
+    let same_pod: Vec<&str> = procs
+        .iter()
+        .filter(|p| p.cgroup != first.cgroup)
+        .filter(|p| CgroupInfo::from_path(&p.cgroup, None).k8s_pod_uid.as_deref() == Some(&*pod))
+        .map(|p| p.cgroup.as_str())
+        .collect();
+    if same_pod.is_empty() {
         return (Some(info), only_pause);
     }
-    // Several cgroups: their deepest common ancestor.
-    let mut common: Vec<&str> = first.2.split('/').collect();
-    for (_, _, p) in &procs[1..] {
+    let mut common: Vec<&str> = first.cgroup.split('/').collect();
+    for p in same_pod {
         let n = common
             .iter()
             .zip(p.split('/'))
@@ -650,37 +723,48 @@ mod tests {
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    fn p(pid: u32, comm: &str, path: &str) -> (u32, String, String) {
-        (pid, comm.into(), path.into())
+    fn p(pid: u32, comm: &str, path: &str) -> Proc {
+        // Start times in pid order, except where a test says otherwise.
+        Proc {
+            start: u64::from(pid),
+            pid,
+            comm: comm.into(),
+            cgroup: path.into(),
+        }
     }
+
+    const POD: &str = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice";
+    const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 
     #[test]
     fn a_netns_is_named_after_its_processes() {
-        let c = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-{ID}.scope");
-        let pause = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-ffff.scope";
+        let c = format!("{POD}/cri-containerd-{ID}.scope");
+        let pause = format!("{POD}/cri-containerd-ffff.scope");
         // One process: its cgroup and itself.
         let (i, t) = name_netns(vec![p(10, "python3", &c)]);
         let i = i.unwrap();
         assert_eq!(i.container_id.as_deref(), Some(ID));
-        assert_eq!(i.k8s_pod_uid.as_deref(), Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
+        assert_eq!(i.k8s_pod_uid.as_deref(), Some(UID));
         assert_eq!(i.process, Some((Arc::from("python3"), 10)));
         assert!(!t);
+        // The oldest process wins (pids wrap), transient ones of other cgroups are ignored.
+        let mut old = p(900, "app", "/system.slice/docker-1.scope");
+        old.start = 1;
+        let (i, _) = name_netns(vec![p(5, "ip", "/user.slice/x.scope"), old]);
+        assert_eq!(&*i.unwrap().path, "/system.slice/docker-1.scope");
         // pause is skipped when another process is there; alone it is tentative.
-        let (i, t) = name_netns(vec![p(12, "nginx", &c), p(5, "pause", pause)]);
+        let (i, t) = name_netns(vec![p(12, "nginx", &c), p(5, "pause", &pause)]);
         assert_eq!(i.unwrap().process, Some((Arc::from("nginx"), 12)));
         assert!(!t);
-        let (i, t) = name_netns(vec![p(5, "pause", pause)]);
-        assert_eq!(&*i.unwrap().path, pause);
+        let (i, t) = name_netns(vec![p(5, "pause", &pause)]);
+        assert_eq!(*i.unwrap().path, pause);
         assert!(t);
         // Two containers of one pod: the pod's cgroup, no container, no process.
         let other = c.replace(ID, &"e".repeat(64));
-        let (i, _) = name_netns(vec![p(12, "a", &c), p(13, "b", &other)]);
+        let (i, _) = name_netns(vec![p(12, "a", &c), p(13, "b", &other), p(14, "ip", "/")]);
         let i = i.unwrap();
-        assert_eq!(
-            &*i.path,
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice"
-        );
-        assert_eq!(i.k8s_pod_uid.as_deref(), Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"));
+        assert_eq!(&*i.path, POD);
+        assert_eq!(i.k8s_pod_uid.as_deref(), Some(UID));
         assert_eq!((i.container_id, i.process), (None, None));
         // No process: nothing, tentative.
         assert!(matches!(name_netns(vec![]), (None, true)));
@@ -693,6 +777,9 @@ mod tests {
         let hybrid = "12:cpu,cpuacct:/docker/x\n1:name=systemd:/system.slice/a.service\n0::/system.slice/a.service\n";
         assert_eq!(v2_path(hybrid), Some("/system.slice/a.service"));
         assert_eq!(v2_path("1:name=systemd:/\n"), None);
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 10 20";
+        assert_eq!(parse_stat(stat), Some(("a (b) c", 987654)));
+        assert_eq!(parse_stat("1 (x) S 1"), None);
     }
 
     #[test]
