@@ -11,12 +11,16 @@
 //! H (entered with nsenter, so the cgroup2 mount stays visible). The Parquet output is read back
 //! with pyarrow (`tests/identity/read_records.py`), and every record of every workload's ports is
 //! checked: the exact cgroup path, container id, pod UID and process at the local end (source at
-//! local_out/post_routing, destination at local_in/pre_routing), null at the remote end, and every
-//! (protocol, hook) pair seen.
+//! local_out/post_routing, destination at local_in/pre_routing), P's processes (a service cgroup
+//! of their own, behind H's veth) at the remote end, and every (protocol, hook) pair seen.
 //!
 //! Also: a container whose cgroup is removed while its TCP connection is open keeps its identity;
 //! a UDP address and port reused by a second container right after the first exited gives records
 //! that each carry exactly one container's packets. Needs root (CI runs as root); never skips.
+//!
+//! The second test: containers in their own namespaces behind veths, seen at XDP and all five
+//! netfilter hooks; a container removed (process, veth, namespace, cgroup) while its flow is
+//! open; a veth name, interface index and address pair reused by a second container.
 //!
 //! The first test's workloads share the host's network namespace with their cgroup (as
 //! host-network pods do). The second test (`containers_behind_veths_are_named_by_their_interface`)
@@ -296,8 +300,19 @@ fn containers_and_services_are_named_at_every_hook() {
     let (c4_dir, c4_rel) = cgs.make(&pod_slice(&uid4, &format!("cri-containerd-{id4}.scope")));
     let (c5_dir, c5_rel) = cgs.make(&pod_slice(&uid5, &format!("cri-containerd-{id5}.scope")));
 
-    let mut peer = Work::spawn(None, &p, &["peer", "-", &p_ip]);
+    // The peer namespace P is behind a veth of H, so its processes (in a service cgroup of
+    // their own) name P's end of every flow too, by interface.
+    let (peer_dir, peer_rel) = cgs.make("system.slice/flowlens-test-peer.service");
+    let mut peer = Work::spawn(Some(&peer_dir), &p, &["peer", "-", &p_ip]);
     peer.expect("ready");
+    let remote = Who {
+        name: "peer namespace",
+        cgroup: peer_rel.clone(),
+        container_id: None,
+        pod_uid: None,
+        pid: peer.child.id(),
+        ports: Vec::new(),
+    };
 
     let flowlens = Command::new("nsenter")
         .arg(format!("--net={}", h.path().display()))
@@ -349,7 +364,7 @@ fn containers_and_services_are_named_at_every_hook() {
         let (ts, us) = (tport.to_string(), uport.to_string());
         let mut w = Work::spawn(Some(dir), &h, &["full", &p_ip, &h_ip, &ts, &us]);
         w.expect("ready");
-        let client = Work::spawn(None, &p, &["connect", &h_ip, &p_ip, &ts, &us]);
+        let client = Work::spawn(Some(&peer_dir), &p, &["connect", &h_ip, &p_ip, &ts, &us]);
         let ports = w.json();
         w.expect("done");
         let mut client = client;
@@ -436,10 +451,10 @@ fn containers_and_services_are_named_at_every_hook() {
                 && w.ports.contains(&r["destination_port"].as_u64().unwrap());
             if local_src && outbound.contains(&obs) {
                 check_end(r, "source", Some(w));
-                check_end(r, "destination", None);
+                check_end(r, "destination", Some(&remote));
             } else if local_dst && inbound.contains(&obs) {
                 check_end(r, "destination", Some(w));
-                check_end(r, "source", None);
+                check_end(r, "source", Some(&remote));
             } else {
                 continue;
             }

@@ -24,9 +24,10 @@
 //! reused by a new container is a new end, never the old one. The map is refreshed when a
 //! link notification (`RTMGRP_LINK`) announces a new interface or a changed peer, when a
 //! drain sees an interface index the map does not know (at most once per [`MISS_RETRY`]), and,
-//! for a namespace that had no process yet (or only `pause`: runtimes create the namespace and
-//! its veth before they start the container), again when its interface carries traffic (at
-//! most once per drain, then backing off from [`RETRY_MIN`] doubling up to [`RETRY_MAX`]). A removed interface keeps its entry for
+//! for a namespace that had no process yet (runtimes create the namespace and its veth before
+//! they start the container), again at every drain that sees traffic on its interface (at
+//! most one refresh per drain); a name not yet confirmed by a second lookup, or only `pause`,
+//! is looked up again [`RETRY_MIN`] later, then at doubling intervals up to [`RETRY_MAX`]. A removed interface keeps its entry for
 //! [`TOMBSTONE_DRAINS`] drains (packets captured before the removal are drained after it),
 //! unless a new interface takes its index.
 
@@ -350,6 +351,9 @@ impl PeerMap {
             // A namespace without its process yet (or a name not confirmed): looked up again
             // when its interface carries traffic, RETRY_MIN later, then less and less often.
             let backoff = match self.links.get(&index) {
+                // No process at all: at the next drain with traffic (the kernel's own IPv6
+                // packets of a new link come before any process of the container).
+                _ if end.is_none() => Duration::ZERO,
                 Some(l) if l.tentative && l.removed.is_none() && l.nsid == nsid => {
                     (l.backoff * 2).clamp(RETRY_MIN, RETRY_MAX)
                 }
