@@ -140,7 +140,7 @@ impl PeerMap {
     /// date by link notifications. Without rtnetlink (never on Linux) it names nothing.
     pub fn from_system() -> PeerMap {
         let mut m = PeerMap::disabled();
-        m.own_netns = netns_inode("self").unwrap_or(0);
+        m.own_netns = netns_inode("thread-self").unwrap_or(0);
         match (Netlink::open(0), Netlink::open(RTMGRP_LINK)) {
             (Ok(nl), Ok(ev)) => {
                 m.nl = Some(nl);
