@@ -115,6 +115,8 @@ pub struct PeerMap {
     drain: u64,
     /// Drain of the last refresh caused by a miss.
     miss_drain: u64,
+    /// The last `/proc` scan could not read some processes' namespaces.
+    denied: bool,
     pub stats: PeerStats,
 }
 
@@ -132,6 +134,7 @@ impl PeerMap {
             next_end: 1,
             drain: 0,
             miss_drain: u64::MAX,
+            denied: false,
             stats: PeerStats::default(),
         }
     }
@@ -278,7 +281,15 @@ impl PeerMap {
         let mut by_nsid: HashMap<i32, (u64, Vec<u32>)> = HashMap::new();
         if !wanted.is_empty() {
             let mut by_inode: HashMap<u64, Vec<u32>> = HashMap::new();
-            for (pid, ino) in proc_netns() {
+            let (procs, denied) = proc_netns();
+            if denied > 0 && !self.denied {
+                tracing::warn!(
+                    processes = denied,
+                    "cannot read other processes' network namespaces (needs CAP_SYS_PTRACE): containers behind veth interfaces may not be named"
+                );
+            }
+            self.denied = denied > 0;
+            for (pid, ino) in procs {
                 if ino != self.own_netns {
                     by_inode.entry(ino).or_default().push(pid);
                 }
@@ -353,7 +364,8 @@ impl PeerMap {
             let backoff = match self.links.get(&index) {
                 // No process at all: at the next drain with traffic (the kernel's own IPv6
                 // packets of a new link come before any process of the container).
-                _ if end.is_none() => Duration::ZERO,
+                // (Unless processes are hidden from us: then backing off like the others.)
+                _ if end.is_none() && !self.denied => Duration::ZERO,
                 Some(l) if l.tentative && l.removed.is_none() && l.nsid == nsid => {
                     (l.backoff * 2).clamp(RETRY_MIN, RETRY_MAX)
                 }
@@ -404,18 +416,30 @@ fn parse_ns_link(s: &str) -> Option<u64> {
     s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// (pid, network namespace inode) of every process visible here.
-fn proc_netns() -> Vec<(u32, u64)> {
+/// (pid, network namespace inode) of every process visible here, and how many processes'
+/// namespace links could not be read for lack of permission (`CAP_SYS_PTRACE`).
+fn proc_netns() -> (Vec<(u32, u64)>, usize) {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    dir.flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let pid: u32 = name.to_str()?.parse().ok()?;
-            Some((pid, netns_inode(name.to_str()?)?))
-        })
-        .collect()
+    let mut denied = 0;
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        match std::fs::read_link(format!("/proc/{pid}/ns/net")) {
+            Ok(l) => {
+                if let Some(ino) = parse_ns_link(&l.to_string_lossy()) {
+                    out.push((pid, ino));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => denied += 1,
+            Err(_) => {} // exited
+        }
+    }
+    (out, denied)
 }
 
 /// The cgroup v2 path of a `/proc/<pid>/cgroup` text (the `0::` line).
