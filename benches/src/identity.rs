@@ -221,7 +221,18 @@ pub fn netns_refresh(n: usize, summary: &mut BTreeMap<String, f64>) -> Result<()
         for i in 0..n {
             let c = Netns::new("bnc")?;
             let name = format!("fb{pid:x}n{i}");
-            host.ip(&["link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", c.name()])?;
+            host.ip(&[
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                c.name(),
+            ])?;
             host.ip(&["link", "set", "dev", &name, "up"])?;
             let child = std::process::Command::new("nsenter")
                 .arg(format!("--net={}", c.path().display()))
@@ -249,7 +260,10 @@ pub fn netns_refresh(n: usize, summary: &mut BTreeMap<String, f64>) -> Result<()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
             .count();
-        eprintln!("interface map refresh, {n} netns, {procs} processes: {:.2} ms (median of 5)", times[2]);
+        eprintln!(
+            "interface map refresh, {n} netns, {procs} processes: {:.2} ms (median of 5)",
+            times[2]
+        );
         summary.insert(format!("netns_refresh_ms_{n}_netns"), times[2]);
         summary.insert("netns_refresh_processes_scanned".into(), procs as f64);
         Ok(())

@@ -567,7 +567,16 @@ fn veth(h: &Netns, c: &Netns, host_if: &str, net: u8, index: Option<u32>) -> Vet
         add.extend(["index", i]);
     }
     add.extend([
-        "address", &hmac, "type", "veth", "peer", "name", "eth0", "address", &cmac, "netns",
+        "address",
+        &hmac,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "address",
+        &cmac,
+        "netns",
         c.name(),
     ]);
     h.ip(&add).unwrap();
@@ -579,7 +588,15 @@ fn veth(h: &Netns, c: &Netns, host_if: &str, net: u8, index: Option<u32>) -> Vet
             .unwrap();
         ns.ip(&["link", "set", "dev", dev, "up"]).unwrap();
         ns.ip(&[
-            "neigh", "replace", peer, "lladdr", mac, "dev", dev, "nud", "permanent",
+            "neigh",
+            "replace",
+            peer,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
         ])
         .unwrap();
     }
@@ -608,7 +625,12 @@ fn check(r: &Value, end: &str, who: Option<&End>) {
     match who {
         Some(w) => {
             assert_eq!(f("cgroup").as_str(), Some(w.cgroup.as_str()), "{}", ctx());
-            assert_eq!(f("container_id").as_str(), w.container_id.as_deref(), "{}", ctx());
+            assert_eq!(
+                f("container_id").as_str(),
+                w.container_id.as_deref(),
+                "{}",
+                ctx()
+            );
             assert_eq!(f("k8s_pod_uid").as_str(), w.pod_uid.as_deref(), "{}", ctx());
             assert_eq!(f("process_name").as_str(), Some("python3"), "{}", ctx());
             let pid = f("process_pid").as_u64().map(|p| p as u32);
@@ -620,7 +642,13 @@ fn check(r: &Value, end: &str, who: Option<&End>) {
             );
         }
         None => {
-            for k in ["cgroup", "container_id", "k8s_pod_uid", "process_name", "process_pid"] {
+            for k in [
+                "cgroup",
+                "container_id",
+                "k8s_pod_uid",
+                "process_name",
+                "process_pid",
+            ] {
                 assert!(f(k).is_null(), "{}: {k} not null", ctx());
             }
         }
@@ -651,8 +679,10 @@ fn containers_behind_veths_are_named_by_their_interface() {
     let v1 = veth(&h, &c1, &format!("fl{pid:x}c1"), 1, None);
     let v2 = veth(&h, &c2, &format!("fl{pid:x}c2"), 2, None);
     // The host forwards between the two containers.
-    c1.ip(&["route", "add", "172.30.2.0/24", "via", &v1.host_ip]).unwrap();
-    c2.ip(&["route", "add", "172.30.1.0/24", "via", &v2.host_ip]).unwrap();
+    c1.ip(&["route", "add", "172.30.2.0/24", "via", &v1.host_ip])
+        .unwrap();
+    c2.ip(&["route", "add", "172.30.1.0/24", "via", &v2.host_ip])
+        .unwrap();
     let st = h
         .command("sh")
         .args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
@@ -731,7 +761,10 @@ fn containers_behind_veths_are_named_by_their_interface() {
             flowlens.get().try_wait().unwrap().is_none(),
             "flowlens exited early"
         );
-        assert!(t0.elapsed() < Duration::from_secs(20), "flowlens not attached");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "flowlens not attached"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     h.wait_xdp(&v1.host_if, true).unwrap();
@@ -781,7 +814,11 @@ fn containers_behind_veths_are_named_by_their_interface() {
     let reused_if = format!("fl{pid:x}c4");
     let v4 = veth(&h, &c4, &reused_if, 4, None);
     let index = flowlens_testkit::ifindex(&h, &reused_if).unwrap();
-    let mut first = Work::spawn(Some(&c4_dir), &c4, &["udp", &v4.host_ip, &v4.ip, "7400", "3"]);
+    let mut first = Work::spawn(
+        Some(&c4_dir),
+        &c4,
+        &["udp", &v4.host_ip, &v4.ip, "7400", "3"],
+    );
     let first_pid = first.child.id();
     first.expect("done");
     first.finish();
@@ -791,7 +828,11 @@ fn containers_behind_veths_are_named_by_their_interface() {
     let c5 = Netns::new("vc5").unwrap();
     let v5 = veth(&h, &c5, &reused_if, 4, Some(index));
     assert_eq!(flowlens_testkit::ifindex(&h, &reused_if).unwrap(), index);
-    let mut second = Work::spawn(Some(&c5_dir), &c5, &["udp", &v5.host_ip, &v5.ip, "7400", "5"]);
+    let mut second = Work::spawn(
+        Some(&c5_dir),
+        &c5,
+        &["udp", &v5.host_ip, &v5.ip, "7400", "5"],
+    );
     let second_pid = second.child.id();
     eprintln!("first {first_pid} second {second_pid}");
     second.expect("done");
@@ -808,8 +849,16 @@ fn containers_behind_veths_are_named_by_their_interface() {
         p.finish();
     }
 
-    let rd = Command::new("python3").arg(READER).arg(&out).output().unwrap();
-    assert!(rd.status.success(), "reader: {}", String::from_utf8_lossy(&rd.stderr));
+    let rd = Command::new("python3")
+        .arg(READER)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        rd.status.success(),
+        "reader: {}",
+        String::from_utf8_lossy(&rd.stderr)
+    );
     let rows: Vec<Value> = String::from_utf8(rd.stdout)
         .unwrap()
         .lines()
@@ -893,7 +942,12 @@ fn containers_behind_veths_are_named_by_their_interface() {
         pod_uid: Some(uid5.clone()),
         pids: vec![second_pid],
     };
-    for obs in ["nf_pre_routing", "nf_local_in", "nf_local_out", "nf_post_routing"] {
+    for obs in [
+        "nf_pre_routing",
+        "nf_local_in",
+        "nf_local_out",
+        "nf_post_routing",
+    ] {
         let (port_col, end, other) = if named_at(obs, true, true) {
             ("source_port", "source", "destination")
         } else {

@@ -573,7 +573,11 @@ mod tests {
             assert!(r.ends.destination.is_empty());
         }
         assert_eq!(r[3].ends.destination.container_id.as_deref(), Some(ID));
-        assert_eq!(r[3].ends.source.cgroup.as_deref(), Some("/odd/name"), "socket end kept");
+        assert_eq!(
+            r[3].ends.source.cgroup.as_deref(),
+            Some("/odd/name"),
+            "socket end kept"
+        );
         assert_eq!(r[4].ends.destination.container_id.as_deref(), Some(ID));
         assert!(r[4].ends.source.is_empty());
         assert_eq!(r[5].ends, Default::default());
@@ -595,7 +599,10 @@ mod tests {
         assert_ne!(h & STAMP_BIT, 0);
         let mut d2 = [(k, sent(7, 2))];
         s.learn(&mut d2);
-        assert_eq!(d2[0].1.cgroup_id, h, "same container, socket now known: same record");
+        assert_eq!(
+            d2[0].1.cgroup_id, h,
+            "same container, socket now known: same record"
+        );
         let mut d3 = [(k, sent(0, 3))];
         s.learn(&mut d3);
         assert_eq!(d3[0].1.cgroup_id, h);
@@ -617,10 +624,17 @@ mod tests {
         let mut old = record(k);
         s.annotate(&mut old, h, 4);
         assert_eq!(old.ends.destination.container_id.as_deref(), Some(ID));
-        assert_eq!(old.ends.source.container_id.as_deref(), Some(ID), "socket 7");
+        assert_eq!(
+            old.ends.source.container_id.as_deref(),
+            Some(ID),
+            "socket 7"
+        );
         let mut new = record(k);
         s.annotate(&mut new, h2, 5);
-        assert_eq!(new.ends.destination.container_id.as_deref(), Some(other.as_str()));
+        assert_eq!(
+            new.ends.destination.container_id.as_deref(),
+            Some(other.as_str())
+        );
         assert!(new.ends.source.is_empty());
         // Another socket on the same key and container: a new stamp too.
         let mut d6 = [(k, sent(7, 6))];

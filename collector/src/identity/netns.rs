@@ -332,7 +332,15 @@ impl PeerMap {
                 continue;
             }
             let (info, tentative) = identity_of(pids);
-            tracing::debug!(index, nsid, netns = ino, ?pids, ?info, tentative, "host interface named");
+            tracing::debug!(
+                index,
+                nsid,
+                netns = ino,
+                ?pids,
+                ?info,
+                tentative,
+                "host interface named"
+            );
             let end = match (info, self.links.get(&index)) {
                 // Same namespace, same identity: the same end (open records stay whole).
                 (Some(i), Some(l))
@@ -487,7 +495,12 @@ fn parse_stat(stat: &str) -> Option<(&str, u64)> {
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?;
     // Fields after comm start at field 3 (state): the start time is the 20th of them.
-    let start = stat.get(close + 1..)?.split_whitespace().nth(19)?.parse().ok()?;
+    let start = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
     Some((comm, start))
 }
 
@@ -502,7 +515,10 @@ pub fn name_netns(mut procs: Vec<Proc>) -> (Option<CgroupInfo>, bool) {
         procs.retain(|p| p.comm != "pause");
     }
     let first = &procs[0];
-    let info = CgroupInfo::from_path(&first.cgroup, Some((Arc::from(first.comm.as_str()), first.pid)));
+    let info = CgroupInfo::from_path(
+        &first.cgroup,
+        Some((Arc::from(first.comm.as_str()), first.pid)),
+    );
     let Some(pod) = info.k8s_pod_uid.clone() else {
         return (Some(info), only_pause);
     };
@@ -510,7 +526,12 @@ pub fn name_netns(mut procs: Vec<Proc>) -> (Option<CgroupInfo>, bool) {
     let same_pod: Vec<&str> = procs
         .iter()
         .filter(|p| p.cgroup != first.cgroup)
-        .filter(|p| CgroupInfo::from_path(&p.cgroup, None).k8s_pod_uid.as_deref() == Some(&*pod))
+        .filter(|p| {
+            CgroupInfo::from_path(&p.cgroup, None)
+                .k8s_pod_uid
+                .as_deref()
+                == Some(&*pod)
+        })
         .map(|p| p.cgroup.as_str())
         .collect();
     if same_pod.is_empty() {
@@ -526,7 +547,11 @@ pub fn name_netns(mut procs: Vec<Proc>) -> (Option<CgroupInfo>, bool) {
         common.truncate(n);
     }
     let path = common.join("/");
-    let path = if path.is_empty() { "/".to_string() } else { path };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
+    };
     (Some(CgroupInfo::from_path(&path, None)), only_pause)
 }
 
@@ -644,7 +669,14 @@ impl Netlink {
 
     fn recv(&self, buf: &mut [u8], flags: i32) -> io::Result<usize> {
         // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -805,7 +837,8 @@ mod tests {
         let hybrid = "12:cpu,cpuacct:/docker/x\n1:name=systemd:/system.slice/a.service\n0::/system.slice/a.service\n";
         assert_eq!(v2_path(hybrid), Some("/system.slice/a.service"));
         assert_eq!(v2_path("1:name=systemd:/\n"), None);
-        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 10 20";
+        let stat =
+            "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 10 20";
         assert_eq!(parse_stat(stat), Some(("a (b) c", 987654)));
         assert_eq!(parse_stat("1 (x) S 1"), None);
     }
