@@ -8,6 +8,11 @@
 //!   its skb has no socket.
 //! * User space: the identity stage's per-record cost (`annotate`, one core), every record
 //!   naming a resolved container cgroup plus `--label-cidrs` lookups on both ends.
+//! * Containers behind veths: the per-record cost of naming a record by its interface
+//!   (`learn` + `annotate` of XDP deltas on 100 host-side interfaces that name containers,
+//!   side by side with the same deltas when no interface has a peer namespace), and the time
+//!   of one interface map refresh (link dump, `/proc` scan, `RTM_GETNSID` per namespace) with
+//!   100 container namespaces, each behind a veth and holding one process.
 
 use std::{collections::BTreeMap, net::UdpSocket, os::fd::AsRawFd, sync::Arc, time::Instant};
 
@@ -17,6 +22,7 @@ use flowlens::{
     netfilter::{Hook, btf::Btf, nf_offsets},
     probe::{NF_DIRECT_PROGRAM, Probe},
 };
+use flowlens_schema::{FlowKey, FlowValue, OBS_XDP};
 use flowlens_testkit::Netns;
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -134,4 +140,139 @@ pub fn records_per_sec(summary: &mut BTreeMap<String, f64>) -> Result<()> {
     eprintln!("identity stage: {best:.0} records/s");
     summary.insert("identity_records_per_sec".into(), best);
     Ok(())
+}
+
+/// Records/s of `learn` + `annotate` for XDP deltas, with every delta's interface naming a
+/// container (`named`) or no interface map at all; best of 5 rounds of 50,000 records each.
+fn interface_rate(named: bool) -> Result<f64> {
+    let mut stage = IdentityStage::new(CgroupResolver::with_root(None), None);
+    if named {
+        for i in 0..100u32 {
+            stage.peers.insert(
+                2 + i,
+                CgroupInfo::from_path(
+                    &format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0b5a9f6e_1c2d_4e5f_8a9b_{i:012x}.slice/cri-containerd-{i:064x}.scope"),
+                    Some((Arc::from("nginx"), 1000 + i)),
+                ),
+            );
+        }
+    }
+    let records = flowlens_testkit::records::conversations(50_000);
+    let deltas: Vec<(FlowKey, FlowValue)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut k = r.key;
+            k.observation_point = OBS_XDP;
+            k.ifindex = 2 + (i as u32 % 100);
+            let v = FlowValue {
+                packets: 1,
+                bytes: 100,
+                first_seen_ns: 1,
+                last_seen_ns: 2,
+                ..Default::default()
+            };
+            (k, v)
+        })
+        .collect();
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let mut d = deltas.clone();
+        let mut rs = records.clone();
+        let t = Instant::now();
+        stage.learn(&mut d);
+        for (r, (k, v)) in rs.iter_mut().zip(&d) {
+            r.key = *k;
+            stage.annotate(r, v.cgroup_id, v.last_seen_ns);
+        }
+        let rate = rs.len() as f64 / t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            rs[0].ends.source.container_id.is_some() == named,
+            "interface naming: named = {named}"
+        );
+        best = best.max(rate);
+    }
+    Ok(best)
+}
+
+/// Per-record cost of naming by interface, side by side (see the module doc).
+pub fn interface_records_per_sec(summary: &mut BTreeMap<String, f64>) -> Result<()> {
+    let without = interface_rate(false)?;
+    let with = interface_rate(true)?;
+    eprintln!("interface naming: {with:.0} records/s named, {without:.0} without a map");
+    summary.insert("interface_named_records_per_sec".into(), with);
+    summary.insert("interface_unnamed_records_per_sec".into(), without);
+    summary.insert(
+        "interface_naming_ns_per_record".into(),
+        1e9 / with - 1e9 / without,
+    );
+    Ok(())
+}
+
+/// Milliseconds of one interface map refresh in a namespace with `n` veths to `n` container
+/// namespaces, each holding a `sleep` process (median of 5; the first refresh, at start, not
+/// counted). Also the number of processes the `/proc` scan went through.
+pub fn netns_refresh(n: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
+    let host = Netns::new("bnh")?;
+    let mut nss = Vec::new();
+    let mut sleepers = Vec::new();
+    let pid = std::process::id();
+    let result = (|| -> Result<()> {
+        for i in 0..n {
+            let c = Netns::new("bnc")?;
+            let name = format!("fb{pid:x}n{i}");
+            host.ip(&[
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                c.name(),
+            ])?;
+            host.ip(&["link", "set", "dev", &name, "up"])?;
+            let child = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", c.path().display()))
+                .args(["sleep", "120"])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .context("nsenter sleep")?;
+            sleepers.push(child);
+            nss.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300)); // the sleepers entered
+        let (named, times) = host.run_in(|| {
+            let mut m = flowlens::identity::PeerMap::from_system();
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                m.refresh();
+                times.push(m.stats.last_refresh.as_secs_f64() * 1e3);
+            }
+            (m.stats.named, times)
+        })?;
+        anyhow::ensure!(named == n, "{named} of {n} interfaces named");
+        let mut times = times;
+        times.sort_by(f64::total_cmp);
+        let procs = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .count();
+        eprintln!(
+            "interface map refresh, {n} netns, {procs} processes: {:.2} ms (median of 5)",
+            times[2]
+        );
+        summary.insert(format!("netns_refresh_ms_{n}_netns"), times[2]);
+        summary.insert("netns_refresh_processes_scanned".into(), procs as f64);
+        Ok(())
+    })();
+    for mut c in sleepers {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(nss);
+    drop(host);
+    result
 }

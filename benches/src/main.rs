@@ -738,6 +738,8 @@ fn main() -> Result<()> {
             let mut s = BTreeMap::new();
             identity::probe_cost(5, 200_000, &mut s)?;
             identity::records_per_sec(&mut s)?;
+            identity::interface_records_per_sec(&mut s)?;
+            identity::netns_refresh(100, &mut s)?;
             println!("{s:#?}");
             return Ok(());
         }
@@ -838,6 +840,8 @@ fn main() -> Result<()> {
     // Issue 12: socket identity capture, side by side, and the identity stage.
     identity::probe_cost(5, 200_000, &mut summary)?;
     identity::records_per_sec(&mut summary)?;
+    identity::interface_records_per_sec(&mut summary)?;
+    identity::netns_refresh(100, &mut summary)?;
 
     // New flows.
     let (new_flow, new_noop) = new_flow_cost(5, 2_000)?;

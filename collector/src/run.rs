@@ -133,6 +133,8 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         identity::CgroupResolver::from_system()
     };
     pipe.identity = identity::IdentityStage::new(cgroups, labels);
+    // Containers behind veth interfaces of this namespace (XDP and netfilter alike).
+    pipe.identity.peers = identity::PeerMap::from_system();
 
     let result: Result<()> = rt.block_on(async {
         let mut tick = tokio::time::interval(cfg.drain_interval);

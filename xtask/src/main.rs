@@ -40,7 +40,8 @@ const HELP: &str =
           (`cargo xtask bench report`: only the flowlens report benchmark;
           `cargo xtask bench ipfix`: only the IPFIX sink benchmark,
           `cargo xtask bench otlp-transport`: only OTLP/HTTP vs OTLP/gRPC,
-          `cargo xtask bench identity`: only the identity stage and its probe cost)
+          `cargo xtask bench identity`: only the identity stage, its probe cost and the
+          interface → container map)
   demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
           (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
           traffic both ways, show the top flows, check them against what was sent, and write

@@ -737,7 +737,8 @@ const SUITES: &[Suite] = &[
         vcpus: DEFAULT_VCPUS,
     },
     Suite {
-        // Issue 12: socket cgroup capture in the netfilter programs on a pure cgroup v2 guest.
+        // Issue 12: socket cgroup capture in the netfilter programs on a pure cgroup v2 guest,
+        // and containers behind veths named by interface.
         target: "identity_e2e",
         kernels: &["6.12"],
         tests: &[],

@@ -14,21 +14,109 @@
 //!   conversation seen at `nf_local_out` in this or an earlier drain (see [`Reverse`]).
 //! * `xdp`, `nf_forward`: no socket; not named by a cgroup.
 //!
+//! A container in its own network namespace is named by the host-side interface of its veth
+//! ([`netns::PeerMap`]): the interface a packet came in on (`xdp`, `nf_pre_routing`,
+//! `nf_local_in`, `nf_forward`) names the **source**, the interface it leaves by
+//! (`nf_local_out`, `nf_post_routing`) the **destination** ([`interface_end`]). The name is
+//! captured at drain time and travels with the record through the flow table as a *stamp*
+//! handle in the cgroup id slot ([`Stamps`]), so a container that goes away keeps its name
+//! and a second container on the same interface index and flow key starts a new record.
+//!
 //! `--label-cidrs` labels both ends of every record by address.
 
 pub mod cgroup;
 pub mod container;
 pub mod labels;
+pub mod netns;
 
 use std::collections::HashMap;
 
 use flowlens_schema::{
-    FlowKey, FlowValue, OBS_NF_LOCAL_IN, OBS_NF_LOCAL_OUT, OBS_NF_POST_ROUTING, OBS_NF_PRE_ROUTING,
+    FlowKey, FlowValue, OBS_NF_FORWARD, OBS_NF_LOCAL_IN, OBS_NF_LOCAL_OUT, OBS_NF_POST_ROUTING,
+    OBS_NF_PRE_ROUTING, OBS_XDP,
     record::{EndIdentity, FlowRecord},
 };
 
 pub use cgroup::{CgroupInfo, CgroupResolver};
 pub use labels::LabelTable;
+pub use netns::PeerMap;
+
+/// Which end of a flow the interface in its key names when a container's veth is behind it:
+/// `Some(false)` = source (the interface the packet came in on), `Some(true)` = destination
+/// (the interface it leaves by), `None` = not recorded.
+pub fn interface_end(observation_point: u8) -> Option<bool> {
+    match observation_point {
+        OBS_XDP | OBS_NF_PRE_ROUTING | OBS_NF_LOCAL_IN | OBS_NF_FORWARD => Some(false),
+        OBS_NF_LOCAL_OUT | OBS_NF_POST_ROUTING => Some(true),
+        _ => None,
+    }
+}
+
+/// Marks a stamp handle in the cgroup id slot (kernfs ids never have the top bit set).
+const STAMP_BIT: u64 = 1 << 63;
+/// Bound on open records carrying a stamp; beyond it the stamps are dropped (those records
+/// lose their interface end, nothing is misnamed).
+const STAMPS_MAX: usize = 4_000_000;
+
+/// What a record's packets carried when drained: the socket's cgroup id and the container
+/// behind the interface (`None`: the interface had none).
+#[derive(Clone, Debug)]
+struct Stamp {
+    cgroup_id: u64,
+    peer: Option<netns::PeerEnd>,
+}
+
+/// Stamps of open records: a handle (`STAMP_BIT | n`, never reused) replaces the delta's
+/// cgroup id, so the flow table keeps it with the record, and splits the record (like for
+/// another socket's cgroup) when the same key arrives with another stamp: another container
+/// behind the interface index. A delta with the same interface end and the same (or an
+/// unknown) socket cgroup gets the record's handle. Handles are removed when their record is
+/// exported.
+#[derive(Default)]
+struct Stamps {
+    by_handle: HashMap<u64, Stamp, foldhash::fast::RandomState>,
+    by_key: HashMap<FlowKey, u64, foldhash::fast::RandomState>,
+    next: u64,
+}
+
+impl Stamps {
+    fn stamp(&mut self, key: &FlowKey, cgroup_id: u64, peer: Option<&netns::PeerEnd>) -> u64 {
+        let end_id = peer.map(|p| p.end_id);
+        if let Some(h) = self.by_key.get(key)
+            && let Some(s) = self.by_handle.get_mut(h)
+            && s.peer.as_ref().map(|p| p.end_id) == end_id
+            && (s.cgroup_id == cgroup_id || cgroup_id == 0 || s.cgroup_id == 0)
+        {
+            if s.cgroup_id == 0 {
+                s.cgroup_id = cgroup_id;
+            }
+            return *h;
+        }
+        if self.by_handle.len() >= STAMPS_MAX {
+            self.by_handle.clear();
+            self.by_key.clear();
+        }
+        self.next += 1;
+        let h = STAMP_BIT | self.next;
+        self.by_handle.insert(
+            h,
+            Stamp {
+                cgroup_id,
+                peer: peer.cloned(),
+            },
+        );
+        self.by_key.insert(*key, h);
+        h
+    }
+
+    /// The stamp of an exported record (removed).
+    fn take(&mut self, key: &FlowKey, h: u64) -> Option<Stamp> {
+        if self.by_key.get(key) == Some(&h) {
+            self.by_key.remove(key);
+        }
+        self.by_handle.remove(&h)
+    }
+}
 
 /// Which end of a flow a cgroup id captured at `observation_point` belongs to:
 /// `Some(false)` = source, `Some(true)` = destination, `None` = no socket there.
@@ -143,12 +231,16 @@ pub struct IdentityStats {
     pub named_ends: u64,
     /// Record ends whose cgroup id could not be resolved to a path.
     pub unresolved_ends: u64,
+    /// Record ends named by the container behind an interface.
+    pub interface_ends: u64,
 }
 
 pub struct IdentityStage {
     pub cgroups: CgroupResolver,
     labels: Option<LabelTable>,
     reverse: Reverse,
+    pub peers: PeerMap,
+    stamps: Stamps,
     pub stats: IdentityStats,
     ids: Vec<u64>,
 }
@@ -159,6 +251,8 @@ impl IdentityStage {
             cgroups,
             labels,
             reverse: Reverse::default(),
+            peers: PeerMap::disabled(),
+            stamps: Stamps::default(),
             stats: IdentityStats::default(),
             ids: Vec::new(),
         }
@@ -189,11 +283,52 @@ impl IdentityStage {
             self.cgroups.learn(ids.iter().copied());
             self.ids = ids;
         }
+        self.stamp_interfaces(deltas);
+    }
+
+    /// Names the interface end of the deltas seen on a host-side veth (see [`Stamps`]); the
+    /// socket cgroup ids of those deltas move into their stamps.
+    fn stamp_interfaces(&mut self, deltas: &mut [(FlowKey, FlowValue)]) {
+        self.peers.next_drain();
+        if self.peers.is_empty() && self.stamps.by_key.is_empty() {
+            return;
+        }
+        for (k, v) in deltas.iter_mut() {
+            if v.packets == 0 {
+                continue; // the flow table drops it: no record would take the stamp
+            }
+            let peer = match interface_end(k.observation_point) {
+                Some(_) => self.peers.end(k.ifindex),
+                None => None,
+            };
+            // A key that had a stamp keeps getting one (a new one if the interface lost its
+            // container), so its records split rather than merge across containers.
+            if peer.is_some() || self.stamps.by_key.contains_key(k) {
+                v.cgroup_id = self.stamps.stamp(k, v.cgroup_id, peer);
+            }
+        }
     }
 
     /// Fills the identity columns of `r`, whose flow's packets carried socket cgroup
     /// `cgroup_id` (0: none) and whose last packet was seen at `last_seen_ns` (monotonic).
     pub fn annotate(&mut self, r: &mut FlowRecord, cgroup_id: u64, last_seen_ns: u64) {
+        let mut cgroup_id = cgroup_id;
+        if cgroup_id & STAMP_BIT != 0 {
+            let stamp = self.stamps.take(&r.key, cgroup_id);
+            cgroup_id = stamp.as_ref().map_or(0, |s| s.cgroup_id);
+            if let (Some(p), Some(destination)) = (
+                stamp.and_then(|s| s.peer),
+                interface_end(r.key.observation_point),
+            ) {
+                let e = if destination {
+                    &mut r.ends.destination
+                } else {
+                    &mut r.ends.source
+                };
+                fill(e, &p.info);
+                self.stats.interface_ends += 1;
+            }
+        }
         let end = socket_end(r.key.observation_point);
         let (end, id) = match (end, cgroup_id) {
             (Some(end), id) if id != 0 => (Some(end), id),
@@ -239,7 +374,7 @@ fn fill(e: &mut EndIdentity, info: &CgroupInfo) {
 mod tests {
     use std::sync::Arc;
 
-    use flowlens_schema::{OBS_NF_FORWARD, OBS_XDP, record::EndReason};
+    use flowlens_schema::record::EndReason;
 
     use super::*;
 
@@ -391,5 +526,121 @@ mod tests {
         s.annotate(&mut r, 0, 0);
         assert_eq!(r.ends.source.label.as_deref(), Some("a"));
         assert_eq!(r.ends.destination.label.as_deref(), Some("net"));
+    }
+
+    fn at(obs: u8, ifindex: u32, src: u8, dst: u8) -> FlowKey {
+        let mut k = key(obs, src, 1000, dst, 53);
+        k.ifindex = ifindex;
+        k
+    }
+
+    fn info(id: &str) -> CgroupInfo {
+        CgroupInfo::from_path(
+            &format!("/system.slice/docker-{id}.scope"),
+            Some((Arc::from("app"), 9)),
+        )
+    }
+
+    /// Drains `d` and exports each delta as its own record (what the flow table does for a
+    /// new key), returning the records.
+    fn through(s: &mut IdentityStage, d: &mut [(FlowKey, FlowValue)]) -> Vec<FlowRecord> {
+        s.learn(d);
+        d.iter()
+            .map(|(k, v)| {
+                let mut r = record(*k);
+                s.annotate(&mut r, v.cgroup_id, v.last_seen_ns);
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_interface_names_its_container_at_the_right_end() {
+        let mut s = stage();
+        s.peers.insert(5, info(ID));
+        let mut d = [
+            (at(OBS_XDP, 5, 2, 1), sent(0, 1)),
+            (at(OBS_NF_FORWARD, 5, 2, 3), sent(0, 1)),
+            (at(OBS_NF_LOCAL_IN, 5, 2, 1), sent(0, 1)),
+            (at(OBS_NF_LOCAL_OUT, 5, 1, 2), sent(8, 1)),
+            (at(OBS_NF_POST_ROUTING, 5, 1, 2), sent(0, 1)),
+            (at(OBS_NF_LOCAL_OUT, 6, 1, 4), sent(0, 1)), // another interface: nothing
+        ];
+        let r = through(&mut s, &mut d);
+        for r in &r[..3] {
+            assert_eq!(r.ends.source.container_id.as_deref(), Some(ID), "{r:?}");
+            assert_eq!(r.ends.source.process_pid, Some(9));
+            assert!(r.ends.destination.is_empty());
+        }
+        assert_eq!(r[3].ends.destination.container_id.as_deref(), Some(ID));
+        assert_eq!(
+            r[3].ends.source.cgroup.as_deref(),
+            Some("/odd/name"),
+            "socket end kept"
+        );
+        assert_eq!(r[4].ends.destination.container_id.as_deref(), Some(ID));
+        assert!(r[4].ends.source.is_empty());
+        assert_eq!(r[5].ends, Default::default());
+        assert_eq!(s.stats.interface_ends, 5);
+        assert!(s.stamps.by_key.is_empty() && s.stamps.by_handle.is_empty());
+    }
+
+    /// A record stays one record while its interface keeps its container (a socket cgroup that
+    /// shows up later joins it); a container gone keeps its name for the open record; a new
+    /// container on the same interface index gets a new record.
+    #[test]
+    fn stamps_follow_the_container_not_the_interface_index() {
+        let mut s = stage();
+        let k = at(OBS_NF_LOCAL_OUT, 5, 1, 2);
+        s.peers.insert(5, info(ID));
+        let mut d1 = [(k, sent(0, 1))];
+        s.learn(&mut d1);
+        let h = d1[0].1.cgroup_id;
+        assert_ne!(h & STAMP_BIT, 0);
+        let mut d2 = [(k, sent(7, 2))];
+        s.learn(&mut d2);
+        assert_eq!(
+            d2[0].1.cgroup_id, h,
+            "same container, socket now known: same record"
+        );
+        let mut d3 = [(k, sent(0, 3))];
+        s.learn(&mut d3);
+        assert_eq!(d3[0].1.cgroup_id, h);
+        // The container goes away; packets drained within TOMBSTONE_DRAINS still name it.
+        s.peers.remove(5);
+        let mut d4 = [(k, sent(0, 4))];
+        s.learn(&mut d4);
+        assert_eq!(d4[0].1.cgroup_id, h);
+        for _ in 0..netns::TOMBSTONE_DRAINS + 1 {
+            s.learn(&mut []);
+        }
+        // A new container takes the index: another stamp, so the flow table splits.
+        let other = "b".repeat(64);
+        s.peers.insert(5, info(&other));
+        let mut d5 = [(k, sent(0, 5))];
+        s.learn(&mut d5);
+        let h2 = d5[0].1.cgroup_id;
+        assert_ne!(h2, h);
+        let mut old = record(k);
+        s.annotate(&mut old, h, 4);
+        assert_eq!(old.ends.destination.container_id.as_deref(), Some(ID));
+        assert_eq!(
+            old.ends.source.container_id.as_deref(),
+            Some(ID),
+            "socket 7"
+        );
+        let mut new = record(k);
+        s.annotate(&mut new, h2, 5);
+        assert_eq!(
+            new.ends.destination.container_id.as_deref(),
+            Some(other.as_str())
+        );
+        assert!(new.ends.source.is_empty());
+        // Another socket on the same key and container: a new stamp too.
+        let mut d6 = [(k, sent(7, 6))];
+        s.learn(&mut d6);
+        let mut d7 = [(k, sent(8, 7))];
+        s.learn(&mut d7);
+        assert_ne!(d6[0].1.cgroup_id, d7[0].1.cgroup_id);
     }
 }
