@@ -296,9 +296,20 @@ impl FlowTable {
         }
     }
 
+    /// Moves the records ended by a split or for lack of room into `out`. An empty `out` takes
+    /// the buffer itself (no copy, and no second buffer of that size stays allocated).
+    fn take_split(&mut self, out: &mut Vec<Ended>) {
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.split);
+            self.split = Vec::new();
+        } else {
+            out.append(&mut self.split);
+        }
+    }
+
     /// Moves every record that ended by `now_ns` (CLOCK_MONOTONIC) into `out`.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Ended>) {
-        out.append(&mut self.split);
+        self.take_split(out);
         let (active, idle) = (self.active_ns, self.idle_ns);
         self.flows.retain(|key, s| {
             let reason = if s.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -321,7 +332,7 @@ impl FlowTable {
 
     /// Ends every open record with `forced_end` (shutdown).
     pub fn drain_all(&mut self, out: &mut Vec<Ended>) {
-        out.append(&mut self.split);
+        self.take_split(out);
         out.extend(self.flows.drain().map(|(key, state)| Ended {
             key,
             state,

@@ -9,13 +9,14 @@
 //! | one drain's deltas (drain → table) | `2 × --max-flows` entries (both kernel buffers at the last drain), reserved once |
 //! | records handed to the sinks per call (table → identity → sinks) | 8192 records (`pipeline::RECORD_CHUNK`), in `BASE_BYTES` |
 //! | records queued in Kafka / OTLP sinks (and the spool's copies of them) | `--kafka-queue-max-records`, `--otlp-queue-records`, × [`QUEUED_RECORD_BYTES`] |
-//! | the flow table, its rebuilds and the ended flows of one expiry pass | **the rest**: `flow cap = rest / TABLE_BYTES_PER_FLOW` |
+//! | the flow table, its rebuilds and the ended flows of one expiry pass | **the rest**: the flow cap is the most flows whose [`table_peak_bytes`] fit |
 //!
 //! Past the flow cap, the flows seen least recently end early with `lack_of_resources`
-//! (`flow_table`). The per-flow figure is *measured*, not computed from type sizes:
-//! `flowlens-bench flow-memory` runs the real pipeline (flow table, exporter, Parquet sink) at
-//! the cap under a flood of new flows and reads the peak RSS (`VmHWM`) at two caps; the
-//! difference divided by the difference in flows is the peak bytes per flow (docs/BENCHMARKS.md).
+//! (`flow_table`). The table's model is checked against measured peak RSS:
+//! `flowlens-bench flood` runs the real pipeline (flow table, exporter, Parquet sink) capped at
+//! several sizes under a flood of 120k new flows per second, reads the peak RSS (`VmHWM`) of
+//! each, and reports the measured bytes per flow next to the model's (docs/BENCHMARKS.md): the
+//! model must not be below the measurement.
 //!
 //! Kernel memory (the two LRU flow buffers, charged to the same cgroup on kernels ≥ 5.11) is not
 //! part of `--max-memory`: it is fixed by `--max-flows` (see [`kernel_map_bytes`]).
@@ -26,23 +27,54 @@
 /// Default `--max-memory` (see the module documentation).
 pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
 
-/// Peak RSS of `flowlens run` with an empty flow table and the default sinks: program, tokio,
-/// the Parquet sink's open row group, one 8192-record chunk of records. Measured with
-/// `flowlens-bench flow-memory` (the intercept of peak RSS over the flow cap), rounded up.
-pub const BASE_BYTES: u64 = 40 << 20;
+/// Peak RSS of `flowlens run` besides the flow table, the drain buffers and the sink queues:
+/// program, tokio, the Parquet sink (its open row group of up to 128k rows), one 8192-record
+/// chunk of records. Measured with `flowlens-bench flow-memory-child` (the peak RSS at a
+/// 4096-flow cap, minus the model of its table and drain buffers), rounded up.
+pub const BASE_BYTES: u64 = 48 << 20;
 
-/// Peak bytes per flow of the flow table at its cap under a flood: the hash table (7/8 full
-/// at most, buckets a power of two), the transient second table of a rebuild that clears
-/// tombstones, and the ended-flow vector of an expiry pass. Measured with
-/// `flowlens-bench flow-memory` (docs/BENCHMARKS.md), rounded up.
-pub const TABLE_BYTES_PER_FLOW: u64 = 400;
+/// One slot of the flow table's hash table: 48-byte key, 48-byte state, one control byte.
+pub const TABLE_SLOT_BYTES: u64 = 48 + 48 + 1;
+/// One ended flow waiting to become a record (`flow_table::Ended`).
+pub const ENDED_BYTES: u64 = 104;
 
 /// Bytes of one record waiting in a sink's memory queue (a `FlowRecord` and its Community ID
-/// string; Kafka holds its encoded message instead, smaller).
-pub const QUEUED_RECORD_BYTES: u64 = 512;
+/// string): 368 measured (`flowlens-bench record-memory-child`), rounded up.
+pub const QUEUED_RECORD_BYTES: u64 = 384;
 
 /// Bytes of one drained `(FlowKey, FlowValue)` delta.
 pub const DELTA_BYTES: u64 = 104;
+
+/// Buckets of a hash table (hashbrown, std's `HashMap`) sized for `n` items: at most 7/8 full,
+/// a power of two.
+pub fn table_buckets(n: u64) -> u64 {
+    if n < 8 {
+        return 8;
+    }
+    (n * 8).div_ceil(7).next_power_of_two()
+}
+
+/// Peak bytes of a flow table capped at `n` flows: two hash tables at once (a rebuild that
+/// clears tombstones fills the new table before it drops the old one), and every flow ended in
+/// one expiry pass. An upper bound: `flowlens-bench flood` reports it next to the measured
+/// peak RSS per cap (docs/BENCHMARKS.md).
+pub fn table_peak_bytes(n: u64) -> u64 {
+    2 * table_buckets(n) * TABLE_SLOT_BYTES + n * ENDED_BYTES
+}
+
+/// The most flows whose [`table_peak_bytes`] fit in `bytes`.
+pub fn flows_in(bytes: u64) -> u64 {
+    let (mut lo, mut hi) = (0u64, bytes / ENDED_BYTES + 1);
+    while lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        if table_peak_bytes(mid) <= bytes {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
 
 /// Smallest flow cap `--max-memory` may leave (below it a busy host ends almost every flow
 /// early: refused at start).
@@ -72,10 +104,11 @@ pub fn drain_entries(kernel_max_flows: u32) -> usize {
 /// may hold in memory queues, summed over sinks (a spooled sink counts its queue twice: the
 /// spool keeps a copy until the sink settles them). An error is one line saying what is needed.
 pub fn plan(max_memory: u64, kernel_max_flows: u32, queued_records: u64) -> Result<Budget, String> {
-    let drain = drain_entries(kernel_max_flows) as u64 * DELTA_BYTES;
+    // The deltas, and as many flows ended for lack of room by them.
+    let drain = drain_entries(kernel_max_flows) as u64 * (DELTA_BYTES + ENDED_BYTES);
     let sink_queues = queued_records.saturating_mul(QUEUED_RECORD_BYTES);
     let fixed = BASE_BYTES + drain + sink_queues;
-    let need = fixed + MIN_FLOW_CAP * TABLE_BYTES_PER_FLOW;
+    let need = fixed + table_peak_bytes(MIN_FLOW_CAP);
     if max_memory < need {
         return Err(format!(
             "--max-memory {} is too small for these settings: at least {} ({} MiB) is needed \
@@ -88,7 +121,7 @@ pub fn plan(max_memory: u64, kernel_max_flows: u32, queued_records: u64) -> Resu
             BASE_BYTES >> 20,
             drain.div_ceil(1 << 20),
             sink_queues.div_ceil(1 << 20),
-            (MIN_FLOW_CAP * TABLE_BYTES_PER_FLOW).div_ceil(1 << 20),
+            table_peak_bytes(MIN_FLOW_CAP).div_ceil(1 << 20),
         ));
     }
     let table = max_memory - fixed;
@@ -98,7 +131,7 @@ pub fn plan(max_memory: u64, kernel_max_flows: u32, queued_records: u64) -> Resu
         drain,
         sink_queues,
         table,
-        flow_cap: table / TABLE_BYTES_PER_FLOW,
+        flow_cap: flows_in(table),
     })
 }
 
@@ -173,12 +206,24 @@ mod tests {
 
     #[test]
     fn too_small_is_one_clear_line() {
-        let e = plan(32 << 20, 131_072, 0).unwrap_err();
-        assert!(e.starts_with("--max-memory 33554432 is too small"), "{e}");
+        let e = plan(64 << 20, 131_072, 0).unwrap_err();
+        assert!(e.starts_with("--max-memory 67108864 is too small"), "{e}");
         assert!(!e.contains('\n'));
         // Queued records of the sinks come off the table's share.
         let a = plan(256 << 20, 131_072, 0).unwrap();
         let b = plan(256 << 20, 131_072, 100_000).unwrap();
         assert_eq!(a.table - b.table, 100_000 * QUEUED_RECORD_BYTES);
+    }
+
+    #[test]
+    fn flow_cap_is_the_most_flows_that_fit() {
+        for bytes in [1u64 << 20, 50 << 20, 150 << 20, 1 << 30] {
+            let n = flows_in(bytes);
+            assert!(table_peak_bytes(n) <= bytes);
+            assert!(table_peak_bytes(n + 1) > bytes);
+        }
+        // 7/8 of a power of two fills its buckets; one more flow doubles them.
+        assert_eq!(table_buckets(458_752), 524_288);
+        assert_eq!(table_buckets(458_753), 1_048_576);
     }
 }

@@ -208,6 +208,11 @@ impl Pipeline {
                 }
             }
         }
+        // A burst of ended flows (a flood, every flow at its active timeout) does not keep its
+        // buffer for the rest of the run.
+        if self.ended.capacity() > 4 * RECORD_CHUNK {
+            self.ended = Vec::new();
+        }
         // Every cycle, records or not: rotation, flushing, spool replay.
         for (i, s) in self.sinks.iter_mut().enumerate() {
             if let Err(e) = s.tick() {

@@ -40,7 +40,10 @@ const HELP: &str =
           (`cargo xtask bench report`: only the flowlens report benchmark;
           `cargo xtask bench ipfix`: only the IPFIX sink benchmark,
           `cargo xtask bench otlp-transport`: only OTLP/HTTP vs OTLP/gRPC,
-          `cargo xtask bench identity`: only the identity stage and its probe cost)
+          `cargo xtask bench identity`: only the identity stage and its probe cost,
+          `cargo xtask bench flood [SECONDS]`: only the random-source flood through a veth
+          into `flowlens run --max-memory` (per sink: packets sent/seen/counted, peak RSS,
+          records/s, CPU per packet), sink records/s and the flow table's bytes per flow)
   demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
           (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
           traffic both ways, show the top flows, check them against what was sent, and write
@@ -65,6 +68,10 @@ fn real_main() -> Result<()> {
         }
         "bench" => {
             let env = setup::setup()?;
+            // The flood bench runs the real binary (found next to the bench's own).
+            if rest.first().map(String::as_str) == Some("flood") {
+                build_release(&env)?;
+            }
             run(cargo(&env)
                 .args([
                     "run",
