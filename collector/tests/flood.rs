@@ -184,7 +184,8 @@ fn flood_with_small_max_memory_counts_every_packet_and_stays_bounded() {
     assert_eq!(lor_rows[0].as_u64().unwrap(), lor, "{got}");
     assert_eq!(lor_rows[1].as_u64().unwrap(), lor_packets, "{got}");
 
-    // Peak RSS under the bound, from the kernel's own accounting of the child.
+    // Peak RSS under the bound, from the kernel's accounting of the child (`ru_maxrss` also
+    // covers this test process's RSS at fork: an upper bound) and flowlens' own VmHWM.
     let peak = ru.ru_maxrss as u64 * 1024;
     eprintln!(
         "peak RSS {:.1} MiB of --max-memory {MAX_MEMORY} (flow cap {cap}, {lor} records ended early)",
