@@ -132,7 +132,7 @@ fn flood_with_small_max_memory_counts_every_packet_and_stays_bounded() {
     assert_eq!(field(budget, "max_memory"), MAX_MEMORY_BYTES);
 
     // Exact conservation in the probe's own accounting.
-    let cons = line(&stderr, "conservation:");
+    let cons = line(&stderr, "flowlens::conservation: conservation:");
     assert!(
         cons.contains("every keyed packet was drained") && cons.contains("lost_packets=0"),
         "{cons}"
