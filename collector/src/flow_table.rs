@@ -62,6 +62,9 @@ pub struct FlowTable {
     sample: Vec<u64>,
 }
 
+/// Capacity of the split buffer kept between cycles (a flood's burst is not).
+const SPLIT_KEEP: usize = 32_768;
+
 /// Flows sampled to find the `last_seen` threshold of an eviction pass.
 const EVICT_SAMPLE: usize = 4096;
 
@@ -297,13 +300,19 @@ impl FlowTable {
     }
 
     /// Moves the records ended by a split or for lack of room into `out`. An empty `out` takes
-    /// the buffer itself (no copy, and no second buffer of that size stays allocated).
+    /// the buffer itself when its own is smaller (no copy, no second buffer of that size).
     fn take_split(&mut self, out: &mut Vec<Ended>) {
-        if out.is_empty() {
+        if self.split.is_empty() {
+            return;
+        }
+        if out.is_empty() && out.capacity() < self.split.len() {
             std::mem::swap(out, &mut self.split);
             self.split = Vec::new();
         } else {
             out.append(&mut self.split);
+            if self.split.capacity() > SPLIT_KEEP {
+                self.split = Vec::new();
+            }
         }
     }
 
