@@ -56,7 +56,14 @@ impl Drainer for SyntheticFlood {
             let mut k = FlowKey::ZERO;
             k.ip_version = 4;
             k.protocol = 6;
-            k.src_addr[10..].copy_from_slice(&[0xff, 0xff, 198, 18 | ((i >> 24) as u8 & 1), (i >> 16) as u8, (i >> 8) as u8]);
+            k.src_addr[10..].copy_from_slice(&[
+                0xff,
+                0xff,
+                198,
+                18 | ((i >> 24) as u8 & 1),
+                (i >> 16) as u8,
+                (i >> 8) as u8,
+            ]);
             k.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
             k.src_port = 1024 + (i & 0xff) as u16;
             k.dst_port = 80;
@@ -148,10 +155,7 @@ pub fn record_memory_child(n: usize) -> Result<()> {
     }
     let after = flowlens::memory::peak_rss_bytes().context("VmHWM")?;
     std::hint::black_box(&q);
-    println!(
-        "bytes_per_record={:.1}",
-        (after - before) as f64 / n as f64
-    );
+    println!("bytes_per_record={:.1}", (after - before) as f64 / n as f64);
     Ok(())
 }
 
@@ -205,7 +209,10 @@ pub fn flow_memory(summary: &mut BTreeMap<String, f64>) -> Result<()> {
     for &(c, h) in &pts[1..] {
         let measured = (h - h0) / (c - c0);
         let model = (flowlens::memory::table_peak_bytes(c as u64) as f64 - model0) / (c - c0);
-        summary.insert(format!("flood_table_measured_bytes_per_flow_cap_{c}"), measured);
+        summary.insert(
+            format!("flood_table_measured_bytes_per_flow_cap_{c}"),
+            measured,
+        );
         summary.insert(format!("flood_table_model_bytes_per_flow_cap_{c}"), model);
         worst = worst.max(measured / model);
     }
@@ -329,7 +336,11 @@ pub fn wait_rusage(pid: u32) -> Result<(i32, libc::rusage)> {
     // SAFETY: a zeroed rusage is valid; wait4 on our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut ru) };
-    ensure!(r == pid as i32, "wait4: {}", std::io::Error::last_os_error());
+    ensure!(
+        r == pid as i32,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
     Ok((status, ru))
 }
 
@@ -346,7 +357,15 @@ pub fn veth_flood_once(
 ) -> Result<FloodRun> {
     let mut child = b
         .command(flowlens_binary()?)
-        .args(["run", "--xdp", &link.b_if, "--xdp-mode", "skb", "--sink", sink])
+        .args([
+            "run",
+            "--xdp",
+            &link.b_if,
+            "--xdp-mode",
+            "skb",
+            "--sink",
+            sink,
+        ])
         .args(["--max-memory", max_memory, "--spool-dir"])
         .arg(spool)
         .stdout(Stdio::null())
@@ -421,7 +440,15 @@ pub fn veth_flood(seconds: u64, summary: &mut BTreeMap<String, f64>) -> Result<(
     ] {
         let mut runs = Vec::new();
         for _ in 0..3 {
-            let r = veth_flood_once(&a, &b, &link, &sink, MAX_MEMORY, seconds, &dir.join("spool"))?;
+            let r = veth_flood_once(
+                &a,
+                &b,
+                &link,
+                &sink,
+                MAX_MEMORY,
+                seconds,
+                &dir.join("spool"),
+            )?;
             std::fs::remove_dir_all(dir.join("out")).ok();
             eprintln!(
                 "flood {label}: sent {} (veth dropped {}), probe saw {}, drained {}, in records {}, lost {}, records {} ({} lack_of_resources), peak RSS {:.1} MB, CPU {:.2} s",
@@ -437,7 +464,8 @@ pub fn veth_flood(seconds: u64, summary: &mut BTreeMap<String, f64>) -> Result<(
                 r.cpu_seconds
             );
             ensure!(
-                r.peak_rss_bytes <= flowlens::memory::parse_bytes(MAX_MEMORY).map_err(anyhow::Error::msg)?,
+                r.peak_rss_bytes
+                    <= flowlens::memory::parse_bytes(MAX_MEMORY).map_err(anyhow::Error::msg)?,
                 "flood {label}: peak RSS {} over --max-memory {MAX_MEMORY}",
                 r.peak_rss_bytes
             );
@@ -455,10 +483,16 @@ pub fn veth_flood(seconds: u64, summary: &mut BTreeMap<String, f64>) -> Result<(
             v[v.len() / 2]
         };
         let p = format!("flood_{label}");
-        summary.insert(format!("{p}_sent_pps"), med(&|r| r.sent as f64 / r.flood_seconds));
+        summary.insert(
+            format!("{p}_sent_pps"),
+            med(&|r| r.sent as f64 / r.flood_seconds),
+        );
         summary.insert(format!("{p}_packets_sent"), med(&|r| r.sent as f64));
         summary.insert(format!("{p}_packets_seen"), med(&|r| r.seen as f64));
-        summary.insert(format!("{p}_packets_counted"), med(&|r| r.record_packets as f64));
+        summary.insert(
+            format!("{p}_packets_counted"),
+            med(&|r| r.record_packets as f64),
+        );
         summary.insert(format!("{p}_packets_lost"), med(&|r| r.lost as f64));
         summary.insert(
             format!("{p}_records_per_sec"),

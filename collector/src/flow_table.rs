@@ -627,8 +627,8 @@ mod tests {
     #[test]
     fn flood_at_the_cap_stays_bounded() {
         const CAP: usize = 10_000;
-        let mut t = FlowTable::new(Duration::from_secs(60), Duration::from_secs(15))
-            .with_max_flows(CAP);
+        let mut t =
+            FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)).with_max_flows(CAP);
         let (mut sent, mut got, mut max_cap) = (0u64, 0u64, 0usize);
         let mut out = Vec::new();
         let mut id = 0u32;
@@ -653,7 +653,11 @@ mod tests {
         t.drain_all(&mut out);
         got += out.iter().map(|e| e.state.packets).sum::<u64>();
         assert_eq!(got, sent);
-        assert!(t.lack_of_resources().0 > 100_000, "{:?}", t.lack_of_resources());
+        assert!(
+            t.lack_of_resources().0 > 100_000,
+            "{:?}",
+            t.lack_of_resources()
+        );
         // hashbrown rounds buckets up to a power of two (7/8 full): at most 2x the cap.
         assert!(max_cap <= 2 * CAP, "{max_cap}");
     }

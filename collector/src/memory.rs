@@ -147,9 +147,7 @@ pub fn kernel_map_bytes(kernel_max_flows: u32) -> u64 {
 /// multiples only (a memory limit in systemd and Kubernetes is usually given as `M`/`Mi`).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
@@ -193,13 +191,20 @@ mod tests {
         assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
         assert!(parse_bytes("12XB").unwrap_err().contains("unknown unit"));
         assert!(parse_bytes("MiB").is_err());
-        assert!(parse_bytes("99999999999GiB").unwrap_err().contains("too large"));
+        assert!(
+            parse_bytes("99999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]
     fn default_budget_leaves_room_for_flows() {
         let b = plan(DEFAULT_MAX_MEMORY, 131_072, 0).unwrap();
-        assert_eq!(b.base + b.drain + b.sink_queues + b.table, DEFAULT_MAX_MEMORY);
+        assert_eq!(
+            b.base + b.drain + b.sink_queues + b.table,
+            DEFAULT_MAX_MEMORY
+        );
         assert!(b.flow_cap >= 400_000, "{b:?}");
         // The default and the kernel maps stay well under a 512 MiB limit.
         assert!(DEFAULT_MAX_MEMORY + kernel_map_bytes(131_072) < 320 << 20);

@@ -90,7 +90,8 @@ impl Pipeline {
     /// Reserves the drain buffer once for `entries` deltas (`memory::drain_entries`), so that it
     /// never grows by doubling past what the kernel buffers can hand over.
     pub fn reserve_drain(&mut self, entries: usize) {
-        self.deltas.reserve_exact(entries.saturating_sub(self.deltas.len()));
+        self.deltas
+            .reserve_exact(entries.saturating_sub(self.deltas.len()));
     }
 
     /// One cycle: drain, merge, expire (or end everything when `final_cycle`), export.

@@ -164,7 +164,15 @@ pub fn syn_flood(a: &Netns, link: &Link, spec: &FloodSpec) -> Result<FloodReport
                 let r = next(&mut state);
                 let src = Ipv4Addr::from(0xc612_0000u32 | (r as u32 & 0x0001_ffff));
                 let sport = 1024 + ((r >> 32) as u16 % 60_000);
-                let frame = syn_frame(src_mac, dst_mac, src, dst, sport, spec.dst_port, (r >> 40) as u32);
+                let frame = syn_frame(
+                    src_mac,
+                    dst_mac,
+                    src,
+                    dst,
+                    sport,
+                    spec.dst_port,
+                    (r >> 40) as u32,
+                );
                 // SAFETY: sending a valid buffer of its own length on our own socket.
                 let n = unsafe {
                     libc::send(
