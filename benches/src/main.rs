@@ -28,9 +28,15 @@
 //!
 //! * IPFIX (`ipfix.rs`): encoding records/s and bytes/record, the UDP sink to loopback.
 //!
+//! * Flood (`flood.rs`, `flowlens-bench flood`, issue 17): a random-source SYN flood through a
+//!   veth into the real `flowlens run` with `--max-memory`, per sink (packets sent / seen /
+//!   counted, peak RSS, records/s, CPU per packet); each sink's records/s; peak RSS per flow of
+//!   the capped flow table (the figure `collector/src/memory.rs` uses).
+//!
 //! `flowlens-bench report` runs only the report section (no root needed) and merges its
 //! numbers into an existing `summary.json`; `flowlens-bench ipfix` likewise for IPFIX.
 
+mod flood;
 mod identity;
 mod ipfix;
 mod metrics;
@@ -733,6 +739,14 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some("rss-child") => return rss_child(),
+        Some("flow-memory-child") => {
+            let cap = std::env::args().nth(2).context("cap")?.parse()?;
+            return flood::flow_memory_child(cap);
+        }
+        Some("record-memory-child") => {
+            let n = std::env::args().nth(2).context("n")?.parse()?;
+            return flood::record_memory_child(n);
+        }
         // Issue 12: probe cost of socket identity (with/without) and identity records/s.
         Some("identity") => {
             let mut s = BTreeMap::new();
@@ -799,6 +813,24 @@ fn main() -> Result<()> {
     let only_report = std::env::args().skip(1).any(|a| a == "report");
     let only_ipfix = std::env::args().skip(1).any(|a| a == "ipfix");
     let only_otlp = std::env::args().skip(1).any(|a| a == "otlp-transport");
+    // Issue 17: `flowlens-bench flood [SECONDS]` (default 10 s of flood per run).
+    if std::env::args().nth(1).as_deref() == Some("flood") {
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        if let Ok(s) = std::fs::read_to_string(target.join("summary.json"))
+            && let Ok(old) = serde_json::from_str::<BTreeMap<String, f64>>(&s)
+        {
+            summary.extend(old);
+        }
+        let seconds = std::env::args()
+            .nth(2)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(10);
+        flood::flow_memory(&mut summary)?;
+        flood::sink_rates(&mut summary)?;
+        flood::veth_flood(seconds, &mut summary)?;
+        return write_summary(&machine, &summary, &target);
+    }
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     if only_report || only_ipfix || only_otlp {
         if let Ok(s) = std::fs::read_to_string(target.join("summary.json"))

@@ -219,7 +219,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub otlp_batch_records: Option<usize>,
 
-    /// OTLP: records waiting in memory at most while the receiver is slow or down; records past the bound go to the spool (with --no-spool: counted as lost). [default: 262144]
+    /// OTLP: records waiting in memory at most while the receiver is slow or down; records past the bound go to the spool (with --no-spool: counted as lost). Comes off the --max-memory budget. [default: 65536]
     #[arg(long, value_name = "N")]
     pub otlp_queue_records: Option<usize>,
 
@@ -330,6 +330,28 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_duration")]
     pub shutdown_grace: Option<Duration>,
+
+    // --- memory (issue 17) ---
+    /// Bound of flowlens' user-space memory (BYTES, or with a unit: 256MiB, 1GiB). It bounds the flow table and the queues between the stages (one drain's deltas, the records handed to the sinks, the Kafka and OTLP memory queues, whose bounds are subtracted first). Past the resulting flow cap (logged at start), the flows seen least recently end early with flowEndReason `lack_of_resources`: their packets and bytes are exported as usual, counted in `flowlens_flows_ended_lack_of_resources_total` and one rate-limited log line. Kernel flow buffers (--max-flows) are not included. The default keeps flowlens with its kernel maps (about 40 MiB at the default --max-flows) far below a 512 MiB systemd or DaemonSet limit (docs/ARCHITECTURE.md, "Memory"). [default: 256MiB]
+    #[arg(long, value_name = "BYTES", value_parser = crate::memory::parse_bytes)]
+    #[serde(default, deserialize_with = "de_bytes")]
+    pub max_memory: Option<u64>,
+}
+
+/// `max-memory = "256MiB"` or `268435456`.
+fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(u64),
+        Str(String),
+    }
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(Some(n)),
+        NumOrStr::Str(s) => crate::memory::parse_bytes(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -417,6 +439,8 @@ pub struct RunConfig {
     pub spool_dir: Option<PathBuf>,
     pub spool_max_bytes: u64,
     pub shutdown_grace: Duration,
+    /// `--max-memory`, bytes.
+    pub max_memory: u64,
 }
 
 impl RunConfig {
@@ -693,6 +717,10 @@ impl RunArgs {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            max_memory: self
+                .max_memory
+                .or(file.max_memory)
+                .unwrap_or(crate::memory::DEFAULT_MAX_MEMORY),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -792,7 +820,25 @@ impl RunConfig {
                 bail!("--sink {s} given twice (same destination)");
             }
         }
+        self.memory_budget().map_err(anyhow::Error::msg)?;
         Ok(())
+    }
+
+    /// How `--max-memory` is split, and the flow cap (`memory::plan`): the sinks' memory
+    /// queues (twice for a spooled sink: the spool keeps a copy until they are settled) come off
+    /// the flow table's share.
+    pub fn memory_budget(&self) -> Result<crate::memory::Budget, String> {
+        let spooled = if self.spool_dir.is_some() { 2 } else { 1 };
+        let queued: u64 = self
+            .sinks
+            .iter()
+            .map(|s| match s {
+                SinkSpec::Kafka { .. } => self.kafka_queue_max_records as u64 * spooled,
+                SinkSpec::Otlp(_) => self.otlp_queue_records as u64 * spooled,
+                _ => 0,
+            })
+            .sum();
+        crate::memory::plan(self.max_memory, self.max_flows, queued)
     }
 }
 

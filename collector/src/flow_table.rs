@@ -6,6 +6,10 @@
 //! * `active_timeout`: the record has been open for `active_timeout` (long flows are reported in
 //!   slices; the next packets open a new record).
 //! * `forced_end`: the exporter stops ([`FlowTable::drain_all`]).
+//! * `lack_of_resources`: the table is full (`--max-memory` sets its flow cap,
+//!   [`FlowTable::with_max_flows`]): to make room for new flows, the flows *seen least recently*
+//!   end early (see [`FlowTable::merge_all`]). Their packets and bytes are in those records, so
+//!   totals stay exact; only the record is cut short.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -43,11 +47,26 @@ pub struct Ended {
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowState, Hasher>,
     /// Records ended because the same flow key showed up with another socket's cgroup (a
-    /// reused address and port): emitted at the next [`FlowTable::expire`] / `drain_all`.
+    /// reused address and port), or to make room (`lack_of_resources`): emitted at the next
+    /// [`FlowTable::expire`] / `drain_all`.
     split: Vec<Ended>,
     active_ns: u64,
     idle_ns: u64,
+    /// Most flows the table holds at once (`usize::MAX`: no bound).
+    max_flows: usize,
+    /// Records ended with `lack_of_resources` since the table was made, and their packets.
+    lack_of_resources: u64,
+    lack_of_resources_packets: u64,
+    /// Scratch: indices of the deltas of flows not in the table, and sampled `last_seen_ns`.
+    new_idx: Vec<u32>,
+    sample: Vec<u64>,
 }
+
+/// Capacity of the split buffer kept between cycles (a flood's burst is not).
+const SPLIT_KEEP: usize = 32_768;
+
+/// Flows sampled to find the `last_seen` threshold of an eviction pass.
+const EVICT_SAMPLE: usize = 4096;
 
 impl FlowTable {
     pub fn new(active_timeout: Duration, idle_timeout: Duration) -> Self {
@@ -56,7 +75,29 @@ impl FlowTable {
             split: Vec::new(),
             active_ns: u64::try_from(active_timeout.as_nanos()).unwrap_or(u64::MAX),
             idle_ns: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+            max_flows: usize::MAX,
+            lack_of_resources: 0,
+            lack_of_resources_packets: 0,
+            new_idx: Vec::new(),
+            sample: Vec::new(),
         }
+    }
+
+    /// A table that never holds more than `max_flows` flows (at least 1): past it, the flows
+    /// seen least recently end with `lack_of_resources` (see [`FlowTable::merge_all`]).
+    pub fn with_max_flows(mut self, max_flows: usize) -> Self {
+        self.max_flows = max_flows.max(1);
+        self
+    }
+
+    /// The flow cap (`usize::MAX`: none).
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
+    }
+
+    /// Records ended with `lack_of_resources` so far, and the packets in them.
+    pub fn lack_of_resources(&self) -> (u64, u64) {
+        (self.lack_of_resources, self.lack_of_resources_packets)
     }
 
     pub fn len(&self) -> usize {
@@ -95,16 +136,124 @@ impl FlowTable {
     ///
     /// The counting pass runs only when the table might not have room for every delta, so the
     /// usual drain hashes each key once.
+    ///
+    /// **At the flow cap** ([`FlowTable::with_max_flows`]): the deltas of flows already in the
+    /// table are merged first (so that a flow active in this drain counts as recently seen);
+    /// then, if the new flows do not fit, the flows whose last packet is the oldest end with
+    /// `lack_of_resources` (least recently seen first: a long flow that is still active keeps
+    /// its record, a flow that went quiet ends a little before its idle timeout would have
+    /// ended it). Each such pass ends at least 1/16 of the cap, so that a flood pays one pass
+    /// per many new flows. If one drain alone brings more new flows than the cap, the ones
+    /// beyond it end at once, in drain order. No packet is lost either way: every delta is in
+    /// exactly one record.
     pub fn merge_all(&mut self, deltas: &[(FlowKey, FlowValue)]) {
-        if self.flows.capacity() - self.flows.len() < deltas.len() {
-            let new = deltas
-                .iter()
-                .filter(|(k, _)| !self.flows.contains_key(k))
-                .count();
-            self.reserve(new);
+        if self.flows.len().saturating_add(deltas.len()) <= self.max_flows {
+            if self.flows.capacity() - self.flows.len() < deltas.len() {
+                let new = deltas
+                    .iter()
+                    .filter(|(k, _)| !self.flows.contains_key(k))
+                    .count();
+                self.reserve(new);
+            }
+            for (k, v) in deltas {
+                self.merge(k, v);
+            }
+            return;
         }
-        for (k, v) in deltas {
-            self.merge(k, v);
+        self.merge_at_cap(deltas);
+    }
+
+    fn merge_at_cap(&mut self, deltas: &[(FlowKey, FlowValue)]) {
+        let mut new_idx = std::mem::take(&mut self.new_idx);
+        new_idx.clear();
+        for (i, (k, v)) in deltas.iter().enumerate() {
+            if v.packets == 0 {
+                continue;
+            }
+            if self.flows.contains_key(k) {
+                self.merge(k, v);
+            } else {
+                new_idx.push(i as u32);
+            }
+        }
+        let want = self.flows.len() + new_idx.len();
+        if want > self.max_flows {
+            let need = (want - self.max_flows).max(self.max_flows / 16);
+            self.evict_least_recent(need.min(self.flows.len()));
+        }
+        let room = self.max_flows - self.flows.len().min(self.max_flows);
+        self.reserve(new_idx.len().min(room));
+        for &i in &new_idx {
+            let (k, v) = &deltas[i as usize];
+            if self.flows.len() < self.max_flows || self.flows.contains_key(k) {
+                self.merge(k, v);
+            } else {
+                let state = fresh_state(v);
+                self.end_for_lack_of_resources(*k, state);
+            }
+        }
+        self.new_idx = new_idx;
+    }
+
+    fn end_for_lack_of_resources(&mut self, key: FlowKey, state: FlowState) {
+        self.lack_of_resources += 1;
+        self.lack_of_resources_packets += state.packets;
+        self.split.push(Ended {
+            key,
+            state,
+            reason: EndReason::LackOfResources,
+        });
+    }
+
+    /// Ends the `n` flows (or a few more on ties) seen least recently, with `lack_of_resources`.
+    /// The `last_seen` threshold comes from a sample of the table (its iteration order is hash
+    /// order, unrelated to time), then one pass ends the flows at or below it; a second pass
+    /// with a higher threshold runs only if the sample underestimated it.
+    fn evict_least_recent(&mut self, n: usize) {
+        let mut left = n;
+        let mut fraction = n as f64 / self.flows.len().max(1) as f64;
+        while left > 0 && !self.flows.is_empty() {
+            let threshold = if left >= self.flows.len() {
+                u64::MAX
+            } else {
+                self.sample.clear();
+                self.sample.extend(
+                    self.flows
+                        .values()
+                        .take(EVICT_SAMPLE)
+                        .map(|s| s.last_seen_ns),
+                );
+                self.sample.sort_unstable();
+                // The sample's n-th smallest for a fraction n/len of the table.
+                let idx = ((fraction * self.sample.len() as f64).ceil() as usize)
+                    .saturating_sub(1)
+                    .min(self.sample.len() - 1);
+                self.sample[idx]
+            };
+            let mut ended = 0usize;
+            let (split, count, packets) = (
+                &mut self.split,
+                &mut self.lack_of_resources,
+                &mut self.lack_of_resources_packets,
+            );
+            self.flows.retain(|key, s| {
+                if ended < left && s.last_seen_ns <= threshold {
+                    ended += 1;
+                    *count += 1;
+                    *packets += s.packets;
+                    split.push(Ended {
+                        key: *key,
+                        state: *s,
+                        reason: EndReason::LackOfResources,
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            left -= ended;
+            // Underestimated: aim higher next pass.
+            fraction = (fraction * 2.0).max(left as f64 / self.flows.len().max(1) as f64);
         }
     }
 
@@ -117,15 +266,7 @@ impl FlowTable {
         // CPUs store last_seen without ordering, and XDP reads the coarse clock (one tick) on
         // each CPU: the last packet of a delta is never before its first.
         let d_last = d.last_seen_ns.max(d.first_seen_ns);
-        let fresh = FlowState {
-            packets: d.packets,
-            bytes: d.bytes,
-            first_seen_ns: d.first_seen_ns,
-            last_seen_ns: d_last,
-            tcp_flags: flags,
-            dscp: d.dscp,
-            cgroup_id: d.cgroup_id,
-        };
+        let fresh = fresh_state(d);
         match self.flows.entry(*key) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 let s = o.get_mut();
@@ -158,9 +299,26 @@ impl FlowTable {
         }
     }
 
+    /// Moves the records ended by a split or for lack of room into `out`. An empty `out` takes
+    /// the buffer itself when its own is smaller (no copy, no second buffer of that size).
+    fn take_split(&mut self, out: &mut Vec<Ended>) {
+        if self.split.is_empty() {
+            return;
+        }
+        if out.is_empty() && out.capacity() < self.split.len() {
+            std::mem::swap(out, &mut self.split);
+            self.split = Vec::new();
+        } else {
+            out.append(&mut self.split);
+            if self.split.capacity() > SPLIT_KEEP {
+                self.split = Vec::new();
+            }
+        }
+    }
+
     /// Moves every record that ended by `now_ns` (CLOCK_MONOTONIC) into `out`.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Ended>) {
-        out.append(&mut self.split);
+        self.take_split(out);
         let (active, idle) = (self.active_ns, self.idle_ns);
         self.flows.retain(|key, s| {
             let reason = if s.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -183,12 +341,25 @@ impl FlowTable {
 
     /// Ends every open record with `forced_end` (shutdown).
     pub fn drain_all(&mut self, out: &mut Vec<Ended>) {
-        out.append(&mut self.split);
+        self.take_split(out);
         out.extend(self.flows.drain().map(|(key, state)| Ended {
             key,
             state,
             reason: EndReason::ForcedEnd,
         }));
+    }
+}
+
+/// The state of a flow record that starts with delta `d`.
+fn fresh_state(d: &FlowValue) -> FlowState {
+    FlowState {
+        packets: d.packets,
+        bytes: d.bytes,
+        first_seen_ns: d.first_seen_ns,
+        last_seen_ns: d.last_seen_ns.max(d.first_seen_ns),
+        tcp_flags: (d.tcp_flags & 0x1ff) as u16,
+        dscp: d.dscp,
+        cgroup_id: d.cgroup_id,
     }
 }
 
@@ -381,5 +552,113 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].state.cgroup_id, out[0].state.packets), (9, 1));
         assert_eq!(out[0].state.first_seen_ns, 5);
+    }
+    fn flood_delta(port: u16, seen: u64) -> (FlowKey, FlowValue) {
+        let mut k = key(port);
+        k.src_addr[0] = 10;
+        (k, delta(1, 60, seen, seen, 0x02))
+    }
+
+    /// At the cap, the flows seen least recently end with `lack_of_resources`; a flow updated
+    /// in the same drain keeps its record; no packet is lost.
+    #[test]
+    fn cap_ends_least_recently_seen_flows_first() {
+        let mut t = table().with_max_flows(100);
+        // 100 flows, flow i last seen at i seconds.
+        let first: Vec<_> = (0..100).map(|i| flood_delta(i, i as u64 * S)).collect();
+        t.merge_all(&first);
+        assert_eq!(t.len(), 100);
+        // Flow 0 (the oldest) is active again; 10 new flows arrive.
+        let mut second = vec![flood_delta(0, 200 * S)];
+        second.extend((1000..1010).map(|i| flood_delta(i, 200 * S)));
+        t.merge_all(&second);
+        assert!(t.len() <= 100, "{}", t.len());
+        let mut out = Vec::new();
+        t.expire(1, &mut out); // nothing times out at t=1ns: only the cap's records
+        let ended: Vec<u16> = out
+            .iter()
+            .filter(|e| e.reason == EndReason::LackOfResources)
+            .map(|e| e.key.src_port)
+            .collect();
+        assert_eq!(ended.len(), out.len());
+        // At least 10 (room for the new ones), and at least cap/16 per pass.
+        assert!(ended.len() >= 10, "{ended:?}");
+        let mut sorted = ended.clone();
+        sorted.sort();
+        // The oldest ones, flow 0 excepted (it was refreshed).
+        let expect: Vec<u16> = (1..=sorted.len() as u16).collect();
+        assert_eq!(sorted, expect);
+        assert_eq!(t.lack_of_resources().0, ended.len() as u64);
+        // Every packet in exactly one record.
+        let mut rest = Vec::new();
+        t.drain_all(&mut rest);
+        let packets: u64 = out.iter().chain(&rest).map(|e| e.state.packets).sum();
+        assert_eq!(packets, 111);
+        let flow0 = rest.iter().find(|e| e.key.src_port == 0).unwrap();
+        assert_eq!(flow0.state.packets, 2);
+    }
+
+    /// One drain with more new flows than the cap: the table stays at the cap, the rest end at
+    /// once; duplicate keys in one drain (both buffers at shutdown) merge.
+    #[test]
+    fn one_drain_beyond_the_cap() {
+        let mut t = table().with_max_flows(50);
+        let mut d: Vec<_> = (0..200).map(|i| flood_delta(i, S + i as u64)).collect();
+        d.push(flood_delta(199, 2 * S));
+        t.merge_all(&d);
+        assert_eq!(t.len(), 50);
+        let mut out = Vec::new();
+        t.drain_all(&mut out);
+        assert_eq!(out.iter().map(|e| e.state.packets).sum::<u64>(), 201);
+        let lor = out
+            .iter()
+            .filter(|e| e.reason == EndReason::LackOfResources)
+            .count();
+        assert_eq!(lor as u64, t.lack_of_resources().0);
+        assert!(lor >= 150, "{lor}");
+        // Each key ends in one record per stretch in the table: no key is in two records
+        // unless it was ended for lack of room first.
+        let keys: std::collections::HashSet<_> = out.iter().map(|e| e.key).collect();
+        assert!(keys.len() == 200, "{}", keys.len());
+    }
+
+    /// A long flood at the cap: the table never holds more than the cap, its allocation stays
+    /// bounded, and every packet is in one record.
+    #[test]
+    fn flood_at_the_cap_stays_bounded() {
+        const CAP: usize = 10_000;
+        let mut t =
+            FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)).with_max_flows(CAP);
+        let (mut sent, mut got, mut max_cap) = (0u64, 0u64, 0usize);
+        let mut out = Vec::new();
+        let mut id = 0u32;
+        for sec in 0..50u64 {
+            let d: Vec<_> = (0..3_000)
+                .map(|_| {
+                    id += 1;
+                    let mut k = key(id as u16);
+                    k.src_addr[0..4].copy_from_slice(&id.to_be_bytes());
+                    (k, delta(2, 120, sec * S, sec * S, 0x02))
+                })
+                .collect();
+            sent += 2 * d.len() as u64;
+            t.merge_all(&d);
+            assert!(t.len() <= CAP);
+            max_cap = max_cap.max(t.capacity());
+            out.clear();
+            t.expire(sec * S, &mut out);
+            got += out.iter().map(|e| e.state.packets).sum::<u64>();
+        }
+        out.clear();
+        t.drain_all(&mut out);
+        got += out.iter().map(|e| e.state.packets).sum::<u64>();
+        assert_eq!(got, sent);
+        assert!(
+            t.lack_of_resources().0 > 100_000,
+            "{:?}",
+            t.lack_of_resources()
+        );
+        // hashbrown rounds buckets up to a power of two (7/8 full): at most 2x the cap.
+        assert!(max_cap <= 2 * CAP, "{max_cap}");
     }
 }

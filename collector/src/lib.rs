@@ -21,6 +21,7 @@ pub mod flow_table;
 pub mod identity;
 pub mod ifaces;
 pub mod kernel_support;
+pub mod memory;
 pub mod metrics;
 pub mod netfilter;
 pub mod observe;

@@ -761,6 +761,12 @@ fn render(state: &State, now: Instant) -> String {
         s.flows_in_table,
     );
     o.single(
+        "flowlens_flows_ended_lack_of_resources_total",
+        "counter",
+        "Flow records ended early (flowEndReason lack_of_resources) because the flow table was at its --max-memory cap; their packets are in them.",
+        t.flows_ended_lack_of_resources,
+    );
+    o.single(
         "flowlens_drains_total",
         "counter",
         "Drains of the kernel flow buffer (timer and early).",

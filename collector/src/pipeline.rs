@@ -57,6 +57,8 @@ pub struct Pipeline {
     pub max_consecutive_drain_failures: u64,
     drain_log: DrainLog,
     sink_log: SinkLog,
+    /// One line at most per period while the flow table is full.
+    full_log: RateLimited,
     deltas: Vec<(FlowKey, FlowValue)>,
     ended: Vec<Ended>,
     records: Vec<FlowRecord>,
@@ -74,6 +76,7 @@ impl Pipeline {
             sink_failures: vec![SinkFailures::default(); n],
             max_consecutive_drain_failures: MAX_CONSECUTIVE_DRAIN_FAILURES,
             drain_log: DrainLog::default(),
+            full_log: RateLimited::default(),
             sink_log: SinkLog {
                 write: vec![RateLimited::default(); n],
                 tick: vec![RateLimited::default(); n],
@@ -82,6 +85,13 @@ impl Pipeline {
             ended: Vec::new(),
             records: Vec::new(),
         }
+    }
+
+    /// Reserves the drain buffer once for `entries` deltas (`memory::drain_entries`), so that it
+    /// never grows by doubling past what the kernel buffers can hand over.
+    pub fn reserve_drain(&mut self, entries: usize) {
+        self.deltas
+            .reserve_exact(entries.saturating_sub(self.deltas.len()));
     }
 
     /// One cycle: drain, merge, expire (or end everything when `final_cycle`), export.
@@ -149,6 +159,21 @@ impl Pipeline {
         }
         self.identity.learn(&mut self.deltas);
         self.table.merge_all(&self.deltas);
+        let (ended_early, early_packets) = self.table.lack_of_resources();
+        if ended_early > self.totals.flows_ended_lack_of_resources {
+            let now = ended_early - self.totals.flows_ended_lack_of_resources;
+            if let Some(suppressed) = self.full_log.check() {
+                tracing::warn!(
+                    flows_ended = now,
+                    total = ended_early,
+                    max_flows = self.table.max_flows(),
+                    suppressed,
+                    "flow table full (--max-memory): the flows seen least recently end early with flowEndReason lack_of_resources (their packets are exported, none is lost)"
+                );
+            }
+        }
+        self.totals.flows_ended_lack_of_resources = ended_early;
+        self.totals.lack_of_resources_packets = early_packets;
         self.ended.clear();
         if final_cycle {
             self.table.drain_all(&mut self.ended);
@@ -183,6 +208,11 @@ impl Pipeline {
                     }
                 }
             }
+        }
+        // A burst of ended flows (a flood, every flow at its active timeout) does not keep its
+        // buffer for the rest of the run.
+        if self.ended.capacity() > 4 * RECORD_CHUNK {
+            self.ended = Vec::new();
         }
         // Every cycle, records or not: rotation, flushing, spool replay.
         for (i, s) in self.sinks.iter_mut().enumerate() {

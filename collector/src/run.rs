@@ -120,11 +120,24 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
     }
     tracing::info!(interfaces = ?ifaces_list, mode = ?cfg.xdp_mode, sinks = ?cfg.sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "flowlens running");
 
+    // --max-memory: validated with the config; the flow cap is what is left for the table.
+    let budget = cfg.memory_budget().map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        max_memory = budget.max_memory,
+        flow_cap = budget.flow_cap,
+        table_bytes = budget.table,
+        drain_bytes = budget.drain,
+        sink_queue_bytes = budget.sink_queues,
+        kernel_map_bytes = crate::memory::kernel_map_bytes(cfg.max_flows),
+        "memory budget (--max-memory): past flow_cap open flows, the least recently seen end early (lack_of_resources)"
+    );
     let mut pipe = Pipeline::new(
-        FlowTable::new(cfg.active_timeout, cfg.idle_timeout),
+        FlowTable::new(cfg.active_timeout, cfg.idle_timeout)
+            .with_max_flows(usize::try_from(budget.flow_cap).unwrap_or(usize::MAX)),
         Exporter::new(host),
         sinks,
     );
+    pipe.reserve_drain(crate::memory::drain_entries(cfg.max_flows));
     // Only the netfilter programs capture sockets' cgroups: an XDP-only run has none to resolve
     // (and no reason to look for, or warn about, the cgroup2 hierarchy).
     let cgroups = if nf_hooks.is_empty() {
@@ -205,6 +218,10 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         records_lost_in_sinks = t.records_lost_in_sinks,
         records_spooled = t.records_spooled,
         drain_failures = t.drain_failures,
+        flows_ended_lack_of_resources = t.flows_ended_lack_of_resources,
+        lack_of_resources_packets = t.lack_of_resources_packets,
+        peak_rss_bytes = crate::memory::peak_rss_bytes().unwrap_or(0),
+        max_memory = cfg.max_memory,
         "flowlens stopped"
     );
     Ok(t)

@@ -27,6 +27,10 @@ pub struct Totals {
     pub records_spooled: u64,
     /// Drains started before the interval because the kernel buffer was filling up.
     pub early_drains: u64,
+    /// Flow records ended early with `lack_of_resources` because the flow table was at its
+    /// cap (`--max-memory`), and the packets in them (exported like any other record's).
+    pub flows_ended_lack_of_resources: u64,
+    pub lack_of_resources_packets: u64,
     /// Packets/bytes moved out of the kernel map (before the flow table).
     pub drained_packets: u64,
     pub drained_bytes: u64,

@@ -9,6 +9,7 @@
 //! * [`routed`]: host A — router R — host B (two veth pairs, forwarding on in R, routes in A
 //!   and B), for forwarded traffic.
 //! * [`udp_exchange`], [`tcp_transfer`], [`icmp_echo`]: bounded traffic generators.
+//! * [`syn_flood`]: a random-source SYN flood over a link, bounded in packets and time.
 //! * [`Capture`]: an AF_PACKET observer of the frames an interface receives.
 //! * [`temp_dir`], [`unique_path`], [`Tmpfs`]: test directories and a small mounted tmpfs (to
 //!   fill a disk).
@@ -26,6 +27,7 @@
 
 mod capture;
 mod child;
+mod flood;
 mod flows;
 mod fs;
 #[cfg(feature = "peers")]
@@ -44,6 +46,7 @@ mod traffic;
 
 pub use capture::{Capture, MAX_FRAME};
 pub use child::assert_child_entry_is_not_a_test;
+pub use flood::{FLOOD_IP_LEN, FloodReport, FloodSpec, is_flood_source, syn_flood};
 pub use flows::{FlowTuple, flows_of};
 pub use fs::{Tmpfs, temp_dir, unique_path};
 pub use link::{Link, ifindex, veth_pair};

@@ -41,7 +41,10 @@ const HELP: &str =
           `cargo xtask bench ipfix`: only the IPFIX sink benchmark,
           `cargo xtask bench otlp-transport`: only OTLP/HTTP vs OTLP/gRPC,
           `cargo xtask bench identity`: only the identity stage, its probe cost and the
-          interface → container map)
+          interface → container map,
+          `cargo xtask bench flood [SECONDS]`: only the random-source flood through a veth
+          into `flowlens run --max-memory` (per sink: packets sent/seen/counted, peak RSS,
+          records/s, CPU per packet), sink records/s and the flow table's bytes per flow)
   demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
           (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
           traffic both ways, show the top flows, check them against what was sent, and write
@@ -66,6 +69,10 @@ fn real_main() -> Result<()> {
         }
         "bench" => {
             let env = setup::setup()?;
+            // The flood bench runs the real binary (found next to the bench's own).
+            if rest.first().map(String::as_str) == Some("flood") {
+                build_release(&env)?;
+            }
             run(cargo(&env)
                 .args([
                     "run",

@@ -93,8 +93,11 @@ impl std::fmt::Display for OtlpProtocol {
 /// Default records per export request (about 0.5-1 MB uncompressed, well under the 4 MiB gRPC
 /// default message limit of receivers).
 pub const DEFAULT_BATCH_RECORDS: usize = 2048;
-/// Default bound of the in-memory queue, in records (a few hundred bytes each).
-pub const DEFAULT_QUEUE_RECORDS: usize = 262_144;
+/// Default bound of the in-memory queue, in records (a few hundred bytes each): 32 requests of
+/// the default batch size. Past it records go to the on-disk spool, so a larger queue buys no
+/// delivery, only memory (it comes off `--max-memory`'s flow table share, twice under a spool:
+/// issue 17).
+pub const DEFAULT_QUEUE_RECORDS: usize = 65_536;
 
 /// Options of the OTLP sink.
 #[derive(Clone, Debug)]
