@@ -170,6 +170,7 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
     for (_, p) in xdp_progs {
         probe.xdp_program(p)?;
     }
+    let mut extra = ExtraPrograms::load()?;
     for &(_, p) in nf_progs {
         probe.load_netfilter(p)?;
     }
@@ -192,6 +193,18 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
                     r.return_value
                 );
                 total += r.duration.as_nanos() as f64;
+            }
+            samples
+                .entry(label)
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
+        for label in extra.labels() {
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                total += extra
+                    .test_run(label, frame, repeat)
+                    .with_context(|| format!("test run of {label}"))?;
             }
             samples
                 .entry(label)
@@ -225,6 +238,115 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
             (k, v[v.len() / 2])
         })
         .collect())
+}
+
+/// Optional side-by-side programs from other object files, named by environment variables:
+///
+/// * `FLOWLENS_BENCH_XDP_OBJECT=PATH`: another build of the flowlens probe (an A/B comparison
+///   of a probe change): its `flowlens_xdp` is measured as `xdp_other`.
+/// * `FLOWLENS_BENCH_NETOBSERV_OBJECT=PATH`: NetObserv's prebuilt eBPF object
+///   (`pkg/ebpf/bpf_x86_bpfel.o` of github.com/netobserv/netobserv-ebpf-agent, not shipped
+///   here): its TC flow program `tc_ingress_flow_parse` (section `classifier/tc_ingress`; default configuration: no sampling, no optional
+///   trackers) as `netobserv_tc`, and flowlens's no-op TC program `flowlens_tc_noop` as
+///   `noop_tc`, so the peer's cost over a no-op TC program sits next to flowlens's over a no-op
+///   XDP program.
+struct ExtraPrograms {
+    objects: Vec<aya::Ebpf>,
+    /// (label, index into `objects`, program name, TC (else XDP)).
+    programs: Vec<(&'static str, usize, &'static str, bool)>,
+}
+
+impl ExtraPrograms {
+    fn load() -> Result<ExtraPrograms> {
+        let mut x = ExtraPrograms {
+            objects: Vec::new(),
+            programs: Vec::new(),
+        };
+        let read = |var: &str| -> Result<Option<Vec<u8>>> {
+            match std::env::var_os(var) {
+                None => Ok(None),
+                Some(path) => std::fs::read(&path)
+                    .map(Some)
+                    .with_context(|| format!("{var}: reading {}", path.to_string_lossy())),
+            }
+        };
+        if let Some(bytes) = read("FLOWLENS_BENCH_XDP_OBJECT")? {
+            let obj = aya::EbpfLoader::new()
+                .load(&bytes)
+                .context("FLOWLENS_BENCH_XDP_OBJECT: loading the object")?;
+            x.add(obj, &[("xdp_other", XDP_PROGRAM, false)])
+                .context("FLOWLENS_BENCH_XDP_OBJECT")?;
+        }
+        match read("FLOWLENS_BENCH_NETOBSERV_OBJECT")? {
+            None => eprintln!(
+                "peer: skipped (set FLOWLENS_BENCH_NETOBSERV_OBJECT to NetObserv's \
+                 pkg/ebpf/bpf_x86_bpfel.o to measure its TC flow program side by side)"
+            ),
+            Some(bytes) => {
+                let peer = aya::EbpfLoader::new()
+                    .allow_unsupported_maps()
+                    .load(&bytes)
+                    .context("FLOWLENS_BENCH_NETOBSERV_OBJECT: loading the object")?;
+                let ours = aya::EbpfLoader::new().load(flowlens::probe::probe_object()?)?;
+                x.add(ours, &[("noop_tc", "flowlens_tc_noop", true)])?;
+                x.add(peer, &[("netobserv_tc", "tc_ingress_flow_parse", true)])
+                    .context("FLOWLENS_BENCH_NETOBSERV_OBJECT")?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// Verifies and loads `progs` (label, program name, TC) of `obj`.
+    fn add(&mut self, mut obj: aya::Ebpf, progs: &[(&'static str, &'static str, bool)]) -> Result<()> {
+        for &(label, name, tc) in progs {
+            let p = obj
+                .program_mut(name)
+                .with_context(|| format!("no program {name} in the object"))?;
+            if tc {
+                let p: &mut aya::programs::SchedClassifier = p.try_into()?;
+                p.load().with_context(|| format!("verifying {name}"))?;
+            } else {
+                let p: &mut aya::programs::Xdp = p.try_into()?;
+                p.load().with_context(|| format!("verifying {name}"))?;
+            }
+            self.programs.push((label, self.objects.len(), name, tc));
+        }
+        self.objects.push(obj);
+        Ok(())
+    }
+
+    fn labels(&self) -> Vec<&'static str> {
+        self.programs.iter().map(|p| p.0).collect()
+    }
+
+    /// Runs program `label` `repeat` times on `frame`; mean ns per run (kernel-timed).
+    fn test_run(&mut self, label: &str, frame: &[u8], repeat: u32) -> Result<f64> {
+        let &(_, i, name, tc) = self
+            .programs
+            .iter()
+            .find(|p| p.0 == label)
+            .context("unknown program")?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let p = self.objects[i].program_mut(name).context("program gone")?;
+        let (r, ok) = if tc {
+            let p: &mut aya::programs::SchedClassifier = p.try_into()?;
+            let r = p.test_run(opts)?;
+            // TC_ACT_OK (0) or TC_ACT_UNSPEC (-1): the packet goes on.
+            let ok = r.return_value == 0 || r.return_value == u32::MAX;
+            (r, ok)
+        } else {
+            let p: &mut aya::programs::Xdp = p.try_into()?;
+            let r = p.test_run(opts)?;
+            let ok = r.return_value == 2;
+            (r, ok)
+        };
+        anyhow::ensure!(ok, "{name}: unexpected verdict {}", r.return_value);
+        Ok(r.duration.as_nanos() as f64)
+    }
 }
 
 /// Rewrites the L4 source port of a frame of the mix (checksums are not checked by the probe).
@@ -744,12 +866,24 @@ fn main() -> Result<()> {
         // For profiling one part: `perf record flowlens-bench drain`.
         Some("probe") => {
             let c = probe_cost(7, 200_000)?;
+            let over = |a: &str, b: &str| c.get(a).zip(c.get(b)).map(|(a, b)| a - b);
             println!(
-                "xdp over noop {:.1} ns (noop {:.1}); nf over noop {:?}",
+                "xdp over noop {:.1} ns (noop {:.1}); nf over noop {:?}; nf_direct over noop {:?}",
                 c["shared_atomic"] - c["noop"],
                 c["noop"],
-                c.get("nf").zip(c.get("nf_noop")).map(|(a, b)| a - b)
+                over("nf", "nf_noop"),
+                over("nf_direct", "nf_noop"),
             );
+            if let Some(o) = over("xdp_other", "noop") {
+                println!("FLOWLENS_BENCH_XDP_OBJECT's flowlens_xdp over noop {o:.1} ns");
+            }
+            if let Some(o) = over("netobserv_tc", "noop_tc") {
+                println!(
+                    "netobserv tc_ingress over noop TC {o:.1} ns (noop TC {:.1}); flowlens/peer {:.2}",
+                    c["noop_tc"],
+                    (c["shared_atomic"] - c["noop"]) / o
+                );
+            }
             return Ok(());
         }
         Some("records") => {

@@ -32,15 +32,15 @@ mod probe {
             bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
             bpf_probe_read_kernel_buf,
         },
-        macros::{map, xdp},
+        macros::{classifier, map, xdp},
         maps::{Array, LruHashMap, PerCpuArray},
-        programs::XdpContext,
+        programs::{TcContext, XdpContext},
     };
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
     use flowlens_abi::{
         FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
         OBS_XDP, VLAN_NONE,
-        parse::{Packet, Parsed, parse_ethernet, parse_ipv4, parse_ipv6},
+        parse::{FlowMeta, Outcome, Packet, parse_ethernet_into, parse_ipv4_into, parse_ipv6_into},
         stats,
     };
 
@@ -126,7 +126,8 @@ mod probe {
     /// `COARSE_CLOCK_OK`: whether the program type may call `bpf_ktime_get_coarse_ns`.
     #[inline(always)]
     pub fn account<const COARSE_CLOCK_OK: bool>(
-        parsed: Parsed,
+        outcome: Outcome,
+        meta: &mut FlowMeta,
         observation_point: u8,
         ifindex: u32,
         cgroup_id: u64,
@@ -134,20 +135,20 @@ mod probe {
         let buffer = active_buffer();
         let c = STATS.get_ptr_mut(stats::index(buffer, observation_point));
         bump(c, stats::PACKETS_SEEN, 1);
-        let meta = match parsed {
-            Parsed::Flow(m) => m,
-            Parsed::NonIp => {
+        match outcome {
+            Outcome::Flow => {}
+            Outcome::NonIp => {
                 bump(c, stats::NON_IP, 1);
                 return;
             }
-            Parsed::Unparsed => {
+            Outcome::Unparsed => {
                 bump(c, stats::UNPARSED, 1);
                 return;
             }
-        };
-        let mut key = meta.key;
-        key.observation_point = observation_point;
-        key.ifindex = ifindex;
+        }
+        meta.key.observation_point = observation_point;
+        meta.key.ifindex = ifindex;
+        let key = &meta.key;
         let bytes = meta.ip_len as u64;
         let flags = meta.tcp_flags as u64;
         // SAFETY: both clock helpers have no preconditions.
@@ -157,7 +158,7 @@ mod probe {
             unsafe { bpf_ktime_get_ns() }
         };
         let flows = if buffer == 0 { &FLOWS_0 } else { &FLOWS_1 };
-        match record(flows, &key, bytes, flags, meta.dscp, now, cgroup_id) {
+        match record(flows, key, bytes, flags, meta.dscp, now, cgroup_id) {
             Stored::Updated => bump(c, stats::BYTES_KEYED, bytes),
             Stored::Inserted => {
                 bump(c, stats::BYTES_KEYED, bytes);
@@ -169,10 +170,11 @@ mod probe {
 
     #[xdp]
     pub fn flowlens_xdp(ctx: XdpContext) -> u32 {
-        let parsed = parse_ethernet(&Xdp(&ctx));
+        let mut meta = FlowMeta::EMPTY;
+        let outcome = parse_ethernet_into(&Xdp(&ctx), &mut meta);
         // SAFETY: reading the ingress ifindex from the xdp_md context.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        account::<true>(parsed, OBS_XDP, ifindex, 0);
+        account::<true>(outcome, &mut meta, OBS_XDP, ifindex, 0);
         xdp_action::XDP_PASS
     }
 
@@ -263,6 +265,16 @@ mod probe {
     pub fn flowlens_xdp_noop(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     }
+
+    /// Benchmark only: a TC classifier doing nothing, the baseline of a peer's TC flow program
+    /// (`cargo xtask bench` with `FLOWLENS_BENCH_NETOBSERV_OBJECT`, docs/BENCHMARKS.md).
+    #[classifier]
+    pub fn flowlens_tc_noop(_ctx: TcContext) -> i32 {
+        TC_ACT_OK
+    }
+
+    /// `TC_ACT_OK`: let the packet continue.
+    const TC_ACT_OK: i32 = 0;
 
     // ---- netfilter (BPF_PROG_TYPE_NETFILTER) ----
     //
@@ -393,17 +405,18 @@ mod probe {
             headlen: len.saturating_sub(data_len) as usize,
             len: len as usize,
         };
-        let parsed = match pf {
-            NFPROTO_IPV4 => parse_ipv4(&pkt, 0, VLAN_NONE),
-            NFPROTO_IPV6 => parse_ipv6(&pkt, 0, VLAN_NONE),
-            _ => Parsed::NonIp,
+        let mut meta = FlowMeta::EMPTY;
+        let outcome = match pf {
+            NFPROTO_IPV4 => parse_ipv4_into(&pkt, 0, VLAN_NONE, &mut meta),
+            NFPROTO_IPV6 => parse_ipv6_into(&pkt, 0, VLAN_NONE, &mut meta),
+            _ => Outcome::NonIp,
         };
         let cgroup_id = if o.socket_identity != 0 {
             socket_cgroup::<DIRECT>(&o, skb)
         } else {
             0
         };
-        account::<false>(parsed, OBS_NF_PRE_ROUTING + hook, ifindex, cgroup_id);
+        account::<false>(outcome, &mut meta, OBS_NF_PRE_ROUTING + hook, ifindex, cgroup_id);
     }
 
     /// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: `skb->sk` is then a `struct inet_timewait_sock`
