@@ -242,8 +242,9 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
 
 /// Optional side-by-side programs from other object files, named by environment variables:
 ///
-/// * `FLOWLENS_BENCH_XDP_OBJECT=PATH`: another build of the flowlens probe (an A/B comparison
-///   of a probe change): its `flowlens_xdp` is measured as `xdp_other`.
+/// * `FLOWLENS_BENCH_XDP_OBJECT=PATH[:PATH...]`: other builds of the flowlens probe (A/B
+///   comparisons of probe changes): their `flowlens_xdp` are measured as `xdp_other`,
+///   `xdp_other1`, ...
 /// * `FLOWLENS_BENCH_NETOBSERV_OBJECT=PATH`: NetObserv's prebuilt eBPF object
 ///   (`pkg/ebpf/bpf_x86_bpfel.o` of github.com/netobserv/netobserv-ebpf-agent, not shipped
 ///   here): its TC flow program `tc_ingress_flow_parse` (section `classifier/tc_ingress`; default configuration: no sampling, no optional
@@ -270,12 +271,22 @@ impl ExtraPrograms {
                     .with_context(|| format!("{var}: reading {}", path.to_string_lossy())),
             }
         };
-        if let Some(bytes) = read("FLOWLENS_BENCH_XDP_OBJECT")? {
-            let obj = aya::EbpfLoader::new()
-                .load(&bytes)
-                .context("FLOWLENS_BENCH_XDP_OBJECT: loading the object")?;
-            x.add(obj, &[("xdp_other", XDP_PROGRAM, false)])
-                .context("FLOWLENS_BENCH_XDP_OBJECT")?;
+        if let Some(paths) = std::env::var_os("FLOWLENS_BENCH_XDP_OBJECT") {
+            for (i, path) in std::env::split_paths(&paths).enumerate() {
+                let bytes = std::fs::read(&path).with_context(|| {
+                    format!("FLOWLENS_BENCH_XDP_OBJECT: reading {}", path.display())
+                })?;
+                let obj = aya::EbpfLoader::new()
+                    .load(&bytes)
+                    .with_context(|| format!("{}: loading the object", path.display()))?;
+                let label: &'static str = if i == 0 {
+                    "xdp_other"
+                } else {
+                    Box::leak(format!("xdp_other{i}").into_boxed_str())
+                };
+                x.add(obj, &[(label, XDP_PROGRAM, false)])
+                    .with_context(|| format!("FLOWLENS_BENCH_XDP_OBJECT {}", path.display()))?;
+            }
         }
         match read("FLOWLENS_BENCH_NETOBSERV_OBJECT")? {
             None => eprintln!(
@@ -371,7 +382,33 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         .collect();
     let (mut flow, mut noop) = (Vec::new(), Vec::new());
     let mut out = Vec::new();
-    for _ in 0..rounds {
+    // Other objects (FLOWLENS_BENCH_XDP_OBJECT, XDP only) in the same rounds: their maps are
+    // not drained, so each round uses its own source ports (all rounds fit in 65,536 entries).
+    let mut extra = ExtraPrograms::load()?;
+    let xdp_labels: Vec<&'static str> = extra
+        .labels()
+        .into_iter()
+        .filter(|l| l.starts_with("xdp_other"))
+        .collect();
+    let mut extra_ns: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        if !xdp_labels.is_empty() {
+            let base = 1024 + (round as u16) * per_shape;
+            let fresh: Vec<Vec<u8>> = packet_mix()
+                .iter()
+                .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, base + i)))
+                .collect();
+            for &label in &xdp_labels {
+                let mut total = 0.0;
+                for f in &fresh {
+                    total += extra.test_run(label, f, 1)?;
+                }
+                extra_ns
+                    .entry(label)
+                    .or_default()
+                    .push(total / fresh.len() as f64);
+            }
+        }
         out.clear();
         drainer.drain(&mut out)?;
         drainer.drain(&mut out)?;
@@ -401,7 +438,15 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    Ok((med(&mut flow), med(&mut noop)))
+    let noop_med = med(&mut noop);
+    for (label, mut v) in extra_ns {
+        eprintln!(
+            "new flow: {label} {:.1} ns, over noop {:.1} ns",
+            med(&mut v),
+            med(&mut v) - noop_med
+        );
+    }
+    Ok((med(&mut flow), noop_med))
 }
 
 fn bench_key(i: u32) -> FlowKey {
@@ -874,14 +919,30 @@ fn main() -> Result<()> {
                 over("nf", "nf_noop"),
                 over("nf_direct", "nf_noop"),
             );
-            if let Some(o) = over("xdp_other", "noop") {
-                println!("FLOWLENS_BENCH_XDP_OBJECT's flowlens_xdp over noop {o:.1} ns");
+            for (label, ns) in &c {
+                if label.starts_with("xdp_other") {
+                    println!(
+                        "FLOWLENS_BENCH_XDP_OBJECT ({label}) flowlens_xdp over noop {:.1} ns",
+                        ns - c["noop"]
+                    );
+                }
             }
             if let Some(o) = over("netobserv_tc", "noop_tc") {
                 println!(
                     "netobserv tc_ingress over noop TC {o:.1} ns (noop TC {:.1}); flowlens/peer {:.2}",
                     c["noop_tc"],
                     (c["shared_atomic"] - c["noop"]) / o
+                );
+            }
+            return Ok(());
+        }
+        // Only the new-flow cost (every packet opens a flow), 3 invocations of 5 rounds.
+        Some("new-flow") => {
+            for _ in 0..3 {
+                let (flow, noop) = new_flow_cost(5, 2_000)?;
+                println!(
+                    "new flow: xdp {flow:.1} ns, noop {noop:.1} ns, over noop {:.1} ns",
+                    flow - noop
                 );
             }
             return Ok(());
