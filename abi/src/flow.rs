@@ -27,7 +27,10 @@ pub const IPPROTO_UDPLITE: u8 = 136;
 ///
 /// Addresses are 16 bytes; IPv4 addresses are stored v4-mapped (`::ffff:a.b.c.d`). Ports are in
 /// host byte order and zero when the protocol has none (or for non-first fragments).
-#[repr(C)]
+///
+/// Aligned to 8 (its size, 48, is unchanged): the probe reads it as six 64-bit words to hash
+/// and compare it (see [`CacheSlot`]), and the verifier refuses misaligned stack access.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src_addr: [u8; 16],
@@ -103,6 +106,50 @@ impl FlowValue {
             _pad: [0; 7],
             cgroup_id,
         }
+    }
+}
+
+/// One slot of the probe's flow cache (`CACHE_0`/`CACHE_1`, one per flow buffer): a
+/// direct-mapped array in front of the LRU hash map. A packet whose key hashes to a slot holding
+/// its flow is counted there without a hash-map lookup (an inlined array access instead of a
+/// kernel function call); a flow whose slot is taken goes to the LRU map as before. Slots are
+/// only claimed (`EMPTY` -> `CLAIMED` -> `READY`, by compare-and-exchange), never evicted or
+/// reused before the drain, which reads every `READY` slot of a still buffer and zeroes the array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CacheSlot {
+    /// [`cache::EMPTY`], [`cache::CLAIMED`] or [`cache::READY`].
+    pub state: u64,
+    pub key: FlowKey,
+    pub value: FlowValue,
+}
+
+impl Default for FlowKey {
+    fn default() -> Self {
+        FlowKey::ZERO
+    }
+}
+
+pub mod cache {
+    /// Slots per buffer (a power of two; 16,384 x 112 bytes = 1.75 MiB per buffer).
+    pub const SLOTS: u32 = 16_384;
+    pub const EMPTY: u64 = 0;
+    /// Being written by the program that claimed it; not yet counted into.
+    pub const CLAIMED: u64 = 1;
+    /// Key and first-seen time written: programs with this key count into it.
+    pub const READY: u64 = 2;
+
+    /// The slot of a key (its six 64-bit words): multiply-xor, top bits. The same function in
+    /// the probe and in user space (tests).
+    #[inline(always)]
+    pub fn index(words: &[u64; 6]) -> u32 {
+        let mut h: u64 = 0;
+        let mut i = 0;
+        while i < 6 {
+            h = (h ^ words[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            i += 1;
+        }
+        ((h >> 40) as u32) & (SLOTS - 1)
     }
 }
 
@@ -193,6 +240,8 @@ mod pod {
     // implicit padding (the explicit `_pad` fields fill every gap; see the size test below).
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: #[repr(C)]: a u64, then the two types above (48 and 56 bytes, 8-aligned).
+    unsafe impl aya::Pod for super::CacheSlot {}
 }
 
 #[cfg(test)]
@@ -205,6 +254,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16 + 16 + 2 * 3 + 6 + 4);
         assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7 + 8);
         assert_eq!(core::mem::size_of::<NfOffsets>(), 4 * 14);
+        assert_eq!(core::mem::align_of::<FlowKey>(), 8);
+        assert_eq!(core::mem::size_of::<CacheSlot>(), 8 + 48 + 56);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use aya::{
 use flowlens_schema::{FlowKey, FlowValue, NfOffsets};
 
 use crate::{
-    drain::{KernelStats, PerKeyDrainer, SwapDrainer},
+    drain::{FlowCache, KernelStats, PerKeyDrainer, SwapDrainer},
     kernel_support,
     netfilter::{Family, Hook, NetfilterLink, NetfilterProgram},
 };
@@ -45,6 +45,8 @@ pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
 /// The two flow buffers (see `drain.rs`).
 pub const FLOW_MAPS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+/// The flow caches in front of them (`flowlens_abi::CacheSlot`).
+pub const CACHE_MAPS: [&str; 2] = ["CACHE_0", "CACHE_1"];
 /// The netfilter-hook program (any inet hook, IPv4 and IPv6).
 pub const NF_PROGRAM: &str = "flowlens_nf";
 /// Benchmark twin of [`NF_PROGRAM`] that reads kernel structs with direct BTF-typed loads
@@ -477,6 +479,17 @@ impl Probe {
         Ok(HashMap::try_from(map)?)
     }
 
+    fn take_cache(&mut self, name: &str) -> Result<FlowCache> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("{name} map already taken"))?;
+        let Map::Array(data) = map else {
+            return Err(anyhow!("{name} is not an array map"));
+        };
+        FlowCache::new(data).with_context(|| format!("memory-mapping the flow cache {name}"))
+    }
+
     fn take_stats(&mut self) -> Result<KernelStats> {
         let map = self
             .ebpf
@@ -492,6 +505,10 @@ impl Probe {
             self.take_flow_map(FLOW_MAPS[0])?,
             self.take_flow_map(FLOW_MAPS[1])?,
         ];
+        let caches = [
+            self.take_cache(CACHE_MAPS[0])?,
+            self.take_cache(CACHE_MAPS[1])?,
+        ];
         let active = self
             .ebpf
             .take_map("ACTIVE")
@@ -499,6 +516,7 @@ impl Probe {
         let stats = self.take_stats()?;
         SwapDrainer::new(
             flows,
+            caches,
             Array::try_from(active)?,
             stats,
             self.max_flows as u64,
@@ -510,7 +528,8 @@ impl Probe {
     /// (programs keep writing `FLOWS_0` because nobody flips the buffers), and the counters.
     pub fn take_per_key_drainer(&mut self) -> Result<(PerKeyDrainer, KernelStats)> {
         let map = self.take_flow_map(FLOW_MAPS[0])?;
-        Ok((PerKeyDrainer::new(map), self.take_stats()?))
+        let cache = self.take_cache(CACHE_MAPS[0])?;
+        Ok((PerKeyDrainer::new(map, cache), self.take_stats()?))
     }
 }
 
