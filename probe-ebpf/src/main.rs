@@ -415,11 +415,39 @@ mod probe {
     /// The IP packet of an skb at a netfilter inet hook, where `skb->data` is the network
     /// header. Reads go through `bpf_probe_read_kernel` and stay inside the linear part
     /// (`len - data_len`); `covers` answers for the whole packet (`len`).
+    ///
+    /// `head`: when set, the first `have` bytes of the packet, read with one helper call into
+    /// this CPU's [`NF_HEAD`] scratch. That holds the IP and transport headers of almost every
+    /// packet (IPv4 without options + TCP is 40 bytes, IPv6 + TCP 60), so the parser's reads are
+    /// plain loads; a read beyond it (IP options, IPv6 extension headers) is a helper call of
+    /// its own, into the stack.
     struct Skb {
         data: u64,
         headlen: usize,
         len: usize,
+        head: *const [u8; HEAD],
+        have: usize,
     }
+
+    #[repr(C, align(8))]
+    struct Aligned<const N: usize>([u8; N]);
+
+    /// Bytes of the packet read up front (see [`Skb`]).
+    const HEAD: usize = 64;
+
+    /// Per-CPU scratch of the netfilter programs: the packet's first [`HEAD`] bytes, and a
+    /// generation that every run bumps before using the scratch. A run can be interrupted on
+    /// its CPU by another (a softirq's packet while a process sends one) that overwrites the
+    /// scratch; the interrupted run sees the generation moved when it resumes and parses again
+    /// without the scratch, so a packet is never keyed from another packet's bytes.
+    #[repr(C)]
+    pub struct NfHead {
+        generation: u64,
+        bytes: [u8; HEAD],
+    }
+
+    #[map]
+    static NF_HEAD: PerCpuArray<NfHead> = PerCpuArray::with_max_entries(1, 0);
 
     impl Packet for Skb {
         #[inline(always)]
@@ -427,16 +455,79 @@ mod probe {
             if off + N > self.headlen {
                 return None;
             }
-            let mut buf = [0u8; N];
+            if off + N <= self.have && off < HEAD && !self.head.is_null() {
+                // SAFETY: off + N <= have <= HEAD: inside this CPU's scratch (a map value, so
+                // the verifier allows unaligned reads, unlike on the stack).
+                return Some(unsafe {
+                    core::ptr::read_unaligned((self.head as *const u8).add(off) as *const [u8; N])
+                });
+            }
+            // 8-aligned: LLVM zeroes it with word stores instead of a call to `memset`, and its
+            // wide loads from it stay aligned (the verifier refuses misaligned stack access).
+            let mut buf = Aligned([0u8; N]);
             // SAFETY: as in `kread`; `buf` has room for exactly N bytes.
             let r = unsafe {
-                bpf_probe_read_kernel_buf((self.data + off as u64) as *const u8, &mut buf)
+                bpf_probe_read_kernel_buf((self.data + off as u64) as *const u8, &mut buf.0)
             };
-            r.ok().map(|()| buf)
+            r.ok().map(|()| buf.0)
         }
         #[inline(always)]
         fn covers(&self, end_off: usize) -> bool {
             end_off <= self.len
+        }
+    }
+
+    /// Parses the skb's IP packet: with the packet's head read once into the scratch, and
+    /// again without it if another run on this CPU took the scratch meanwhile.
+    #[inline(always)]
+    fn nf_parse(pf: u8, data: u64, headlen: usize, len: usize, meta: &mut FlowMeta) -> Outcome {
+        let mut pkt = Skb {
+            data,
+            headlen,
+            len,
+            head: core::ptr::null(),
+            have: 0,
+        };
+        let scratch = NF_HEAD.get_ptr_mut(0);
+        let mut generation = 0;
+        if let Some(h) = scratch {
+            // SAFETY: this CPU's scratch; the generation is bumped before the bytes are used
+            // and checked after (see `NfHead`).
+            unsafe {
+                generation = (*h).generation.wrapping_add(1);
+                core::ptr::write_volatile(&raw mut (*h).generation, generation);
+                let n = if headlen < HEAD { headlen } else { HEAD };
+                let dst = (*h).bytes.get_unchecked_mut(..n);
+                if bpf_probe_read_kernel_buf(data as *const u8, dst).is_ok() {
+                    pkt.head = &raw const (*h).bytes;
+                    pkt.have = n;
+                }
+            }
+        }
+        let outcome = parse_l3(pf, &pkt, meta);
+        let intact = match scratch {
+            // SAFETY: as above.
+            Some(h) => {
+                let now = unsafe { core::ptr::read_volatile(&raw const (*h).generation) };
+                now == generation
+            }
+            None => true,
+        };
+        if pkt.have == 0 || intact {
+            return outcome;
+        }
+        *meta = FlowMeta::EMPTY;
+        pkt.head = core::ptr::null();
+        pkt.have = 0;
+        parse_l3(pf, &pkt, meta)
+    }
+
+    #[inline(always)]
+    fn parse_l3(pf: u8, pkt: &Skb, meta: &mut FlowMeta) -> Outcome {
+        match pf {
+            NFPROTO_IPV4 => parse_ipv4_into(pkt, 0, VLAN_NONE, meta),
+            NFPROTO_IPV6 => parse_ipv6_into(pkt, 0, VLAN_NONE, meta),
+            _ => Outcome::NonIp,
         }
     }
 
@@ -484,17 +575,14 @@ mod probe {
             skipped(stats::UNPARSED);
             return;
         };
-        let pkt = Skb {
-            data,
-            headlen: len.saturating_sub(data_len) as usize,
-            len: len as usize,
-        };
         let mut meta = FlowMeta::EMPTY;
-        let outcome = match pf {
-            NFPROTO_IPV4 => parse_ipv4_into(&pkt, 0, VLAN_NONE, &mut meta),
-            NFPROTO_IPV6 => parse_ipv6_into(&pkt, 0, VLAN_NONE, &mut meta),
-            _ => Outcome::NonIp,
-        };
+        let outcome = nf_parse(
+            pf,
+            data,
+            len.saturating_sub(data_len) as usize,
+            len as usize,
+            &mut meta,
+        );
         let cgroup_id = if o.socket_identity != 0 {
             socket_cgroup::<DIRECT>(&o, skb)
         } else {
