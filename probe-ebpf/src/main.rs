@@ -29,7 +29,7 @@ mod probe {
         Global,
         bindings::xdp_action,
         helpers::{
-            bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
             bpf_probe_read_kernel_buf,
         },
         macros::{classifier, map, xdp},
@@ -163,7 +163,7 @@ mod probe {
         let flags = meta.tcp_flags as u64;
         // SAFETY: both clock helpers have no preconditions.
         let now = if COARSE_CLOCK_OK && PRECISE_TIMESTAMPS.load() == 0 {
-            unsafe { bpf_ktime_get_coarse_ns() }
+            coarse_now()
         } else {
             unsafe { bpf_ktime_get_ns() }
         };
@@ -179,6 +179,36 @@ mod probe {
                 bump(c, stats::NEW_FLOWS, 1);
             }
             Stored::Refused => bump(c, stats::MAP_ERRORS, 1),
+        }
+    }
+
+    /// Per CPU: the jiffies value and the coarse clock read during that jiffy (see
+    /// [`coarse_now`]). Only XDP programs use it (they cannot interrupt each other on a CPU).
+    #[map]
+    static XDP_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The coarse CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`), read once per scheduler tick per
+    /// CPU: the coarse clock only moves at ticks, so while `jiffies` (a plain load: the verifier
+    /// inlines `bpf_jiffies64` on 64-bit JITs) has not moved, the value read earlier in the same
+    /// jiffy is the one the helper would return; that saves a kernel function call per packet.
+    /// Where the timekeeping CPU is between counting the tick and moving the clock, the value kept
+    /// can be the previous tick's for the rest of that tick: a stamp stays within one tick of the
+    /// coarse clock, its own resolution.
+    #[inline(always)]
+    fn coarse_now() -> u64 {
+        // SAFETY: helpers without preconditions; `c` is this CPU's entry (XDP runs do not nest).
+        unsafe {
+            let j = bpf_jiffies64();
+            match XDP_CLOCK.get_ptr_mut(0) {
+                Some(c) if (*c)[0] == j && (*c)[1] != 0 => (*c)[1],
+                Some(c) => {
+                    let ns = bpf_ktime_get_coarse_ns();
+                    (*c)[0] = j;
+                    (*c)[1] = ns;
+                    ns
+                }
+                None => bpf_ktime_get_coarse_ns(),
+            }
         }
     }
 
