@@ -124,6 +124,38 @@ pub struct CacheSlot {
     pub value: FlowValue,
 }
 
+impl FlowKey {
+    /// The key as the six 64-bit words the probe hashes and compares (its memory, native
+    /// byte order).
+    pub fn words(&self) -> [u64; 6] {
+        let mut b = [0u8; 48];
+        b[..16].copy_from_slice(&self.src_addr);
+        b[16..32].copy_from_slice(&self.dst_addr);
+        b[32..34].copy_from_slice(&self.src_port.to_ne_bytes());
+        b[34..36].copy_from_slice(&self.dst_port.to_ne_bytes());
+        b[36..38].copy_from_slice(&self.vlan_id.to_ne_bytes());
+        b[38] = self.ip_version;
+        b[39] = self.protocol;
+        b[40] = self.icmp_type;
+        b[41] = self.icmp_code;
+        b[42] = self.observation_point;
+        b[43] = self._pad;
+        b[44..48].copy_from_slice(&self.ifindex.to_ne_bytes());
+        let mut w = [0u64; 6];
+        for (i, x) in w.iter_mut().enumerate() {
+            let mut c = [0u8; 8];
+            c.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            *x = u64::from_ne_bytes(c);
+        }
+        w
+    }
+
+    /// The flow-cache slot the probe uses for this key ([`CacheSlot`]).
+    pub fn cache_slot(&self) -> u32 {
+        cache::index(&self.words())
+    }
+}
+
 impl Default for FlowKey {
     fn default() -> Self {
         FlowKey::ZERO
@@ -139,17 +171,19 @@ pub mod cache {
     /// Key and first-seen time written: programs with this key count into it.
     pub const READY: u64 = 2;
 
-    /// The slot of a key (its six 64-bit words): multiply-xor, top bits. The same function in
-    /// the probe and in user space (tests).
+    /// The slot of a key (its six 64-bit words): xor, multiply, then fold the high half down
+    /// (a multiplication only carries a bit's influence upwards, and the last address byte
+    /// sits in a word's top bits), per word. The same function in the probe and in user space.
     #[inline(always)]
     pub fn index(words: &[u64; 6]) -> u32 {
         let mut h: u64 = 0;
         let mut i = 0;
         while i < 6 {
             h = (h ^ words[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 32;
             i += 1;
         }
-        ((h >> 40) as u32) & (SLOTS - 1)
+        (h as u32) & (SLOTS - 1)
     }
 }
 
@@ -256,6 +290,51 @@ mod tests {
         assert_eq!(core::mem::size_of::<NfOffsets>(), 4 * 14);
         assert_eq!(core::mem::align_of::<FlowKey>(), 8);
         assert_eq!(core::mem::size_of::<CacheSlot>(), 8 + 48 + 56);
+    }
+
+    /// `words` is the key's memory, as the probe reads it (a pointer cast there).
+    #[test]
+    fn key_words_are_its_memory() {
+        let mut k = FlowKey::ZERO;
+        k.src_addr = core::array::from_fn(|i| i as u8 + 1);
+        k.dst_addr = core::array::from_fn(|i| 0x80 + i as u8);
+        k.src_port = 0x1234;
+        k.dst_port = 0x5678;
+        k.ip_version = 6;
+        k.protocol = 17;
+        k.icmp_type = 3;
+        k.icmp_code = 4;
+        k.observation_point = OBS_XDP;
+        k.ifindex = 0xdead_beef;
+        // SAFETY: FlowKey is 48 bytes, 8-aligned, no implicit padding (see above).
+        let mem = unsafe { *(&k as *const FlowKey as *const [u64; 6]) };
+        assert_eq!(k.words(), mem);
+        assert!(k.cache_slot() < cache::SLOTS);
+        let mut other = k;
+        other.src_port += 1;
+        assert_ne!(other.words(), k.words());
+    }
+
+    /// Keys that differ in one address byte (any of them) or one port spread over the slots:
+    /// 4096 consecutive IPv4 sources (last byte fastest) fill most of 4096 distinct slots.
+    #[test]
+    fn cache_slots_spread_sequential_keys() {
+        let mut k = FlowKey::ZERO;
+        k.ip_version = 4;
+        k.observation_point = OBS_XDP;
+        let mut seen = std::collections::HashSet::new();
+        for i in 0u32..4096 {
+            k.src_addr[12..16].copy_from_slice(&(0x0a00_0000 + i).to_be_bytes());
+            seen.insert(k.cache_slot());
+        }
+        // Uniform hashing of 4096 keys into 16384 slots leaves ~3600 distinct.
+        assert!(seen.len() > 3400, "{} slots", seen.len());
+        let mut seen = std::collections::HashSet::new();
+        for p in 0u16..4096 {
+            k.src_port = p;
+            seen.insert(k.cache_slot());
+        }
+        assert!(seen.len() > 3400, "{} slots", seen.len());
     }
 
     #[test]

@@ -171,6 +171,7 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
         probe.xdp_program(p)?;
     }
     let mut extra = ExtraPrograms::load()?;
+    let mut full = probe_with_full_cache(65_536)?;
     for &(_, p) in nf_progs {
         probe.load_netfilter(p)?;
     }
@@ -196,6 +197,22 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
             }
             samples
                 .entry(label)
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
+        {
+            let prog = full.xdp_program(XDP_PROGRAM)?;
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat,
+                    ..Default::default()
+                })?;
+                total += r.duration.as_nanos() as f64;
+            }
+            samples
+                .entry("cache_full")
                 .or_default()
                 .push(total / mix.len() as f64);
         }
@@ -360,6 +377,54 @@ impl ExtraPrograms {
     }
 }
 
+/// A probe whose active buffer's flow cache is full: every slot claimed by a filler flow (UDP
+/// from 172.16.0.0/12, each chosen in user space with the probe's slot function so that it
+/// lands on a free slot, then run once). Every other flow is then counted in the LRU map: the
+/// path of a flow whose cache slot is taken (more concurrent flows than slots, or a collision).
+fn probe_with_full_cache(max_flows: u32) -> Result<Probe> {
+    use flowlens_schema::{
+        OBS_XDP, cache,
+        parse::{Parsed, parse_ethernet},
+    };
+    let mut probe = Probe::load(max_flows)?;
+    let prog = probe.xdp_program(XDP_PROGRAM)?;
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([172, 16, 0, 0], [172, 31, 0, 1], 64)
+        .udp(9, 9)
+        .write(&mut frame, &[0u8; 18])
+        .context("building the filler frame")?;
+    let mut taken = vec![false; cache::SLOTS as usize];
+    let mut left = cache::SLOTS;
+    let mut i = 0u32;
+    while left > 0 {
+        anyhow::ensure!(i < 64 * cache::SLOTS, "could not fill the flow cache");
+        frame[26..30].copy_from_slice(&(0xac10_0000u32 + i).to_be_bytes());
+        i += 1;
+        let Parsed::Flow(m) = parse_ethernet(&frame[..]) else {
+            anyhow::bail!("filler frame not keyed");
+        };
+        // BPF_PROG_TEST_RUN's XDP packets arrive on the loopback device (ifindex 1).
+        let key = FlowKey {
+            observation_point: OBS_XDP,
+            ifindex: 1,
+            ..m.key
+        };
+        let slot = key.cache_slot() as usize;
+        if taken[slot] {
+            continue;
+        }
+        taken[slot] = true;
+        left -= 1;
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
+    }
+    Ok(probe)
+}
+
 /// Rewrites the L4 source port of a frame of the mix (checksums are not checked by the probe).
 fn with_src_port(frame: &[u8], port: u16) -> Vec<u8> {
     let mut f = frame.to_vec();
@@ -371,6 +436,33 @@ fn with_src_port(frame: &[u8], port: u16) -> Vec<u8> {
 
 /// Mean kernel-measured ns per packet when every packet opens a new flow (distinct keys, one
 /// run each), for the flow program and the no-op program run the same way; medians of rounds.
+/// Like [`new_flow_cost`]'s flow figure, with the flow cache full (every new flow is an LRU
+/// insert): median of rounds of fresh flows (no drain: distinct source ports per round).
+fn new_flow_cost_cache_full(rounds: usize, per_shape: u16) -> Result<f64> {
+    let mut probe = probe_with_full_cache(262_144)?;
+    let prog = probe.xdp_program(XDP_PROGRAM)?;
+    let mut ns = Vec::new();
+    for round in 0..rounds {
+        let base = 1024 + (round as u16) * per_shape;
+        let fresh: Vec<Vec<u8>> = packet_mix()
+            .iter()
+            .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, base + i)))
+            .collect();
+        let mut total = 0.0;
+        for f in &fresh {
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(f),
+                repeat: 1,
+                ..Default::default()
+            })?;
+            total += r.duration.as_nanos() as f64;
+        }
+        ns.push(total / fresh.len() as f64);
+    }
+    ns.sort_by(|a, b| a.total_cmp(b));
+    Ok(ns[ns.len() / 2])
+}
+
 fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
     let mut probe = Probe::load(65_536)?;
     probe.xdp_program(XDP_NOOP_PROGRAM)?;
@@ -913,9 +1005,11 @@ fn main() -> Result<()> {
             let c = probe_cost(7, 200_000)?;
             let over = |a: &str, b: &str| c.get(a).zip(c.get(b)).map(|(a, b)| a - b);
             println!(
-                "xdp over noop {:.1} ns (noop {:.1}); nf over noop {:?}; nf_direct over noop {:?}",
+                "xdp over noop {:.1} ns (noop {:.1}); flow cache full (LRU path) {:.1} ns; \
+                 nf over noop {:?}; nf_direct over noop {:?}",
                 c["shared_atomic"] - c["noop"],
                 c["noop"],
+                c["cache_full"] - c["noop"],
                 over("nf", "nf_noop"),
                 over("nf_direct", "nf_noop"),
             );
@@ -940,9 +1034,12 @@ fn main() -> Result<()> {
         Some("new-flow") => {
             for _ in 0..3 {
                 let (flow, noop) = new_flow_cost(5, 2_000)?;
+                let full = new_flow_cost_cache_full(5, 2_000)?;
                 println!(
-                    "new flow: xdp {flow:.1} ns, noop {noop:.1} ns, over noop {:.1} ns",
-                    flow - noop
+                    "new flow: xdp {flow:.1} ns, noop {noop:.1} ns, over noop {:.1} ns; \
+                     flow cache full (LRU inserts): {full:.1} ns, over noop {:.1} ns",
+                    flow - noop,
+                    full - noop
                 );
             }
             return Ok(());
@@ -1018,6 +1115,20 @@ fn main() -> Result<()> {
     summary.insert("noop_xdp_ns_per_pkt".into(), noop);
     summary.insert("xdp_ns_per_pkt_existing_flow".into(), shared);
     summary.insert("xdp_over_noop_ns_existing_flow".into(), shared - noop);
+    // The same flows counted in the LRU map (their cache slots held by other flows).
+    summary.insert(
+        "xdp_over_noop_ns_existing_flow_cache_full".into(),
+        costs["cache_full"] - noop,
+    );
+    // NetObserv's TC flow program over a no-op TC program, when its object is given.
+    if let (Some(peer), Some(tc_noop)) = (costs.get("netobserv_tc"), costs.get("noop_tc")) {
+        summary.insert("noop_tc_ns_per_pkt".into(), *tc_noop);
+        summary.insert("netobserv_tc_over_noop_tc_ns_existing_flow".into(), peer - tc_noop);
+        summary.insert(
+            "xdp_over_noop_ratio_to_netobserv_tc".into(),
+            (shared - noop) / (peer - tc_noop),
+        );
+    }
     // The shipped netfilter program is the direct-load one (the probe-read variant is the
     // fallback when the verifier refuses it).
     let (nf_noop, nf, nf_read) = (costs["nf_noop"], costs["nf_direct"], costs["nf"]);
@@ -1039,6 +1150,11 @@ fn main() -> Result<()> {
     summary.insert("xdp_ns_per_pkt_new_flow".into(), new_flow);
     summary.insert("noop_xdp_ns_per_pkt_single_run".into(), new_noop);
     summary.insert("xdp_over_noop_ns_new_flow".into(), new_flow - new_noop);
+    let new_full = new_flow_cost_cache_full(5, 2_000)?;
+    summary.insert(
+        "xdp_over_noop_ns_new_flow_cache_full".into(),
+        new_full - new_noop,
+    );
 
     // Drains, batch swap vs per key.
     summary.insert("drain_empty_swap_ms".into(), empty_drain_ms(21)?);
