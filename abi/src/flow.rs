@@ -150,9 +150,9 @@ impl FlowKey {
         w
     }
 
-    /// The flow-cache slot the probe uses for this key ([`CacheSlot`]).
-    pub fn cache_slot(&self) -> u32 {
-        cache::index(&self.words())
+    /// The flow-cache slot the probe uses for this key ([`CacheSlot`]) in a cache of `slots`.
+    pub fn cache_slot(&self, slots: u32) -> u32 {
+        cache::index(&self.words(), slots)
     }
 }
 
@@ -163,8 +163,23 @@ impl Default for FlowKey {
 }
 
 pub mod cache {
-    /// Slots per buffer (a power of two; 16,384 x 112 bytes = 1.75 MiB per buffer).
+    /// Most slots per buffer (16,384 x 112 bytes = 1.75 MiB per buffer); see [`slots_for`].
     pub const SLOTS: u32 = 16_384;
+
+    /// Slots per buffer for `max_flows` LRU entries per buffer: the largest power of two at
+    /// most a quarter of it (at least 1), at most [`SLOTS`]. A buffer then holds at most
+    /// `max_flows + slots` flows: `--max-flows` keeps bounding the kernel's memory, and small
+    /// buffers still overflow (and count their evictions) as before.
+    pub const fn slots_for(max_flows: u32) -> u32 {
+        let q = max_flows / 4;
+        if q >= SLOTS {
+            SLOTS
+        } else if q <= 1 {
+            1
+        } else {
+            1 << (31 - q.leading_zeros())
+        }
+    }
     pub const EMPTY: u64 = 0;
     /// Being written by the program that claimed it; not yet counted into.
     pub const CLAIMED: u64 = 1;
@@ -174,8 +189,9 @@ pub mod cache {
     /// The slot of a key (its six 64-bit words): xor, multiply, then fold the high half down
     /// (a multiplication only carries a bit's influence upwards, and the last address byte
     /// sits in a word's top bits), per word. The same function in the probe and in user space.
+    /// `slots` is a power of two (the loader's [`slots_for`]).
     #[inline(always)]
-    pub fn index(words: &[u64; 6]) -> u32 {
+    pub fn index(words: &[u64; 6], slots: u32) -> u32 {
         let mut h: u64 = 0;
         let mut i = 0;
         while i < 6 {
@@ -183,7 +199,7 @@ pub mod cache {
             h ^= h >> 32;
             i += 1;
         }
-        (h as u32) & (SLOTS - 1)
+        (h as u32) & (slots - 1)
     }
 }
 
@@ -309,7 +325,7 @@ mod tests {
         // SAFETY: FlowKey is 48 bytes, 8-aligned, no implicit padding (see above).
         let mem = unsafe { *(&k as *const FlowKey as *const [u64; 6]) };
         assert_eq!(k.words(), mem);
-        assert!(k.cache_slot() < cache::SLOTS);
+        assert!(k.cache_slot(cache::SLOTS) < cache::SLOTS);
         let mut other = k;
         other.src_port += 1;
         assert_ne!(other.words(), k.words());
@@ -325,16 +341,25 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for i in 0u32..4096 {
             k.src_addr[12..16].copy_from_slice(&(0x0a00_0000 + i).to_be_bytes());
-            seen.insert(k.cache_slot());
+            seen.insert(k.cache_slot(cache::SLOTS));
         }
         // Uniform hashing of 4096 keys into 16384 slots leaves ~3600 distinct.
         assert!(seen.len() > 3400, "{} slots", seen.len());
         let mut seen = std::collections::HashSet::new();
         for p in 0u16..4096 {
             k.src_port = p;
-            seen.insert(k.cache_slot());
+            seen.insert(k.cache_slot(cache::SLOTS));
         }
         assert!(seen.len() > 3400, "{} slots", seen.len());
+    }
+
+    #[test]
+    fn cache_slots_follow_max_flows() {
+        assert_eq!(cache::slots_for(8), 2);
+        assert_eq!(cache::slots_for(3), 1);
+        assert_eq!(cache::slots_for(1000), 128);
+        assert_eq!(cache::slots_for(65_536), cache::SLOTS);
+        assert_eq!(cache::slots_for(u32::MAX), cache::SLOTS);
     }
 
     #[test]

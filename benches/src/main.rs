@@ -388,17 +388,18 @@ fn probe_with_full_cache(max_flows: u32) -> Result<Probe> {
     };
     let mut probe = Probe::load(max_flows)?;
     let prog = probe.xdp_program(XDP_PROGRAM)?;
+    let slots = cache::slots_for(max_flows);
     let mut frame = Vec::new();
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4([172, 16, 0, 0], [172, 31, 0, 1], 64)
         .udp(9, 9)
         .write(&mut frame, &[0u8; 18])
         .context("building the filler frame")?;
-    let mut taken = vec![false; cache::SLOTS as usize];
-    let mut left = cache::SLOTS;
+    let mut taken = vec![false; slots as usize];
+    let mut left = slots;
     let mut i = 0u32;
     while left > 0 {
-        anyhow::ensure!(i < 64 * cache::SLOTS, "could not fill the flow cache");
+        anyhow::ensure!(i < 64 * slots, "could not fill the flow cache");
         frame[26..30].copy_from_slice(&(0xac10_0000u32 + i).to_be_bytes());
         i += 1;
         let Parsed::Flow(m) = parse_ethernet(&frame[..]) else {
@@ -410,7 +411,7 @@ fn probe_with_full_cache(max_flows: u32) -> Result<Probe> {
             ifindex: 1,
             ..m.key
         };
-        let slot = key.cache_slot() as usize;
+        let slot = key.cache_slot(slots) as usize;
         if taken[slot] {
             continue;
         }

@@ -142,7 +142,7 @@ impl KernelStats {
 type FlowMap = HashMap<MapData, FlowKey, FlowValue>;
 
 /// One of the probe's flow caches (`CACHE_0`/`CACHE_1`), memory-mapped (the maps are created
-/// `BPF_F_MMAPABLE`): reading and zeroing 16,384 slots costs no syscall.
+/// `BPF_F_MMAPABLE`): reading and zeroing its slots (up to 16,384) costs no syscall.
 pub struct FlowCache {
     /// Keeps the map (and so the mapping's backing memory) alive.
     _map: MapData,
@@ -155,9 +155,9 @@ pub struct FlowCache {
 unsafe impl Send for FlowCache {}
 
 impl FlowCache {
-    /// Maps the cache array `map` (its value type must be `CacheSlot`).
-    pub fn new(map: MapData) -> std::io::Result<FlowCache> {
-        let slots = cache::SLOTS as usize;
+    /// Maps the cache array `map` of `slots` entries (its value type must be `CacheSlot`).
+    pub fn new(map: MapData, slots: u32) -> std::io::Result<FlowCache> {
+        let slots = slots as usize;
         let bytes = slots * std::mem::size_of::<CacheSlot>();
         // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length against
         // the array's size and refuses a map created without BPF_F_MMAPABLE.

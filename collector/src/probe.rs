@@ -58,6 +58,8 @@ pub const NF_NOOP_PROGRAM: &str = "flowlens_nf_noop";
 const NF_OFFSETS_GLOBAL: &str = "NF_OFFSETS";
 /// The probe's global choosing the clock of packets after a flow's first.
 const PRECISE_TIMESTAMPS_GLOBAL: &str = "PRECISE_TIMESTAMPS";
+/// The probe's global holding the flow caches' slot count.
+const CACHE_SLOTS_GLOBAL: &str = "CACHE_SLOTS";
 /// The probe's global choosing how TCP flags are OR-ed into a flow.
 const PLAIN_FLAGS_OR_GLOBAL: &str = "PLAIN_FLAGS_OR";
 
@@ -253,9 +255,13 @@ impl Probe {
             return Err(anyhow!("max-flows must be at least 1"));
         }
         let mut loader = EbpfLoader::new();
+        let slots = flowlens_schema::cache::slots_for(max_flows);
         loader
             .map_max_entries(FLOW_MAPS[0], max_flows)
-            .map_max_entries(FLOW_MAPS[1], max_flows);
+            .map_max_entries(FLOW_MAPS[1], max_flows)
+            .map_max_entries(CACHE_MAPS[0], slots)
+            .map_max_entries(CACHE_MAPS[1], slots);
+        loader.override_global(CACHE_SLOTS_GLOBAL, &slots, true);
         let compatible = u8::from(variant == ProbeVariant::Compatible);
         let precise = u8::from(precise_timestamps) | compatible;
         loader.override_global(PRECISE_TIMESTAMPS_GLOBAL, &precise, true);
@@ -487,7 +493,9 @@ impl Probe {
         let Map::Array(data) = map else {
             return Err(anyhow!("{name} is not an array map"));
         };
-        FlowCache::new(data).with_context(|| format!("memory-mapping the flow cache {name}"))
+        let slots = flowlens_schema::cache::slots_for(self.max_flows);
+        FlowCache::new(data, slots)
+            .with_context(|| format!("memory-mapping the flow cache {name}"))
     }
 
     fn take_stats(&mut self) -> Result<KernelStats> {

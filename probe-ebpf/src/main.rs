@@ -60,6 +60,11 @@ mod probe {
 
     const BPF_F_MMAPABLE: u32 = 1 << 10;
 
+    /// Slots of each flow cache (a power of two, `cache::slots_for(--max-flows)`), set by the
+    /// loader with the arrays' `max_entries`; in frozen `.rodata`.
+    #[unsafe(no_mangle)]
+    static CACHE_SLOTS: Global<u32> = Global::new(cache::SLOTS);
+
     /// Entry 0: the buffer programs write now (0 or 1). Written only by the collector.
     #[map]
     static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
@@ -340,7 +345,8 @@ mod probe {
         if PLAIN_FLAGS_OR.load() != 0 {
             return record(flows, key, bytes, flags, dscp, now, cgroup_id);
         }
-        let Some(slot) = cached.get_ptr_mut(cache::index(words(key))) else {
+        let slots = CACHE_SLOTS.load();
+        let Some(slot) = cached.get_ptr_mut(cache::index(words(key), slots)) else {
             return record(flows, key, bytes, flags, dscp, now, cgroup_id);
         };
         // SAFETY: `slot` points into a live array value; every shared field is accessed with
