@@ -325,7 +325,11 @@ impl ExtraPrograms {
     }
 
     /// Verifies and loads `progs` (label, program name, TC) of `obj`.
-    fn add(&mut self, mut obj: aya::Ebpf, progs: &[(&'static str, &'static str, bool)]) -> Result<()> {
+    fn add(
+        &mut self,
+        mut obj: aya::Ebpf,
+        progs: &[(&'static str, &'static str, bool)],
+    ) -> Result<()> {
         for &(label, name, tc) in progs {
             let p = obj
                 .program_mut(name)
@@ -1124,7 +1128,10 @@ fn main() -> Result<()> {
     // NetObserv's TC flow program over a no-op TC program, when its object is given.
     if let (Some(peer), Some(tc_noop)) = (costs.get("netobserv_tc"), costs.get("noop_tc")) {
         summary.insert("noop_tc_ns_per_pkt".into(), *tc_noop);
-        summary.insert("netobserv_tc_over_noop_tc_ns_existing_flow".into(), peer - tc_noop);
+        summary.insert(
+            "netobserv_tc_over_noop_tc_ns_existing_flow".into(),
+            peer - tc_noop,
+        );
         summary.insert(
             "xdp_over_noop_ratio_to_netobserv_tc".into(),
             (shared - noop) / (peer - tc_noop),

@@ -494,8 +494,7 @@ impl Probe {
             return Err(anyhow!("{name} is not an array map"));
         };
         let slots = flowlens_schema::cache::slots_for(self.max_flows);
-        FlowCache::new(data, slots)
-            .with_context(|| format!("memory-mapping the flow cache {name}"))
+        FlowCache::new(data, slots).with_context(|| format!("memory-mapping the flow cache {name}"))
     }
 
     fn take_stats(&mut self) -> Result<KernelStats> {

@@ -38,8 +38,8 @@ mod probe {
     };
     use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg};
     use flowlens_abi::{
-        CacheSlot, FlowKey, FlowValue, cache, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
-        OBS_XDP, VLAN_NONE,
+        CacheSlot, FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets,
+        OBS_NF_PRE_ROUTING, OBS_XDP, VLAN_NONE, cache,
         parse::{FlowMeta, Outcome, Packet, parse_ethernet_into, parse_ipv4_into, parse_ipv6_into},
         stats,
     };
@@ -313,7 +313,12 @@ mod probe {
     #[inline(always)]
     fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
         let (a, b) = (words(a), words(b));
-        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])
+        (a[0] ^ b[0])
+            | (a[1] ^ b[1])
+            | (a[2] ^ b[2])
+            | (a[3] ^ b[3])
+            | (a[4] ^ b[4])
+            | (a[5] ^ b[5])
             == 0
     }
 
@@ -624,7 +629,13 @@ mod probe {
         } else {
             0
         };
-        account::<false>(outcome, &mut meta, OBS_NF_PRE_ROUTING + hook, ifindex, cgroup_id);
+        account::<false>(
+            outcome,
+            &mut meta,
+            OBS_NF_PRE_ROUTING + hook,
+            ifindex,
+            cgroup_id,
+        );
     }
 
     /// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: `skb->sk` is then a `struct inet_timewait_sock`
