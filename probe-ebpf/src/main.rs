@@ -466,7 +466,7 @@ mod probe {
         data: u64,
         headlen: usize,
         len: usize,
-        head: *const [u8; HEAD],
+        head: *const [u8; 2 * HEAD],
         have: usize,
     }
 
@@ -484,7 +484,8 @@ mod probe {
     #[repr(C)]
     pub struct NfHead {
         generation: u64,
-        bytes: [u8; HEAD],
+        /// The first HEAD bytes hold the packet; the rest keeps every masked read in bounds.
+        bytes: [u8; 2 * HEAD],
     }
 
     #[map]
@@ -496,11 +497,16 @@ mod probe {
             if off + N > self.headlen {
                 return None;
             }
-            if off + N <= self.have && off < HEAD && !self.head.is_null() {
-                // SAFETY: off + N <= have <= HEAD: inside this CPU's scratch (a map value, so
-                // the verifier allows unaligned reads, unlike on the stack).
+            if off + N <= self.have && !self.head.is_null() {
+                // `off` < HEAD here; the mask (kept by `opaque`) restates it for verifiers that
+                // lose the bound on some paths (Linux 6.12 refused the unmasked read as an
+                // "unbounded memory access"), and the scratch is 2 x HEAD long, so any
+                // masked offset plus N is inside it.
+                let o = opaque(off) & (HEAD - 1);
+                // SAFETY: o + N <= 2 * HEAD: inside this CPU's scratch (a map value, so the
+                // verifier allows unaligned reads, unlike on the stack); o == off.
                 return Some(unsafe {
-                    core::ptr::read_unaligned((self.head as *const u8).add(off) as *const [u8; N])
+                    core::ptr::read_unaligned((self.head as *const u8).add(o) as *const [u8; N])
                 });
             }
             // 8-aligned: LLVM zeroes it with word stores instead of a call to `memset`, and its
