@@ -27,7 +27,10 @@ pub const IPPROTO_UDPLITE: u8 = 136;
 ///
 /// Addresses are 16 bytes; IPv4 addresses are stored v4-mapped (`::ffff:a.b.c.d`). Ports are in
 /// host byte order and zero when the protocol has none (or for non-first fragments).
-#[repr(C)]
+///
+/// Aligned to 8 (its size, 48, is unchanged): the probe reads it as six 64-bit words to hash
+/// and compare it (see [`CacheSlot`]), and the verifier refuses misaligned stack access.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src_addr: [u8; 16],
@@ -103,6 +106,100 @@ impl FlowValue {
             _pad: [0; 7],
             cgroup_id,
         }
+    }
+}
+
+/// One slot of the probe's flow cache (`CACHE_0`/`CACHE_1`, one per flow buffer): a
+/// direct-mapped array in front of the LRU hash map. A packet whose key hashes to a slot holding
+/// its flow is counted there without a hash-map lookup (an inlined array access instead of a
+/// kernel function call); a flow whose slot is taken goes to the LRU map as before. Slots are
+/// only claimed (`EMPTY` -> `CLAIMED` -> `READY`, by compare-and-exchange), never evicted or
+/// reused before the drain, which reads every `READY` slot of a still buffer and zeroes the array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CacheSlot {
+    /// [`cache::EMPTY`], [`cache::CLAIMED`] or [`cache::READY`].
+    pub state: u64,
+    pub key: FlowKey,
+    pub value: FlowValue,
+}
+
+impl FlowKey {
+    /// The key as the six 64-bit words the probe hashes and compares (its memory, native
+    /// byte order).
+    pub fn words(&self) -> [u64; 6] {
+        let mut b = [0u8; 48];
+        b[..16].copy_from_slice(&self.src_addr);
+        b[16..32].copy_from_slice(&self.dst_addr);
+        b[32..34].copy_from_slice(&self.src_port.to_ne_bytes());
+        b[34..36].copy_from_slice(&self.dst_port.to_ne_bytes());
+        b[36..38].copy_from_slice(&self.vlan_id.to_ne_bytes());
+        b[38] = self.ip_version;
+        b[39] = self.protocol;
+        b[40] = self.icmp_type;
+        b[41] = self.icmp_code;
+        b[42] = self.observation_point;
+        b[43] = self._pad;
+        b[44..48].copy_from_slice(&self.ifindex.to_ne_bytes());
+        let mut w = [0u64; 6];
+        for (i, x) in w.iter_mut().enumerate() {
+            let mut c = [0u8; 8];
+            c.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            *x = u64::from_ne_bytes(c);
+        }
+        w
+    }
+
+    /// The flow-cache slot the probe uses for this key ([`CacheSlot`]) in a cache of `slots`.
+    pub fn cache_slot(&self, slots: u32) -> u32 {
+        cache::index(&self.words(), slots)
+    }
+}
+
+impl Default for FlowKey {
+    fn default() -> Self {
+        FlowKey::ZERO
+    }
+}
+
+pub mod cache {
+    /// Most slots per buffer (16,384 x 112 bytes = 1.75 MiB per buffer); see [`slots_for`].
+    pub const SLOTS: u32 = 16_384;
+
+    /// Slots per buffer for `max_flows` LRU entries per buffer: the largest power of two at
+    /// most a quarter of it (at least 1), at most [`SLOTS`]. A buffer then holds at most
+    /// `max_flows + slots` flows: `--max-flows` keeps bounding the kernel's memory, and small
+    /// buffers still overflow (and count their evictions) as before.
+    pub const fn slots_for(max_flows: u32) -> u32 {
+        let q = max_flows / 4;
+        if q >= SLOTS {
+            SLOTS
+        } else if q <= 1 {
+            1
+        } else {
+            1 << (31 - q.leading_zeros())
+        }
+    }
+    pub const EMPTY: u64 = 0;
+    /// Being written by the program that claimed it; not yet counted into.
+    pub const CLAIMED: u64 = 1;
+    /// Key and first-seen time written: programs with this key count into it.
+    pub const READY: u64 = 2;
+
+    /// The slot of a key (its six 64-bit words): xor, multiply, then fold the high half down
+    /// (a multiplication only carries a bit's influence upwards, and the last address byte
+    /// sits in a word's top bits), per word. The same function in the probe and in user space.
+    /// `slots` is a power of two (the loader's [`slots_for`]).
+    #[inline(always)]
+    pub fn index(words: &[u64; 6], slots: u32) -> u32 {
+        let mut h: u64 = 0;
+        let mut i = 0;
+        while i < 6 {
+            h = (h ^ words[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 32;
+            i += 1;
+        }
+        (h as u32) & (slots - 1)
     }
 }
 
@@ -193,6 +290,8 @@ mod pod {
     // implicit padding (the explicit `_pad` fields fill every gap; see the size test below).
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: #[repr(C)]: a u64, then the two types above (48 and 56 bytes, 8-aligned).
+    unsafe impl aya::Pod for super::CacheSlot {}
 }
 
 #[cfg(test)]
@@ -205,6 +304,62 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16 + 16 + 2 * 3 + 6 + 4);
         assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7 + 8);
         assert_eq!(core::mem::size_of::<NfOffsets>(), 4 * 14);
+        assert_eq!(core::mem::align_of::<FlowKey>(), 8);
+        assert_eq!(core::mem::size_of::<CacheSlot>(), 8 + 48 + 56);
+    }
+
+    /// `words` is the key's memory, as the probe reads it (a pointer cast there).
+    #[test]
+    fn key_words_are_its_memory() {
+        let mut k = FlowKey::ZERO;
+        k.src_addr = core::array::from_fn(|i| i as u8 + 1);
+        k.dst_addr = core::array::from_fn(|i| 0x80 + i as u8);
+        k.src_port = 0x1234;
+        k.dst_port = 0x5678;
+        k.ip_version = 6;
+        k.protocol = 17;
+        k.icmp_type = 3;
+        k.icmp_code = 4;
+        k.observation_point = OBS_XDP;
+        k.ifindex = 0xdead_beef;
+        // SAFETY: FlowKey is 48 bytes, 8-aligned, no implicit padding (see above).
+        let mem = unsafe { *(&k as *const FlowKey as *const [u64; 6]) };
+        assert_eq!(k.words(), mem);
+        assert!(k.cache_slot(cache::SLOTS) < cache::SLOTS);
+        let mut other = k;
+        other.src_port += 1;
+        assert_ne!(other.words(), k.words());
+    }
+
+    /// Keys that differ in one address byte (any of them) or one port spread over the slots:
+    /// 4096 consecutive IPv4 sources (last byte fastest) fill most of 4096 distinct slots.
+    #[test]
+    fn cache_slots_spread_sequential_keys() {
+        let mut k = FlowKey::ZERO;
+        k.ip_version = 4;
+        k.observation_point = OBS_XDP;
+        let mut seen = std::collections::HashSet::new();
+        for i in 0u32..4096 {
+            k.src_addr[12..16].copy_from_slice(&(0x0a00_0000 + i).to_be_bytes());
+            seen.insert(k.cache_slot(cache::SLOTS));
+        }
+        // Uniform hashing of 4096 keys into 16384 slots leaves ~3600 distinct.
+        assert!(seen.len() > 3400, "{} slots", seen.len());
+        let mut seen = std::collections::HashSet::new();
+        for p in 0u16..4096 {
+            k.src_port = p;
+            seen.insert(k.cache_slot(cache::SLOTS));
+        }
+        assert!(seen.len() > 3400, "{} slots", seen.len());
+    }
+
+    #[test]
+    fn cache_slots_follow_max_flows() {
+        assert_eq!(cache::slots_for(8), 2);
+        assert_eq!(cache::slots_for(3), 1);
+        assert_eq!(cache::slots_for(1000), 128);
+        assert_eq!(cache::slots_for(65_536), cache::SLOTS);
+        assert_eq!(cache::slots_for(u32::MAX), cache::SLOTS);
     }
 
     #[test]

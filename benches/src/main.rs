@@ -176,6 +176,8 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
     for (_, p) in xdp_progs {
         probe.xdp_program(p)?;
     }
+    let mut extra = ExtraPrograms::load()?;
+    let mut full = probe_with_full_cache(65_536)?;
     for &(_, p) in nf_progs {
         probe.load_netfilter(p)?;
     }
@@ -198,6 +200,34 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
                     r.return_value
                 );
                 total += r.duration.as_nanos() as f64;
+            }
+            samples
+                .entry(label)
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
+        {
+            let prog = full.xdp_program(XDP_PROGRAM)?;
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat,
+                    ..Default::default()
+                })?;
+                total += r.duration.as_nanos() as f64;
+            }
+            samples
+                .entry("cache_full")
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
+        for label in extra.labels() {
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                total += extra
+                    .test_run(label, frame, repeat)
+                    .with_context(|| format!("test run of {label}"))?;
             }
             samples
                 .entry(label)
@@ -233,6 +263,179 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
         .collect())
 }
 
+/// Optional side-by-side programs from other object files, named by environment variables:
+///
+/// * `FLOWLENS_BENCH_XDP_OBJECT=PATH[:PATH...]`: other builds of the flowlens probe (A/B
+///   comparisons of probe changes): their `flowlens_xdp` are measured as `xdp_other`,
+///   `xdp_other1`, ...
+/// * `FLOWLENS_BENCH_NETOBSERV_OBJECT=PATH`: NetObserv's prebuilt eBPF object
+///   (`pkg/ebpf/bpf_x86_bpfel.o` of github.com/netobserv/netobserv-ebpf-agent, not shipped
+///   here): its TC flow program `tc_ingress_flow_parse` (section `classifier/tc_ingress`; default configuration: no sampling, no optional
+///   trackers) as `netobserv_tc`, and flowlens's no-op TC program `flowlens_tc_noop` as
+///   `noop_tc`, so the peer's cost over a no-op TC program sits next to flowlens's over a no-op
+///   XDP program.
+struct ExtraPrograms {
+    objects: Vec<aya::Ebpf>,
+    /// (label, index into `objects`, program name, TC (else XDP)).
+    programs: Vec<(&'static str, usize, &'static str, bool)>,
+}
+
+impl ExtraPrograms {
+    fn load() -> Result<ExtraPrograms> {
+        let mut x = ExtraPrograms {
+            objects: Vec::new(),
+            programs: Vec::new(),
+        };
+        let read = |var: &str| -> Result<Option<Vec<u8>>> {
+            match std::env::var_os(var) {
+                None => Ok(None),
+                Some(path) => std::fs::read(&path)
+                    .map(Some)
+                    .with_context(|| format!("{var}: reading {}", path.to_string_lossy())),
+            }
+        };
+        if let Some(paths) = std::env::var_os("FLOWLENS_BENCH_XDP_OBJECT") {
+            for (i, path) in std::env::split_paths(&paths).enumerate() {
+                let bytes = std::fs::read(&path).with_context(|| {
+                    format!("FLOWLENS_BENCH_XDP_OBJECT: reading {}", path.display())
+                })?;
+                let obj = aya::EbpfLoader::new()
+                    .load(&bytes)
+                    .with_context(|| format!("{}: loading the object", path.display()))?;
+                let label: &'static str = if i == 0 {
+                    "xdp_other"
+                } else {
+                    Box::leak(format!("xdp_other{i}").into_boxed_str())
+                };
+                x.add(obj, &[(label, XDP_PROGRAM, false)])
+                    .with_context(|| format!("FLOWLENS_BENCH_XDP_OBJECT {}", path.display()))?;
+            }
+        }
+        match read("FLOWLENS_BENCH_NETOBSERV_OBJECT")? {
+            None => eprintln!(
+                "peer: skipped (set FLOWLENS_BENCH_NETOBSERV_OBJECT to NetObserv's \
+                 pkg/ebpf/bpf_x86_bpfel.o to measure its TC flow program side by side)"
+            ),
+            Some(bytes) => {
+                let peer = aya::EbpfLoader::new()
+                    .allow_unsupported_maps()
+                    .load(&bytes)
+                    .context("FLOWLENS_BENCH_NETOBSERV_OBJECT: loading the object")?;
+                let ours = aya::EbpfLoader::new().load(flowlens::probe::probe_object()?)?;
+                x.add(ours, &[("noop_tc", "flowlens_tc_noop", true)])?;
+                x.add(peer, &[("netobserv_tc", "tc_ingress_flow_parse", true)])
+                    .context("FLOWLENS_BENCH_NETOBSERV_OBJECT")?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// Verifies and loads `progs` (label, program name, TC) of `obj`.
+    fn add(
+        &mut self,
+        mut obj: aya::Ebpf,
+        progs: &[(&'static str, &'static str, bool)],
+    ) -> Result<()> {
+        for &(label, name, tc) in progs {
+            let p = obj
+                .program_mut(name)
+                .with_context(|| format!("no program {name} in the object"))?;
+            if tc {
+                let p: &mut aya::programs::SchedClassifier = p.try_into()?;
+                p.load().with_context(|| format!("verifying {name}"))?;
+            } else {
+                let p: &mut aya::programs::Xdp = p.try_into()?;
+                p.load().with_context(|| format!("verifying {name}"))?;
+            }
+            self.programs.push((label, self.objects.len(), name, tc));
+        }
+        self.objects.push(obj);
+        Ok(())
+    }
+
+    fn labels(&self) -> Vec<&'static str> {
+        self.programs.iter().map(|p| p.0).collect()
+    }
+
+    /// Runs program `label` `repeat` times on `frame`; mean ns per run (kernel-timed).
+    fn test_run(&mut self, label: &str, frame: &[u8], repeat: u32) -> Result<f64> {
+        let &(_, i, name, tc) = self
+            .programs
+            .iter()
+            .find(|p| p.0 == label)
+            .context("unknown program")?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let p = self.objects[i].program_mut(name).context("program gone")?;
+        let (r, ok) = if tc {
+            let p: &mut aya::programs::SchedClassifier = p.try_into()?;
+            let r = p.test_run(opts)?;
+            // TC_ACT_OK (0) or TC_ACT_UNSPEC (-1): the packet goes on.
+            let ok = r.return_value == 0 || r.return_value == u32::MAX;
+            (r, ok)
+        } else {
+            let p: &mut aya::programs::Xdp = p.try_into()?;
+            let r = p.test_run(opts)?;
+            let ok = r.return_value == 2;
+            (r, ok)
+        };
+        anyhow::ensure!(ok, "{name}: unexpected verdict {}", r.return_value);
+        Ok(r.duration.as_nanos() as f64)
+    }
+}
+
+/// A probe whose active buffer's flow cache is full: every slot claimed by a filler flow (UDP
+/// from 172.16.0.0/12, each chosen in user space with the probe's slot function so that it
+/// lands on a free slot, then run once). Every other flow is then counted in the LRU map: the
+/// path of a flow whose cache slot is taken (more concurrent flows than slots, or a collision).
+fn probe_with_full_cache(max_flows: u32) -> Result<Probe> {
+    use flowlens_schema::{
+        OBS_XDP, cache,
+        parse::{Parsed, parse_ethernet},
+    };
+    let mut probe = Probe::load(max_flows)?;
+    let prog = probe.xdp_program(XDP_PROGRAM)?;
+    let slots = cache::slots_for(max_flows);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([172, 16, 0, 0], [172, 31, 0, 1], 64)
+        .udp(9, 9)
+        .write(&mut frame, &[0u8; 18])
+        .context("building the filler frame")?;
+    let mut taken = vec![false; slots as usize];
+    let mut left = slots;
+    let mut i = 0u32;
+    while left > 0 {
+        anyhow::ensure!(i < 64 * slots, "could not fill the flow cache");
+        frame[26..30].copy_from_slice(&(0xac10_0000u32 + i).to_be_bytes());
+        i += 1;
+        let Parsed::Flow(m) = parse_ethernet(&frame[..]) else {
+            anyhow::bail!("filler frame not keyed");
+        };
+        // BPF_PROG_TEST_RUN's XDP packets arrive on the loopback device (ifindex 1).
+        let key = FlowKey {
+            observation_point: OBS_XDP,
+            ifindex: 1,
+            ..m.key
+        };
+        let slot = key.cache_slot(slots) as usize;
+        if taken[slot] {
+            continue;
+        }
+        taken[slot] = true;
+        left -= 1;
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
+    }
+    Ok(probe)
+}
+
 /// Rewrites the L4 source port of a frame of the mix (checksums are not checked by the probe).
 fn with_src_port(frame: &[u8], port: u16) -> Vec<u8> {
     let mut f = frame.to_vec();
@@ -244,6 +447,33 @@ fn with_src_port(frame: &[u8], port: u16) -> Vec<u8> {
 
 /// Mean kernel-measured ns per packet when every packet opens a new flow (distinct keys, one
 /// run each), for the flow program and the no-op program run the same way; medians of rounds.
+/// Like [`new_flow_cost`]'s flow figure, with the flow cache full (every new flow is an LRU
+/// insert): median of rounds of fresh flows (no drain: distinct source ports per round).
+fn new_flow_cost_cache_full(rounds: usize, per_shape: u16) -> Result<f64> {
+    let mut probe = probe_with_full_cache(262_144)?;
+    let prog = probe.xdp_program(XDP_PROGRAM)?;
+    let mut ns = Vec::new();
+    for round in 0..rounds {
+        let base = 1024 + (round as u16) * per_shape;
+        let fresh: Vec<Vec<u8>> = packet_mix()
+            .iter()
+            .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, base + i)))
+            .collect();
+        let mut total = 0.0;
+        for f in &fresh {
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(f),
+                repeat: 1,
+                ..Default::default()
+            })?;
+            total += r.duration.as_nanos() as f64;
+        }
+        ns.push(total / fresh.len() as f64);
+    }
+    ns.sort_by(|a, b| a.total_cmp(b));
+    Ok(ns[ns.len() / 2])
+}
+
 fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
     let mut probe = Probe::load(65_536)?;
     probe.xdp_program(XDP_NOOP_PROGRAM)?;
@@ -255,7 +485,33 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         .collect();
     let (mut flow, mut noop) = (Vec::new(), Vec::new());
     let mut out = Vec::new();
-    for _ in 0..rounds {
+    // Other objects (FLOWLENS_BENCH_XDP_OBJECT, XDP only) in the same rounds: their maps are
+    // not drained, so each round uses its own source ports (all rounds fit in 65,536 entries).
+    let mut extra = ExtraPrograms::load()?;
+    let xdp_labels: Vec<&'static str> = extra
+        .labels()
+        .into_iter()
+        .filter(|l| l.starts_with("xdp_other"))
+        .collect();
+    let mut extra_ns: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        if !xdp_labels.is_empty() {
+            let base = 1024 + (round as u16) * per_shape;
+            let fresh: Vec<Vec<u8>> = packet_mix()
+                .iter()
+                .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, base + i)))
+                .collect();
+            for &label in &xdp_labels {
+                let mut total = 0.0;
+                for f in &fresh {
+                    total += extra.test_run(label, f, 1)?;
+                }
+                extra_ns
+                    .entry(label)
+                    .or_default()
+                    .push(total / fresh.len() as f64);
+            }
+        }
         out.clear();
         drainer.drain(&mut out)?;
         drainer.drain(&mut out)?;
@@ -285,7 +541,15 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    Ok((med(&mut flow), med(&mut noop)))
+    let noop_med = med(&mut noop);
+    for (label, mut v) in extra_ns {
+        eprintln!(
+            "new flow: {label} {:.1} ns, over noop {:.1} ns",
+            med(&mut v),
+            med(&mut v) - noop_med
+        );
+    }
+    Ok((med(&mut flow), noop_med))
 }
 
 fn bench_key(i: u32) -> FlowKey {
@@ -760,12 +1024,45 @@ fn main() -> Result<()> {
         // For profiling one part: `perf record flowlens-bench drain`.
         Some("probe") => {
             let c = probe_cost(7, 200_000)?;
+            let over = |a: &str, b: &str| c.get(a).zip(c.get(b)).map(|(a, b)| a - b);
             println!(
-                "xdp over noop {:.1} ns (noop {:.1}); nf over noop {:?}",
+                "xdp over noop {:.1} ns (noop {:.1}); flow cache full (LRU path) {:.1} ns; \
+                 nf over noop {:?}; nf_direct over noop {:?}",
                 c["shared_atomic"] - c["noop"],
                 c["noop"],
-                c.get("nf").zip(c.get("nf_noop")).map(|(a, b)| a - b)
+                c["cache_full"] - c["noop"],
+                over("nf", "nf_noop"),
+                over("nf_direct", "nf_noop"),
             );
+            for (label, ns) in &c {
+                if label.starts_with("xdp_other") {
+                    println!(
+                        "FLOWLENS_BENCH_XDP_OBJECT ({label}) flowlens_xdp over noop {:.1} ns",
+                        ns - c["noop"]
+                    );
+                }
+            }
+            if let Some(o) = over("netobserv_tc", "noop_tc") {
+                println!(
+                    "netobserv tc_ingress over noop TC {o:.1} ns (noop TC {:.1}); flowlens/peer {:.2}",
+                    c["noop_tc"],
+                    (c["shared_atomic"] - c["noop"]) / o
+                );
+            }
+            return Ok(());
+        }
+        // Only the new-flow cost (every packet opens a flow), 3 invocations of 5 rounds.
+        Some("new-flow") => {
+            for _ in 0..3 {
+                let (flow, noop) = new_flow_cost(5, 2_000)?;
+                let full = new_flow_cost_cache_full(5, 2_000)?;
+                println!(
+                    "new flow: xdp {flow:.1} ns, noop {noop:.1} ns, over noop {:.1} ns; \
+                     flow cache full (LRU inserts): {full:.1} ns, over noop {:.1} ns",
+                    flow - noop,
+                    full - noop
+                );
+            }
             return Ok(());
         }
         Some("records") => {
@@ -857,6 +1154,23 @@ fn main() -> Result<()> {
     summary.insert("noop_xdp_ns_per_pkt".into(), noop);
     summary.insert("xdp_ns_per_pkt_existing_flow".into(), shared);
     summary.insert("xdp_over_noop_ns_existing_flow".into(), shared - noop);
+    // The same flows counted in the LRU map (their cache slots held by other flows).
+    summary.insert(
+        "xdp_over_noop_ns_existing_flow_cache_full".into(),
+        costs["cache_full"] - noop,
+    );
+    // NetObserv's TC flow program over a no-op TC program, when its object is given.
+    if let (Some(peer), Some(tc_noop)) = (costs.get("netobserv_tc"), costs.get("noop_tc")) {
+        summary.insert("noop_tc_ns_per_pkt".into(), *tc_noop);
+        summary.insert(
+            "netobserv_tc_over_noop_tc_ns_existing_flow".into(),
+            peer - tc_noop,
+        );
+        summary.insert(
+            "xdp_over_noop_ratio_to_netobserv_tc".into(),
+            (shared - noop) / (peer - tc_noop),
+        );
+    }
     // The shipped netfilter program is the direct-load one (the probe-read variant is the
     // fallback when the verifier refuses it).
     let (nf_noop, nf, nf_read) = (costs["nf_noop"], costs["nf_direct"], costs["nf"]);
@@ -880,6 +1194,11 @@ fn main() -> Result<()> {
     summary.insert("xdp_ns_per_pkt_new_flow".into(), new_flow);
     summary.insert("noop_xdp_ns_per_pkt_single_run".into(), new_noop);
     summary.insert("xdp_over_noop_ns_new_flow".into(), new_flow - new_noop);
+    let new_full = new_flow_cost_cache_full(5, 2_000)?;
+    summary.insert(
+        "xdp_over_noop_ns_new_flow_cache_full".into(),
+        new_full - new_noop,
+    );
 
     // Drains, batch swap vs per key.
     summary.insert("drain_empty_swap_ms".into(), empty_drain_ms(21)?);

@@ -180,7 +180,7 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
 
-    /// Flows the kernel holds between two drains (each of the two LRU flow buffers has this many entries). [default: 131072]
+    /// Flows the kernel holds between two drains (each of the two LRU flow buffers has this many entries, plus a flow cache of a quarter of it, at most 16384 slots). [default: 131072]
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
 

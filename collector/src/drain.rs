@@ -12,6 +12,12 @@
 //!    Nothing can change between a read and its delete, so no update is lost; and because the
 //!    counters are as still as the flows, `keyed = drained + evicted` holds exactly per drain.
 //!
+//! Each buffer has a flow cache in front of its LRU map (`CACHE_0`/`CACHE_1`, a direct-mapped
+//! array of [`CacheSlot`]s the probe counts most flows into without a hash-map lookup, see
+//! `flowlens_abi::CacheSlot`). It is swapped with its buffer and emptied in the same still
+//! window ([`FlowCache::drain`]): its ready slots are handed out like map entries, then zeroed.
+//! A flow can have an entry in both (a race for a slot); the flow table adds them up.
+//!
 //! What the drain cannot prevent, it counts: LRU evictions when a buffer overflows between two
 //! drains (`evicted`, the exact shortfall) and refused inserts (`map_errors`).
 //!
@@ -19,10 +25,10 @@
 //! it). It is kept only as the baseline of the drain benchmark and of the loss demonstration in
 //! the tests: an update landing between its read and its delete is lost.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray};
-use flowlens_schema::{FlowKey, FlowValue, stats};
+use flowlens_schema::{CacheSlot, FlowKey, FlowValue, cache, stats};
 
 pub use crate::stats::Accounting;
 use crate::sys::{BatchError, RcuBarrier, lookup_and_delete_batch};
@@ -135,9 +141,82 @@ impl KernelStats {
 
 type FlowMap = HashMap<MapData, FlowKey, FlowValue>;
 
+/// One of the probe's flow caches (`CACHE_0`/`CACHE_1`), memory-mapped (the maps are created
+/// `BPF_F_MMAPABLE`): reading and zeroing its slots (up to 16,384) costs no syscall.
+pub struct FlowCache {
+    /// Keeps the map (and so the mapping's backing memory) alive.
+    _map: MapData,
+    ptr: *mut CacheSlot,
+    slots: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through `&mut self`.
+unsafe impl Send for FlowCache {}
+
+impl FlowCache {
+    /// Maps the cache array `map` of `slots` entries (its value type must be `CacheSlot`).
+    pub fn new(map: MapData, slots: u32) -> std::io::Result<FlowCache> {
+        let slots = slots as usize;
+        let bytes = slots * std::mem::size_of::<CacheSlot>();
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length against
+        // the array's size and refuses a map created without BPF_F_MMAPABLE.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FlowCache {
+            _map: map,
+            ptr: ptr.cast(),
+            slots,
+            bytes,
+        })
+    }
+
+    /// Appends every ready slot's flow to `out` and zeroes the used slots; returns the number
+    /// of flows. Exact when no program writes the cache (a still buffer); on a live cache (the
+    /// per-key baseline drainer) a packet counted between a slot's read and its zeroing is lost.
+    pub fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> usize {
+        let mut n = 0;
+        for i in 0..self.slots {
+            // SAFETY: `i` < slots, inside the mapping; volatile because programs write it.
+            let slot = unsafe { self.ptr.add(i) };
+            let state = unsafe { std::ptr::read_volatile(&raw const (*slot).state) };
+            if state == cache::EMPTY {
+                continue;
+            }
+            let s = unsafe { std::ptr::read_volatile(slot) };
+            if state == cache::READY && s.value.packets > 0 {
+                out.push((s.key, s.value));
+                n += 1;
+            }
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(slot, CacheSlot::default()) };
+        }
+        n
+    }
+}
+
+impl Drop for FlowCache {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
 /// The double-buffered, exactly-once drain (see the module docs).
 pub struct SwapDrainer {
     flows: [FlowMap; 2],
+    caches: [FlowCache; 2],
     active_map: Array<MapData, u32>,
     stats: KernelStats,
     barrier: RcuBarrier,
@@ -159,6 +238,7 @@ pub struct SwapDrainer {
 impl SwapDrainer {
     pub fn new(
         flows: [FlowMap; 2],
+        caches: [FlowCache; 2],
         mut active_map: Array<MapData, u32>,
         stats: KernelStats,
         capacity: u64,
@@ -170,6 +250,7 @@ impl SwapDrainer {
         let baseline = [[[0u64; stats::COUNT as usize]; stats::OBS_SLOTS as usize]; 2];
         Ok(SwapDrainer {
             flows,
+            caches,
             active_map,
             stats,
             barrier,
@@ -207,8 +288,18 @@ impl SwapDrainer {
         &mut self.flows[(buffer & 1) as usize]
     }
 
-    /// Empties buffer `b` (which nobody writes) into `out`.
+    /// Empties buffer `b` (which nobody writes), its flow cache and its LRU map, into `out`.
     fn empty_buffer(
+        &mut self,
+        b: usize,
+        out: &mut Vec<(FlowKey, FlowValue)>,
+    ) -> Result<usize, DrainError> {
+        let cached = self.caches[b].drain(out);
+        Ok(cached + self.empty_map(b, out)?)
+    }
+
+    /// Empties the LRU map of buffer `b` (which nobody writes) into `out`.
+    fn empty_map(
         &mut self,
         b: usize,
         out: &mut Vec<(FlowKey, FlowValue)>,
@@ -346,13 +437,16 @@ impl Drainer for SwapDrainer {
 /// between a read and its delete; kept as the benchmark and test baseline only.
 pub struct PerKeyDrainer {
     map: FlowMap,
+    cache: FlowCache,
     keys: Vec<FlowKey>,
 }
 
 impl PerKeyDrainer {
-    pub fn new(map: FlowMap) -> Self {
+    /// `map` and `cache`: the first buffer's (the one programs write when nobody swaps).
+    pub fn new(map: FlowMap, cache: FlowCache) -> Self {
         PerKeyDrainer {
             map,
+            cache,
             keys: Vec::new(),
         }
     }
@@ -365,7 +459,7 @@ impl PerKeyDrainer {
 
 impl Drainer for PerKeyDrainer {
     fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<DrainReport, DrainError> {
-        let entries = per_key_drain(&mut self.map, &mut self.keys, out)?;
+        let entries = self.cache.drain(out) + per_key_drain(&mut self.map, &mut self.keys, out)?;
         Ok(DrainReport {
             entries,
             accounting: None,

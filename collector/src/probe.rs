@@ -11,7 +11,7 @@ use aya::{
 use flowlens_schema::{FlowKey, FlowValue, NfOffsets};
 
 use crate::{
-    drain::{KernelStats, PerKeyDrainer, SwapDrainer},
+    drain::{FlowCache, KernelStats, PerKeyDrainer, SwapDrainer},
     kernel_support,
     netfilter::{Family, Hook, NetfilterLink, NetfilterProgram},
 };
@@ -45,6 +45,8 @@ pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
 /// The two flow buffers (see `drain.rs`).
 pub const FLOW_MAPS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+/// The flow caches in front of them (`flowlens_abi::CacheSlot`).
+pub const CACHE_MAPS: [&str; 2] = ["CACHE_0", "CACHE_1"];
 /// The netfilter-hook program (any inet hook, IPv4 and IPv6).
 pub const NF_PROGRAM: &str = "flowlens_nf";
 /// Benchmark twin of [`NF_PROGRAM`] that reads kernel structs with direct BTF-typed loads
@@ -56,6 +58,8 @@ pub const NF_NOOP_PROGRAM: &str = "flowlens_nf_noop";
 const NF_OFFSETS_GLOBAL: &str = "NF_OFFSETS";
 /// The probe's global choosing the clock of packets after a flow's first.
 const PRECISE_TIMESTAMPS_GLOBAL: &str = "PRECISE_TIMESTAMPS";
+/// The probe's global holding the flow caches' slot count.
+const CACHE_SLOTS_GLOBAL: &str = "CACHE_SLOTS";
 /// The probe's global choosing how TCP flags are OR-ed into a flow.
 const PLAIN_FLAGS_OR_GLOBAL: &str = "PLAIN_FLAGS_OR";
 
@@ -251,9 +255,13 @@ impl Probe {
             return Err(anyhow!("max-flows must be at least 1"));
         }
         let mut loader = EbpfLoader::new();
+        let slots = flowlens_schema::cache::slots_for(max_flows);
         loader
             .map_max_entries(FLOW_MAPS[0], max_flows)
-            .map_max_entries(FLOW_MAPS[1], max_flows);
+            .map_max_entries(FLOW_MAPS[1], max_flows)
+            .map_max_entries(CACHE_MAPS[0], slots)
+            .map_max_entries(CACHE_MAPS[1], slots);
+        loader.override_global(CACHE_SLOTS_GLOBAL, &slots, true);
         let compatible = u8::from(variant == ProbeVariant::Compatible);
         let precise = u8::from(precise_timestamps) | compatible;
         loader.override_global(PRECISE_TIMESTAMPS_GLOBAL, &precise, true);
@@ -477,6 +485,18 @@ impl Probe {
         Ok(HashMap::try_from(map)?)
     }
 
+    fn take_cache(&mut self, name: &str) -> Result<FlowCache> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("{name} map already taken"))?;
+        let Map::Array(data) = map else {
+            return Err(anyhow!("{name} is not an array map"));
+        };
+        let slots = flowlens_schema::cache::slots_for(self.max_flows);
+        FlowCache::new(data, slots).with_context(|| format!("memory-mapping the flow cache {name}"))
+    }
+
     fn take_stats(&mut self) -> Result<KernelStats> {
         let map = self
             .ebpf
@@ -492,6 +512,10 @@ impl Probe {
             self.take_flow_map(FLOW_MAPS[0])?,
             self.take_flow_map(FLOW_MAPS[1])?,
         ];
+        let caches = [
+            self.take_cache(CACHE_MAPS[0])?,
+            self.take_cache(CACHE_MAPS[1])?,
+        ];
         let active = self
             .ebpf
             .take_map("ACTIVE")
@@ -499,6 +523,7 @@ impl Probe {
         let stats = self.take_stats()?;
         SwapDrainer::new(
             flows,
+            caches,
             Array::try_from(active)?,
             stats,
             self.max_flows as u64,
@@ -510,7 +535,8 @@ impl Probe {
     /// (programs keep writing `FLOWS_0` because nobody flips the buffers), and the counters.
     pub fn take_per_key_drainer(&mut self) -> Result<(PerKeyDrainer, KernelStats)> {
         let map = self.take_flow_map(FLOW_MAPS[0])?;
-        Ok((PerKeyDrainer::new(map), self.take_stats()?))
+        let cache = self.take_cache(CACHE_MAPS[0])?;
+        Ok((PerKeyDrainer::new(map, cache), self.take_stats()?))
     }
 }
 

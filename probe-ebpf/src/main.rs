@@ -29,18 +29,18 @@ mod probe {
         Global,
         bindings::xdp_action,
         helpers::{
-            bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
             bpf_probe_read_kernel_buf,
         },
-        macros::{map, xdp},
+        macros::{classifier, map, xdp},
         maps::{Array, LruHashMap, PerCpuArray},
-        programs::XdpContext,
+        programs::{TcContext, XdpContext},
     };
-    use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
+    use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg};
     use flowlens_abi::{
-        FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets, OBS_NF_PRE_ROUTING,
-        OBS_XDP, VLAN_NONE,
-        parse::{Packet, Parsed, parse_ethernet, parse_ipv4, parse_ipv6},
+        CacheSlot, FlowKey, FlowValue, NF_ACCEPT, NFPROTO_IPV4, NFPROTO_IPV6, NfOffsets,
+        OBS_NF_PRE_ROUTING, OBS_XDP, VLAN_NONE, cache,
+        parse::{FlowMeta, Outcome, Packet, parse_ethernet_into, parse_ipv4_into, parse_ipv6_into},
         stats,
     };
 
@@ -49,6 +49,21 @@ mod probe {
     static FLOWS_0: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
     #[map]
     static FLOWS_1: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+
+    /// Flow caches in front of `FLOWS_0`/`FLOWS_1` ([`CacheSlot`]): one per buffer, swapped and
+    /// drained with it. Memory-mappable, so the collector reads and zeroes them without a
+    /// syscall per slot.
+    #[map]
+    static CACHE_0: Array<CacheSlot> = Array::with_max_entries(cache::SLOTS, BPF_F_MMAPABLE);
+    #[map]
+    static CACHE_1: Array<CacheSlot> = Array::with_max_entries(cache::SLOTS, BPF_F_MMAPABLE);
+
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+    /// Slots of each flow cache (a power of two, `cache::slots_for(--max-flows)`), set by the
+    /// loader with the arrays' `max_entries`; in frozen `.rodata`.
+    #[unsafe(no_mangle)]
+    static CACHE_SLOTS: Global<u32> = Global::new(cache::SLOTS);
 
     /// Entry 0: the buffer programs write now (0 or 1). Written only by the collector.
     #[map]
@@ -126,7 +141,8 @@ mod probe {
     /// `COARSE_CLOCK_OK`: whether the program type may call `bpf_ktime_get_coarse_ns`.
     #[inline(always)]
     pub fn account<const COARSE_CLOCK_OK: bool>(
-        parsed: Parsed,
+        outcome: Outcome,
+        meta: &mut FlowMeta,
         observation_point: u8,
         ifindex: u32,
         cgroup_id: u64,
@@ -134,30 +150,34 @@ mod probe {
         let buffer = active_buffer();
         let c = STATS.get_ptr_mut(stats::index(buffer, observation_point));
         bump(c, stats::PACKETS_SEEN, 1);
-        let meta = match parsed {
-            Parsed::Flow(m) => m,
-            Parsed::NonIp => {
+        match outcome {
+            Outcome::Flow => {}
+            Outcome::NonIp => {
                 bump(c, stats::NON_IP, 1);
                 return;
             }
-            Parsed::Unparsed => {
+            Outcome::Unparsed => {
                 bump(c, stats::UNPARSED, 1);
                 return;
             }
-        };
-        let mut key = meta.key;
-        key.observation_point = observation_point;
-        key.ifindex = ifindex;
+        }
+        meta.key.observation_point = observation_point;
+        meta.key.ifindex = ifindex;
+        let key = &meta.key;
         let bytes = meta.ip_len as u64;
         let flags = meta.tcp_flags as u64;
         // SAFETY: both clock helpers have no preconditions.
         let now = if COARSE_CLOCK_OK && PRECISE_TIMESTAMPS.load() == 0 {
-            unsafe { bpf_ktime_get_coarse_ns() }
+            coarse_now()
         } else {
             unsafe { bpf_ktime_get_ns() }
         };
-        let flows = if buffer == 0 { &FLOWS_0 } else { &FLOWS_1 };
-        match record(flows, &key, bytes, flags, meta.dscp, now, cgroup_id) {
+        let (flows, cached) = if buffer == 0 {
+            (&FLOWS_0, &CACHE_0)
+        } else {
+            (&FLOWS_1, &CACHE_1)
+        };
+        match record_cached(cached, flows, key, bytes, flags, meta.dscp, now, cgroup_id) {
             Stored::Updated => bump(c, stats::BYTES_KEYED, bytes),
             Stored::Inserted => {
                 bump(c, stats::BYTES_KEYED, bytes);
@@ -167,12 +187,43 @@ mod probe {
         }
     }
 
+    /// Per CPU: the jiffies value and the coarse clock read during that jiffy (see
+    /// [`coarse_now`]). Only XDP programs use it (they cannot interrupt each other on a CPU).
+    #[map]
+    static XDP_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The coarse CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`), read once per scheduler tick per
+    /// CPU: the coarse clock only moves at ticks, so while `jiffies` (a plain load: the verifier
+    /// inlines `bpf_jiffies64` on 64-bit JITs) has not moved, the value read earlier in the same
+    /// jiffy is the one the helper would return; that saves a kernel function call per packet.
+    /// Where the timekeeping CPU is between counting the tick and moving the clock, the value kept
+    /// can be the previous tick's for the rest of that tick: a stamp stays within one tick of the
+    /// coarse clock, its own resolution.
+    #[inline(always)]
+    fn coarse_now() -> u64 {
+        // SAFETY: helpers without preconditions; `c` is this CPU's entry (XDP runs do not nest).
+        unsafe {
+            let j = bpf_jiffies64();
+            match XDP_CLOCK.get_ptr_mut(0) {
+                Some(c) if (*c)[0] == j && (*c)[1] != 0 => (*c)[1],
+                Some(c) => {
+                    let ns = bpf_ktime_get_coarse_ns();
+                    (*c)[0] = j;
+                    (*c)[1] = ns;
+                    ns
+                }
+                None => bpf_ktime_get_coarse_ns(),
+            }
+        }
+    }
+
     #[xdp]
     pub fn flowlens_xdp(ctx: XdpContext) -> u32 {
-        let parsed = parse_ethernet(&Xdp(&ctx));
+        let mut meta = FlowMeta::EMPTY;
+        let outcome = parse_ethernet_into(&Xdp(&ctx), &mut meta);
         // SAFETY: reading the ingress ifindex from the xdp_md context.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        account::<true>(parsed, OBS_XDP, ifindex, 0);
+        account::<true>(outcome, &mut meta, OBS_XDP, ifindex, 0);
         xdp_action::XDP_PASS
     }
 
@@ -258,11 +309,97 @@ mod probe {
         }
     }
 
+    /// Whether two keys are equal, as six 64-bit compares.
+    #[inline(always)]
+    fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+        let (a, b) = (words(a), words(b));
+        (a[0] ^ b[0])
+            | (a[1] ^ b[1])
+            | (a[2] ^ b[2])
+            | (a[3] ^ b[3])
+            | (a[4] ^ b[4])
+            | (a[5] ^ b[5])
+            == 0
+    }
+
+    #[inline(always)]
+    fn words(k: &FlowKey) -> &[u64; 6] {
+        // SAFETY: FlowKey is 48 bytes, 8-aligned, without implicit padding.
+        unsafe { &*(k as *const FlowKey as *const [u64; 6]) }
+    }
+
+    /// Counts the packet in the flow cache when its slot holds its flow or is free, else in the
+    /// LRU map ([`record`]). Exact under concurrency: a slot's counters are only ever added to
+    /// atomically (they start at zero), its key and first-seen time are written before the
+    /// claimer publishes the slot with an atomic exchange, and readers check the state with an
+    /// atomic fetch (both fully ordered), so nobody counts into a slot whose key is not
+    /// complete. A program that finds a slot claimed but not yet published counts in the LRU
+    /// map instead: the flow then has two entries, which the collector adds up.
+    #[inline(always)]
+    fn record_cached(
+        cached: &Array<CacheSlot>,
+        flows: &LruHashMap<FlowKey, FlowValue>,
+        key: &FlowKey,
+        bytes: u64,
+        flags: u64,
+        dscp: u8,
+        now: u64,
+        cgroup_id: u64,
+    ) -> Stored {
+        // The compatible variant (kernels before 5.12) has no compare-and-exchange: LRU only.
+        if PLAIN_FLAGS_OR.load() != 0 {
+            return record(flows, key, bytes, flags, dscp, now, cgroup_id);
+        }
+        let slots = CACHE_SLOTS.load();
+        let Some(slot) = cached.get_ptr_mut(cache::index(words(key), slots)) else {
+            return record(flows, key, bytes, flags, dscp, now, cgroup_id);
+        };
+        // SAFETY: `slot` points into a live array value; every shared field is accessed with
+        // atomics, or written only by the slot's claimer before it publishes the slot.
+        unsafe {
+            let state = &raw mut (*slot).state;
+            // An atomic fetch (a full barrier) rather than a plain load: on weakly ordered CPUs
+            // a plain load could see READY before the key the claimer wrote. It measured no
+            // slower than a plain load on x86 (docs/BENCHMARKS.md).
+            let s = atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(state, 0);
+            if s == cache::READY {
+                if same_key(&(*slot).key, key) {
+                    update(&raw mut (*slot).value, bytes, flags, dscp, now, cgroup_id);
+                    return Stored::Updated;
+                }
+            } else if s == cache::EMPTY {
+                let (_, won) = atomic_cxchg::<
+                    u64,
+                    { AtomicOrdering::SeqCst },
+                    { AtomicOrdering::SeqCst },
+                >(state, cache::EMPTY, cache::CLAIMED);
+                if won {
+                    (*slot).key = *key;
+                    (*slot).value.first_seen_ns = now;
+                    atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(state, cache::READY);
+                    update(&raw mut (*slot).value, bytes, flags, dscp, now, cgroup_id);
+                    return Stored::Inserted;
+                }
+            }
+        }
+        record(flows, key, bytes, flags, dscp, now, cgroup_id)
+    }
+
     /// Counterpart for benchmarks: the same attach point doing nothing.
     #[xdp]
     pub fn flowlens_xdp_noop(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     }
+
+    /// Benchmark only: a TC classifier doing nothing, the baseline of a peer's TC flow program
+    /// (`cargo xtask bench` with `FLOWLENS_BENCH_NETOBSERV_OBJECT`, docs/BENCHMARKS.md).
+    #[classifier]
+    pub fn flowlens_tc_noop(_ctx: TcContext) -> i32 {
+        TC_ACT_OK
+    }
+
+    /// `TC_ACT_OK`: let the packet continue.
+    const TC_ACT_OK: i32 = 0;
 
     // ---- netfilter (BPF_PROG_TYPE_NETFILTER) ----
     //
@@ -319,11 +456,40 @@ mod probe {
     /// The IP packet of an skb at a netfilter inet hook, where `skb->data` is the network
     /// header. Reads go through `bpf_probe_read_kernel` and stay inside the linear part
     /// (`len - data_len`); `covers` answers for the whole packet (`len`).
+    ///
+    /// `head`: when set, the first `have` bytes of the packet, read with one helper call into
+    /// this CPU's [`NF_HEAD`] scratch. That holds the IP and transport headers of almost every
+    /// packet (IPv4 without options + TCP is 40 bytes, IPv6 + TCP 60), so the parser's reads are
+    /// plain loads; a read beyond it (IP options, IPv6 extension headers) is a helper call of
+    /// its own, into the stack.
     struct Skb {
         data: u64,
         headlen: usize,
         len: usize,
+        head: *const [u8; 2 * HEAD],
+        have: usize,
     }
+
+    #[repr(C, align(8))]
+    struct Aligned<const N: usize>([u8; N]);
+
+    /// Bytes of the packet read up front (see [`Skb`]).
+    const HEAD: usize = 64;
+
+    /// Per-CPU scratch of the netfilter programs: the packet's first [`HEAD`] bytes, and a
+    /// generation that every run bumps before using the scratch. A run can be interrupted on
+    /// its CPU by another (a softirq's packet while a process sends one) that overwrites the
+    /// scratch; the interrupted run sees the generation moved when it resumes and parses again
+    /// without the scratch, so a packet is never keyed from another packet's bytes.
+    #[repr(C)]
+    pub struct NfHead {
+        generation: u64,
+        /// The first HEAD bytes hold the packet; the rest keeps every masked read in bounds.
+        bytes: [u8; 2 * HEAD],
+    }
+
+    #[map]
+    static NF_HEAD: PerCpuArray<NfHead> = PerCpuArray::with_max_entries(1, 0);
 
     impl Packet for Skb {
         #[inline(always)]
@@ -331,16 +497,84 @@ mod probe {
             if off + N > self.headlen {
                 return None;
             }
-            let mut buf = [0u8; N];
+            if off + N <= self.have && !self.head.is_null() {
+                // `off` < HEAD here; the mask (kept by `opaque`) restates it for verifiers that
+                // lose the bound on some paths (Linux 6.12 refused the unmasked read as an
+                // "unbounded memory access"), and the scratch is 2 x HEAD long, so any
+                // masked offset plus N is inside it.
+                let o = opaque(off) & (HEAD - 1);
+                // SAFETY: o + N <= 2 * HEAD: inside this CPU's scratch (a map value, so the
+                // verifier allows unaligned reads, unlike on the stack); o == off.
+                return Some(unsafe {
+                    core::ptr::read_unaligned((self.head as *const u8).add(o) as *const [u8; N])
+                });
+            }
+            // 8-aligned: LLVM zeroes it with word stores instead of a call to `memset`, and its
+            // wide loads from it stay aligned (the verifier refuses misaligned stack access).
+            let mut buf = Aligned([0u8; N]);
             // SAFETY: as in `kread`; `buf` has room for exactly N bytes.
             let r = unsafe {
-                bpf_probe_read_kernel_buf((self.data + off as u64) as *const u8, &mut buf)
+                bpf_probe_read_kernel_buf((self.data + off as u64) as *const u8, &mut buf.0)
             };
-            r.ok().map(|()| buf)
+            r.ok().map(|()| buf.0)
         }
         #[inline(always)]
         fn covers(&self, end_off: usize) -> bool {
             end_off <= self.len
+        }
+    }
+
+    /// Parses the skb's IP packet: with the packet's head read once into the scratch, and
+    /// again without it if another run on this CPU took the scratch meanwhile.
+    #[inline(always)]
+    fn nf_parse(pf: u8, data: u64, headlen: usize, len: usize, meta: &mut FlowMeta) -> Outcome {
+        let mut pkt = Skb {
+            data,
+            headlen,
+            len,
+            head: core::ptr::null(),
+            have: 0,
+        };
+        let scratch = NF_HEAD.get_ptr_mut(0);
+        let mut generation = 0;
+        if let Some(h) = scratch {
+            // SAFETY: this CPU's scratch; the generation is bumped before the bytes are used
+            // and checked after (see `NfHead`).
+            unsafe {
+                generation = (*h).generation.wrapping_add(1);
+                core::ptr::write_volatile(&raw mut (*h).generation, generation);
+                let n = if headlen < HEAD { headlen } else { HEAD };
+                let dst = (*h).bytes.get_unchecked_mut(..n);
+                if bpf_probe_read_kernel_buf(data as *const u8, dst).is_ok() {
+                    pkt.head = &raw const (*h).bytes;
+                    pkt.have = n;
+                }
+            }
+        }
+        let outcome = parse_l3(pf, &pkt, meta);
+        let intact = match scratch {
+            // SAFETY: as above.
+            Some(h) => {
+                let now = unsafe { core::ptr::read_volatile(&raw const (*h).generation) };
+                now == generation
+            }
+            None => true,
+        };
+        if pkt.have == 0 || intact {
+            return outcome;
+        }
+        *meta = FlowMeta::EMPTY;
+        pkt.head = core::ptr::null();
+        pkt.have = 0;
+        parse_l3(pf, &pkt, meta)
+    }
+
+    #[inline(always)]
+    fn parse_l3(pf: u8, pkt: &Skb, meta: &mut FlowMeta) -> Outcome {
+        match pf {
+            NFPROTO_IPV4 => parse_ipv4_into(pkt, 0, VLAN_NONE, meta),
+            NFPROTO_IPV6 => parse_ipv6_into(pkt, 0, VLAN_NONE, meta),
+            _ => Outcome::NonIp,
         }
     }
 
@@ -388,22 +622,26 @@ mod probe {
             skipped(stats::UNPARSED);
             return;
         };
-        let pkt = Skb {
+        let mut meta = FlowMeta::EMPTY;
+        let outcome = nf_parse(
+            pf,
             data,
-            headlen: len.saturating_sub(data_len) as usize,
-            len: len as usize,
-        };
-        let parsed = match pf {
-            NFPROTO_IPV4 => parse_ipv4(&pkt, 0, VLAN_NONE),
-            NFPROTO_IPV6 => parse_ipv6(&pkt, 0, VLAN_NONE),
-            _ => Parsed::NonIp,
-        };
+            len.saturating_sub(data_len) as usize,
+            len as usize,
+            &mut meta,
+        );
         let cgroup_id = if o.socket_identity != 0 {
             socket_cgroup::<DIRECT>(&o, skb)
         } else {
             0
         };
-        account::<false>(parsed, OBS_NF_PRE_ROUTING + hook, ifindex, cgroup_id);
+        account::<false>(
+            outcome,
+            &mut meta,
+            OBS_NF_PRE_ROUTING + hook,
+            ifindex,
+            cgroup_id,
+        );
     }
 
     /// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: `skb->sk` is then a `struct inet_timewait_sock`
