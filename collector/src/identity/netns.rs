@@ -282,7 +282,9 @@ impl PeerMap {
         if !wanted.is_empty() {
             let mut by_inode: HashMap<u64, Vec<u32>> = HashMap::new();
             let (procs, denied) = proc_netns();
-            if denied > 0 && !self.denied {
+            // With CAP_SYS_PTRACE a denial is a race (a process exiting, a kernel thread):
+            // not worth a warning. Without it, containers are not named: warn once.
+            if denied > 0 && !self.denied && !has_cap_sys_ptrace() {
                 tracing::warn!(
                     processes = denied,
                     "cannot read other processes' network namespaces (needs CAP_SYS_PTRACE): containers behind veth interfaces may not be named"
@@ -411,6 +413,18 @@ impl PeerMap {
             "interface peer namespaces refreshed"
         );
     }
+}
+
+/// Whether this process has `CAP_SYS_PTRACE` (bit 19) in its effective set.
+fn has_cap_sys_ptrace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 19) != 0)
 }
 
 /// Inode of `/proc/<pid>/ns/net`.
