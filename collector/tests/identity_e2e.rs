@@ -97,6 +97,49 @@ impl Drop for Cgroups {
     }
 }
 
+/// The cgroups a test's workloads run in, named the way runtimes name them: containers 1, 4 and
+/// 5 by containerd under a kubepods pod slice each, 2 and 3 by Docker's systemd driver, and a
+/// host service `system.slice/<service>.service`.
+struct Layout {
+    /// Container ids of containers 1-5.
+    ids: [String; 5],
+    /// Pod UIDs of containers 1, 4 and 5.
+    pod_uids: [String; 3],
+    /// (directory, path relative to the cgroup root) of containers 1-5.
+    containers: [(PathBuf, String); 5],
+    service: (PathBuf, String),
+}
+
+impl Layout {
+    /// Ids and pod UIDs from tags `first`..`first + 4`.
+    fn make(cgs: &mut Cgroups, first: u64, service: &str) -> Layout {
+        let tags: [u64; 5] = std::array::from_fn(|i| first + i as u64);
+        let ids = tags.map(hex64);
+        let pod_uids = [tags[0], tags[3], tags[4]].map(uid);
+        let pod_scope = |u: &str, id: &str| {
+            format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+                u.replace('-', "_")
+            )
+        };
+        let docker = |id: &str| format!("system.slice/docker-{id}.scope");
+        let containers = [
+            cgs.make(&pod_scope(&pod_uids[0], &ids[0])),
+            cgs.make(&docker(&ids[1])),
+            cgs.make(&docker(&ids[2])),
+            cgs.make(&pod_scope(&pod_uids[1], &ids[3])),
+            cgs.make(&pod_scope(&pod_uids[2], &ids[4])),
+        ];
+        let service = cgs.make(&format!("system.slice/{service}.service"));
+        Layout {
+            ids,
+            pod_uids,
+            containers,
+            service,
+        }
+    }
+}
+
 /// The Python interpreter itself: a `python3` on PATH may be a wrapper script (pyenv's shim
 /// runs bash first), and the process name the test expects is the interpreter's.
 fn python() -> &'static str {
@@ -285,20 +328,19 @@ fn containers_and_services_are_named_at_every_hook() {
     let (h_ip, p_ip) = (link.a_v4.to_string(), link.b_v4.to_string());
     let out = temp_dir("identity-e2e").unwrap();
 
-    let (id1, id2, id3, id4, id5) = (hex64(1), hex64(2), hex64(3), hex64(4), hex64(5));
-    let (uid1, uid4, uid5) = (uid(1), uid(4), uid(5));
-    let pod_slice = |u: &str, rest: &str| {
-        format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/{rest}",
-            u.replace('-', "_")
-        )
-    };
-    let (c1_dir, c1_rel) = cgs.make(&pod_slice(&uid1, &format!("cri-containerd-{id1}.scope")));
-    let (c2_dir, c2_rel) = cgs.make(&format!("system.slice/docker-{id2}.scope"));
-    let (svc_dir, svc_rel) = cgs.make("system.slice/flowlens-test.service");
-    let (c3_dir, c3_rel) = cgs.make(&format!("system.slice/docker-{id3}.scope"));
-    let (c4_dir, c4_rel) = cgs.make(&pod_slice(&uid4, &format!("cri-containerd-{id4}.scope")));
-    let (c5_dir, c5_rel) = cgs.make(&pod_slice(&uid5, &format!("cri-containerd-{id5}.scope")));
+    let Layout {
+        ids: [id1, id2, id3, id4, id5],
+        pod_uids: [uid1, uid4, uid5],
+        containers:
+            [
+                (c1_dir, c1_rel),
+                (c2_dir, c2_rel),
+                (c3_dir, c3_rel),
+                (c4_dir, c4_rel),
+                (c5_dir, c5_rel),
+            ],
+        service: (svc_dir, svc_rel),
+    } = Layout::make(&mut cgs, 1, "flowlens-test");
 
     // The peer namespace P is behind a veth of H, so its processes (in a service cgroup of
     // their own) name P's end of every flow too, by interface.
@@ -670,7 +712,6 @@ fn named_at(obs: &str, source: bool, container: bool) -> bool {
 }
 
 #[test]
-#[ignore = "flaky after the merge with the flow cache and --max-memory (2 of 5 host runs: the reused container's first records drained before its namespace was named); issue 12 stays open until fixed"]
 fn containers_behind_veths_are_named_by_their_interface() {
     let mut cgs = Cgroups::new("veth");
     let pid = std::process::id();
@@ -692,20 +733,19 @@ fn containers_behind_veths_are_named_by_their_interface() {
     assert!(st.success());
     let out = temp_dir("identity-veth").unwrap();
 
-    let (id1, id2, id3, id4, id5) = (hex64(11), hex64(12), hex64(13), hex64(14), hex64(15));
-    let (uid1, uid4, uid5) = (uid(11), uid(14), uid(15));
-    let pod_slice = |u: &str, rest: &str| {
-        format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/{rest}",
-            u.replace('-', "_")
-        )
-    };
-    let (c1_dir, c1_rel) = cgs.make(&pod_slice(&uid1, &format!("cri-containerd-{id1}.scope")));
-    let (c2_dir, c2_rel) = cgs.make(&format!("system.slice/docker-{id2}.scope"));
-    let (svc_dir, svc_rel) = cgs.make("system.slice/flowlens-veth-host.service");
-    let (c3_dir, c3_rel) = cgs.make(&format!("system.slice/docker-{id3}.scope"));
-    let (c4_dir, c4_rel) = cgs.make(&pod_slice(&uid4, &format!("cri-containerd-{id4}.scope")));
-    let (c5_dir, c5_rel) = cgs.make(&pod_slice(&uid5, &format!("cri-containerd-{id5}.scope")));
+    let Layout {
+        ids: [id1, id2, id3, id4, id5],
+        pod_uids: [uid1, uid4, uid5],
+        containers:
+            [
+                (c1_dir, c1_rel),
+                (c2_dir, c2_rel),
+                (c3_dir, c3_rel),
+                (c4_dir, c4_rel),
+                (c5_dir, c5_rel),
+            ],
+        service: (svc_dir, svc_rel),
+    } = Layout::make(&mut cgs, 11, "flowlens-veth-host");
 
     // Long-lived echo servers (TCP 9000, UDP 9001) in the host (a service) and each container.
     let mut host_peer = Work::spawn(Some(&svc_dir), &h, &["peer", "-", "0.0.0.0"]);

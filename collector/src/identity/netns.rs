@@ -34,7 +34,10 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -115,8 +118,11 @@ pub struct PeerMap {
     drain: u64,
     /// Drain of the last refresh caused by a miss.
     miss_drain: u64,
-    /// The last `/proc` scan could not read some processes' namespaces.
+    /// The last `/proc` scan could not read some processes' namespaces, for lack of
+    /// `CAP_SYS_PTRACE`.
     denied: bool,
+    /// This process has `CAP_SYS_PTRACE` (checked once).
+    ptrace: bool,
     pub stats: PeerStats,
 }
 
@@ -135,6 +141,7 @@ impl PeerMap {
             drain: 0,
             miss_drain: u64::MAX,
             denied: false,
+            ptrace: false,
             stats: PeerStats::default(),
         }
     }
@@ -144,6 +151,7 @@ impl PeerMap {
     pub fn from_system() -> PeerMap {
         let mut m = PeerMap::disabled();
         m.own_netns = netns_inode("thread-self").unwrap_or(0);
+        m.ptrace = has_cap_sys_ptrace();
         match (Netlink::open(0), Netlink::open(RTMGRP_LINK)) {
             (Ok(nl), Ok(ev)) => {
                 m.nl = Some(nl);
@@ -283,14 +291,17 @@ impl PeerMap {
             let mut by_inode: HashMap<u64, Vec<u32>> = HashMap::new();
             let (procs, denied) = proc_netns();
             // With CAP_SYS_PTRACE a denial is a race (a process exiting, a kernel thread):
-            // not worth a warning. Without it, containers are not named: warn once.
-            if denied > 0 && !self.denied && !has_cap_sys_ptrace() {
+            // nothing is hidden, not worth a warning, and namespaces without a process are
+            // still looked up at every drain with traffic. Without it, containers are not
+            // named: warn once, and back off.
+            let hidden = denied > 0 && !self.ptrace;
+            if hidden && !self.denied {
                 tracing::warn!(
                     processes = denied,
                     "cannot read other processes' network namespaces (needs CAP_SYS_PTRACE): containers behind veth interfaces may not be named"
                 );
             }
-            self.denied = denied > 0;
+            self.denied = hidden;
             for (pid, ino) in procs {
                 if ino != self.own_netns {
                     by_inode.entry(ino).or_default().push(pid);
@@ -301,13 +312,7 @@ impl PeerMap {
                     break;
                 }
                 pids.sort_unstable();
-                let nsid = pids
-                    .iter()
-                    .find_map(|pid| {
-                        let f = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
-                        nl.nsid_of(f.as_raw_fd()).ok()
-                    })
-                    .filter(|n| wanted.contains(n));
+                let nsid = nl.nsid_of_netns(ino, &pids).filter(|n| wanted.contains(n));
                 if let Some(n) = nsid {
                     by_nsid.insert(n, (ino, pids));
                 }
@@ -333,7 +338,7 @@ impl PeerMap {
             {
                 continue;
             }
-            let (info, tentative) = identity_of(pids);
+            let (info, tentative) = identity_of(ino, pids);
             tracing::debug!(
                 index,
                 nsid,
@@ -471,7 +476,7 @@ pub fn v2_path(text: &str) -> Option<&str> {
 
 /// Names a namespace after its processes (see the module doc); `true` when it should be looked
 /// up again (no process, or only `pause`).
-fn identity_of(pids: &[u32]) -> (Option<CgroupInfo>, bool) {
+fn identity_of(netns: u64, pids: &[u32]) -> (Option<CgroupInfo>, bool) {
     let mut procs: Vec<Proc> = Vec::new();
     for pid in pids.iter().take(MAX_PROCS_PER_NETNS) {
         let (Ok(cg), Ok(stat)) = (
@@ -480,6 +485,10 @@ fn identity_of(pids: &[u32]) -> (Option<CgroupInfo>, bool) {
         ) else {
             continue;
         };
+        // Still in the namespace after its cgroup was read (it may have left since the scan).
+        if netns_inode(&pid.to_string()) != Some(netns) {
+            continue;
+        }
         let (Some(path), Some((comm, start))) = (v2_path(&cg), parse_stat(&stat)) else {
             continue;
         };
@@ -771,6 +780,20 @@ impl Netlink {
     }
 
     /// The id this namespace gives the namespace of `fd` (an error when it has none).
+    /// The id here of network namespace `ino`, found through an fd of one of its processes
+    /// `pids` (found by an earlier scan). The fd must be that very namespace: a process can
+    /// enter another one between the scan and the open (`nsenter`, a runtime starting a
+    /// container), and its new namespace's id must not name this one. The first fd that is
+    /// the namespace answers for all of its processes.
+    fn nsid_of_netns(&mut self, ino: u64, pids: &[u32]) -> Option<i32> {
+        pids.iter()
+            .find_map(|pid| {
+                let f = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+                (f.metadata().ok()?.ino() == ino).then(|| self.nsid_of(f.as_raw_fd()).ok())
+            })
+            .flatten()
+    }
+
     fn nsid_of(&mut self, fd: i32) -> io::Result<i32> {
         let mut p = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
         p.extend_from_slice(&8u16.to_ne_bytes());
@@ -880,6 +903,42 @@ mod tests {
         // Truncated input: nothing, no panic.
         assert_eq!(messages(&m[..20]).count(), 0);
         assert_eq!(parse_link(&link[..10]), None);
+    }
+
+    /// A process that entered another namespace after the scan listed it under this one
+    /// (`nsenter` in a container's start-up) must not give this namespace the other one's id:
+    /// it named the host's own namespace after a container (and the container after the host's
+    /// processes) before the fd's inode was checked.
+    #[cfg(feature = "kernel-tests")]
+    #[test]
+    fn a_process_that_moved_does_not_lend_its_namespace_id() {
+        let ns = flowlens_testkit::Netns::new("nsid").unwrap();
+        // An id for the namespace here, as a veth to it would get one.
+        let st = std::process::Command::new("ip")
+            .args(["netns", "set", ns.name(), "auto"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut child = ns.command("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let its = (0..100)
+            .find_map(|_| {
+                let i = netns_inode(&pid.to_string()).filter(|i| Some(*i) != netns_inode("self"));
+                if i.is_none() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                i
+            })
+            .expect("the child entered the namespace");
+        let mut nl = Netlink::open(0).unwrap();
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        let id = nl.nsid_of(f.as_raw_fd()).expect("the namespace has an id here");
+        assert_eq!(nl.nsid_of_netns(its, &[pid]), Some(id));
+        // The scan saw `pid` in this namespace (which has no id here).
+        let here = netns_inode("self").unwrap();
+        assert_eq!(nl.nsid_of_netns(here, &[pid]), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// This namespace's links are dumped (loopback has no peer namespace); needs no privilege.
