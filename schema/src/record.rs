@@ -130,6 +130,21 @@ pub struct EndIdentity {
     pub process_pid: Option<u32>,
     /// Label of the longest `--label-cidrs` prefix containing the end's address.
     pub label: Option<Arc<str>>,
+    // Kubernetes names (issue 13, `--kubernetes`): local ends by pod UID, remote ends by the
+    // address the pod (or Service, or node) held at the flow's time.
+    /// Namespace of the end's pod (or Service).
+    pub k8s_namespace: Option<Arc<str>>,
+    pub k8s_pod_name: Option<Arc<str>>,
+    /// Kind of the pod's top owner: `Deployment` (via its ReplicaSet), `CronJob` (via its
+    /// Job), else the direct owner's kind (`StatefulSet`, `DaemonSet`, ...), else `Pod`.
+    pub k8s_owner_kind: Option<Arc<str>>,
+    pub k8s_owner_name: Option<Arc<str>>,
+    /// Node of the pod (a host-network pod's address, or a node's address: that node).
+    pub k8s_node_name: Option<Arc<str>>,
+    /// Service whose ClusterIP the end's address is.
+    pub k8s_service_name: Option<Arc<str>>,
+    /// `topology.kubernetes.io/zone` label of the end's node.
+    pub zone: Option<Arc<str>>,
 }
 
 impl EndIdentity {

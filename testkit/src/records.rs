@@ -124,6 +124,7 @@ fn ends(i: usize, dir: usize) -> Ends {
             process_name: (i % 8 == 2).then(|| "nginx".into()),
             process_pid: (i % 8 == 2).then_some(1000 + i as u32),
             label: None,
+            ..Default::default()
         };
         if dir == 0 {
             e.source = local;

@@ -431,6 +431,7 @@ mod tests {
             process_name: Some(format!("{tag}-proc").into()),
             process_pid: Some(if tag == "s" { 11 } else { 22 }),
             label: Some(format!("{tag}-label").into()),
+            ..Default::default()
         }
     }
 
