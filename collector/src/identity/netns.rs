@@ -932,7 +932,9 @@ mod tests {
             .expect("the child entered the namespace");
         let mut nl = Netlink::open(0).unwrap();
         let f = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
-        let id = nl.nsid_of(f.as_raw_fd()).expect("the namespace has an id here");
+        let id = nl
+            .nsid_of(f.as_raw_fd())
+            .expect("the namespace has an id here");
         assert_eq!(nl.nsid_of_netns(its, &[pid]), Some(id));
         // The scan saw `pid` in this namespace (which has no id here).
         let here = netns_inode("self").unwrap();

@@ -443,19 +443,13 @@ impl Sink for KafkaSink {
                     // Refused now for a reason that can clear (the topic is missing): kept and
                     // sent again like a transient delivery failure.
                     self.sent += 1;
-                    self.counters.requeued.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut last) = self.counters.last_transient.lock() {
-                        *last = Some(e.to_string());
-                    }
-                    if let Ok(mut retry) = self.counters.retry.lock() {
-                        retry.push(service::Retry {
-                            idx,
-                            key: Some(key.to_vec()),
-                            payload: self.buf.clone(),
-                            timestamp_ms: Some(r.flow_end_us / 1000),
-                            due: std::time::Instant::now() + service::RETRY_BACKOFF,
-                        });
-                    }
+                    self.counters.requeue(
+                        idx,
+                        Some(key.to_vec()),
+                        self.buf.clone(),
+                        Some(r.flow_end_us / 1000),
+                        &e,
+                    );
                 }
                 Err((e, _)) => {
                     self.refused_locally += 1;

@@ -67,6 +67,37 @@ pub struct Retry {
     pub due: std::time::Instant,
 }
 
+impl Counters {
+    /// Keeps a record whose send failed for a reason that can clear: unsettled, counted in
+    /// `requeued`, sent again by the sink after [`RETRY_BACKOFF`]. False when it could not be
+    /// kept (a poisoned lock: a thread panicked holding it).
+    pub fn requeue(
+        &self,
+        idx: u64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        timestamp_ms: Option<i64>,
+        e: &KafkaError,
+    ) -> bool {
+        let Ok(mut retry) = self.retry.lock() else {
+            return false;
+        };
+        retry.push(Retry {
+            idx,
+            key,
+            payload,
+            timestamp_ms,
+            due: std::time::Instant::now() + RETRY_BACKOFF,
+        });
+        drop(retry);
+        self.requeued.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_transient.lock() {
+            *last = Some(e.to_string());
+        }
+        true
+    }
+}
+
 /// Delivery errors that can clear without anything changing on flowlens's side: the topic or
 /// partition is unknown for now (deleted and re-created, a broker restarted without it, a
 /// partition being moved), no leader or not enough in-sync replicas yet, timeouts, unreachable
@@ -213,22 +244,17 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, idx: usize) {
         let c = &self.counters;
+        // Kept unsettled, sent again by the sink (see the module docs).
         if let Err((e, msg)) = result
             && is_transient(e)
-            && let Ok(mut retry) = c.retry.lock()
+            && c.requeue(
+                idx as u64,
+                msg.key().map(<[u8]>::to_vec),
+                msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                msg.timestamp().to_millis(),
+                e,
+            )
         {
-            // Kept unsettled, sent again by the sink (see the module docs).
-            retry.push(Retry {
-                idx: idx as u64,
-                key: msg.key().map(<[u8]>::to_vec),
-                payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                timestamp_ms: msg.timestamp().to_millis(),
-                due: std::time::Instant::now() + RETRY_BACKOFF,
-            });
-            c.requeued.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut last) = c.last_transient.lock() {
-                *last = Some(e.to_string());
-            }
             return;
         }
         if let Ok(mut w) = c.settled.lock() {
