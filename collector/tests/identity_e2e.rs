@@ -97,47 +97,41 @@ impl Drop for Cgroups {
     }
 }
 
-/// The cgroups a test's workloads run in, named the way runtimes name them: containers 1, 4 and
-/// 5 by containerd under a kubepods pod slice each, 2 and 3 by Docker's systemd driver, and a
-/// host service `system.slice/<service>.service`.
-struct Layout {
-    /// Container ids of containers 1-5.
-    ids: [String; 5],
-    /// Pod UIDs of containers 1, 4 and 5.
-    pod_uids: [String; 3],
-    /// (directory, path relative to the cgroup root) of containers 1-5.
-    containers: [(PathBuf, String); 5],
-    service: (PathBuf, String),
+/// A cgroup the test made: its directory, and its path relative to the cgroup root.
+struct Cg {
+    dir: PathBuf,
+    rel: String,
 }
 
-impl Layout {
-    /// Ids and pod UIDs from tags `first`..`first + 4`.
-    fn make(cgs: &mut Cgroups, first: u64, service: &str) -> Layout {
-        let tags: [u64; 5] = std::array::from_fn(|i| first + i as u64);
-        let ids = tags.map(hex64);
-        let pod_uids = [tags[0], tags[3], tags[4]].map(uid);
-        let pod_scope = |u: &str, id: &str| {
-            format!(
-                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
-                u.replace('-', "_")
-            )
-        };
-        let docker = |id: &str| format!("system.slice/docker-{id}.scope");
-        let containers = [
-            cgs.make(&pod_scope(&pod_uids[0], &ids[0])),
-            cgs.make(&docker(&ids[1])),
-            cgs.make(&docker(&ids[2])),
-            cgs.make(&pod_scope(&pod_uids[1], &ids[3])),
-            cgs.make(&pod_scope(&pod_uids[2], &ids[4])),
-        ];
-        let service = cgs.make(&format!("system.slice/{service}.service"));
-        Layout {
-            ids,
-            pod_uids,
-            containers,
-            service,
-        }
-    }
+/// The cgroups a test's workloads run in, named the way runtimes name them: containers 1, 4 and
+/// 5 by containerd under a kubepods pod slice each, 2 and 3 by Docker's systemd driver, and a
+/// host service `system.slice/<service>.service`. Returns the container ids of containers 1-5
+/// (from tags `first`..`first + 4`), the pod UIDs of containers 1, 4 and 5, their cgroups, and
+/// the service's cgroup.
+fn layout(cgs: &mut Cgroups, first: u64, service: &str) -> ([String; 5], [String; 3], [Cg; 5], Cg) {
+    let tags: [u64; 5] = std::array::from_fn(|i| first + i as u64);
+    let ids = tags.map(hex64);
+    let pod_uids = [tags[0], tags[3], tags[4]].map(uid);
+    let mut make = |rel: String| {
+        let (dir, rel) = cgs.make(&rel);
+        Cg { dir, rel }
+    };
+    let pod_scope = |u: &str, id: &str| {
+        format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+            u.replace('-', "_")
+        )
+    };
+    let docker = |id: &str| format!("system.slice/docker-{id}.scope");
+    let containers = [
+        make(pod_scope(&pod_uids[0], &ids[0])),
+        make(docker(&ids[1])),
+        make(docker(&ids[2])),
+        make(pod_scope(&pod_uids[1], &ids[3])),
+        make(pod_scope(&pod_uids[2], &ids[4])),
+    ];
+    let service = make(format!("system.slice/{service}.service"));
+    (ids, pod_uids, containers, service)
 }
 
 /// The Python interpreter itself: a `python3` on PATH may be a wrapper script (pyenv's shim
@@ -328,19 +322,8 @@ fn containers_and_services_are_named_at_every_hook() {
     let (h_ip, p_ip) = (link.a_v4.to_string(), link.b_v4.to_string());
     let out = temp_dir("identity-e2e").unwrap();
 
-    let Layout {
-        ids: [id1, id2, id3, id4, id5],
-        pod_uids: [uid1, uid4, uid5],
-        containers:
-            [
-                (c1_dir, c1_rel),
-                (c2_dir, c2_rel),
-                (c3_dir, c3_rel),
-                (c4_dir, c4_rel),
-                (c5_dir, c5_rel),
-            ],
-        service: (svc_dir, svc_rel),
-    } = Layout::make(&mut cgs, 1, "flowlens-test");
+    let ([id1, id2, id3, id4, id5], [uid1, uid4, uid5], [cg1, cg2, cg3, cg4, cg5], svc) =
+        layout(&mut cgs, 1, "flowlens-test");
 
     // The peer namespace P is behind a veth of H, so its processes (in a service cgroup of
     // their own) name P's end of every flow too, by interface.
@@ -393,15 +376,15 @@ fn containers_and_services_are_named_at_every_hook() {
     for (name, dir, rel, cid, pod, tport, uport) in [
         (
             "containerd",
-            &c1_dir,
-            &c1_rel,
+            &cg1.dir,
+            &cg1.rel,
             Some(&id1),
             Some(&uid1),
             7101,
             7102,
         ),
-        ("docker", &c2_dir, &c2_rel, Some(&id2), None, 7201, 7202),
-        ("service", &svc_dir, &svc_rel, None, None, 7301, 7302),
+        ("docker", &cg2.dir, &cg2.rel, Some(&id2), None, 7201, 7202),
+        ("service", &svc.dir, &svc.rel, None, None, 7301, 7302),
     ] {
         let (ts, us) = (tport.to_string(), uport.to_string());
         let mut w = Work::spawn(Some(dir), &h, &["full", &p_ip, &h_ip, &ts, &us]);
@@ -429,25 +412,25 @@ fn containers_and_services_are_named_at_every_hook() {
     }
 
     // A container removed while its connection is open.
-    let mut hold = Work::spawn(Some(&c3_dir), &h, &["hold", &p_ip, &h_ip]);
+    let mut hold = Work::spawn(Some(&cg3.dir), &h, &["hold", &p_ip, &h_ip]);
     let hold_port = hold.json()["tcp_client"].as_u64().unwrap();
     let hold_pid = hold.child.id();
     std::thread::sleep(Duration::from_millis(800)); // a few drains see the connection
     std::fs::write(cgs.base_dir().join("cgroup.procs"), hold_pid.to_string()).unwrap();
-    std::fs::remove_dir(&c3_dir).unwrap();
-    assert!(!c3_dir.exists());
+    std::fs::remove_dir(&cg3.dir).unwrap();
+    assert!(!cg3.dir.exists());
     writeln!(hold.stdin.as_mut().unwrap(), "go").unwrap();
     hold.expect("done");
     hold.finish();
 
     // One UDP address and port, two containers in a row.
-    let mut first = Work::spawn(Some(&c4_dir), &h, &["udp", &p_ip, &h_ip, "7400", "3"]);
+    let mut first = Work::spawn(Some(&cg4.dir), &h, &["udp", &p_ip, &h_ip, "7400", "3"]);
     let first_pid = first.child.id();
     first.expect("done");
     first.finish();
-    std::fs::remove_dir(&c4_dir).unwrap();
+    std::fs::remove_dir(&cg4.dir).unwrap();
     // Well within --idle-timeout: the first container's records are still open.
-    let mut second = Work::spawn(Some(&c5_dir), &h, &["udp", &p_ip, &h_ip, "7400", "5"]);
+    let mut second = Work::spawn(Some(&cg5.dir), &h, &["udp", &p_ip, &h_ip, "7400", "5"]);
     let second_pid = second.child.id();
     eprintln!("first {first_pid} second {second_pid}");
     second.expect("done");
@@ -516,7 +499,7 @@ fn containers_and_services_are_named_at_every_hook() {
     // The removed container: every record of its connection names it.
     let gone = Who {
         name: "removed",
-        cgroup: c3_rel.clone(),
+        cgroup: cg3.rel.clone(),
         container_id: Some(id3.clone()),
         pod_uid: None,
         pid: hold_pid,
@@ -564,12 +547,12 @@ fn containers_and_services_are_named_at_every_hook() {
                 let pid = r[format!("{end}_process_pid")].as_u64();
                 match cid.as_deref() {
                     Some(c) if c == id4 => {
-                        assert_eq!(s(r, &format!("{end}_cgroup")), Some(c4_rel.as_str()));
+                        assert_eq!(s(r, &format!("{end}_cgroup")), Some(cg4.rel.as_str()));
                         assert_eq!(s(r, &format!("{end}_k8s_pod_uid")), Some(uid4.as_str()));
                         assert_eq!(pid, Some(u64::from(first_pid)));
                     }
                     Some(c) if c == id5 => {
-                        assert_eq!(s(r, &format!("{end}_cgroup")), Some(c5_rel.as_str()));
+                        assert_eq!(s(r, &format!("{end}_cgroup")), Some(cg5.rel.as_str()));
                         assert_eq!(s(r, &format!("{end}_k8s_pod_uid")), Some(uid5.as_str()));
                         assert_eq!(pid, Some(u64::from(second_pid)));
                     }
@@ -733,44 +716,33 @@ fn containers_behind_veths_are_named_by_their_interface() {
     assert!(st.success());
     let out = temp_dir("identity-veth").unwrap();
 
-    let Layout {
-        ids: [id1, id2, id3, id4, id5],
-        pod_uids: [uid1, uid4, uid5],
-        containers:
-            [
-                (c1_dir, c1_rel),
-                (c2_dir, c2_rel),
-                (c3_dir, c3_rel),
-                (c4_dir, c4_rel),
-                (c5_dir, c5_rel),
-            ],
-        service: (svc_dir, svc_rel),
-    } = Layout::make(&mut cgs, 11, "flowlens-veth-host");
+    let ([id1, id2, id3, id4, id5], [uid1, uid4, uid5], [cg1, cg2, cg3, cg4, cg5], svc) =
+        layout(&mut cgs, 11, "flowlens-veth-host");
 
     // Long-lived echo servers (TCP 9000, UDP 9001) in the host (a service) and each container.
-    let mut host_peer = Work::spawn(Some(&svc_dir), &h, &["peer", "-", "0.0.0.0"]);
+    let mut host_peer = Work::spawn(Some(&svc.dir), &h, &["peer", "-", "0.0.0.0"]);
     host_peer.expect("ready");
-    let mut c1_peer = Work::spawn(Some(&c1_dir), &c1, &["peer", "-", "0.0.0.0"]);
+    let mut c1_peer = Work::spawn(Some(&cg1.dir), &c1, &["peer", "-", "0.0.0.0"]);
     c1_peer.expect("ready");
-    let mut c2_peer = Work::spawn(Some(&c2_dir), &c2, &["peer", "-", "0.0.0.0"]);
+    let mut c2_peer = Work::spawn(Some(&cg2.dir), &c2, &["peer", "-", "0.0.0.0"]);
     c2_peer.expect("ready");
     let mut host = End {
         name: "host service",
-        cgroup: svc_rel.clone(),
+        cgroup: svc.rel.clone(),
         container_id: None,
         pod_uid: None,
         pids: vec![host_peer.child.id()],
     };
     let mut e1 = End {
         name: "containerd",
-        cgroup: c1_rel.clone(),
+        cgroup: cg1.rel.clone(),
         container_id: Some(id1.clone()),
         pod_uid: Some(uid1.clone()),
         pids: vec![c1_peer.child.id()],
     };
     let mut e2 = End {
         name: "docker",
-        cgroup: c2_rel.clone(),
+        cgroup: cg2.rel.clone(),
         container_id: Some(id2.clone()),
         pod_uid: None,
         pids: vec![c2_peer.child.id()],
@@ -814,12 +786,12 @@ fn containers_behind_veths_are_named_by_their_interface() {
     // TCP and UDP: each container with the host both ways, and container to container
     // (forwarded by the host).
     for (cg, ns, target, me, who) in [
-        (&c1_dir, &c1, &v1.host_ip, &v1.ip, 1),
-        (&svc_dir, &h, &v1.ip, &v1.host_ip, 0),
-        (&c2_dir, &c2, &v2.host_ip, &v2.ip, 2),
-        (&svc_dir, &h, &v2.ip, &v2.host_ip, 0),
-        (&c1_dir, &c1, &v2.ip, &v1.ip, 1),
-        (&c2_dir, &c2, &v1.ip, &v2.ip, 2),
+        (&cg1.dir, &c1, &v1.host_ip, &v1.ip, 1),
+        (&svc.dir, &h, &v1.ip, &v1.host_ip, 0),
+        (&cg2.dir, &c2, &v2.host_ip, &v2.ip, 2),
+        (&svc.dir, &h, &v2.ip, &v2.host_ip, 0),
+        (&cg1.dir, &c1, &v2.ip, &v1.ip, 1),
+        (&cg2.dir, &c2, &v1.ip, &v2.ip, 2),
     ] {
         let mut w = Work::spawn(Some(cg), ns, &["connect", target, me, "9000", "9001"]);
         [&mut host, &mut e1, &mut e2][who].pids.push(w.child.id());
@@ -832,11 +804,11 @@ fn containers_behind_veths_are_named_by_their_interface() {
     let c3 = Netns::new("vc3").unwrap();
     let v3 = veth(&h, &c3, &format!("fl{pid:x}c3"), 3, None);
     std::thread::sleep(Duration::from_millis(400)); // let a drain see the new link's traffic
-    let mut hold = Work::spawn(Some(&c3_dir), &c3, &["hold", &v3.host_ip, &v3.ip]);
+    let mut hold = Work::spawn(Some(&cg3.dir), &c3, &["hold", &v3.host_ip, &v3.ip]);
     hold.json(); // connected, 1000 bytes echoed
     let e3 = End {
         name: "removed",
-        cgroup: c3_rel.clone(),
+        cgroup: cg3.rel.clone(),
         container_id: Some(id3.clone()),
         pod_uid: None,
         pids: vec![hold.child.id()],
@@ -846,7 +818,7 @@ fn containers_behind_veths_are_named_by_their_interface() {
     hold.child.wait().unwrap();
     h.ip(&["link", "del", "dev", &v3.host_if]).unwrap();
     drop(c3);
-    std::fs::remove_dir(&c3_dir).unwrap();
+    std::fs::remove_dir(&cg3.dir).unwrap();
 
     // One interface name, index and address pair, two containers in a row: C4 sends 3 UDP
     // datagrams from port 7400 and goes away; C5 takes the same veth name and index and
@@ -856,7 +828,7 @@ fn containers_behind_veths_are_named_by_their_interface() {
     let v4 = veth(&h, &c4, &reused_if, 4, None);
     let index = flowlens_testkit::ifindex(&h, &reused_if).unwrap();
     let mut first = Work::spawn(
-        Some(&c4_dir),
+        Some(&cg4.dir),
         &c4,
         &["udp", &v4.host_ip, &v4.ip, "7400", "3"],
     );
@@ -865,12 +837,12 @@ fn containers_behind_veths_are_named_by_their_interface() {
     first.finish();
     h.ip(&["link", "del", "dev", &reused_if]).unwrap();
     drop(c4);
-    std::fs::remove_dir(&c4_dir).unwrap();
+    std::fs::remove_dir(&cg4.dir).unwrap();
     let c5 = Netns::new("vc5").unwrap();
     let v5 = veth(&h, &c5, &reused_if, 4, Some(index));
     assert_eq!(flowlens_testkit::ifindex(&h, &reused_if).unwrap(), index);
     let mut second = Work::spawn(
-        Some(&c5_dir),
+        Some(&cg5.dir),
         &c5,
         &["udp", &v5.host_ip, &v5.ip, "7400", "5"],
     );
@@ -971,14 +943,14 @@ fn containers_behind_veths_are_named_by_their_interface() {
     // The reused interface, index and address: per container, exactly its packets.
     let first_end = End {
         name: "first",
-        cgroup: c4_rel.clone(),
+        cgroup: cg4.rel.clone(),
         container_id: Some(id4.clone()),
         pod_uid: Some(uid4.clone()),
         pids: vec![first_pid],
     };
     let second_end = End {
         name: "second",
-        cgroup: c5_rel.clone(),
+        cgroup: cg5.rel.clone(),
         container_id: Some(id5.clone()),
         pod_uid: Some(uid5.clone()),
         pids: vec![second_pid],
