@@ -181,6 +181,13 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
     for &(_, p) in nf_progs {
         probe.load_netfilter(p)?;
     }
+    let extra_nf = if nf_progs.is_empty() {
+        ExtraNf {
+            programs: Vec::new(),
+        }
+    } else {
+        ExtraNf::load(offsets)?
+    };
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
         for (label, p) in xdp_progs {
@@ -234,6 +241,19 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
                 .or_default()
                 .push(total / mix.len() as f64);
         }
+        for (label, prog, _) in &extra_nf.programs {
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let (ip, family) = l3_of(frame);
+                let (verdict, ns) = prog.test_run(ip, Hook::LocalOut, family, repeat)?;
+                anyhow::ensure!(verdict == NF_ACCEPT as u32, "{label}: verdict {verdict}");
+                total += ns as f64;
+            }
+            samples
+                .entry(label)
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
         for &(label, p) in nf_progs {
             let prog = probe.load_netfilter(p)?;
             let mut total = 0.0;
@@ -278,6 +298,60 @@ struct ExtraPrograms {
     objects: Vec<aya::Ebpf>,
     /// (label, index into `objects`, program name, TC (else XDP)).
     programs: Vec<(&'static str, usize, &'static str, bool)>,
+}
+
+/// `FLOWLENS_BENCH_NF_OBJECT=PATH[:PATH...]`: other builds of the flowlens probe whose
+/// netfilter flow program (`flowlens_nf_direct`) runs next to the shipped one, as `nf_other`,
+/// `nf_other1`, ... (A/B comparisons of netfilter probe changes). Each object keeps its own maps
+/// (loaded by aya, `NF_OFFSETS` from this kernel's BTF), which the program is relocated to.
+struct ExtraNf {
+    /// (label, program, the maps it writes).
+    programs: Vec<(
+        &'static str,
+        flowlens::netfilter::NetfilterProgram,
+        aya::Ebpf,
+    )>,
+}
+
+impl ExtraNf {
+    fn load(offsets: flowlens_schema::NfOffsets) -> Result<ExtraNf> {
+        let mut x = ExtraNf {
+            programs: Vec::new(),
+        };
+        let Some(paths) = std::env::var_os("FLOWLENS_BENCH_NF_OBJECT") else {
+            return Ok(x);
+        };
+        for (i, path) in std::env::split_paths(&paths).enumerate() {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("FLOWLENS_BENCH_NF_OBJECT: reading {}", path.display()))?;
+            let mut loader = aya::EbpfLoader::new();
+            loader.override_global("NF_OFFSETS", &offsets, true);
+            let obj = loader
+                .load(&bytes)
+                .with_context(|| format!("{}: loading the object", path.display()))?;
+            let maps = obj.maps().map(|(n, m)| {
+                let fd = match m {
+                    aya::maps::Map::Array(d)
+                    | aya::maps::Map::LruHashMap(d)
+                    | aya::maps::Map::HashMap(d)
+                    | aya::maps::Map::PerCpuArray(d)
+                    | aya::maps::Map::PerCpuHashMap(d)
+                    | aya::maps::Map::PerCpuLruHashMap(d) => d.fd(),
+                    other => panic!("unexpected map kind {other:?}"),
+                };
+                (n, std::os::fd::AsFd::as_fd(fd))
+            });
+            let prog = flowlens::netfilter::NetfilterProgram::load(&bytes, NF_DIRECT_PROGRAM, maps)
+                .with_context(|| format!("{}: loading {NF_DIRECT_PROGRAM}", path.display()))?;
+            let label: &'static str = if i == 0 {
+                "nf_other"
+            } else {
+                Box::leak(format!("nf_other{i}").into_boxed_str())
+            };
+            x.programs.push((label, prog, obj));
+        }
+        Ok(x)
+    }
 }
 
 impl ExtraPrograms {
@@ -1039,6 +1113,14 @@ fn main() -> Result<()> {
                     println!(
                         "FLOWLENS_BENCH_XDP_OBJECT ({label}) flowlens_xdp over noop {:.1} ns",
                         ns - c["noop"]
+                    );
+                }
+            }
+            for (label, ns) in &c {
+                if label.starts_with("nf_other") {
+                    println!(
+                        "FLOWLENS_BENCH_NF_OBJECT ({label}) flowlens_nf_direct over nf noop {:.1} ns",
+                        ns - c["nf_noop"]
                     );
                 }
             }

@@ -166,11 +166,13 @@ mod probe {
         let key = &meta.key;
         let bytes = meta.ip_len as u64;
         let flags = meta.tcp_flags as u64;
-        // SAFETY: both clock helpers have no preconditions.
-        let now = if COARSE_CLOCK_OK && PRECISE_TIMESTAMPS.load() == 0 {
+        // SAFETY: the clock helper has no preconditions.
+        let now = if PRECISE_TIMESTAMPS.load() != 0 {
+            unsafe { bpf_ktime_get_ns() }
+        } else if COARSE_CLOCK_OK {
             coarse_now()
         } else {
-            unsafe { bpf_ktime_get_ns() }
+            tick_now()
         };
         let (flows, cached) = if buffer == 0 {
             (&FLOWS_0, &CACHE_0)
@@ -213,6 +215,45 @@ mod probe {
                     ns
                 }
                 None => bpf_ktime_get_coarse_ns(),
+            }
+        }
+    }
+
+    /// Per CPU: the jiffies value and the precise clock read during that jiffy (see
+    /// [`tick_now`]). Netfilter programs only.
+    #[map]
+    static NF_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The netfilter programs' clock: `bpf_ktime_get_ns` (they may not call the coarse helper),
+    /// read once per scheduler tick per CPU and reused while `jiffies` has not moved, as
+    /// [`coarse_now`] does for XDP: a stamp is the time of an earlier packet of the same tick on
+    /// this CPU, at most one tick early (the coarse clock's resolution), and the helper call
+    /// (about 25 ns here, docs/BENCHMARKS.md) is paid once per tick instead of per packet.
+    /// Netfilter runs can interrupt each other on a CPU (a softirq's packet while a process
+    /// sends one): the clock value is stored before the jiffies it belongs to, so a run that
+    /// sees the current jiffies also sees a clock value read during it or later.
+    #[inline(always)]
+    fn tick_now() -> u64 {
+        // SAFETY: helpers without preconditions; `c` is this CPU's entry; volatile accesses
+        // keep the store order (value, then jiffies) the comment above relies on.
+        unsafe {
+            let j = bpf_jiffies64();
+            match NF_CLOCK.get_ptr_mut(0) {
+                Some(c) => {
+                    let cj = &raw mut (*c)[0];
+                    let cns = &raw mut (*c)[1];
+                    if core::ptr::read_volatile(cj) == j {
+                        let ns = core::ptr::read_volatile(cns);
+                        if ns != 0 {
+                            return ns;
+                        }
+                    }
+                    let ns = bpf_ktime_get_ns();
+                    core::ptr::write_volatile(cns, ns);
+                    core::ptr::write_volatile(cj, j);
+                    ns
+                }
+                None => bpf_ktime_get_ns(),
             }
         }
     }
@@ -265,11 +306,13 @@ mod probe {
         Refused,
     }
 
-    /// 1: XDP stamps packets with `bpf_ktime_get_ns`. 0 (default): with the coarse clock
-    /// (`bpf_ktime_get_coarse_ns`: the same CLOCK_MONOTONIC at scheduler-tick resolution), which
-    /// costs about 15 ns less per packet. Netfilter programs may not call the coarse helper and
-    /// always stamp precisely. Set at load time (`--precise-timestamps`); in frozen `.rodata`, so
-    /// the verifier removes the branch not taken.
+    /// 1: every program stamps every packet with `bpf_ktime_get_ns`. 0 (default): XDP with the
+    /// coarse clock (`bpf_ktime_get_coarse_ns`: the same CLOCK_MONOTONIC at scheduler-tick
+    /// resolution, [`coarse_now`]), netfilter programs (which may not call the coarse helper)
+    /// with the precise clock read once per tick per CPU ([`tick_now`]): both cost about
+    /// 15-25 ns less per packet and stamp at most one tick early. Set at load time
+    /// (`--precise-timestamps`); in frozen `.rodata`, so the verifier removes the branches not
+    /// taken.
     #[unsafe(no_mangle)]
     static PRECISE_TIMESTAMPS: Global<u8> = Global::new(0);
 
