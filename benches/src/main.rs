@@ -548,7 +548,11 @@ fn new_flow_cost_cache_full(rounds: usize, per_shape: u16) -> Result<f64> {
     Ok(ns[ns.len() / 2])
 }
 
-fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
+/// Returns (new flow, no-op, existing flow), each run once per packet: the third runs the same
+/// packets again right after the first (their flows now exist), so `new - existing` is what
+/// opening a flow costs over counting into one, with the single-run method's own cold costs
+/// (a syscall per packet: cold caches and TLB) on both sides.
+fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64, f64)> {
     let mut probe = Probe::load(65_536)?;
     probe.xdp_program(XDP_NOOP_PROGRAM)?;
     probe.xdp_program(XDP_PROGRAM)?;
@@ -557,7 +561,7 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         .iter()
         .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, 1024 + i)))
         .collect();
-    let (mut flow, mut noop) = (Vec::new(), Vec::new());
+    let (mut flow, mut noop, mut again) = (Vec::new(), Vec::new(), Vec::new());
     let mut out = Vec::new();
     // Other objects (FLOWLENS_BENCH_XDP_OBJECT, XDP only) in the same rounds: their maps are
     // not drained, so each round uses its own source ports (all rounds fit in 65,536 entries).
@@ -589,7 +593,11 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         out.clear();
         drainer.drain(&mut out)?;
         drainer.drain(&mut out)?;
-        for (p, acc) in [(XDP_PROGRAM, &mut flow), (XDP_NOOP_PROGRAM, &mut noop)] {
+        for (p, acc) in [
+            (XDP_PROGRAM, &mut flow),
+            (XDP_PROGRAM, &mut again),
+            (XDP_NOOP_PROGRAM, &mut noop),
+        ] {
             let prog = probe.xdp_program(p)?;
             let mut total = 0.0;
             for f in &frames {
@@ -623,7 +631,53 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
             med(&mut v) - noop_med
         );
     }
-    Ok((med(&mut flow), noop_med))
+    Ok((med(&mut flow), noop_med, med(&mut again)))
+}
+
+/// New flows back to back with warm caches (`BPF_PROG_TEST_RUN` with `repeat`): the bench
+/// twin `flowlens_xdp_bench_new_flow` (every run a new flow) and the no-op program on the
+/// frames of the mix, `repeat` runs each per round, one probe drained before every round (the
+/// collector's swap drain: the flow cache the round writes starts empty, as after every drain;
+/// 5 x `repeat` flows in 16,384 slots, so a few land on a taken slot and go to the LRU map, as
+/// in a flood). The first round warms up and is not counted. Returns (new flow, no-op) ns per
+/// packet, medians of rounds.
+fn new_flow_cost_warm(rounds: usize, repeat: u32) -> Result<(f64, f64)> {
+    use flowlens::probe::XDP_BENCH_NEW_FLOW_PROGRAM;
+    let mix = packet_mix();
+    let mut probe = Probe::load(262_144)?;
+    probe.xdp_program(XDP_BENCH_NEW_FLOW_PROGRAM)?;
+    probe.xdp_program(XDP_NOOP_PROGRAM)?;
+    let mut drainer = probe.take_drainer()?;
+    let mut out = Vec::new();
+    let (mut flow, mut noop) = (Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        out.clear();
+        drainer.drain(&mut out)?;
+        for (p, acc) in [
+            (XDP_BENCH_NEW_FLOW_PROGRAM, &mut flow),
+            (XDP_NOOP_PROGRAM, &mut noop),
+        ] {
+            let prog = probe.xdp_program(p)?;
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat,
+                    ..Default::default()
+                })?;
+                anyhow::ensure!(r.return_value == 2, "{p}: verdict {}", r.return_value);
+                total += r.duration.as_nanos() as f64;
+            }
+            if round > 0 {
+                acc.push(total / mix.len() as f64);
+            }
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    Ok((med(&mut flow), med(&mut noop)))
 }
 
 fn bench_key(i: u32) -> FlowKey {
@@ -1133,16 +1187,31 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        // Only the warm new-flow figure, `N` rounds (default 7): for profiling (`perf record`).
+        Some("new-flow-warm") => {
+            let rounds = std::env::args().nth(2).map_or(Ok(7), |n| n.parse())?;
+            let (warm, noop) = new_flow_cost_warm(rounds, 200)?;
+            println!("new flows back to back: {warm:.1} ns, noop {noop:.1} ns, over noop {:.1} ns", warm - noop);
+            return Ok(());
+        }
         // Only the new-flow cost (every packet opens a flow), 3 invocations of 5 rounds.
         Some("new-flow") => {
             for _ in 0..3 {
-                let (flow, noop) = new_flow_cost(5, 2_000)?;
+                let (flow, noop, existing) = new_flow_cost(5, 2_000)?;
                 let full = new_flow_cost_cache_full(5, 2_000)?;
+                let (warm, warm_noop) = new_flow_cost_warm(7, 200)?;
+                println!(
+                    "new flows back to back (repeat mode, warm): {warm:.1} ns, noop {warm_noop:.1} ns, \
+                     over noop {:.1} ns",
+                    warm - warm_noop
+                );
                 println!(
                     "new flow: xdp {flow:.1} ns, noop {noop:.1} ns, over noop {:.1} ns; \
-                     flow cache full (LRU inserts): {full:.1} ns, over noop {:.1} ns",
+                     flow cache full (LRU inserts): {full:.1} ns, over noop {:.1} ns; \
+                     existing flow, same method: over noop {:.1} ns",
                     flow - noop,
-                    full - noop
+                    full - noop,
+                    existing - noop
                 );
             }
             return Ok(());
@@ -1272,10 +1341,16 @@ fn main() -> Result<()> {
     identity::netns_refresh(100, &mut summary)?;
 
     // New flows.
-    let (new_flow, new_noop) = new_flow_cost(5, 2_000)?;
+    let (new_flow, new_noop, existing_single) = new_flow_cost(5, 2_000)?;
+    summary.insert(
+        "xdp_over_noop_ns_existing_flow_single_run".into(),
+        existing_single - new_noop,
+    );
     summary.insert("xdp_ns_per_pkt_new_flow".into(), new_flow);
     summary.insert("noop_xdp_ns_per_pkt_single_run".into(), new_noop);
     summary.insert("xdp_over_noop_ns_new_flow".into(), new_flow - new_noop);
+    let (warm, warm_noop) = new_flow_cost_warm(7, 200)?;
+    summary.insert("xdp_over_noop_ns_new_flow_warm".into(), warm - warm_noop);
     let new_full = new_flow_cost_cache_full(5, 2_000)?;
     summary.insert(
         "xdp_over_noop_ns_new_flow_cache_full".into(),

@@ -43,6 +43,8 @@ fn check_object(object: &[u8]) -> Result<&[u8]> {
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
+/// Benchmark twin of [`XDP_PROGRAM`] whose every run opens a new flow (`cargo xtask bench`).
+pub const XDP_BENCH_NEW_FLOW_PROGRAM: &str = "flowlens_xdp_bench_new_flow";
 /// The two flow buffers (see `drain.rs`).
 pub const FLOW_MAPS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
 /// The flow caches in front of them (`flowlens_abi::CacheSlot`): the slots of both buffers and
