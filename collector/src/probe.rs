@@ -201,9 +201,9 @@ impl Probe {
         Self::load_opts(max_flows, nf_offsets, false)
     }
 
-    /// Like [`Probe::load_with`]; `precise_timestamps` makes XDP stamp every packet with
-    /// `bpf_ktime_get_ns` instead of the coarse clock (`--precise-timestamps`; netfilter
-    /// programs always use the precise one).
+    /// Like [`Probe::load_with`]; `precise_timestamps` makes every program stamp every packet
+    /// with `bpf_ktime_get_ns` (`--precise-timestamps`) instead of a clock read once per tick
+    /// per CPU (the coarse one for XDP, the precise one for netfilter programs).
     ///
     ///
     /// The XDP flow program is verified here to choose the [`ProbeVariant`]: the fast one if
