@@ -1191,7 +1191,10 @@ fn main() -> Result<()> {
         Some("new-flow-warm") => {
             let rounds = std::env::args().nth(2).map_or(Ok(7), |n| n.parse())?;
             let (warm, noop) = new_flow_cost_warm(rounds, 200)?;
-            println!("new flows back to back: {warm:.1} ns, noop {noop:.1} ns, over noop {:.1} ns", warm - noop);
+            println!(
+                "new flows back to back: {warm:.1} ns, noop {noop:.1} ns, over noop {:.1} ns",
+                warm - noop
+            );
             return Ok(());
         }
         // Only the new-flow cost (every packet opens a flow), 3 invocations of 5 rounds.
