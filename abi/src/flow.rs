@@ -109,19 +109,38 @@ impl FlowValue {
     }
 }
 
-/// One slot of the probe's flow cache (`CACHE_0`/`CACHE_1`, one per flow buffer): a
-/// direct-mapped array in front of the LRU hash map. A packet whose key hashes to a slot holding
-/// its flow is counted there without a hash-map lookup (an inlined array access instead of a
-/// kernel function call); a flow whose slot is taken goes to the LRU map as before. Slots are
-/// only claimed (`EMPTY` -> `CLAIMED` -> `READY`, by compare-and-exchange), never evicted or
-/// reused before the drain, which reads every `READY` slot of a still buffer and zeroes the array.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// One slot of the probe's flow cache: a direct-mapped array in front of the LRU hash map.
+/// A packet whose key hashes to a slot holding its flow is counted there without a hash-map
+/// lookup (an inlined array access instead of a kernel function call); a flow whose slot is
+/// taken goes to the LRU map as before. Slots are only claimed, never evicted or reused before
+/// the drain, which reads every ready slot of a still buffer and empties its states.
+///
+/// Two arrays hold the cache, each with the slots of both flow buffers (buffer `b`'s slot `i`
+/// at `b * slots + i`, so every program's lookups are of one map, which the verifier inlines):
+/// `CACHE` of these slots and `CACHE_STATE` of one `u64` state per slot ([`cache::EMPTY`],
+/// [`cache::CLAIMED`] or [`cache::ready`] of the key's hash). The states are dense (8 per cache
+/// line, 128 KiB per buffer), so checking a slot rarely misses the CPU cache: a packet whose
+/// slot holds another flow never touches that flow's slot, and a new flow claims its slot on a
+/// state line, then fills the slot with plain stores (which do not wait for the slot's memory).
+///
+/// 128 bytes (padding included): a slot is two whole cache lines (key and first counters in
+/// one), never three.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheSlot {
-    /// [`cache::EMPTY`], [`cache::CLAIMED`] or [`cache::READY`].
-    pub state: u64,
     pub key: FlowKey,
     pub value: FlowValue,
+    pub _pad: [u8; 24],
+}
+
+impl Default for CacheSlot {
+    fn default() -> Self {
+        CacheSlot {
+            key: FlowKey::ZERO,
+            value: FlowValue::default(),
+            _pad: [0; 24],
+        }
+    }
 }
 
 impl FlowKey {
@@ -152,7 +171,7 @@ impl FlowKey {
 
     /// The flow-cache slot the probe uses for this key ([`CacheSlot`]) in a cache of `slots`.
     pub fn cache_slot(&self, slots: u32) -> u32 {
-        cache::index(&self.words(), slots)
+        cache::index(cache::hash(&self.words()), slots)
     }
 }
 
@@ -163,7 +182,8 @@ impl Default for FlowKey {
 }
 
 pub mod cache {
-    /// Most slots per buffer (16,384 x 112 bytes = 1.75 MiB per buffer); see [`slots_for`].
+    /// Most slots per buffer (16,384 x 128 bytes = 2 MiB of slots and 128 KiB of states per
+    /// buffer); see [`slots_for`].
     pub const SLOTS: u32 = 16_384;
 
     /// Slots per buffer for `max_flows` LRU entries per buffer: the largest power of two at
@@ -180,18 +200,32 @@ pub mod cache {
             1 << (31 - q.leading_zeros())
         }
     }
+    /// A free slot.
     pub const EMPTY: u64 = 0;
     /// Being written by the program that claimed it; not yet counted into.
     pub const CLAIMED: u64 = 1;
-    /// Key and first-seen time written: programs with this key count into it.
-    pub const READY: u64 = 2;
 
-    /// The slot of a key (its six 64-bit words): xor, multiply, then fold the high half down
+    /// The state of a slot holding the flow whose key hashes to `hash` ([`hash`]): key and
+    /// first packet written, programs with this key count into it. Never [`EMPTY`] or
+    /// [`CLAIMED`] (its low two bits are `10`); the other bits are the hash's, so a packet of
+    /// another flow hashing to the same slot almost always sees the slot is not its flow's
+    /// from the state alone.
+    #[inline(always)]
+    pub const fn ready(hash: u64) -> u64 {
+        (hash & !3) | 2
+    }
+
+    /// Whether a state is [`ready`] (holds a flow).
+    #[inline(always)]
+    pub const fn is_ready(state: u64) -> bool {
+        state & 3 == 2
+    }
+
+    /// The hash of a key (its six 64-bit words): xor, multiply, then fold the high half down
     /// (a multiplication only carries a bit's influence upwards, and the last address byte
     /// sits in a word's top bits), per word. The same function in the probe and in user space.
-    /// `slots` is a power of two (the loader's [`slots_for`]).
     #[inline(always)]
-    pub fn index(words: &[u64; 6], slots: u32) -> u32 {
+    pub fn hash(words: &[u64; 6]) -> u64 {
         let mut h: u64 = 0;
         let mut i = 0;
         while i < 6 {
@@ -199,7 +233,14 @@ pub mod cache {
             h ^= h >> 32;
             i += 1;
         }
-        (h as u32) & (slots - 1)
+        h
+    }
+
+    /// The slot of a key's [`hash`] in a buffer's cache of `slots` (a power of two, the
+    /// loader's [`slots_for`]).
+    #[inline(always)]
+    pub const fn index(hash: u64, slots: u32) -> u32 {
+        (hash as u32) & (slots - 1)
     }
 }
 
@@ -290,7 +331,8 @@ mod pod {
     // implicit padding (the explicit `_pad` fields fill every gap; see the size test below).
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
-    // SAFETY: #[repr(C)]: a u64, then the two types above (48 and 56 bytes, 8-aligned).
+    // SAFETY: #[repr(C)]: the two types above (48 and 56 bytes, 8-aligned), then explicit
+    // padding to 128 bytes.
     unsafe impl aya::Pod for super::CacheSlot {}
 }
 
@@ -305,7 +347,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowValue>(), 8 * 5 + 1 + 7 + 8);
         assert_eq!(core::mem::size_of::<NfOffsets>(), 4 * 14);
         assert_eq!(core::mem::align_of::<FlowKey>(), 8);
-        assert_eq!(core::mem::size_of::<CacheSlot>(), 8 + 48 + 56);
+        assert_eq!(core::mem::size_of::<CacheSlot>(), 48 + 56 + 24);
+        assert_eq!(core::mem::size_of::<CacheSlot>(), 128);
     }
 
     /// `words` is the key's memory, as the probe reads it (a pointer cast there).
@@ -351,6 +394,26 @@ mod tests {
             seen.insert(k.cache_slot(cache::SLOTS));
         }
         assert!(seen.len() > 3400, "{} slots", seen.len());
+    }
+
+    /// A ready state is never mistaken for a free or claimed slot, and names its hash: another
+    /// key's state differs unless the hashes agree in all but their two lowest bits.
+    #[test]
+    fn ready_states_are_neither_empty_nor_claimed() {
+        for h in [0u64, 1, 2, 3, u64::MAX, 0x9e37_79b9_7f4a_7c15] {
+            let r = cache::ready(h);
+            assert!(cache::is_ready(r), "{h:#x}");
+            assert_ne!(r, cache::EMPTY);
+            assert_ne!(r, cache::CLAIMED);
+            assert!(!cache::is_ready(cache::EMPTY) && !cache::is_ready(cache::CLAIMED));
+        }
+        let mut a = FlowKey::ZERO;
+        a.ip_version = 4;
+        let mut b = a;
+        b.src_port = 1;
+        let (ha, hb) = (cache::hash(&a.words()), cache::hash(&b.words()));
+        assert_ne!(cache::ready(ha), cache::ready(hb));
+        assert_eq!(a.cache_slot(cache::SLOTS), cache::index(ha, cache::SLOTS));
     }
 
     #[test]

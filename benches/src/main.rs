@@ -181,6 +181,13 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
     for &(_, p) in nf_progs {
         probe.load_netfilter(p)?;
     }
+    let extra_nf = if nf_progs.is_empty() {
+        ExtraNf {
+            programs: Vec::new(),
+        }
+    } else {
+        ExtraNf::load(offsets)?
+    };
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..rounds {
         for (label, p) in xdp_progs {
@@ -234,6 +241,19 @@ fn probe_cost(rounds: usize, repeat: u32) -> Result<BTreeMap<&'static str, f64>>
                 .or_default()
                 .push(total / mix.len() as f64);
         }
+        for (label, prog, _) in &extra_nf.programs {
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let (ip, family) = l3_of(frame);
+                let (verdict, ns) = prog.test_run(ip, Hook::LocalOut, family, repeat)?;
+                anyhow::ensure!(verdict == NF_ACCEPT as u32, "{label}: verdict {verdict}");
+                total += ns as f64;
+            }
+            samples
+                .entry(label)
+                .or_default()
+                .push(total / mix.len() as f64);
+        }
         for &(label, p) in nf_progs {
             let prog = probe.load_netfilter(p)?;
             let mut total = 0.0;
@@ -278,6 +298,60 @@ struct ExtraPrograms {
     objects: Vec<aya::Ebpf>,
     /// (label, index into `objects`, program name, TC (else XDP)).
     programs: Vec<(&'static str, usize, &'static str, bool)>,
+}
+
+/// `FLOWLENS_BENCH_NF_OBJECT=PATH[:PATH...]`: other builds of the flowlens probe whose
+/// netfilter flow program (`flowlens_nf_direct`) runs next to the shipped one, as `nf_other`,
+/// `nf_other1`, ... (A/B comparisons of netfilter probe changes). Each object keeps its own maps
+/// (loaded by aya, `NF_OFFSETS` from this kernel's BTF), which the program is relocated to.
+struct ExtraNf {
+    /// (label, program, the maps it writes).
+    programs: Vec<(
+        &'static str,
+        flowlens::netfilter::NetfilterProgram,
+        aya::Ebpf,
+    )>,
+}
+
+impl ExtraNf {
+    fn load(offsets: flowlens_schema::NfOffsets) -> Result<ExtraNf> {
+        let mut x = ExtraNf {
+            programs: Vec::new(),
+        };
+        let Some(paths) = std::env::var_os("FLOWLENS_BENCH_NF_OBJECT") else {
+            return Ok(x);
+        };
+        for (i, path) in std::env::split_paths(&paths).enumerate() {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("FLOWLENS_BENCH_NF_OBJECT: reading {}", path.display()))?;
+            let mut loader = aya::EbpfLoader::new();
+            loader.override_global("NF_OFFSETS", &offsets, true);
+            let obj = loader
+                .load(&bytes)
+                .with_context(|| format!("{}: loading the object", path.display()))?;
+            let maps = obj.maps().map(|(n, m)| {
+                let fd = match m {
+                    aya::maps::Map::Array(d)
+                    | aya::maps::Map::LruHashMap(d)
+                    | aya::maps::Map::HashMap(d)
+                    | aya::maps::Map::PerCpuArray(d)
+                    | aya::maps::Map::PerCpuHashMap(d)
+                    | aya::maps::Map::PerCpuLruHashMap(d) => d.fd(),
+                    other => panic!("unexpected map kind {other:?}"),
+                };
+                (n, std::os::fd::AsFd::as_fd(fd))
+            });
+            let prog = flowlens::netfilter::NetfilterProgram::load(&bytes, NF_DIRECT_PROGRAM, maps)
+                .with_context(|| format!("{}: loading {NF_DIRECT_PROGRAM}", path.display()))?;
+            let label: &'static str = if i == 0 {
+                "nf_other"
+            } else {
+                Box::leak(format!("nf_other{i}").into_boxed_str())
+            };
+            x.programs.push((label, prog, obj));
+        }
+        Ok(x)
+    }
 }
 
 impl ExtraPrograms {
@@ -474,7 +548,11 @@ fn new_flow_cost_cache_full(rounds: usize, per_shape: u16) -> Result<f64> {
     Ok(ns[ns.len() / 2])
 }
 
-fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
+/// Returns (new flow, no-op, existing flow), each run once per packet: the third runs the same
+/// packets again right after the first (their flows now exist), so `new - existing` is what
+/// opening a flow costs over counting into one, with the single-run method's own cold costs
+/// (a syscall per packet: cold caches and TLB) on both sides.
+fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64, f64)> {
     let mut probe = Probe::load(65_536)?;
     probe.xdp_program(XDP_NOOP_PROGRAM)?;
     probe.xdp_program(XDP_PROGRAM)?;
@@ -483,7 +561,7 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         .iter()
         .flat_map(|(_, f)| (0..per_shape).map(move |i| with_src_port(f, 1024 + i)))
         .collect();
-    let (mut flow, mut noop) = (Vec::new(), Vec::new());
+    let (mut flow, mut noop, mut again) = (Vec::new(), Vec::new(), Vec::new());
     let mut out = Vec::new();
     // Other objects (FLOWLENS_BENCH_XDP_OBJECT, XDP only) in the same rounds: their maps are
     // not drained, so each round uses its own source ports (all rounds fit in 65,536 entries).
@@ -515,7 +593,11 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
         out.clear();
         drainer.drain(&mut out)?;
         drainer.drain(&mut out)?;
-        for (p, acc) in [(XDP_PROGRAM, &mut flow), (XDP_NOOP_PROGRAM, &mut noop)] {
+        for (p, acc) in [
+            (XDP_PROGRAM, &mut flow),
+            (XDP_PROGRAM, &mut again),
+            (XDP_NOOP_PROGRAM, &mut noop),
+        ] {
             let prog = probe.xdp_program(p)?;
             let mut total = 0.0;
             for f in &frames {
@@ -549,7 +631,53 @@ fn new_flow_cost(rounds: usize, per_shape: u16) -> Result<(f64, f64)> {
             med(&mut v) - noop_med
         );
     }
-    Ok((med(&mut flow), noop_med))
+    Ok((med(&mut flow), noop_med, med(&mut again)))
+}
+
+/// New flows back to back with warm caches (`BPF_PROG_TEST_RUN` with `repeat`): the bench
+/// twin `flowlens_xdp_bench_new_flow` (every run a new flow) and the no-op program on the
+/// frames of the mix, `repeat` runs each per round, one probe drained before every round (the
+/// collector's swap drain: the flow cache the round writes starts empty, as after every drain;
+/// 5 x `repeat` flows in 16,384 slots, so a few land on a taken slot and go to the LRU map, as
+/// in a flood). The first round warms up and is not counted. Returns (new flow, no-op) ns per
+/// packet, medians of rounds.
+fn new_flow_cost_warm(rounds: usize, repeat: u32) -> Result<(f64, f64)> {
+    use flowlens::probe::XDP_BENCH_NEW_FLOW_PROGRAM;
+    let mix = packet_mix();
+    let mut probe = Probe::load(262_144)?;
+    probe.xdp_program(XDP_BENCH_NEW_FLOW_PROGRAM)?;
+    probe.xdp_program(XDP_NOOP_PROGRAM)?;
+    let mut drainer = probe.take_drainer()?;
+    let mut out = Vec::new();
+    let (mut flow, mut noop) = (Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        out.clear();
+        drainer.drain(&mut out)?;
+        for (p, acc) in [
+            (XDP_BENCH_NEW_FLOW_PROGRAM, &mut flow),
+            (XDP_NOOP_PROGRAM, &mut noop),
+        ] {
+            let prog = probe.xdp_program(p)?;
+            let mut total = 0.0;
+            for (_, frame) in &mix {
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat,
+                    ..Default::default()
+                })?;
+                anyhow::ensure!(r.return_value == 2, "{p}: verdict {}", r.return_value);
+                total += r.duration.as_nanos() as f64;
+            }
+            if round > 0 {
+                acc.push(total / mix.len() as f64);
+            }
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    Ok((med(&mut flow), med(&mut noop)))
 }
 
 fn bench_key(i: u32) -> FlowKey {
@@ -1042,6 +1170,14 @@ fn main() -> Result<()> {
                     );
                 }
             }
+            for (label, ns) in &c {
+                if label.starts_with("nf_other") {
+                    println!(
+                        "FLOWLENS_BENCH_NF_OBJECT ({label}) flowlens_nf_direct over nf noop {:.1} ns",
+                        ns - c["nf_noop"]
+                    );
+                }
+            }
             if let Some(o) = over("netobserv_tc", "noop_tc") {
                 println!(
                     "netobserv tc_ingress over noop TC {o:.1} ns (noop TC {:.1}); flowlens/peer {:.2}",
@@ -1051,16 +1187,34 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        // Only the warm new-flow figure, `N` rounds (default 7): for profiling (`perf record`).
+        Some("new-flow-warm") => {
+            let rounds = std::env::args().nth(2).map_or(Ok(7), |n| n.parse())?;
+            let (warm, noop) = new_flow_cost_warm(rounds, 200)?;
+            println!(
+                "new flows back to back: {warm:.1} ns, noop {noop:.1} ns, over noop {:.1} ns",
+                warm - noop
+            );
+            return Ok(());
+        }
         // Only the new-flow cost (every packet opens a flow), 3 invocations of 5 rounds.
         Some("new-flow") => {
             for _ in 0..3 {
-                let (flow, noop) = new_flow_cost(5, 2_000)?;
+                let (flow, noop, existing) = new_flow_cost(5, 2_000)?;
                 let full = new_flow_cost_cache_full(5, 2_000)?;
+                let (warm, warm_noop) = new_flow_cost_warm(7, 200)?;
+                println!(
+                    "new flows back to back (repeat mode, warm): {warm:.1} ns, noop {warm_noop:.1} ns, \
+                     over noop {:.1} ns",
+                    warm - warm_noop
+                );
                 println!(
                     "new flow: xdp {flow:.1} ns, noop {noop:.1} ns, over noop {:.1} ns; \
-                     flow cache full (LRU inserts): {full:.1} ns, over noop {:.1} ns",
+                     flow cache full (LRU inserts): {full:.1} ns, over noop {:.1} ns; \
+                     existing flow, same method: over noop {:.1} ns",
                     flow - noop,
-                    full - noop
+                    full - noop,
+                    existing - noop
                 );
             }
             return Ok(());
@@ -1190,10 +1344,16 @@ fn main() -> Result<()> {
     identity::netns_refresh(100, &mut summary)?;
 
     // New flows.
-    let (new_flow, new_noop) = new_flow_cost(5, 2_000)?;
+    let (new_flow, new_noop, existing_single) = new_flow_cost(5, 2_000)?;
+    summary.insert(
+        "xdp_over_noop_ns_existing_flow_single_run".into(),
+        existing_single - new_noop,
+    );
     summary.insert("xdp_ns_per_pkt_new_flow".into(), new_flow);
     summary.insert("noop_xdp_ns_per_pkt_single_run".into(), new_noop);
     summary.insert("xdp_over_noop_ns_new_flow".into(), new_flow - new_noop);
+    let (warm, warm_noop) = new_flow_cost_warm(7, 200)?;
+    summary.insert("xdp_over_noop_ns_new_flow_warm".into(), warm - warm_noop);
     let new_full = new_flow_cost_cache_full(5, 2_000)?;
     summary.insert(
         "xdp_over_noop_ns_new_flow_cache_full".into(),

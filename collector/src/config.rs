@@ -184,7 +184,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
 
-    /// XDP: read the precise clock (bpf_ktime_get_ns) for every packet. By default XDP reads the kernel's coarse clock (bpf_ktime_get_coarse_ns: the same monotonic clock at scheduler-tick resolution, e.g. 4 ms) for every packet, first and last alike, which saves about 15 ns per packet; flow start and end times are then up to one tick early. Netfilter hooks always read the precise clock. `--precise-timestamps=false` turns it off again when the config file sets it. [default: false]
+    /// Read the precise clock (bpf_ktime_get_ns) for every packet, XDP and netfilter. By default XDP reads the kernel's coarse clock (bpf_ktime_get_coarse_ns: the same monotonic clock at scheduler-tick resolution, e.g. 4 ms) for every packet, first and last alike, which saves about 15 ns per packet; flow start and end times are then up to one tick early. Netfilter hooks (which may not call the coarse helper) read the precise clock once per tick per CPU by default (also up to one tick early), and for every packet with this flag. `--precise-timestamps=false` turns it off again when the config file sets it. [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub precise_timestamps: Option<bool>,
 

@@ -12,10 +12,11 @@
 //!    Nothing can change between a read and its delete, so no update is lost; and because the
 //!    counters are as still as the flows, `keyed = drained + evicted` holds exactly per drain.
 //!
-//! Each buffer has a flow cache in front of its LRU map (`CACHE_0`/`CACHE_1`, a direct-mapped
-//! array of [`CacheSlot`]s the probe counts most flows into without a hash-map lookup, see
-//! `flowlens_abi::CacheSlot`). It is swapped with its buffer and emptied in the same still
-//! window ([`FlowCache::drain`]): its ready slots are handed out like map entries, then zeroed.
+//! Each buffer has a flow cache in front of its LRU map (its half of `CACHE`/`CACHE_STATE`, a
+//! direct-mapped array of [`CacheSlot`]s the probe counts most flows into without a hash-map
+//! lookup, and their states, see `flowlens_abi::CacheSlot`). It is swapped with its buffer and
+//! emptied in the same still window ([`FlowCache::drain`]): its ready slots are handed out like
+//! map entries, then their states are zeroed (a claimer rewrites the whole slot).
 //! A flow can have an entry in both (a race for a slot); the flow table adds them up.
 //!
 //! What the drain cannot prevent, it counts: LRU evictions when a buffer overflows between two
@@ -141,75 +142,116 @@ impl KernelStats {
 
 type FlowMap = HashMap<MapData, FlowKey, FlowValue>;
 
-/// One of the probe's flow caches (`CACHE_0`/`CACHE_1`), memory-mapped (the maps are created
-/// `BPF_F_MMAPABLE`): reading and zeroing its slots (up to 16,384) costs no syscall.
-pub struct FlowCache {
-    /// Keeps the map (and so the mapping's backing memory) alive.
-    _map: MapData,
-    ptr: *mut CacheSlot,
-    slots: usize,
-    bytes: usize,
+/// The probe's flow-cache arrays (`CACHE` and `CACHE_STATE`, both buffers' slots), memory-mapped
+/// (the maps are created `BPF_F_MMAPABLE`) and shared by the two buffers' [`FlowCache`]s.
+struct CacheMaps {
+    /// Keep the maps (and so the mappings' backing memory) alive.
+    _maps: (MapData, MapData),
+    slots: *mut CacheSlot,
+    states: *mut u64,
+    slot_bytes: usize,
+    state_bytes: usize,
 }
 
-// SAFETY: the mapping is owned by this value and only accessed through `&mut self`.
-unsafe impl Send for FlowCache {}
+// SAFETY: the mappings are owned by this value; each `FlowCache` reads and writes only its own
+// buffer's half, through `&mut FlowCache`.
+unsafe impl Send for CacheMaps {}
+unsafe impl Sync for CacheMaps {}
+
+impl Drop for CacheMaps {
+    fn drop(&mut self) {
+        // SAFETY: the mappings made in `FlowCache::pair`, unmapped once.
+        unsafe {
+            libc::munmap(self.slots.cast(), self.slot_bytes);
+            libc::munmap(self.states.cast(), self.state_bytes);
+        }
+    }
+}
+
+/// Maps `bytes` of array map `map` (created `BPF_F_MMAPABLE`) read-write.
+fn map_shared(map: &MapData, bytes: usize) -> std::io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length against the
+    // array's size and refuses a map created without BPF_F_MMAPABLE.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ptr)
+}
+
+/// One buffer's flow cache: its half of the probe's `CACHE` and `CACHE_STATE` arrays.
+pub struct FlowCache {
+    maps: std::sync::Arc<CacheMaps>,
+    /// Index of this buffer's first slot.
+    first: usize,
+    slots: usize,
+}
 
 impl FlowCache {
-    /// Maps the cache array `map` of `slots` entries (its value type must be `CacheSlot`).
-    pub fn new(map: MapData, slots: u32) -> std::io::Result<FlowCache> {
+    /// Maps the cache arrays `cache` (values `CacheSlot`) and `states` (`u64`), each of
+    /// `2 * slots` entries: buffer 0's cache, then buffer 1's.
+    pub fn pair(cache: MapData, states: MapData, slots: u32) -> std::io::Result<[FlowCache; 2]> {
         let slots = slots as usize;
-        let bytes = slots * std::mem::size_of::<CacheSlot>();
-        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length against
-        // the array's size and refuses a map created without BPF_F_MMAPABLE.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
+        let slot_bytes = 2 * slots * std::mem::size_of::<CacheSlot>();
+        let state_bytes = 2 * slots * std::mem::size_of::<u64>();
+        let slot_ptr = map_shared(&cache, slot_bytes)?;
+        let state_ptr = match map_shared(&states, state_bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: the mapping just made, unmapped once.
+                unsafe { libc::munmap(slot_ptr, slot_bytes) };
+                return Err(e);
+            }
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(FlowCache {
-            _map: map,
-            ptr: ptr.cast(),
+        let maps = std::sync::Arc::new(CacheMaps {
+            _maps: (cache, states),
+            slots: slot_ptr.cast(),
+            states: state_ptr.cast(),
+            slot_bytes,
+            state_bytes,
+        });
+        Ok([0, 1].map(|b| FlowCache {
+            maps: maps.clone(),
+            first: b * slots,
             slots,
-            bytes,
-        })
+        }))
     }
 
-    /// Appends every ready slot's flow to `out` and zeroes the used slots; returns the number
+    /// Appends every ready slot's flow to `out` and empties the used slots; returns the number
     /// of flows. Exact when no program writes the cache (a still buffer); on a live cache (the
-    /// per-key baseline drainer) a packet counted between a slot's read and its zeroing is lost.
+    /// per-key baseline drainer) a packet counted between a slot's read and its emptying is
+    /// lost.
     pub fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> usize {
         let mut n = 0;
-        for i in 0..self.slots {
-            // SAFETY: `i` < slots, inside the mapping; volatile because programs write it.
-            let slot = unsafe { self.ptr.add(i) };
-            let state = unsafe { std::ptr::read_volatile(&raw const (*slot).state) };
+        for i in self.first..self.first + self.slots {
+            // SAFETY: `i` < 2 x slots, inside both mappings, in this buffer's half; volatile
+            // because programs write them.
+            let state_ptr = unsafe { self.maps.states.add(i) };
+            let state = unsafe { std::ptr::read_volatile(state_ptr) };
             if state == cache::EMPTY {
                 continue;
             }
-            let s = unsafe { std::ptr::read_volatile(slot) };
-            if state == cache::READY && s.value.packets > 0 {
-                out.push((s.key, s.value));
-                n += 1;
+            if cache::is_ready(state) {
+                // SAFETY: as above.
+                let s = unsafe { std::ptr::read_volatile(self.maps.slots.add(i)) };
+                if s.value.packets > 0 {
+                    out.push((s.key, s.value));
+                    n += 1;
+                }
             }
             // SAFETY: as above.
-            unsafe { std::ptr::write_volatile(slot, CacheSlot::default()) };
+            unsafe { std::ptr::write_volatile(state_ptr, cache::EMPTY) };
         }
         n
-    }
-}
-
-impl Drop for FlowCache {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
     }
 }
 

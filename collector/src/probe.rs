@@ -43,10 +43,13 @@ fn check_object(object: &[u8]) -> Result<&[u8]> {
 
 pub const XDP_PROGRAM: &str = "flowlens_xdp";
 pub const XDP_NOOP_PROGRAM: &str = "flowlens_xdp_noop";
+/// Benchmark twin of [`XDP_PROGRAM`] whose every run opens a new flow (`cargo xtask bench`).
+pub const XDP_BENCH_NEW_FLOW_PROGRAM: &str = "flowlens_xdp_bench_new_flow";
 /// The two flow buffers (see `drain.rs`).
 pub const FLOW_MAPS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
-/// The flow caches in front of them (`flowlens_abi::CacheSlot`).
-pub const CACHE_MAPS: [&str; 2] = ["CACHE_0", "CACHE_1"];
+/// The flow caches in front of them (`flowlens_abi::CacheSlot`): the slots of both buffers and
+/// their states.
+pub const CACHE_MAPS: [&str; 2] = ["CACHE", "CACHE_STATE"];
 /// The netfilter-hook program (any inet hook, IPv4 and IPv6).
 pub const NF_PROGRAM: &str = "flowlens_nf";
 /// Benchmark twin of [`NF_PROGRAM`] that reads kernel structs with direct BTF-typed loads
@@ -62,6 +65,9 @@ const PRECISE_TIMESTAMPS_GLOBAL: &str = "PRECISE_TIMESTAMPS";
 const CACHE_SLOTS_GLOBAL: &str = "CACHE_SLOTS";
 /// The probe's global choosing how TCP flags are OR-ed into a flow.
 const PLAIN_FLAGS_OR_GLOBAL: &str = "PLAIN_FLAGS_OR";
+/// The probe's global saying the CPU keeps loads and stores in order (x86), so the flow cache
+/// publishes slots with plain stores.
+const TSO_PUBLISH_GLOBAL: &str = "TSO_PUBLISH";
 
 /// The flavour of the probe loaded, chosen at load time from what the kernel accepts: every
 /// optimisation newer than the oldest kernel flowlens supports has a portable fallback, so an
@@ -195,9 +201,9 @@ impl Probe {
         Self::load_opts(max_flows, nf_offsets, false)
     }
 
-    /// Like [`Probe::load_with`]; `precise_timestamps` makes XDP stamp every packet with
-    /// `bpf_ktime_get_ns` instead of the coarse clock (`--precise-timestamps`; netfilter
-    /// programs always use the precise one).
+    /// Like [`Probe::load_with`]; `precise_timestamps` makes every program stamp every packet
+    /// with `bpf_ktime_get_ns` (`--precise-timestamps`) instead of a clock read once per tick
+    /// per CPU (the coarse one for XDP, the precise one for netfilter programs).
     ///
     ///
     /// The XDP flow program is verified here to choose the [`ProbeVariant`]: the fast one if
@@ -259,9 +265,13 @@ impl Probe {
         loader
             .map_max_entries(FLOW_MAPS[0], max_flows)
             .map_max_entries(FLOW_MAPS[1], max_flows)
-            .map_max_entries(CACHE_MAPS[0], slots)
-            .map_max_entries(CACHE_MAPS[1], slots);
+            .map_max_entries(CACHE_MAPS[0], 2 * slots)
+            .map_max_entries(CACHE_MAPS[1], 2 * slots);
         loader.override_global(CACHE_SLOTS_GLOBAL, &slots, true);
+        // x86 keeps stores in order and loads in order (TSO); the probe's programs run on the
+        // CPU this collector was built for.
+        let tso = u8::from(cfg!(any(target_arch = "x86_64", target_arch = "x86")));
+        loader.override_global(TSO_PUBLISH_GLOBAL, &tso, true);
         let compatible = u8::from(variant == ProbeVariant::Compatible);
         let precise = u8::from(precise_timestamps) | compatible;
         loader.override_global(PRECISE_TIMESTAMPS_GLOBAL, &precise, true);
@@ -485,16 +495,19 @@ impl Probe {
         Ok(HashMap::try_from(map)?)
     }
 
-    fn take_cache(&mut self, name: &str) -> Result<FlowCache> {
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or_else(|| anyhow!("{name} map already taken"))?;
-        let Map::Array(data) = map else {
-            return Err(anyhow!("{name} is not an array map"));
+    /// The two buffers' flow caches (once).
+    fn take_caches(&mut self) -> Result<[FlowCache; 2]> {
+        let mut take = |name: &str| -> Result<MapData> {
+            match self.ebpf.take_map(name) {
+                Some(Map::Array(data)) => Ok(data),
+                Some(_) => Err(anyhow!("{name} is not an array map")),
+                None => Err(anyhow!("{name} map already taken")),
+            }
         };
+        let cache = take(CACHE_MAPS[0])?;
+        let states = take(CACHE_MAPS[1])?;
         let slots = flowlens_schema::cache::slots_for(self.max_flows);
-        FlowCache::new(data, slots).with_context(|| format!("memory-mapping the flow cache {name}"))
+        FlowCache::pair(cache, states, slots).context("memory-mapping the flow cache")
     }
 
     fn take_stats(&mut self) -> Result<KernelStats> {
@@ -512,10 +525,7 @@ impl Probe {
             self.take_flow_map(FLOW_MAPS[0])?,
             self.take_flow_map(FLOW_MAPS[1])?,
         ];
-        let caches = [
-            self.take_cache(CACHE_MAPS[0])?,
-            self.take_cache(CACHE_MAPS[1])?,
-        ];
+        let caches = self.take_caches()?;
         let active = self
             .ebpf
             .take_map("ACTIVE")
@@ -535,7 +545,7 @@ impl Probe {
     /// (programs keep writing `FLOWS_0` because nobody flips the buffers), and the counters.
     pub fn take_per_key_drainer(&mut self) -> Result<(PerKeyDrainer, KernelStats)> {
         let map = self.take_flow_map(FLOW_MAPS[0])?;
-        let cache = self.take_cache(CACHE_MAPS[0])?;
+        let [cache, _] = self.take_caches()?;
         Ok((PerKeyDrainer::new(map, cache), self.take_stats()?))
     }
 }

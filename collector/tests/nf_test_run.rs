@@ -175,3 +175,106 @@ fn noop_program_loads_and_accepts() {
         .unwrap();
     assert_eq!(verdict, NF_ACCEPT as u32);
 }
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Pins the calling thread to the CPU it runs on (so back-to-back test runs share its
+/// per-CPU clock entry); returns the old mask to restore.
+fn pin_to_this_cpu() -> libc::cpu_set_t {
+    // SAFETY: plain syscalls on this thread with valid pointers to a cpu_set_t.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old),
+            0
+        );
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0);
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one),
+            0
+        );
+        old
+    }
+}
+
+/// Stamps of one run of `program` on a new flow (a UDP packet from `sport`), drained at once.
+fn stamp_of_one_run(p: &mut Probe, program: &str, sport: u16) -> (u64, u64, u64) {
+    let prog = p.load_netfilter(program).unwrap();
+    let t0 = monotonic_ns();
+    let (verdict, _) = prog
+        .test_run(&udp(false, sport, 53, 8), Hook::LocalOut, Family::Ipv4, 1)
+        .unwrap();
+    let t1 = monotonic_ns();
+    assert_eq!(verdict, NF_ACCEPT as u32);
+    (t0, t1, sport as u64)
+}
+
+/// Netfilter programs read the precise clock once per scheduler tick per CPU (they may not call
+/// the coarse helper): a stamp is never after the run nor more than a tick (at most 10 ms at
+/// HZ=100) before it, and two packets of different flows sent back to back on one CPU within
+/// one tick carry the same stamp (with `bpf_ktime_get_ns` per packet, two runs can never).
+/// With `--precise-timestamps` every packet is stamped by `bpf_ktime_get_ns`.
+#[test]
+fn netfilter_stamps_come_from_the_tick_clock() {
+    const TICK_MAX: u64 = 10_000_000;
+    let old = pin_to_this_cpu();
+    for precise in [false, true] {
+        let offsets = nf_offsets(&Btf::from_kernel().unwrap()).unwrap();
+        let mut p = Probe::load_opts(1024, Some(offsets), precise).unwrap();
+        let mut runs = Vec::new();
+        // Pairs of back-to-back runs: a pair straddles a tick only rarely (a pair takes
+        // microseconds, a tick is 1-10 ms), so some of 20 pairs share a tick.
+        for i in 0..20u16 {
+            runs.push(stamp_of_one_run(&mut p, NF_DIRECT_PROGRAM, 2000 + 2 * i));
+            runs.push(stamp_of_one_run(&mut p, NF_DIRECT_PROGRAM, 2001 + 2 * i));
+        }
+        let (flows, _) = drain(&mut p);
+        assert_eq!(flows.len(), runs.len());
+        let stamp = |sport: u64| {
+            let (_, v) = flows
+                .iter()
+                .find(|(k, _)| k.src_port as u64 == sport)
+                .expect("flow of the run");
+            assert_eq!(v.packets, 1);
+            assert_eq!(v.first_seen_ns, v.last_seen_ns);
+            v.first_seen_ns
+        };
+        let mut shared = 0;
+        for pair in runs.chunks(2) {
+            for &(t0, t1, sport) in pair {
+                let t = stamp(sport);
+                let earliest = if precise { t0 } else { t0 - TICK_MAX };
+                assert!(
+                    t >= earliest && t <= t1,
+                    "precise={precise}: stamp {t} outside [{earliest}, {t1}]"
+                );
+            }
+            if stamp(pair[0].2) == stamp(pair[1].2) {
+                shared += 1;
+            }
+        }
+        if precise {
+            assert_eq!(shared, 0, "precise stamps of separate runs must differ");
+        } else {
+            assert!(shared > 0, "no two back-to-back runs shared a tick's stamp");
+        }
+    }
+    // SAFETY: restores this thread's affinity with a mask from sched_getaffinity.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old);
+    }
+}

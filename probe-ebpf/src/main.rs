@@ -50,13 +50,16 @@ mod probe {
     #[map]
     static FLOWS_1: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
 
-    /// Flow caches in front of `FLOWS_0`/`FLOWS_1` ([`CacheSlot`]): one per buffer, swapped and
-    /// drained with it. Memory-mappable, so the collector reads and zeroes them without a
-    /// syscall per slot.
+    /// The flow caches in front of `FLOWS_0`/`FLOWS_1` ([`CacheSlot`]): the slots of both
+    /// buffers (buffer `b`'s first), swapped and drained with them, and their states. One map
+    /// each, not one per buffer: a call site that may look up either of two maps is not inlined
+    /// by the verifier (a kernel function call per lookup instead). Memory-mappable, so the
+    /// collector reads and empties them without a syscall per slot; `max_entries` (2 x
+    /// `CACHE_SLOTS`) is set at load time.
     #[map]
-    static CACHE_0: Array<CacheSlot> = Array::with_max_entries(cache::SLOTS, BPF_F_MMAPABLE);
+    static CACHE: Array<CacheSlot> = Array::with_max_entries(2 * cache::SLOTS, BPF_F_MMAPABLE);
     #[map]
-    static CACHE_1: Array<CacheSlot> = Array::with_max_entries(cache::SLOTS, BPF_F_MMAPABLE);
+    static CACHE_STATE: Array<u64> = Array::with_max_entries(2 * cache::SLOTS, BPF_F_MMAPABLE);
 
     const BPF_F_MMAPABLE: u32 = 1 << 10;
 
@@ -166,18 +169,16 @@ mod probe {
         let key = &meta.key;
         let bytes = meta.ip_len as u64;
         let flags = meta.tcp_flags as u64;
-        // SAFETY: both clock helpers have no preconditions.
-        let now = if COARSE_CLOCK_OK && PRECISE_TIMESTAMPS.load() == 0 {
+        // SAFETY: the clock helper has no preconditions.
+        let now = if PRECISE_TIMESTAMPS.load() != 0 {
+            unsafe { bpf_ktime_get_ns() }
+        } else if COARSE_CLOCK_OK {
             coarse_now()
         } else {
-            unsafe { bpf_ktime_get_ns() }
+            tick_now()
         };
-        let (flows, cached) = if buffer == 0 {
-            (&FLOWS_0, &CACHE_0)
-        } else {
-            (&FLOWS_1, &CACHE_1)
-        };
-        match record_cached(cached, flows, key, bytes, flags, meta.dscp, now, cgroup_id) {
+        let flows = if buffer == 0 { &FLOWS_0 } else { &FLOWS_1 };
+        match record_cached(buffer, flows, key, bytes, flags, meta.dscp, now, cgroup_id) {
             Stored::Updated => bump(c, stats::BYTES_KEYED, bytes),
             Stored::Inserted => {
                 bump(c, stats::BYTES_KEYED, bytes);
@@ -213,6 +214,45 @@ mod probe {
                     ns
                 }
                 None => bpf_ktime_get_coarse_ns(),
+            }
+        }
+    }
+
+    /// Per CPU: the jiffies value and the precise clock read during that jiffy (see
+    /// [`tick_now`]). Netfilter programs only.
+    #[map]
+    static NF_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The netfilter programs' clock: `bpf_ktime_get_ns` (they may not call the coarse helper),
+    /// read once per scheduler tick per CPU and reused while `jiffies` has not moved, as
+    /// [`coarse_now`] does for XDP: a stamp is the time of an earlier packet of the same tick on
+    /// this CPU, at most one tick early (the coarse clock's resolution), and the helper call
+    /// (about 25 ns here, docs/BENCHMARKS.md) is paid once per tick instead of per packet.
+    /// Netfilter runs can interrupt each other on a CPU (a softirq's packet while a process
+    /// sends one): the clock value is stored before the jiffies it belongs to, so a run that
+    /// sees the current jiffies also sees a clock value read during it or later.
+    #[inline(always)]
+    fn tick_now() -> u64 {
+        // SAFETY: helpers without preconditions; `c` is this CPU's entry; volatile accesses
+        // keep the store order (value, then jiffies) the comment above relies on.
+        unsafe {
+            let j = bpf_jiffies64();
+            match NF_CLOCK.get_ptr_mut(0) {
+                Some(c) => {
+                    let cj = &raw mut (*c)[0];
+                    let cns = &raw mut (*c)[1];
+                    if core::ptr::read_volatile(cj) == j {
+                        let ns = core::ptr::read_volatile(cns);
+                        if ns != 0 {
+                            return ns;
+                        }
+                    }
+                    let ns = bpf_ktime_get_ns();
+                    core::ptr::write_volatile(cns, ns);
+                    core::ptr::write_volatile(cj, j);
+                    ns
+                }
+                None => bpf_ktime_get_ns(),
             }
         }
     }
@@ -265,11 +305,13 @@ mod probe {
         Refused,
     }
 
-    /// 1: XDP stamps packets with `bpf_ktime_get_ns`. 0 (default): with the coarse clock
-    /// (`bpf_ktime_get_coarse_ns`: the same CLOCK_MONOTONIC at scheduler-tick resolution), which
-    /// costs about 15 ns less per packet. Netfilter programs may not call the coarse helper and
-    /// always stamp precisely. Set at load time (`--precise-timestamps`); in frozen `.rodata`, so
-    /// the verifier removes the branch not taken.
+    /// 1: every program stamps every packet with `bpf_ktime_get_ns`. 0 (default): XDP with the
+    /// coarse clock (`bpf_ktime_get_coarse_ns`: the same CLOCK_MONOTONIC at scheduler-tick
+    /// resolution, [`coarse_now`]), netfilter programs (which may not call the coarse helper)
+    /// with the precise clock read once per tick per CPU ([`tick_now`]): both cost about
+    /// 15-25 ns less per packet and stamp at most one tick early. Set at load time
+    /// (`--precise-timestamps`); in frozen `.rodata`, so the verifier removes the branches not
+    /// taken.
     #[unsafe(no_mangle)]
     static PRECISE_TIMESTAMPS: Global<u8> = Global::new(0);
 
@@ -329,15 +371,22 @@ mod probe {
     }
 
     /// Counts the packet in the flow cache when its slot holds its flow or is free, else in the
-    /// LRU map ([`record`]). Exact under concurrency: a slot's counters are only ever added to
-    /// atomically (they start at zero), its key and first-seen time are written before the
-    /// claimer publishes the slot with an atomic exchange, and readers check the state with an
-    /// atomic fetch (both fully ordered), so nobody counts into a slot whose key is not
-    /// complete. A program that finds a slot claimed but not yet published counts in the LRU
-    /// map instead: the flow then has two entries, which the collector adds up.
+    /// LRU map ([`record`]). Exact under concurrency: a slot is claimed by compare-and-exchange
+    /// of its state (`EMPTY` -> `CLAIMED`), filled by its claimer alone (key and the first
+    /// packet's value), then published (`CLAIMED` -> [`cache::ready`]); from then on its
+    /// counters are only added to atomically. A program that finds its slot claimed but not
+    /// yet published counts in the LRU map instead: the flow then has two entries, which the
+    /// collector adds up.
+    ///
+    /// The publishing store is a plain store where the loader says the CPU keeps stores in
+    /// order (`TSO_PUBLISH`, x86): a program that reads the ready state then reads the
+    /// key and value written before it. Elsewhere it is an atomic exchange (a full barrier).
+    /// The plain store matters for new flows: a locked instruction would wait until the
+    /// slot's cache lines, usually cold, have arrived; the plain stores let the program finish
+    /// while they do.
     #[inline(always)]
     fn record_cached(
-        cached: &Array<CacheSlot>,
+        buffer: u32,
         flows: &LruHashMap<FlowKey, FlowValue>,
         key: &FlowKey,
         bytes: u64,
@@ -351,38 +400,87 @@ mod probe {
             return record(flows, key, bytes, flags, dscp, now, cgroup_id);
         }
         let slots = CACHE_SLOTS.load();
-        let Some(slot) = cached.get_ptr_mut(cache::index(words(key), slots)) else {
+        let hash = cache::hash(words(key));
+        let i = (buffer & 1) * slots + cache::index(hash, slots);
+        let ready = cache::ready(hash);
+        let Some(state) = CACHE_STATE.get_ptr_mut(i) else {
             return record(flows, key, bytes, flags, dscp, now, cgroup_id);
         };
-        // SAFETY: `slot` points into a live array value; every shared field is accessed with
-        // atomics, or written only by the slot's claimer before it publishes the slot.
+        // SAFETY: `state` and `slot` point into live array values; every shared field is
+        // accessed with atomics, or written only by the slot's claimer before it publishes.
         unsafe {
-            let state = &raw mut (*slot).state;
-            // An atomic fetch (a full barrier) rather than a plain load: on weakly ordered CPUs
-            // a plain load could see READY before the key the claimer wrote. It measured no
-            // slower than a plain load on x86 (docs/BENCHMARKS.md).
-            let s = atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(state, 0);
-            if s == cache::READY {
-                if same_key(&(*slot).key, key) {
+            // A plain load where stores stay in order (x86: loads are not reordered with
+            // older loads, so the key read below is not read before the state); an atomic
+            // fetch (a full barrier) elsewhere.
+            let s = if TSO_PUBLISH.load() != 0 {
+                core::ptr::read_volatile(state)
+            } else {
+                atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(state, 0)
+            };
+            if s == ready {
+                if let Some(slot) = CACHE.get_ptr_mut(i)
+                    && same_key(&(*slot).key, key)
+                {
                     update(&raw mut (*slot).value, bytes, flags, dscp, now, cgroup_id);
                     return Stored::Updated;
                 }
-            } else if s == cache::EMPTY {
+            } else if s == cache::EMPTY
+                && let Some(slot) = CACHE.get_ptr_mut(i)
+            {
                 let (_, won) = atomic_cxchg::<
                     u64,
                     { AtomicOrdering::SeqCst },
                     { AtomicOrdering::SeqCst },
                 >(state, cache::EMPTY, cache::CLAIMED);
                 if won {
-                    (*slot).key = *key;
-                    (*slot).value.first_seen_ns = now;
-                    atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(state, cache::READY);
-                    update(&raw mut (*slot).value, bytes, flags, dscp, now, cgroup_id);
+                    core::ptr::write_volatile(&raw mut (*slot).key, *key);
+                    core::ptr::write_volatile(
+                        &raw mut (*slot).value,
+                        FlowValue::first(bytes, flags, dscp, now, cgroup_id),
+                    );
+                    if TSO_PUBLISH.load() != 0 {
+                        core::ptr::write_volatile(state, ready);
+                    } else {
+                        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(state, ready);
+                    }
                     return Stored::Inserted;
                 }
             }
         }
         record(flows, key, bytes, flags, dscp, now, cgroup_id)
+    }
+
+    /// 1: the CPU keeps stores in order and loads in order (x86's TSO), so the flow cache
+    /// publishes and reads slot states with plain stores and loads ([`record_cached`]). 0: with
+    /// atomic read-modify-writes (full barriers). Set by the loader from the architecture it
+    /// was built for; in frozen `.rodata`, so the verifier removes the branch not taken.
+    #[unsafe(no_mangle)]
+    static TSO_PUBLISH: Global<u8> = Global::new(0);
+
+    /// Benchmark only: runs of [`flowlens_xdp_bench_new_flow`] on each CPU.
+    #[map]
+    static BENCH_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Benchmark twin of `flowlens_xdp` whose every run opens a new flow: the key's first
+    /// eight bytes are XORed with the CPU and a per-CPU run count, so `BPF_PROG_TEST_RUN` with
+    /// `repeat` measures new flows back to back, as in a flood (warm caches), instead of one
+    /// syscall per new flow. Costs one per-CPU array increment more than `flowlens_xdp`.
+    #[xdp]
+    pub fn flowlens_xdp_bench_new_flow(ctx: XdpContext) -> u32 {
+        let mut meta = FlowMeta::EMPTY;
+        let outcome = parse_ethernet_into(&Xdp(&ctx), &mut meta);
+        if let Some(n) = BENCH_RUNS.get_ptr_mut(0) {
+            // SAFETY: this CPU's counter; the key is 8-aligned and at least 8 bytes long.
+            unsafe {
+                *n += 1;
+                let cpu = aya_ebpf::helpers::bpf_get_smp_processor_id() as u64;
+                *(&raw mut meta.key as *mut u64) ^= *n | (cpu << 48);
+            }
+        }
+        // SAFETY: reading the ingress ifindex from the xdp_md context.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        account::<true>(outcome, &mut meta, OBS_XDP, ifindex, 0);
+        xdp_action::XDP_PASS
     }
 
     /// Counterpart for benchmarks: the same attach point doing nothing.

@@ -211,7 +211,7 @@ pub const COLUMNS: &[Column] = &[
         name: "flow_start",
         data_type: ts,
         nullable: false,
-        description: "First packet of the flow in this record (µs, UTC). XDP records use the kernel's coarse clock (one scheduler tick, e.g. 4 ms) unless `--precise-timestamps`; netfilter records are precise.",
+        description: "First packet of the flow in this record (µs, UTC). Stamps have one scheduler tick's resolution (e.g. 4 ms: XDP reads the kernel's coarse clock, netfilter hooks the precise clock once per tick per CPU) unless `--precise-timestamps`.",
     },
     Column {
         name: "flow_end",
