@@ -9,6 +9,7 @@
 //! | one drain's deltas (drain → table) | `2 × --max-flows` entries (both kernel buffers at the last drain), reserved once |
 //! | records handed to the sinks per call (table → identity → sinks) | 8192 records (`pipeline::RECORD_CHUNK`), in `BASE_BYTES` |
 //! | records queued in Kafka / OTLP sinks (and the spool's copies of them) | `--kafka-queue-max-records`, `--otlp-queue-records`, × [`QUEUED_RECORD_BYTES`] |
+//! | records waiting for each sink's thread (`flowlens_sinks::worker`) | `DEFAULT_QUEUE_RECORDS` (65,536) per sink, × [`QUEUED_RECORD_BYTES`] |
 //! | the flow table, its rebuilds and the ended flows of one expiry pass | **the rest**: the flow cap is the most flows whose [`table_peak_bytes`] fit |
 //!
 //! Past the flow cap, the flows seen least recently end early with `lack_of_resources`

@@ -13,7 +13,7 @@
 //! after the probes are detached) is always an error: nothing drains the map after it.
 
 use anyhow::{Result, bail};
-use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord};
+use flowlens_schema::{FlowKey, FlowValue};
 use flowlens_sinks::{Sink, SinkMetrics, log_limit::RateLimited};
 
 use crate::{
@@ -61,7 +61,6 @@ pub struct Pipeline {
     full_log: RateLimited,
     deltas: Vec<(FlowKey, FlowValue)>,
     ended: Vec<Ended>,
-    records: Vec<FlowRecord>,
 }
 
 impl Pipeline {
@@ -83,7 +82,6 @@ impl Pipeline {
             },
             deltas: Vec::new(),
             ended: Vec::new(),
-            records: Vec::new(),
         }
     }
 
@@ -183,22 +181,25 @@ impl Pipeline {
         let tb = Timebase::sample();
         // Records are built and handed to the sinks in chunks, so a burst of ended flows (say,
         // every flow reaching the active timeout at once) is never all in memory as records.
+        // Each chunk is one batch shared by every sink (each sink's thread keeps it until it
+        // has written it: flowlens_sinks::worker).
         for chunk in self.ended.chunks(RECORD_CHUNK) {
-            self.records.clear();
+            let mut records = Vec::with_capacity(chunk.len());
             for e in chunk {
                 let mut r = self.exporter.record(e, &tb);
                 self.identity
                     .annotate(&mut r, e.state.cgroup_id, e.state.last_seen_ns);
-                self.records.push(r);
+                records.push(r);
             }
-            self.totals.records += self.records.len() as u64;
-            for r in &self.records {
+            self.totals.records += records.len() as u64;
+            for r in &records {
                 self.totals.packets += r.packets;
                 self.totals.bytes += r.bytes;
             }
+            let batch = std::sync::Arc::new(records);
             for (i, s) in self.sinks.iter_mut().enumerate() {
-                if let Err(e) = s.write(&self.records) {
-                    let n = self.records.len() as u64;
+                if let Err(e) = s.write_shared(&batch) {
+                    let n = batch.len() as u64;
                     self.totals.sink_errors += 1;
                     self.totals.records_lost_in_sinks += n;
                     self.sink_failures[i].errors += 1;
@@ -263,8 +264,10 @@ impl Pipeline {
                 tracing::error!(sink = %name, error = %e, "closing sink");
                 failed.push(name.clone());
             }
-            // Records a sink accepted and then could not deliver (e.g. a file it could not finish).
+            // Records a sink accepted and then could not deliver (e.g. a file it could not
+            // finish, a batch its thread could not write or had to drop).
             self.totals.records_lost_in_sinks += m.lost;
+            self.totals.sink_errors += m.failed_calls;
             self.totals.records_spooled += m.spooled;
             tracing::info!(
                 sink = %name,
@@ -274,6 +277,8 @@ impl Pipeline {
                 rejected = m.rejected,
                 queued = m.queued,
                 lost = m.lost,
+                dropped = m.dropped,
+                failed_calls = m.failed_calls,
                 spooled = m.spooled,
                 spool_bytes = m.spool_bytes,
                 "sink closed"
@@ -298,8 +303,11 @@ impl RunStats for Pipeline {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let f = self.sink_failures.get(i).copied().unwrap_or_default();
-                (s.metrics(), f)
+                let mut f = self.sink_failures.get(i).copied().unwrap_or_default();
+                let m = s.metrics();
+                // Calls that failed on the sink's own thread.
+                f.errors += m.failed_calls;
+                (m, f)
             })
             .collect()
     }
@@ -309,7 +317,7 @@ impl RunStats for Pipeline {
 mod tests {
     use std::{sync::Arc, time::Duration};
 
-    use flowlens_schema::OBS_XDP;
+    use flowlens_schema::{OBS_XDP, record::FlowRecord};
 
     use super::*;
     use crate::drain::{DrainError, DrainReport};
