@@ -1091,6 +1091,13 @@ fn main() -> Result<()> {
             println!("{s:#?}");
             return Ok(());
         }
+        // Issue 17: what each sink sustains alone (records/s), 3 rounds.
+        Some("sink-rates") => {
+            let mut s = BTreeMap::new();
+            flood::sink_rates(&mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
         Some("drain") => {
             let mut s = BTreeMap::new();
             drain_rates(&[100_000, 1_000_000], 3, &mut s)?;
