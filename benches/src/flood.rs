@@ -315,11 +315,19 @@ fn network_sink_rates(records: &[FlowRecord], best: &mut BTreeMap<&str, f64>) ->
             let mut sink = flowlens_sinks::build::build(&[spec], &o)?.remove(0);
             let t = Instant::now();
             for c in records.chunks(8192) {
+                // At the sink's own pace: a sink without a spool drops what its queue cannot
+                // take.
+                while sink.room() < c.len() as u64 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
                 sink.write(c)?;
             }
-            sink.close()?;
+            let closed = sink.close();
             let rate = n as f64 / t.elapsed().as_secs_f64();
             let m = sink.metrics();
+            if let Err(e) = closed {
+                bail!("{label}: {e:#} ({m:?})");
+            }
             match label {
                 "kafka" => ensure!(m.acknowledged == n, "kafka acknowledged {m:?}"),
                 "otlp_grpc" => ensure!(
