@@ -706,10 +706,17 @@ fn rss_child() -> Result<()> {
         host: "bench-host".into(),
         journal: None,
     })?;
+    // FLOWLENS_BENCH_RSS_SINK=none: the same without the Parquet sink (its share of the peak).
+    let sinks: Vec<Box<dyn flowlens_sinks::Sink>> =
+        if std::env::var("FLOWLENS_BENCH_RSS_SINK").as_deref() == Ok("none") {
+            Vec::new()
+        } else {
+            vec![Box::new(sink)]
+        };
     let mut pipe = flowlens::pipeline::Pipeline::new(
         FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)),
         Exporter::new("bench-host"),
-        vec![Box::new(sink)],
+        sinks,
     );
     let start = flowlens::timebase::monotonic_now_ns();
     let mut first_live = 0u32;
