@@ -499,7 +499,7 @@ pub fn veth_flood_once(
 /// The real flood, per sink, 3 rounds: medians, and the range in the log.
 pub fn veth_flood(seconds: u64, summary: &mut BTreeMap<String, f64>) -> Result<()> {
     use flowlens_testkit::{Netns, temp_dir, veth_pair};
-    const MAX_MEMORY: &str = "128MiB";
+    const MAX_MEMORY: &str = "144MiB";
     let a = Netns::new("floodbench-a")?;
     let b = Netns::new("floodbench-b")?;
     let link = veth_pair(&a, &b)?;
