@@ -428,6 +428,25 @@ impl FlowTable {
         );
     }
 
+    /// Ends up to `max` open records with `forced_end` (and moves any split ones), for a
+    /// shutdown that exports in chunks; `false` once the table is empty. The table only
+    /// shrinks after this: no merge may follow.
+    pub fn drain_some(&mut self, out: &mut Vec<Ended>, max: usize) -> bool {
+        self.take_split(out);
+        self.index.clear();
+        let from = self.entries.len().saturating_sub(max);
+        out.extend(self.entries.drain(from..).map(|e| Ended {
+            key: e.key,
+            state: e.state,
+            reason: EndReason::ForcedEnd,
+        }));
+        if self.entries.is_empty() {
+            self.entries = Vec::new();
+            return false;
+        }
+        true
+    }
+
     /// Ends every open record with `forced_end` (shutdown).
     pub fn drain_all(&mut self, out: &mut Vec<Ended>) {
         self.take_split(out);
@@ -616,6 +635,42 @@ mod tests {
             with < without,
             "reserve: {with} slots, plain hashbrown: {without}"
         );
+    }
+
+    /// The shutdown in chunks ends every flow exactly once, with its counters.
+    #[test]
+    fn drain_some_ends_every_flow_once_in_chunks() {
+        let mut t = table();
+        for p in 0..1000u16 {
+            t.merge(&key(p), &delta(p as u64 + 1, 100, 10 * S, 11 * S, 0));
+        }
+        // Removals before, so the array was reordered.
+        let mut out = Vec::new();
+        t.merge(&key(7), &delta(1, 1, 10 * S, 11 * S, 0x01));
+        t.expire(12 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        let mut chunks = 0;
+        let mut seen = std::collections::BTreeMap::new();
+        loop {
+            let mut c = Vec::new();
+            let more = t.drain_some(&mut c, 300);
+            assert!(c.len() <= 300);
+            chunks += 1;
+            for e in c {
+                assert_eq!(e.reason, EndReason::ForcedEnd);
+                assert!(seen.insert(e.key.src_port, e.state.packets).is_none());
+            }
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(chunks, 4);
+        assert_eq!(seen.len(), 999);
+        assert!(t.is_empty());
+        for (p, packets) in seen {
+            assert_eq!(packets, p as u64 + 1);
+        }
     }
 
     #[test]

@@ -292,6 +292,15 @@ impl Sink for ThreadedSink {
         self.metrics().lost
     }
 
+    /// Records `write_shared` takes now without dropping (any single batch when nothing
+    /// waits).
+    fn room(&self) -> u64 {
+        match self.backlog() {
+            0 => u64::MAX,
+            waiting => self.queue_records.saturating_sub(waiting),
+        }
+    }
+
     fn ack_latency(&self) -> Duration {
         self.ack_latency
     }
