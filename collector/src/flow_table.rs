@@ -235,10 +235,7 @@ impl FlowTable {
     pub fn merge_all(&mut self, deltas: &[(FlowKey, FlowValue)]) {
         if self.entries.len().saturating_add(deltas.len()) <= self.max_flows {
             if self.index.capacity() - self.index.len() < deltas.len() {
-                let new = deltas
-                    .iter()
-                    .filter(|(k, _)| !self.contains_key(k))
-                    .count();
+                let new = deltas.iter().filter(|(k, _)| !self.contains_key(k)).count();
                 self.reserve(new);
             }
             for (k, v) in deltas {
@@ -322,10 +319,12 @@ impl FlowTable {
             let mut split = std::mem::take(&mut self.split);
             let (mut count, mut packets) = (0u64, 0u64);
             self.retain(
-                |_, s| !(ended < left && s.last_seen_ns <= threshold && {
-                    ended += 1;
-                    true
-                }),
+                |_, s| {
+                    !(ended < left && s.last_seen_ns <= threshold && {
+                        ended += 1;
+                        true
+                    })
+                },
                 |e| {
                     count += 1;
                     packets += e.state.packets;

@@ -45,7 +45,15 @@ fn a_blocked_sink_never_stalls_the_drain_and_its_losses_are_counted() {
 
     let mut child = b
         .command(FLOWLENS)
-        .args(["run", "--xdp", &link.b_if, "--xdp-mode", "skb", "--sink", "stdout"])
+        .args([
+            "run",
+            "--xdp",
+            &link.b_if,
+            "--xdp-mode",
+            "skb",
+            "--sink",
+            "stdout",
+        ])
         .args([
             "--max-flows",
             "16384",

@@ -470,7 +470,8 @@ mod tests {
                 Ok(())
             }
         }
-        let dir = std::env::temp_dir().join(format!("flowlens-worker-spill-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("flowlens-worker-spill-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let gate = Gate::default();
         let calls = Arc::new(AtomicUsize::new(0));

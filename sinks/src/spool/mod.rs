@@ -342,7 +342,10 @@ impl<S: Sink> Sink for SpooledSink<S> {
         if self.closed || records.is_empty() {
             return None;
         }
-        Some(self.spool_records(records, "behind the record rate (its thread's queue is filling)"))
+        Some(self.spool_records(
+            records,
+            "behind the record rate (its thread's queue is filling)",
+        ))
     }
 
     fn tick(&mut self) -> Result<()> {
