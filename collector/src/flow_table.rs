@@ -153,7 +153,7 @@ impl FlowTable {
         self.entries.push(Entry { key, state });
         let (entries, hasher) = (&self.entries, &self.hasher);
         self.index.insert_unique(h, i, |&j| {
-            std::hash::BuildHasher::hash_one(hasher, &entries[j as usize].key)
+            std::hash::BuildHasher::hash_one(hasher, entries[j as usize].key)
         });
     }
 
@@ -207,11 +207,11 @@ impl FlowTable {
         }
         let mut fresh = HashTable::with_capacity(want);
         for (i, e) in self.entries.iter().enumerate() {
-            let h = std::hash::BuildHasher::hash_one(&self.hasher, &e.key);
+            let h = std::hash::BuildHasher::hash_one(&self.hasher, e.key);
             let entries = &self.entries;
             let hasher = &self.hasher;
             fresh.insert_unique(h, i as u32, |&j| {
-                std::hash::BuildHasher::hash_one(hasher, &entries[j as usize].key)
+                std::hash::BuildHasher::hash_one(hasher, entries[j as usize].key)
             });
         }
         self.index = fresh;
