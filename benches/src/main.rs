@@ -834,10 +834,17 @@ fn rss_child() -> Result<()> {
         host: "bench-host".into(),
         journal: None,
     })?;
+    // FLOWLENS_BENCH_RSS_SINK=none: the same without the Parquet sink (its share of the peak).
+    let sinks: Vec<Box<dyn flowlens_sinks::Sink>> =
+        if std::env::var("FLOWLENS_BENCH_RSS_SINK").as_deref() == Ok("none") {
+            Vec::new()
+        } else {
+            vec![Box::new(sink)]
+        };
     let mut pipe = flowlens::pipeline::Pipeline::new(
         FlowTable::new(Duration::from_secs(60), Duration::from_secs(15)),
         Exporter::new("bench-host"),
-        vec![Box::new(sink)],
+        sinks,
     );
     let start = flowlens::timebase::monotonic_now_ns();
     let mut first_live = 0u32;
@@ -1242,6 +1249,13 @@ fn main() -> Result<()> {
             let now = flowlens::timebase::monotonic_now_ns();
             let mut s = BTreeMap::new();
             metrics::run(synthetic_deltas(10_000, now), &mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
+        // Issue 17: what each sink sustains alone (records/s), 3 rounds.
+        Some("sink-rates") => {
+            let mut s = BTreeMap::new();
+            flood::sink_rates(&mut s)?;
             println!("{s:#?}");
             return Ok(());
         }

@@ -57,7 +57,7 @@ impl LogsService for GrpcReceiver {
 
 /// Starts a receiver in its own thread (lives until the process ends); returns its address
 /// and its record counter.
-fn start(protocol: OtlpProtocol) -> Result<(SocketAddr, Arc<AtomicU64>)> {
+pub(crate) fn start(protocol: OtlpProtocol) -> Result<(SocketAddr, Arc<AtomicU64>)> {
     let counter = Arc::new(AtomicU64::new(0));
     let c = counter.clone();
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;

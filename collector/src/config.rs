@@ -467,6 +467,7 @@ impl RunConfig {
             kafka_queue_max_records: self.kafka_queue_max_records,
             kafka_close_timeout: self.kafka_close_timeout,
             ipfix: self.ipfix.clone(),
+            sink_queue_records: flowlens_sinks::worker::DEFAULT_QUEUE_RECORDS,
         }
     }
 }
@@ -837,7 +838,10 @@ impl RunConfig {
                 SinkSpec::Otlp(_) => self.otlp_queue_records as u64 * spooled,
                 _ => 0,
             })
-            .sum();
+            .sum::<u64>()
+            // Every sink's thread queue (flowlens_sinks::worker): batches are shared between
+            // sinks, but sinks that fall behind at different times hold different ones.
+            + self.sinks.len() as u64 * flowlens_sinks::worker::DEFAULT_QUEUE_RECORDS;
         crate::memory::plan(self.max_memory, self.max_flows, queued)
     }
 }

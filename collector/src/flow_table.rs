@@ -11,7 +11,7 @@
 //!   end early (see [`FlowTable::merge_all`]). Their packets and bytes are in those records, so
 //!   totals stay exact; only the record is cut short.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 /// Flow keys come from the network: a seeded hasher (foldhash, per-process random seed) keeps
 /// collisions unpredictable at a fraction of SipHash's cost (the table is the record path's
@@ -19,6 +19,7 @@ use std::{collections::HashMap, time::Duration};
 type Hasher = foldhash::fast::RandomState;
 
 use flowlens_schema::{FlowKey, FlowValue, record::EndReason};
+use hashbrown::HashTable;
 
 const TCP_FIN: u16 = 0x01;
 const TCP_RST: u16 = 0x04;
@@ -44,8 +45,22 @@ pub struct Ended {
     pub reason: EndReason,
 }
 
+/// One open flow: 96 bytes, stored once in a dense array.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: FlowKey,
+    state: FlowState,
+}
+
+/// The open flows: a dense array of entries (key and state, 96 bytes each) and a hash index of
+/// 4-byte positions into it (one control byte per bucket besides). A table of 333k flows is
+/// 32 MB of entries and 2.6 MB of index, where a hash map of (key, state) pairs was a 51 MB
+/// table that a rebuild held twice; new flows are appended (sequential writes), and an expiry
+/// pass walks the array. Removal swaps the last entry into the hole and fixes its index slot.
 pub struct FlowTable {
-    flows: HashMap<FlowKey, FlowState, Hasher>,
+    entries: Vec<Entry>,
+    index: HashTable<u32>,
+    hasher: Hasher,
     /// Records ended because the same flow key showed up with another socket's cgroup (a
     /// reused address and port), or to make room (`lack_of_resources`): emitted at the next
     /// [`FlowTable::expire`] / `drain_all`.
@@ -71,7 +86,9 @@ const EVICT_SAMPLE: usize = 4096;
 impl FlowTable {
     pub fn new(active_timeout: Duration, idle_timeout: Duration) -> Self {
         FlowTable {
-            flows: HashMap::with_hasher(Hasher::default()),
+            entries: Vec::new(),
+            index: HashTable::new(),
+            hasher: Hasher::default(),
             split: Vec::new(),
             active_ns: u64::try_from(active_timeout.as_nanos()).unwrap_or(u64::MAX),
             idle_ns: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
@@ -101,34 +118,103 @@ impl FlowTable {
     }
 
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.entries.len()
     }
 
-    /// Flows the table can hold before it has to grow or clean up.
+    /// Flows the table can hold before it has to grow or clean up (its hash index).
     pub fn capacity(&self) -> usize {
-        self.flows.capacity()
+        self.index.capacity()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.entries.is_empty()
+    }
+
+    fn hash(&self, k: &FlowKey) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, k)
+    }
+
+    /// Position of `k`'s entry.
+    fn find(&self, k: &FlowKey) -> Option<usize> {
+        let entries = &self.entries;
+        self.index
+            .find(self.hash(k), |&i| entries[i as usize].key == *k)
+            .map(|&i| i as usize)
+    }
+
+    fn contains_key(&self, k: &FlowKey) -> bool {
+        self.find(k).is_some()
+    }
+
+    /// Appends a flow that is not in the table.
+    fn insert_new(&mut self, key: FlowKey, state: FlowState) {
+        let h = self.hash(&key);
+        let i = self.entries.len() as u32;
+        self.entries.push(Entry { key, state });
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index.insert_unique(h, i, |&j| {
+            std::hash::BuildHasher::hash_one(hasher, entries[j as usize].key)
+        });
+    }
+
+    /// Removes the entry at `i` (the last entry takes its place).
+    fn remove_at(&mut self, i: usize) -> Entry {
+        let h = self.hash(&self.entries[i].key);
+        if let Ok(e) = self.index.find_entry(h, |&j| j as usize == i) {
+            e.remove();
+        }
+        let last = self.entries.len() - 1;
+        if i != last {
+            let hl = self.hash(&self.entries[last].key);
+            if let Some(slot) = self.index.find_mut(hl, |&j| j as usize == last) {
+                *slot = i as u32;
+            }
+        }
+        self.entries.swap_remove(i)
+    }
+
+    /// Keeps the flows for which `keep` is true; hands each removed one to `removed`.
+    fn retain(
+        &mut self,
+        mut keep: impl FnMut(&FlowKey, &FlowState) -> bool,
+        mut removed: impl FnMut(Entry),
+    ) {
+        let mut i = 0;
+        while i < self.entries.len() {
+            let e = &self.entries[i];
+            if keep(&e.key, &e.state) {
+                i += 1;
+            } else {
+                // The entry moved into `i` has not been looked at yet: check it next.
+                let e = self.remove_at(i);
+                removed(e);
+            }
+        }
     }
 
     /// Makes room for `n` more flows before a drain's deltas are merged.
     ///
-    /// Flows end all the time, and every removal leaves a tombstone in the hash table that
-    /// still counts against its capacity. Left alone, the table then *doubles* when it runs out
-    /// of room even if it holds no more flows than before (hashbrown resizes rather than
-    /// cleaning up in place above half load): with 333k flows and 1M new flows a minute, that
-    /// was a 1M-bucket table and 45 MB more peak memory. Rebuilding into a table sized for
-    /// what it will hold clears the tombstones instead.
+    /// Removals leave tombstones in the hash index that still count against its capacity;
+    /// rebuilding the index (4 bytes per flow, the entries stay where they are) sized for what
+    /// the table will hold clears them. The entry array grows by exactly what is needed.
     pub fn reserve(&mut self, n: usize) {
-        if self.flows.capacity() - self.flows.len() >= n {
+        let want = self.entries.len() + n;
+        if self.entries.capacity() < want {
+            self.entries.reserve_exact(n);
+        }
+        if self.index.capacity() - self.index.len() >= n {
             return;
         }
-        let mut fresh =
-            HashMap::with_capacity_and_hasher(self.flows.len() + n, self.flows.hasher().clone());
-        fresh.extend(self.flows.drain());
-        self.flows = fresh;
+        let mut fresh = HashTable::with_capacity(want);
+        for (i, e) in self.entries.iter().enumerate() {
+            let h = std::hash::BuildHasher::hash_one(&self.hasher, e.key);
+            let entries = &self.entries;
+            let hasher = &self.hasher;
+            fresh.insert_unique(h, i as u32, |&j| {
+                std::hash::BuildHasher::hash_one(hasher, entries[j as usize].key)
+            });
+        }
+        self.index = fresh;
     }
 
     /// Adds one drain's deltas: first makes room for the flows among them that are new to the
@@ -147,12 +233,9 @@ impl FlowTable {
     /// beyond it end at once, in drain order. No packet is lost either way: every delta is in
     /// exactly one record.
     pub fn merge_all(&mut self, deltas: &[(FlowKey, FlowValue)]) {
-        if self.flows.len().saturating_add(deltas.len()) <= self.max_flows {
-            if self.flows.capacity() - self.flows.len() < deltas.len() {
-                let new = deltas
-                    .iter()
-                    .filter(|(k, _)| !self.flows.contains_key(k))
-                    .count();
+        if self.entries.len().saturating_add(deltas.len()) <= self.max_flows {
+            if self.index.capacity() - self.index.len() < deltas.len() {
+                let new = deltas.iter().filter(|(k, _)| !self.contains_key(k)).count();
                 self.reserve(new);
             }
             for (k, v) in deltas {
@@ -170,22 +253,22 @@ impl FlowTable {
             if v.packets == 0 {
                 continue;
             }
-            if self.flows.contains_key(k) {
+            if self.contains_key(k) {
                 self.merge(k, v);
             } else {
                 new_idx.push(i as u32);
             }
         }
-        let want = self.flows.len() + new_idx.len();
+        let want = self.entries.len() + new_idx.len();
         if want > self.max_flows {
             let need = (want - self.max_flows).max(self.max_flows / 16);
-            self.evict_least_recent(need.min(self.flows.len()));
+            self.evict_least_recent(need.min(self.entries.len()));
         }
-        let room = self.max_flows - self.flows.len().min(self.max_flows);
+        let room = self.max_flows - self.entries.len().min(self.max_flows);
         self.reserve(new_idx.len().min(room));
         for &i in &new_idx {
             let (k, v) = &deltas[i as usize];
-            if self.flows.len() < self.max_flows || self.flows.contains_key(k) {
+            if self.entries.len() < self.max_flows || self.contains_key(k) {
                 self.merge(k, v);
             } else {
                 let state = fresh_state(v);
@@ -206,22 +289,24 @@ impl FlowTable {
     }
 
     /// Ends the `n` flows (or a few more on ties) seen least recently, with `lack_of_resources`.
-    /// The `last_seen` threshold comes from a sample of the table (its iteration order is hash
-    /// order, unrelated to time), then one pass ends the flows at or below it; a second pass
-    /// with a higher threshold runs only if the sample underestimated it.
+    /// The `last_seen` threshold comes from a sample of the table (entries spread evenly over
+    /// the array), then one pass ends the flows at or below it; a second pass with a higher
+    /// threshold runs only if the sample underestimated it.
     fn evict_least_recent(&mut self, n: usize) {
         let mut left = n;
-        let mut fraction = n as f64 / self.flows.len().max(1) as f64;
-        while left > 0 && !self.flows.is_empty() {
-            let threshold = if left >= self.flows.len() {
+        let mut fraction = n as f64 / self.entries.len().max(1) as f64;
+        while left > 0 && !self.entries.is_empty() {
+            let threshold = if left >= self.entries.len() {
                 u64::MAX
             } else {
+                let step = (self.entries.len() / EVICT_SAMPLE).max(1);
                 self.sample.clear();
                 self.sample.extend(
-                    self.flows
-                        .values()
+                    self.entries
+                        .iter()
+                        .step_by(step)
                         .take(EVICT_SAMPLE)
-                        .map(|s| s.last_seen_ns),
+                        .map(|e| e.state.last_seen_ns),
                 );
                 self.sample.sort_unstable();
                 // The sample's n-th smallest for a fraction n/len of the table.
@@ -231,29 +316,31 @@ impl FlowTable {
                 self.sample[idx]
             };
             let mut ended = 0usize;
-            let (split, count, packets) = (
-                &mut self.split,
-                &mut self.lack_of_resources,
-                &mut self.lack_of_resources_packets,
-            );
-            self.flows.retain(|key, s| {
-                if ended < left && s.last_seen_ns <= threshold {
-                    ended += 1;
-                    *count += 1;
-                    *packets += s.packets;
+            let mut split = std::mem::take(&mut self.split);
+            let (mut count, mut packets) = (0u64, 0u64);
+            self.retain(
+                |_, s| {
+                    !(ended < left && s.last_seen_ns <= threshold && {
+                        ended += 1;
+                        true
+                    })
+                },
+                |e| {
+                    count += 1;
+                    packets += e.state.packets;
                     split.push(Ended {
-                        key: *key,
-                        state: *s,
+                        key: e.key,
+                        state: e.state,
                         reason: EndReason::LackOfResources,
                     });
-                    false
-                } else {
-                    true
-                }
-            });
+                },
+            );
+            self.split = split;
+            self.lack_of_resources += count;
+            self.lack_of_resources_packets += packets;
             left -= ended;
             // Underestimated: aim higher next pass.
-            fraction = (fraction * 2.0).max(left as f64 / self.flows.len().max(1) as f64);
+            fraction = (fraction * 2.0).max(left as f64 / self.entries.len().max(1) as f64);
         }
     }
 
@@ -267,35 +354,32 @@ impl FlowTable {
         // each CPU: the last packet of a delta is never before its first.
         let d_last = d.last_seen_ns.max(d.first_seen_ns);
         let fresh = fresh_state(d);
-        match self.flows.entry(*key) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let s = o.get_mut();
-                if s.cgroup_id != 0 && d.cgroup_id != 0 && s.cgroup_id != d.cgroup_id {
-                    // Another socket (another cgroup) now uses this flow key: the old record
-                    // ends here, so nothing of the new socket is attributed to the old one.
-                    self.split.push(Ended {
-                        key: *key,
-                        state: *s,
-                        reason: EndReason::EndOfFlow,
-                    });
-                    *s = fresh;
-                    return;
-                }
-                s.packets += d.packets;
-                s.bytes += d.bytes;
-                s.first_seen_ns = s.first_seen_ns.min(d.first_seen_ns);
-                if d_last >= s.last_seen_ns {
-                    s.last_seen_ns = d_last;
-                    s.dscp = d.dscp;
-                }
-                s.tcp_flags |= flags;
-                if s.cgroup_id == 0 {
-                    s.cgroup_id = d.cgroup_id;
-                }
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(fresh);
-            }
+        let Some(i) = self.find(key) else {
+            self.insert_new(*key, fresh);
+            return;
+        };
+        let s = &mut self.entries[i].state;
+        if s.cgroup_id != 0 && d.cgroup_id != 0 && s.cgroup_id != d.cgroup_id {
+            // Another socket (another cgroup) now uses this flow key: the old record ends
+            // here, so nothing of the new socket is attributed to the old one.
+            self.split.push(Ended {
+                key: *key,
+                state: *s,
+                reason: EndReason::EndOfFlow,
+            });
+            *s = fresh;
+            return;
+        }
+        s.packets += d.packets;
+        s.bytes += d.bytes;
+        s.first_seen_ns = s.first_seen_ns.min(d.first_seen_ns);
+        if d_last >= s.last_seen_ns {
+            s.last_seen_ns = d_last;
+            s.dscp = d.dscp;
+        }
+        s.tcp_flags |= flags;
+        if s.cgroup_id == 0 {
+            s.cgroup_id = d.cgroup_id;
         }
     }
 
@@ -320,31 +404,55 @@ impl FlowTable {
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Ended>) {
         self.take_split(out);
         let (active, idle) = (self.active_ns, self.idle_ns);
-        self.flows.retain(|key, s| {
-            let reason = if s.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                EndReason::EndOfFlow
+        let reason_of = |s: &FlowState| {
+            if s.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                Some(EndReason::EndOfFlow)
             } else if now_ns.saturating_sub(s.last_seen_ns) >= idle {
-                EndReason::IdleTimeout
+                Some(EndReason::IdleTimeout)
             } else if now_ns.saturating_sub(s.first_seen_ns) >= active {
-                EndReason::ActiveTimeout
+                Some(EndReason::ActiveTimeout)
             } else {
-                return true;
-            };
-            out.push(Ended {
-                key: *key,
-                state: *s,
-                reason,
-            });
-            false
-        });
+                None
+            }
+        };
+        self.retain(
+            |_, s| reason_of(s).is_none(),
+            |e| {
+                out.push(Ended {
+                    key: e.key,
+                    state: e.state,
+                    reason: reason_of(&e.state).unwrap_or(EndReason::IdleTimeout),
+                })
+            },
+        );
+    }
+
+    /// Ends up to `max` open records with `forced_end` (and moves any split ones), for a
+    /// shutdown that exports in chunks; `false` once the table is empty. The table only
+    /// shrinks after this: no merge may follow.
+    pub fn drain_some(&mut self, out: &mut Vec<Ended>, max: usize) -> bool {
+        self.take_split(out);
+        self.index.clear();
+        let from = self.entries.len().saturating_sub(max);
+        out.extend(self.entries.drain(from..).map(|e| Ended {
+            key: e.key,
+            state: e.state,
+            reason: EndReason::ForcedEnd,
+        }));
+        if self.entries.is_empty() {
+            self.entries = Vec::new();
+            return false;
+        }
+        true
     }
 
     /// Ends every open record with `forced_end` (shutdown).
     pub fn drain_all(&mut self, out: &mut Vec<Ended>) {
         self.take_split(out);
-        out.extend(self.flows.drain().map(|(key, state)| Ended {
-            key,
-            state,
+        self.index.clear();
+        out.extend(self.entries.drain(..).map(|e| Ended {
+            key: e.key,
+            state: e.state,
             reason: EndReason::ForcedEnd,
         }));
     }
@@ -526,6 +634,42 @@ mod tests {
             with < without,
             "reserve: {with} slots, plain hashbrown: {without}"
         );
+    }
+
+    /// The shutdown in chunks ends every flow exactly once, with its counters.
+    #[test]
+    fn drain_some_ends_every_flow_once_in_chunks() {
+        let mut t = table();
+        for p in 0..1000u16 {
+            t.merge(&key(p), &delta(p as u64 + 1, 100, 10 * S, 11 * S, 0));
+        }
+        // Removals before, so the array was reordered.
+        let mut out = Vec::new();
+        t.merge(&key(7), &delta(1, 1, 10 * S, 11 * S, 0x01));
+        t.expire(12 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        let mut chunks = 0;
+        let mut seen = std::collections::BTreeMap::new();
+        loop {
+            let mut c = Vec::new();
+            let more = t.drain_some(&mut c, 300);
+            assert!(c.len() <= 300);
+            chunks += 1;
+            for e in c {
+                assert_eq!(e.reason, EndReason::ForcedEnd);
+                assert!(seen.insert(e.key.src_port, e.state.packets).is_none());
+            }
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(chunks, 4);
+        assert_eq!(seen.len(), 999);
+        assert!(t.is_empty());
+        for (p, packets) in seen {
+            assert_eq!(packets, p as u64 + 1);
+        }
     }
 
     #[test]

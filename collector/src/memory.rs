@@ -9,6 +9,7 @@
 //! | one drain's deltas (drain → table) | `2 × --max-flows` entries (both kernel buffers at the last drain), reserved once |
 //! | records handed to the sinks per call (table → identity → sinks) | 8192 records (`pipeline::RECORD_CHUNK`), in `BASE_BYTES` |
 //! | records queued in Kafka / OTLP sinks (and the spool's copies of them) | `--kafka-queue-max-records`, `--otlp-queue-records`, × [`QUEUED_RECORD_BYTES`] |
+//! | records waiting for each sink's thread (`flowlens_sinks::worker`) | `DEFAULT_QUEUE_RECORDS` (65,536) per sink, × [`QUEUED_RECORD_BYTES`] |
 //! | the flow table, its rebuilds and the ended flows of one expiry pass | **the rest**: the flow cap is the most flows whose [`table_peak_bytes`] fit |
 //!
 //! Past the flow cap, the flows seen least recently end early with `lack_of_resources`
@@ -34,8 +35,10 @@ pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
 /// a margin for allocator fragmentation.
 pub const BASE_BYTES: u64 = 64 << 20;
 
-/// One slot of the flow table's hash table: 48-byte key, 48-byte state, one control byte.
-pub const TABLE_SLOT_BYTES: u64 = 48 + 48 + 1;
+/// One open flow in the flow table's entry array: 48-byte key, 48-byte state.
+pub const TABLE_ENTRY_BYTES: u64 = 48 + 48;
+/// One bucket of the flow table's hash index: a 4-byte position and one control byte.
+pub const TABLE_SLOT_BYTES: u64 = 4 + 1;
 /// One ended flow waiting to become a record (`flow_table::Ended`).
 pub const ENDED_BYTES: u64 = 104;
 
@@ -55,12 +58,13 @@ pub fn table_buckets(n: u64) -> u64 {
     (n * 8).div_ceil(7).next_power_of_two()
 }
 
-/// Peak bytes of a flow table capped at `n` flows: two hash tables at once (a rebuild that
-/// clears tombstones fills the new table before it drops the old one), and every flow ended in
-/// one expiry pass. `flowlens-bench flood` reports it next to the measured peak RSS per flow
-/// at several caps (docs/BENCHMARKS.md: measured/model 0.45-1.05).
+/// Peak bytes of a flow table capped at `n` flows: its entry array (grown exactly, never past
+/// the cap), two hash indexes at once (a rebuild that clears tombstones fills the new index
+/// before it drops the old one), and every flow ended in one expiry pass.
+/// `flowlens-bench flood` reports it next to the measured peak RSS per flow at several caps
+/// (docs/BENCHMARKS.md).
 pub fn table_peak_bytes(n: u64) -> u64 {
-    2 * table_buckets(n) * TABLE_SLOT_BYTES + n * ENDED_BYTES
+    n * TABLE_ENTRY_BYTES + 2 * table_buckets(n) * TABLE_SLOT_BYTES + n * ENDED_BYTES
 }
 
 /// The most flows whose [`table_peak_bytes`] fit in `bytes`.
@@ -231,5 +235,8 @@ mod tests {
         // 7/8 of a power of two fills its buckets; one more flow doubles them.
         assert_eq!(table_buckets(458_752), 524_288);
         assert_eq!(table_buckets(458_753), 1_048_576);
+        // About 210-225 bytes per flow: entry, ended flow, two indexes.
+        let per_flow = table_peak_bytes(458_752) as f64 / 458_752.0;
+        assert!((200.0..230.0).contains(&per_flow), "{per_flow}");
     }
 }

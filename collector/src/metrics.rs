@@ -834,7 +834,7 @@ fn render(state: &State, now: Instant) -> String {
     }
 
     type SinkField = fn(&SinkState) -> u64;
-    let sink_families: [(&str, &str, &str, SinkField); 10] = [
+    let sink_families: [(&str, &str, &str, SinkField); 11] = [
         (
             "flowlens_sink_records_sent_total",
             "counter",
@@ -864,6 +864,12 @@ fn render(state: &State, now: Instant) -> String {
             "counter",
             "Records the sink accepted but could not deliver, plus records of failed writes.",
             |x| x.m.lost + x.write_lost,
+        ),
+        (
+            "flowlens_sink_records_dropped_total",
+            "counter",
+            "Records dropped because the sink fell behind the record rate (its thread's queue full; also in records_lost).",
+            |x| x.m.dropped,
         ),
         (
             "flowlens_sink_errors_total",

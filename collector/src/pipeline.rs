@@ -13,7 +13,7 @@
 //! after the probes are detached) is always an error: nothing drains the map after it.
 
 use anyhow::{Result, bail};
-use flowlens_schema::{FlowKey, FlowValue, record::FlowRecord};
+use flowlens_schema::{FlowKey, FlowValue};
 use flowlens_sinks::{Sink, SinkMetrics, log_limit::RateLimited};
 
 use crate::{
@@ -28,6 +28,10 @@ use crate::{
 
 /// Records built and written per sink call (bounds memory in bursts of ended flows).
 const RECORD_CHUNK: usize = 8192;
+
+/// How long the final cycle waits, in all, for sinks whose queue is full (then it drops,
+/// counted, as during the run).
+const FINAL_SINK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Failed drains in a row after which [`Pipeline::cycle`] returns an error (see the module
 /// documentation). With the default 1 s drain interval, about 30 s of failures.
@@ -61,7 +65,6 @@ pub struct Pipeline {
     full_log: RateLimited,
     deltas: Vec<(FlowKey, FlowValue)>,
     ended: Vec<Ended>,
-    records: Vec<FlowRecord>,
 }
 
 impl Pipeline {
@@ -83,7 +86,6 @@ impl Pipeline {
             },
             deltas: Vec::new(),
             ended: Vec::new(),
-            records: Vec::new(),
         }
     }
 
@@ -174,40 +176,24 @@ impl Pipeline {
         }
         self.totals.flows_ended_lack_of_resources = ended_early;
         self.totals.lack_of_resources_packets = early_packets;
-        self.ended.clear();
-        if final_cycle {
-            self.table.drain_all(&mut self.ended);
-        } else {
-            self.table.expire(now_ns, &mut self.ended);
-        }
         let tb = Timebase::sample();
-        // Records are built and handed to the sinks in chunks, so a burst of ended flows (say,
-        // every flow reaching the active timeout at once) is never all in memory as records.
-        for chunk in self.ended.chunks(RECORD_CHUNK) {
-            self.records.clear();
-            for e in chunk {
-                let mut r = self.exporter.record(e, &tb);
-                self.identity
-                    .annotate(&mut r, e.state.cgroup_id, e.state.last_seen_ns);
-                self.records.push(r);
-            }
-            self.totals.records += self.records.len() as u64;
-            for r in &self.records {
-                self.totals.packets += r.packets;
-                self.totals.bytes += r.bytes;
-            }
-            for (i, s) in self.sinks.iter_mut().enumerate() {
-                if let Err(e) = s.write(&self.records) {
-                    let n = self.records.len() as u64;
-                    self.totals.sink_errors += 1;
-                    self.totals.records_lost_in_sinks += n;
-                    self.sink_failures[i].errors += 1;
-                    self.sink_failures[i].records_lost += n;
-                    if let Some(suppressed) = self.sink_log.write[i].check() {
-                        tracing::error!(sink = s.name(), records = n, suppressed, error = %e, "sink failed; these records are lost for this sink");
-                    }
+        if final_cycle {
+            // At shutdown every open flow ends: in chunks, so the ended flows of a large table
+            // are never all in memory at once (35 MB at 333k flows). Nothing is left to drain,
+            // so the sinks are waited for (up to FINAL_SINK_WAIT in all) instead of dropping.
+            let deadline = std::time::Instant::now() + FINAL_SINK_WAIT;
+            loop {
+                self.ended.clear();
+                let more = self.table.drain_some(&mut self.ended, 8 * RECORD_CHUNK);
+                self.export_ended(&tb, Some(deadline));
+                if !more {
+                    break;
                 }
             }
+        } else {
+            self.ended.clear();
+            self.table.expire(now_ns, &mut self.ended);
+            self.export_ended(&tb, None);
         }
         // A burst of ended flows (a flood, every flow at its active timeout) does not keep its
         // buffer for the rest of the run.
@@ -227,6 +213,47 @@ impl Pipeline {
         match drain_err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Ended flows → records → every sink, in chunks of [`RECORD_CHUNK`]. With a `deadline`
+    /// (shutdown), a sink whose queue is full is waited for until then.
+    fn export_ended(&mut self, tb: &Timebase, deadline: Option<std::time::Instant>) {
+        // Records are built and handed to the sinks in chunks, so a burst of ended flows (say,
+        // every flow reaching the active timeout at once) is never all in memory as records.
+        // Each chunk is one batch shared by every sink (each sink's thread keeps it until it
+        // has written it: flowlens_sinks::worker).
+        for chunk in self.ended.chunks(RECORD_CHUNK) {
+            let mut records = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let mut r = self.exporter.record(e, tb);
+                self.identity
+                    .annotate(&mut r, e.state.cgroup_id, e.state.last_seen_ns);
+                records.push(r);
+            }
+            self.totals.records += records.len() as u64;
+            for r in &records {
+                self.totals.packets += r.packets;
+                self.totals.bytes += r.bytes;
+            }
+            let batch = std::sync::Arc::new(records);
+            for (i, s) in self.sinks.iter_mut().enumerate() {
+                if let Some(deadline) = deadline {
+                    while s.room() < batch.len() as u64 && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+                if let Err(e) = s.write_shared(&batch) {
+                    let n = batch.len() as u64;
+                    self.totals.sink_errors += 1;
+                    self.totals.records_lost_in_sinks += n;
+                    self.sink_failures[i].errors += 1;
+                    self.sink_failures[i].records_lost += n;
+                    if let Some(suppressed) = self.sink_log.write[i].check() {
+                        tracing::error!(sink = s.name(), records = n, suppressed, error = %e, "sink failed; these records are lost for this sink");
+                    }
+                }
+            }
         }
     }
 
@@ -263,8 +290,10 @@ impl Pipeline {
                 tracing::error!(sink = %name, error = %e, "closing sink");
                 failed.push(name.clone());
             }
-            // Records a sink accepted and then could not deliver (e.g. a file it could not finish).
+            // Records a sink accepted and then could not deliver (e.g. a file it could not
+            // finish, a batch its thread could not write or had to drop).
             self.totals.records_lost_in_sinks += m.lost;
+            self.totals.sink_errors += m.failed_calls;
             self.totals.records_spooled += m.spooled;
             tracing::info!(
                 sink = %name,
@@ -274,6 +303,8 @@ impl Pipeline {
                 rejected = m.rejected,
                 queued = m.queued,
                 lost = m.lost,
+                dropped = m.dropped,
+                failed_calls = m.failed_calls,
                 spooled = m.spooled,
                 spool_bytes = m.spool_bytes,
                 "sink closed"
@@ -298,8 +329,11 @@ impl RunStats for Pipeline {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let f = self.sink_failures.get(i).copied().unwrap_or_default();
-                (s.metrics(), f)
+                let mut f = self.sink_failures.get(i).copied().unwrap_or_default();
+                let m = s.metrics();
+                // Calls that failed on the sink's own thread.
+                f.errors += m.failed_calls;
+                (m, f)
             })
             .collect()
     }
@@ -309,7 +343,7 @@ impl RunStats for Pipeline {
 mod tests {
     use std::{sync::Arc, time::Duration};
 
-    use flowlens_schema::OBS_XDP;
+    use flowlens_schema::{OBS_XDP, record::FlowRecord};
 
     use super::*;
     use crate::drain::{DrainError, DrainReport};

@@ -24,9 +24,9 @@ const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
 const SUM_RECORDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flood/sum_records.py");
 
 /// Small enough that the flood overflows the flow table within a second or two (with the
-/// default --max-flows, a flow cap of about 29k).
-const MAX_MEMORY: &str = "128MiB";
-const MAX_MEMORY_BYTES: u64 = 128 << 20;
+/// default --max-flows and one sink with its 65,536-record thread queue, a flow cap of about 20k).
+const MAX_MEMORY: &str = "144MiB";
+const MAX_MEMORY_BYTES: u64 = 144 << 20;
 /// The default kernel buffers: the drain keeps up with the flood even in a debug build.
 const KERNEL_FLOWS: &str = "131072";
 const DST_PORT: u16 = 8080;

@@ -954,11 +954,15 @@ fn evictions_are_counted_and_their_warning_rate_limited() {
     assert_eq!(m.val("flowlens_packets_map_error_total", &xdp), 0.0);
     // Every record printed counts as delivered by the stdout sink.
     let stdout = [("sink", "stdout")];
+    // Sinks write on their own threads: their counters reach the endpoint up to a cycle after
+    // the records were made.
     let m = wait_until("every drained flow ended", Duration::from_secs(20), || {
         let m = scrape(&b, addr);
         (m.val("flowlens_flows_open", &[]) == 0.0
             && m.val("flowlens_flow_record_packets_total", &[])
-                == m.val("flowlens_drained_packets_total", &[]))
+                == m.val("flowlens_drained_packets_total", &[])
+            && m.val("flowlens_sink_records_acknowledged_total", &stdout)
+                == m.val("flowlens_flow_records_total", &[]))
         .then_some(m)
     });
     let records = m.val("flowlens_flow_records_total", &[]);

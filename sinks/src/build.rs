@@ -17,6 +17,11 @@
 //!   collector is unreachable); its own close gets [`SPOOLED_CLOSE_TIMEOUT`] under a spool.
 //! * **IPFIX over UDP** (`ipfix:`): none (fire and forget; templates are refreshed instead).
 //! * **stdout**: none.
+//!
+//! Every sink, whatever its kind, then runs on a thread of its own
+//! ([`crate::worker::ThreadedSink`], at most [`BuildOptions::sink_queue_records`] records
+//! waiting for it): the collector's drain never waits for a sink. A sink behind the record rate
+//! spills to its spool if it has one, then its batches are dropped and counted.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -29,6 +34,7 @@ use crate::{
     s3::{S3Options, S3ParquetSink},
     spool::{self, SpoolOptions, SpooledSink},
     stdout::StdoutSink,
+    worker::{self, ThreadedSink},
 };
 
 /// What the inner sink's own `close` gets under a spool (flush, then purge what is left: the
@@ -70,6 +76,9 @@ pub struct BuildOptions {
     pub kafka_close_timeout: Duration,
     /// `--ipfix-*` (every IPFIX sink).
     pub ipfix: IpfixSettings,
+    /// Records that may wait for one sink's thread ([`worker::DEFAULT_QUEUE_RECORDS`]); `0`:
+    /// no thread, the caller's thread writes (benchmarks of a sink alone).
+    pub sink_queue_records: u64,
 }
 
 impl BuildOptions {
@@ -98,6 +107,7 @@ impl BuildOptions {
             kafka_queue_max_records: kafka.queue_max_records,
             kafka_close_timeout: kafka.close_timeout,
             ipfix: IpfixSettings::default(),
+            sink_queue_records: worker::DEFAULT_QUEUE_RECORDS,
         }
     }
 
@@ -148,7 +158,16 @@ impl BuildOptions {
 /// documentation). Fails on the first target (or spool directory) that is unusable, before any
 /// record is written.
 pub fn build(specs: &[SinkSpec], o: &BuildOptions) -> Result<Vec<Box<dyn Sink>>> {
-    specs.iter().map(|s| build_one(s, o)).collect()
+    specs
+        .iter()
+        .map(|s| {
+            let sink = build_one(s, o)?;
+            if o.sink_queue_records == 0 {
+                return Ok(sink);
+            }
+            Ok(Box::new(ThreadedSink::new(sink, o.sink_queue_records)?) as Box<dyn Sink>)
+        })
+        .collect()
 }
 
 fn build_one(s: &SinkSpec, o: &BuildOptions) -> Result<Box<dyn Sink>> {

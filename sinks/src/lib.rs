@@ -28,6 +28,7 @@ pub mod parquet;
 pub mod s3;
 pub mod spool;
 pub mod stdout;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -105,6 +106,18 @@ pub trait Sink: Send {
     /// Accepts a batch of records. The sink may buffer them. On `Err` the sink keeps none of
     /// the batch (all or nothing), so a [`spool::SpooledSink`] can spool it instead.
     fn write(&mut self, records: &[FlowRecord]) -> Result<()>;
+    /// [`Sink::write`] of a batch shared with other sinks: [`worker::ThreadedSink`] keeps the
+    /// batch (no copy) for its thread. The default writes it at once.
+    fn write_shared(&mut self, batch: &worker::Batch) -> Result<()> {
+        self.write(batch)
+    }
+    /// Puts a batch aside without delivering it now, because the sink is behind the record
+    /// rate ([`worker::ThreadedSink`] calls it): a spooled sink appends it to its on-disk spool,
+    /// replayed in order later. `None`: this sink has nowhere to put it (the caller writes it).
+    fn spill(&mut self, records: &[FlowRecord]) -> Option<Result<()>> {
+        let _ = records;
+        None
+    }
     /// Called on every collector tick (also with no records): time-based rotation and flushing.
     fn tick(&mut self) -> Result<()> {
         Ok(())
@@ -152,6 +165,12 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     fn write(&mut self, records: &[FlowRecord]) -> Result<()> {
         (**self).write(records)
     }
+    fn write_shared(&mut self, batch: &worker::Batch) -> Result<()> {
+        (**self).write_shared(batch)
+    }
+    fn spill(&mut self, records: &[FlowRecord]) -> Option<Result<()>> {
+        (**self).spill(records)
+    }
     fn tick(&mut self) -> Result<()> {
         (**self).tick()
     }
@@ -181,6 +200,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
 /// after a retryable failure, `rejected` refused by the destination for good, `queued` waiting
 /// in memory right now, `lost` accepted by the sink but never delivered.
 /// `spooled` records waiting in the on-disk spool right now, `spool_bytes` its size on disk.
+/// `dropped` records given up because the sink fell behind the record rate (its thread's queue
+/// full: [`worker::ThreadedSink`]; also counted in `lost`), `failed_calls` `write`/`tick` calls
+/// that failed on the sink's thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkMetrics {
     pub sent: u64,
@@ -191,6 +213,8 @@ pub struct SinkMetrics {
     pub lost: u64,
     pub spooled: u64,
     pub spool_bytes: u64,
+    pub dropped: u64,
+    pub failed_calls: u64,
 }
 
 /// A parsed `--sink` value.

@@ -44,7 +44,10 @@ const HELP: &str =
           interface → container map,
           `cargo xtask bench flood [SECONDS]`: only the random-source flood through a veth
           into `flowlens run --max-memory` (per sink: packets sent/seen/counted, peak RSS,
-          records/s, CPU per packet), sink records/s and the flow table's bytes per flow)
+          records/s, CPU per packet), sink records/s and the flow table's bytes per flow,
+          `cargo xtask bench sink-rates`: records/s of each sink alone against a real peer,
+          `cargo xtask bench drain` / `rss-child`: drain + records at 100k and 1M flows;
+          peak RSS at 100k concurrent flows)
   demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
           (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
           traffic both ways, show the top flows, check them against what was sent, and write

@@ -336,6 +336,18 @@ impl<S: Sink> Sink for SpooledSink<S> {
         self.spool_records(records, "")
     }
 
+    /// Behind the record rate: straight to the spool (and every later batch until the spool
+    /// is replayed, so order is kept).
+    fn spill(&mut self, records: &[FlowRecord]) -> Option<Result<()>> {
+        if self.closed || records.is_empty() {
+            return None;
+        }
+        Some(self.spool_records(
+            records,
+            "behind the record rate (its thread's queue is filling)",
+        ))
+    }
+
     fn tick(&mut self) -> Result<()> {
         let settled = self.inner_settled();
         self.settle_to(settled)?;
