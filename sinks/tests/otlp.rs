@@ -10,7 +10,7 @@ use std::{
 
 use flowlens_schema::{
     flow::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, OBS_NF_LOCAL_OUT, OBS_XDP, VLAN_NONE},
-    record::{EndReason, FlowRecord},
+    record::{EndIdentity, EndReason, Ends, FlowRecord},
 };
 use flowlens_sinks::{
     Sink,
@@ -222,7 +222,76 @@ fn record(i: u32) -> FlowRecord {
         end_reason: EndReason::IdleTimeout,
         host: "testhost".into(),
         community_id: format!("1:rec{i}"),
-        ends: Default::default(),
+        ends: ends(i),
+    }
+}
+
+/// Identity (issue 12) and Kubernetes names (issue 13) on some records: every field of both
+/// ends set on every sixth, a few on others, none on the rest.
+fn ends(i: u32) -> Ends {
+    let mut e = Ends::default();
+    let full = |tag: &str| EndIdentity {
+        cgroup: Some(format!("/kubepods.slice/{tag}-{i}.scope").into()),
+        container_id: Some(format!("{tag}{i:063x}").into()),
+        k8s_pod_uid: Some(format!("{tag}-uid-{i}").into()),
+        process_name: Some(format!("{tag}-proc").into()),
+        process_pid: Some(1000 + i),
+        label: Some(format!("{tag}-label").into()),
+        k8s_namespace: Some(format!("{tag}-ns-{}", i % 3).into()),
+        k8s_pod_name: Some(format!("{tag}-pod-{i}").into()),
+        k8s_owner_kind: Some("Deployment".into()),
+        k8s_owner_name: Some(format!("{tag}-app-{}", i % 5).into()),
+        k8s_node_name: Some(format!("node-{}", i % 4).into()),
+        k8s_service_name: Some(format!("{tag}-svc").into()),
+        zone: Some(format!("zone-ü-{}", i % 2).into()),
+    };
+    match i % 6 {
+        0 => {
+            e.source = full("a");
+            e.destination = full("b");
+        }
+        2 => {
+            e.destination.k8s_namespace = Some("shop".into());
+            e.destination.k8s_service_name = Some("frontend".into());
+        }
+        4 => {
+            e.source.k8s_pod_name = Some(format!("solo-{i}").into());
+            e.source.zone = Some("eu-west-1b".into());
+        }
+        _ => {}
+    }
+    e
+}
+
+/// Every identity and Kubernetes attribute of both ends (by the names docs/SCHEMA.md lists):
+/// present with the record's value exactly when the record has one.
+fn check_ends(r: &FlowRecord, a: &[KeyValue]) {
+    for (end, e) in [("source", &r.ends.source), ("destination", &r.ends.destination)] {
+        let texts = [
+            (format!("flow.{end}.cgroup"), &e.cgroup),
+            (format!("{end}.container.id"), &e.container_id),
+            (format!("{end}.k8s.pod.uid"), &e.k8s_pod_uid),
+            (format!("{end}.process.executable.name"), &e.process_name),
+            (format!("flow.{end}.label"), &e.label),
+            (format!("{end}.k8s.namespace.name"), &e.k8s_namespace),
+            (format!("{end}.k8s.pod.name"), &e.k8s_pod_name),
+            (format!("{end}.k8s.owner.type"), &e.k8s_owner_kind),
+            (format!("{end}.k8s.owner.name"), &e.k8s_owner_name),
+            (format!("{end}.k8s.node.name"), &e.k8s_node_name),
+            (format!("{end}.k8s.service.name"), &e.k8s_service_name),
+            (format!("{end}.cloud.availability_zone"), &e.zone),
+        ];
+        for (name, v) in texts {
+            match v {
+                Some(v) => assert_eq!(str_of(a, &name), &**v, "{name}"),
+                None => assert!(value(a, &name).is_none(), "{name} should be absent"),
+            }
+        }
+        let pid = format!("{end}.process.pid");
+        match e.process_pid {
+            Some(p) => assert_eq!(int_of(a, &pid), p as i64),
+            None => assert!(value(a, &pid).is_none()),
+        }
     }
 }
 
@@ -324,6 +393,7 @@ fn check_record(r: &FlowRecord, l: &LogRecord) {
         Some(v) => assert_eq!(int_of(a, "flow.vlan.id"), v as i64),
         None => assert!(value(a, "flow.vlan.id").is_none()),
     }
+    check_ends(r, a);
 }
 
 #[test]

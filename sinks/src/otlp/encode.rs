@@ -115,7 +115,23 @@ pub const ATTRIBUTES: &[(&str, Target)] = &[
     (
         "destination_label",
         Target::Attribute("flow.destination.label"),
-    ),
+    ),    // Kubernetes names of each end (issue 13): the draft network-flow convention's
+    // `source.k8s.*` / `destination.*` names; the Service and the zone follow OpenTelemetry's
+    // `k8s.service.name` and `cloud.availability_zone` under the end's prefix. Omitted when null.
+    ("source_k8s_namespace", Target::Attribute("source.k8s.namespace.name")),
+    ("source_k8s_pod_name", Target::Attribute("source.k8s.pod.name")),
+    ("source_k8s_owner_kind", Target::Attribute("source.k8s.owner.type")),
+    ("source_k8s_owner_name", Target::Attribute("source.k8s.owner.name")),
+    ("source_k8s_node_name", Target::Attribute("source.k8s.node.name")),
+    ("source_k8s_service_name", Target::Attribute("source.k8s.service.name")),
+    ("source_zone", Target::Attribute("source.cloud.availability_zone")),
+    ("destination_k8s_namespace", Target::Attribute("destination.k8s.namespace.name")),
+    ("destination_k8s_pod_name", Target::Attribute("destination.k8s.pod.name")),
+    ("destination_k8s_owner_kind", Target::Attribute("destination.k8s.owner.type")),
+    ("destination_k8s_owner_name", Target::Attribute("destination.k8s.owner.name")),
+    ("destination_k8s_node_name", Target::Attribute("destination.k8s.node.name")),
+    ("destination_k8s_service_name", Target::Attribute("destination.k8s.service.name")),
+    ("destination_zone", Target::Attribute("destination.cloud.availability_zone")),
 ];
 
 /// `event_name` of every flow log record.
@@ -167,6 +183,28 @@ fn us_to_ns(us: i64) -> u64 {
     (us.max(0) as u64).saturating_mul(1000)
 }
 
+/// Attribute names of one end's Kubernetes names, in `K8S_END_FIELDS` order.
+pub const K8S_ATTRIBUTES: [[&str; 7]; 2] = [
+    [
+        "source.k8s.namespace.name",
+        "source.k8s.pod.name",
+        "source.k8s.owner.type",
+        "source.k8s.owner.name",
+        "source.k8s.node.name",
+        "source.k8s.service.name",
+        "source.cloud.availability_zone",
+    ],
+    [
+        "destination.k8s.namespace.name",
+        "destination.k8s.pod.name",
+        "destination.k8s.owner.type",
+        "destination.k8s.owner.name",
+        "destination.k8s.node.name",
+        "destination.k8s.service.name",
+        "destination.cloud.availability_zone",
+    ],
+];
+
 /// Attribute names of one end's identity, in `END_FIELDS` order.
 const END_ATTRIBUTES: [[&str; 6]; 2] = [
     [
@@ -204,6 +242,14 @@ fn end_attributes(a: &mut Vec<KeyValue>, e: &EndIdentity, names: &[&str; 6]) {
     }
     if let Some(l) = &e.label {
         a.push(kv(names[5], s(&**l)));
+    }
+}
+
+fn k8s_attributes(a: &mut Vec<KeyValue>, e: &EndIdentity, names: &[&str; 7]) {
+    for (name, v) in names.iter().zip(e.k8s_fields()) {
+        if let Some(v) = v {
+            a.push(kv(name, s(&**v)));
+        }
     }
 }
 
@@ -248,6 +294,8 @@ pub fn log_record(r: &FlowRecord, observed_ns: u64) -> LogRecord {
     a.push(kv("flow.community_id", s(r.community_id.as_str())));
     end_attributes(&mut a, &r.ends.source, &END_ATTRIBUTES[0]);
     end_attributes(&mut a, &r.ends.destination, &END_ATTRIBUTES[1]);
+    k8s_attributes(&mut a, &r.ends.source, &K8S_ATTRIBUTES[0]);
+    k8s_attributes(&mut a, &r.ends.destination, &K8S_ATTRIBUTES[1]);
     LogRecord {
         time_unix_nano: us_to_ns(r.flow_end_us),
         observed_time_unix_nano: observed_ns,
@@ -431,7 +479,13 @@ mod tests {
             process_name: Some(format!("{tag}-proc").into()),
             process_pid: Some(if tag == "s" { 11 } else { 22 }),
             label: Some(format!("{tag}-label").into()),
-            ..Default::default()
+            k8s_namespace: Some(format!("{tag}-ns").into()),
+            k8s_pod_name: Some(format!("{tag}-podname").into()),
+            k8s_owner_kind: Some("Deployment".into()),
+            k8s_owner_name: Some(format!("{tag}-owner").into()),
+            k8s_node_name: Some(format!("{tag}-node").into()),
+            k8s_service_name: Some(format!("{tag}-svc").into()),
+            zone: Some(format!("{tag}-zone").into()),
         }
     }
 
@@ -557,14 +611,25 @@ mod tests {
         assert_eq!(attr(&l, "destination.container.id"), Some(&s("d-cid")));
         assert_eq!(attr(&l, "destination.process.pid"), Some(&i(22)));
         assert_eq!(attr(&l, "flow.destination.label"), Some(&s("d-label")));
+        for t in ["source", "destination"] {
+            let tag = &t[..1];
+            let a = |n: &str| attr(&l, &format!("{t}.{n}")).cloned();
+            assert_eq!(a("k8s.namespace.name"), Some(s(format!("{tag}-ns"))));
+            assert_eq!(a("k8s.pod.name"), Some(s(format!("{tag}-podname"))));
+            assert_eq!(a("k8s.owner.type"), Some(s("Deployment")));
+            assert_eq!(a("k8s.owner.name"), Some(s(format!("{tag}-owner"))));
+            assert_eq!(a("k8s.node.name"), Some(s(format!("{tag}-node"))));
+            assert_eq!(a("k8s.service.name"), Some(s(format!("{tag}-svc"))));
+            assert_eq!(a("cloud.availability_zone"), Some(s(format!("{tag}-zone"))));
+        }
         // No VLAN: the attribute is left out (the column is null).
         let l = log_record(&sample(flowlens_schema::flow::VLAN_NONE), 5);
         assert_eq!(attr(&l, "flow.vlan.id"), None);
         assert_eq!(l.attributes.len(), want.len() - 1);
-        // No identity: its 12 attributes are left out.
+        // No identity: its 12 + 14 attributes are left out.
         let mut r = sample(42);
         r.ends = Default::default();
-        assert_eq!(log_record(&r, 5).attributes.len(), want.len() - 12);
+        assert_eq!(log_record(&r, 5).attributes.len(), want.len() - 26);
     }
 
     #[test]
