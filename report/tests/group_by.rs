@@ -39,14 +39,19 @@ fn lake(dir: &Path) {
     let schema = arrow_schema();
     let (a, rest) = recs.split_at(500);
     let (b, c) = rest.split_at(400);
-    write(&dir.join("new.parquet"), &to_record_batch(&schema, a).unwrap());
+    write(
+        &dir.join("new.parquet"),
+        &to_record_batch(&schema, a).unwrap(),
+    );
     let k8s = |n: &str| K8S_END_FIELDS.iter().any(|f| n.ends_with(f));
     write(
         &dir.join("issue12.parquet"),
         &without(&to_record_batch(&schema, b).unwrap(), k8s),
     );
-    let ident = |n: &str| n.starts_with("source_") && !n.ends_with("address") && !n.ends_with("port")
-        || n.starts_with("destination_") && !n.ends_with("address") && !n.ends_with("port");
+    let ident = |n: &str| {
+        n.starts_with("source_") && !n.ends_with("address") && !n.ends_with("port")
+            || n.starts_with("destination_") && !n.ends_with("address") && !n.ends_with("port")
+    };
     write(
         &dir.join("plain.parquet"),
         &without(&to_record_batch(&schema, c).unwrap(), ident),
@@ -93,12 +98,18 @@ fn duckdb(dir: &Path, g: &str) -> [Vec<String>; 3] {
             "SELECT {key} AS k, count(*), sum(packets)::BIGINT, sum(bytes)::BIGINT FROM {from} GROUP BY k ORDER BY k"
         )
     };
-    let conv = format!("CASE WHEN ({s}) <= ({d}) THEN ({s}) || ' <-> ' || ({d}) ELSE ({d}) || ' <-> ' || ({s}) END");
+    let conv = format!(
+        "CASE WHEN ({s}) <= ({d}) THEN ({s}) || ' <-> ' || ({d}) ELSE ({d}) || ' <-> ' || ({s}) END"
+    );
     let py = format!(
         "import duckdb\nc = duckdb.connect()\nfor q in {:?}:\n    for r in c.execute(q).fetchall():\n        print('\\t'.join(str(x) for x in r))\n    print('--')\n",
         [q(&s), q(&d), q(&conv)]
     );
-    let o = Command::new("python3").arg("-c").arg(&py).output().expect("python3");
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(&py)
+        .output()
+        .expect("python3");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8(o.stdout).unwrap();
     let parts: Vec<Vec<String>> = text
@@ -144,7 +155,15 @@ fn every_grouping_agrees_with_duckdb_over_mixed_lakes() {
     lake(&dir);
     let plain = report(&dir, &[]);
     assert!(plain.groups.is_none(), "no --group-by: no groups section");
-    for g in ["namespace", "workload", "pod", "container", "cgroup", "label", "host"] {
+    for g in [
+        "namespace",
+        "workload",
+        "pod",
+        "container",
+        "cgroup",
+        "label",
+        "host",
+    ] {
         let r = report(&dir, &["--group-by", g]);
         let groups = r.groups.as_ref().expect("groups");
         assert_eq!(groups.by.as_str(), g);
@@ -167,14 +186,26 @@ fn every_grouping_agrees_with_duckdb_over_mixed_lakes() {
             let bytes: u64 = row.split('\t').nth(3).unwrap().parse().unwrap();
             assert_eq!(s.bytes, bytes, "{g} {} {}", s.interface, s.direction);
             let sum: f64 = s.bytes_per_sec.iter().sum::<f64>() * r.series.bucket_seconds as f64;
-            assert!((sum - bytes as f64).abs() <= 1.0 + bytes as f64 * 1e-9, "{g}: {sum} vs {bytes}");
+            assert!(
+                (sum - bytes as f64).abs() <= 1.0 + bytes as f64 * 1e-9,
+                "{g}: {sum} vs {bytes}"
+            );
         }
         let names: std::collections::BTreeSet<&str> =
             groups.series.iter().map(|s| s.interface.as_str()).collect();
-        assert_eq!(names.len(), src.iter().chain(&dst).map(|l| l.split('\t').next().unwrap()).collect::<std::collections::BTreeSet<_>>().len().min(1000));
+        assert_eq!(
+            names.len(),
+            src.iter()
+                .chain(&dst)
+                .map(|l| l.split('\t').next().unwrap())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                .min(1000)
+        );
         // Files without the columns and ends without names are one (unknown) group.
         assert!(
-            src.iter().any(|l| l.starts_with(&format!("{UNKNOWN_GROUP}\t"))),
+            src.iter()
+                .any(|l| l.starts_with(&format!("{UNKNOWN_GROUP}\t"))),
             "{g}: {src:?}"
         );
     }
@@ -190,7 +221,14 @@ fn every_grouping_agrees_with_duckdb_over_mixed_lakes() {
         "{g:?}"
     );
     assert_eq!(g.sources.by_bytes.len(), 3);
-    assert!(g.series.iter().map(|s| &s.interface).collect::<std::collections::BTreeSet<_>>().len() <= 3);
+    assert!(
+        g.series
+            .iter()
+            .map(|s| &s.interface)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            <= 3
+    );
     let text = flowlens_report::text::render(&r);
     assert!(text.contains("Top sources by workload"), "{text}");
     assert!(text.contains("Top conversations by workload"));
@@ -237,12 +275,21 @@ fn a_lake_without_any_name_column_is_all_unknown() {
 #[test]
 fn a_bad_group_by_is_one_clear_line() {
     let dir = std::env::temp_dir();
-    let e = Cli::parse_from(["report", "--input", dir.to_str().unwrap(), "--group-by", "team"])
-        .args
-        .resolve(0)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("--group-by \"team\"") && e.contains("workload") && !e.contains('\n'), "{e}");
+    let e = Cli::parse_from([
+        "report",
+        "--input",
+        dir.to_str().unwrap(),
+        "--group-by",
+        "team",
+    ])
+    .args
+    .resolve(0)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--group-by \"team\"") && e.contains("workload") && !e.contains('\n'),
+        "{e}"
+    );
 }
 
 fn tempfile_dir(tag: &str) -> std::path::PathBuf {

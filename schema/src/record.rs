@@ -767,7 +767,10 @@ mod tests {
         r2.key.src_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         r2.ends.source.container_id = Some("abc".into());
         r2.ends.destination.process_pid = Some(7);
-        for (end, e) in [("source", &mut r2.ends.source), ("destination", &mut r2.ends.destination)] {
+        for (end, e) in [
+            ("source", &mut r2.ends.source),
+            ("destination", &mut r2.ends.destination),
+        ] {
             for (j, v) in e.k8s_fields_mut().into_iter().enumerate() {
                 *v = Some(format!("{end}-{j}").into());
             }
@@ -819,7 +822,10 @@ mod tests {
         for (i, end) in ["source", "destination"].iter().enumerate() {
             for (j, f) in K8S_END_FIELDS.iter().enumerate() {
                 let c = col(&format!("{end}_{f}"));
-                let c = c.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+                let c = c
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap();
                 assert!(c.is_null(0));
                 assert_eq!(c.value(1), format!("{end}-{j}"), "{end}_{f}");
                 let _ = i;

@@ -138,7 +138,15 @@ fn end_fields(line: &mut String, prefix: &str, e: &flowlens_schema::record::EndI
         let _ = write!(line, " {prefix}_label={l}");
     }
     // Kubernetes names (issue 13), `K8S_END_FIELDS` order.
-    let names = ["ns", "pod_name", "owner_kind", "owner", "node", "service", "zone"];
+    let names = [
+        "ns",
+        "pod_name",
+        "owner_kind",
+        "owner",
+        "node",
+        "service",
+        "zone",
+    ];
     for (name, v) in names.into_iter().zip(e.k8s_fields()) {
         if let Some(v) = v {
             let _ = write!(line, " {prefix}_{name}={v}");

@@ -160,7 +160,14 @@ fn k8s_names(i: usize, dir: usize, e: &mut Ends) {
     } else {
         (&mut e.destination, &mut e.source)
     };
-    let zone = |n: usize| -> Arc<str> { if n % 2 == 0 { "eu-west-1a" } else { "eu-west-1b" }.into() };
+    let zone = |n: usize| -> Arc<str> {
+        if n % 2 == 0 {
+            "eu-west-1a"
+        } else {
+            "eu-west-1b"
+        }
+        .into()
+    };
     if i % 4 == 2 {
         let (ns, kind, owner) = WORKLOADS[(i / 4) % WORKLOADS.len()];
         local.k8s_namespace = Some(ns.into());

@@ -236,7 +236,7 @@ pub const ENTERPRISE_FIELDS: &[EnterpriseField] = &[
         column: "destination_label",
         kind: Kind::Str,
         get: |r| Value::Str(r.ends.destination.label.as_deref().unwrap_or("")),
-    },    // Kubernetes names of each end (issue 13): 30-36 source, 40-46 destination, in
+    }, // Kubernetes names of each end (issue 13): 30-36 source, 40-46 destination, in
     // `K8S_END_FIELDS` order; null is sent as "".
     EnterpriseField {
         id: 30,

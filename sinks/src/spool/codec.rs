@@ -361,15 +361,26 @@ mod tests {
         for end in 0..2 {
             for j in 0..7 {
                 let mut k = r.clone();
-                let e = if end == 0 { &mut k.ends.source } else { &mut k.ends.destination };
+                let e = if end == 0 {
+                    &mut k.ends.source
+                } else {
+                    &mut k.ends.destination
+                };
                 *e.k8s_fields_mut()[j] = Some(format!("name-{end}-{j}").into());
                 let mut kb = Vec::new();
                 encode(&k, &mut kb);
-                assert_eq!(Decoder::default().decode(&kb).unwrap(), k, "end {end} field {j}");
+                assert_eq!(
+                    Decoder::default().decode(&kb).unwrap(),
+                    k,
+                    "end {end} field {j}"
+                );
             }
         }
         let mut all = r.clone();
-        for (end, e) in [&mut all.ends.source, &mut all.ends.destination].into_iter().enumerate() {
+        for (end, e) in [&mut all.ends.source, &mut all.ends.destination]
+            .into_iter()
+            .enumerate()
+        {
             for (j, v) in e.k8s_fields_mut().into_iter().enumerate() {
                 *v = Some(format!("ns-é-{end}-{j}").into());
             }

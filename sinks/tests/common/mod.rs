@@ -134,7 +134,9 @@ fn from_json(b: &[u8]) -> FlowMessage {
         destination_k8s_owner_kind: v["destination_k8s_owner_kind"].as_str().map(str::to_string),
         destination_k8s_owner_name: v["destination_k8s_owner_name"].as_str().map(str::to_string),
         destination_k8s_node_name: v["destination_k8s_node_name"].as_str().map(str::to_string),
-        destination_k8s_service_name: v["destination_k8s_service_name"].as_str().map(str::to_string),
+        destination_k8s_service_name: v["destination_k8s_service_name"]
+            .as_str()
+            .map(str::to_string),
         destination_zone: v["destination_zone"].as_str().map(str::to_string),
     }
 }
