@@ -298,3 +298,37 @@ fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `flowlens top` names ends by workload when the file has the names, by container otherwise.
+#[test]
+fn top_shows_workload_names_when_present() {
+    let dir = tempfile_dir("top");
+    lake(&dir);
+    let agg = flowlens_report::top::aggregate(&dir).unwrap();
+    let who: Vec<(&str, &str)> = agg
+        .keys()
+        .map(|k| (k.source_who.as_str(), k.destination_who.as_str()))
+        .collect();
+    // Conversation 2 (new file): checkout's pod (process nginx) talks to postgres behind its
+    // Service; conversation 0: a Service ClusterIP destination.
+    assert!(
+        who.contains(&(
+            "shop/Deployment/checkout checkout-2 nginx",
+            "db/StatefulSet/postgres postgres-0"
+        )),
+        "{who:?}"
+    );
+    assert!(
+        who.iter().any(|(_, d)| *d == "svc shop/frontend"),
+        "{who:?}"
+    );
+    // Conversations 250-449 are in the file without Kubernetes columns: container naming.
+    assert!(
+        who.iter()
+            .any(|(s, _)| s.starts_with("pod 0b5a9f6e/") && s.ends_with(" nginx")),
+        "{who:?}"
+    );
+    let table = flowlens_report::top::table(&agg, 2000);
+    assert!(table.contains("(shop/Deployment/checkout checkout-2 nginx)"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
