@@ -136,7 +136,8 @@ fn build_demo(env: &setup::Env) -> Result<PathBuf> {
 
 /// The test tiers `cargo test` leaves out (root, the real probe, peers installed by setup).
 pub const KERNEL_AND_PEER_TESTS: &str = "flowlens/kernel-tests,flowlens/peer-tests,\
-    flowlens-sinks/kernel-tests,flowlens-sinks/peer-tests,flowlens-testkit/kernel-tests";
+    flowlens-sinks/kernel-tests,flowlens-sinks/peer-tests,flowlens-testkit/kernel-tests,\
+    flowlens-report/peer-tests";
 
 fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
