@@ -1131,6 +1131,7 @@ pub struct Groups {
 
 /// The `--group-by` section (None without `--group-by`); series over the same buckets as
 /// [`series`].
+#[allow(clippy::too_many_arguments)]
 pub fn groups(
     agg: &Agg,
     by: Option<GroupBy>,

@@ -161,7 +161,7 @@ fn k8s_names(i: usize, dir: usize, e: &mut Ends) {
         (&mut e.destination, &mut e.source)
     };
     let zone = |n: usize| -> Arc<str> {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             "eu-west-1a"
         } else {
             "eu-west-1b"
@@ -186,7 +186,7 @@ fn k8s_names(i: usize, dir: usize, e: &mut Ends) {
             remote.zone = Some(zone(1));
         }
     }
-    if i % 12 == 0 {
+    if i.is_multiple_of(12) {
         remote.k8s_namespace = Some("shop".into());
         remote.k8s_service_name = Some("frontend".into());
     }
