@@ -1129,8 +1129,8 @@ pub struct Groups {
     pub series: Vec<SeriesOut>,
 }
 
-/// The `--group-by` section (None without `--group-by`); series over the same buckets as
-/// [`series`].
+/// The `--group-by` section (None without `--group-by`, or for aggregates of another engine);
+/// series over the same buckets as [`series`].
 #[allow(clippy::too_many_arguments)]
 pub fn groups(
     agg: &Agg,
@@ -1144,6 +1144,11 @@ pub fn groups(
 ) -> Option<Groups> {
     let by = by?;
     let g = &agg.groups;
+    // Aggregates from another engine (`--from-json`) carry no groups: no section rather than
+    // an empty one.
+    if g.src.is_empty() {
+        return None;
+    }
     let t = &agg.totals;
     let named = |m: &FxMap<String, Counts>| -> (Vec<(usize, Counts)>, Vec<String>) {
         let mut v: Vec<(&String, &Counts)> = m.iter().collect();
