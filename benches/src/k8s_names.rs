@@ -117,11 +117,15 @@ pub fn run(rounds: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
         (
             "spool",
             Box::new(|rs: &[FlowRecord]| {
+                // One record per spool entry, as the spool store writes them.
                 let mut out = Vec::new();
-                for r in rs {
-                    codec::encode(r, &mut out);
-                }
-                out.len()
+                rs.iter()
+                    .map(|r| {
+                        out.clear();
+                        codec::encode(r, &mut out);
+                        out.len()
+                    })
+                    .sum()
             }),
         ),
         (
