@@ -44,7 +44,9 @@ const HELP: &str =
           interface → container map,
           `cargo xtask bench flood [SECONDS]`: only the random-source flood through a veth
           into `flowlens run --max-memory` (per sink: packets sent/seen/counted, peak RSS,
-          records/s, CPU per packet), sink records/s and the flow table's bytes per flow)
+          records/s, CPU per packet), sink records/s and the flow table's bytes per flow,
+          `cargo xtask bench k8s-names`: each sink encoder with and without the Kubernetes
+          name columns, side by side)
   demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
           (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
           traffic both ways, show the top flows, check them against what was sent, and write
