@@ -25,7 +25,7 @@ fn named(e: &mut EndIdentity, i: usize, tag: &str) {
         i % 8,
         i % 200
     ));
-    e.k8s_service_name = (i % 2 == 0).then(|| format!("{tag}-svc").into());
+    e.k8s_service_name = i.is_multiple_of(2).then(|| format!("{tag}-svc").into());
     e.zone = s(format!("eu-west-1{}", ["a", "b", "c"][i % 3]));
 }
 
