@@ -39,6 +39,7 @@
 mod flood;
 mod identity;
 mod ipfix;
+mod k8s_names;
 mod metrics;
 mod otlp_transport;
 mod report;
@@ -1145,6 +1146,13 @@ fn main() -> Result<()> {
         Some("record-memory-child") => {
             let n = std::env::args().nth(2).context("n")?.parse()?;
             return flood::record_memory_child(n);
+        }
+        // Issue 13: each sink encoder with and without the Kubernetes names, side by side.
+        Some("k8s-names") => {
+            let mut s = BTreeMap::new();
+            k8s_names::run(3, &mut s)?;
+            println!("{s:#?}");
+            return Ok(());
         }
         // Issue 12: probe cost of socket identity (with/without) and identity records/s.
         Some("identity") => {

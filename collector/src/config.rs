@@ -228,7 +228,7 @@ pub struct RunArgs {
     #[serde(default, deserialize_with = "de_duration")]
     pub otlp_timeout: Option<Duration>,
 
-    /// OTLP: also export cumulative byte and packet counters per interface, direction, transport and observation point (every 10s and at shutdown). `--otlp-metrics=false` turns it off again when the config file sets it. [default: false]
+    /// OTLP: also export cumulative byte and packet counters per interface, direction, transport and observation point, and (for records with Kubernetes names) per source and destination workload and zone, at most 10,000 workload series, then one overflow series (every 10s and at shutdown). `--otlp-metrics=false` turns it off again when the config file sets it. [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub otlp_metrics: Option<bool>,
 

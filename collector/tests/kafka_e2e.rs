@@ -101,6 +101,20 @@ fn parquet_rows(dir: &Path) -> Vec<FlowMessage> {
                     destination_process_name: opt_str(&b, "destination_process_name", i),
                     destination_process_pid: opt_u32(&b, "destination_process_pid", i),
                     destination_label: opt_str(&b, "destination_label", i),
+                    source_k8s_namespace: opt_str(&b, "source_k8s_namespace", i),
+                    source_k8s_pod_name: opt_str(&b, "source_k8s_pod_name", i),
+                    source_k8s_owner_kind: opt_str(&b, "source_k8s_owner_kind", i),
+                    source_k8s_owner_name: opt_str(&b, "source_k8s_owner_name", i),
+                    source_k8s_node_name: opt_str(&b, "source_k8s_node_name", i),
+                    source_k8s_service_name: opt_str(&b, "source_k8s_service_name", i),
+                    source_zone: opt_str(&b, "source_zone", i),
+                    destination_k8s_namespace: opt_str(&b, "destination_k8s_namespace", i),
+                    destination_k8s_pod_name: opt_str(&b, "destination_k8s_pod_name", i),
+                    destination_k8s_owner_kind: opt_str(&b, "destination_k8s_owner_kind", i),
+                    destination_k8s_owner_name: opt_str(&b, "destination_k8s_owner_name", i),
+                    destination_k8s_node_name: opt_str(&b, "destination_k8s_node_name", i),
+                    destination_k8s_service_name: opt_str(&b, "destination_k8s_service_name", i),
+                    destination_zone: opt_str(&b, "destination_zone", i),
                 });
             }
         }

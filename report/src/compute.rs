@@ -213,6 +213,125 @@ pub struct Selection {
     /// Only rows whose `host` is one of these (empty: every host; a file without a `host`
     /// column has host null, which no name matches).
     pub hosts: Vec<String>,
+    /// `--group-by`: also rank and chart the ends grouped by this (with `talkers`).
+    pub group_by: Option<GroupBy>,
+}
+
+/// `--group-by`: what names an end in the grouped rankings, conversations and series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// `*_k8s_namespace`.
+    Namespace,
+    /// `namespace/OwnerKind/owner` from `*_k8s_namespace`, `*_k8s_owner_kind`, `*_k8s_owner_name`.
+    Workload,
+    /// `namespace/pod` from `*_k8s_namespace`, `*_k8s_pod_name`.
+    Pod,
+    /// `*_container_id`.
+    Container,
+    /// `*_cgroup`.
+    Cgroup,
+    /// `*_label` (`--label-cidrs`).
+    Label,
+    /// The end's Kubernetes node, `*_k8s_node_name`.
+    Host,
+}
+
+/// The group of an end whose defining column is null or absent (older lakes, other writers).
+pub const UNKNOWN_GROUP: &str = "(unknown)";
+
+impl std::str::FromStr for GroupBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "namespace" => GroupBy::Namespace,
+            "workload" => GroupBy::Workload,
+            "pod" => GroupBy::Pod,
+            "container" => GroupBy::Container,
+            "cgroup" => GroupBy::Cgroup,
+            "label" => GroupBy::Label,
+            "host" => GroupBy::Host,
+            _ => {
+                return Err(format!(
+                    "--group-by {s:?}: expected namespace, workload, pod, container, cgroup, label or host"
+                ));
+            }
+        })
+    }
+}
+
+impl GroupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Namespace => "namespace",
+            GroupBy::Workload => "workload",
+            GroupBy::Pod => "pod",
+            GroupBy::Container => "container",
+            GroupBy::Cgroup => "cgroup",
+            GroupBy::Label => "label",
+            GroupBy::Host => "host",
+        }
+    }
+    /// Column suffixes (after `source_` / `destination_`) the group is made of; the last one
+    /// decides: when it is null the end is [`UNKNOWN_GROUP`].
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            GroupBy::Namespace => &["k8s_namespace"],
+            GroupBy::Workload => &["k8s_namespace", "k8s_owner_kind", "k8s_owner_name"],
+            GroupBy::Pod => &["k8s_namespace", "k8s_pod_name"],
+            GroupBy::Container => &["container_id"],
+            GroupBy::Cgroup => &["cgroup"],
+            GroupBy::Label => &["label"],
+            GroupBy::Host => &["k8s_node_name"],
+        }
+    }
+    /// Every column read for this grouping (both ends).
+    pub fn columns(self) -> Vec<String> {
+        ["source", "destination"]
+            .iter()
+            .flat_map(|e| self.fields().iter().map(move |f| format!("{e}_{f}")))
+            .collect()
+    }
+    /// The group of one end from the values of [`GroupBy::fields`] (null: `None`).
+    pub fn label(self, v: &[Option<&str>]) -> String {
+        let Some(Some(last)) = v.last() else {
+            return UNKNOWN_GROUP.to_string();
+        };
+        let or = |x: Option<&str>| x.unwrap_or(UNKNOWN_GROUP).to_string();
+        match self {
+            GroupBy::Workload => format!("{}/{}/{last}", or(v[0]), or(v[1])),
+            GroupBy::Pod => format!("{}/{last}", or(v[0])),
+            _ => last.to_string(),
+        }
+    }
+}
+
+/// Per-group totals of `--group-by` (ends named by [`GroupBy::label`]).
+#[derive(Default)]
+struct GroupAgg {
+    src: FxMap<String, Counts>,
+    dst: FxMap<String, Counts>,
+    /// Unordered pair (smaller label first).
+    conversations: FxMap<(String, String), Counts>,
+    /// (group, `sent` | `received`) → series.
+    series: FxMap<(String, &'static str), SeriesAcc>,
+}
+
+impl GroupAgg {
+    fn merge(&mut self, o: GroupAgg) {
+        for (k, c) in o.src {
+            self.src.entry(k).or_default().merge(&c);
+        }
+        for (k, c) in o.dst {
+            self.dst.entry(k).or_default().merge(&c);
+        }
+        for (k, c) in o.conversations {
+            self.conversations.entry(k).or_default().merge(&c);
+        }
+        for (k, s) in o.series {
+            self.series.entry(k).or_default().merge(&s);
+        }
+    }
 }
 
 /// The columns the report reads (projection).
@@ -388,6 +507,8 @@ pub struct Agg {
     pub rows_clamped: u64,
     /// Selected traffic per `host` (null: files without the column).
     pub hosts: FxMap<Option<String>, Counts>,
+    /// `--group-by` totals.
+    groups: GroupAgg,
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ReportError> {
@@ -464,6 +585,25 @@ impl Agg {
             };
         let host_of =
             |i: usize| -> Option<&str> { host.and_then(|h| (!h.is_null(i)).then(|| h.value(i))) };
+        // `--group-by` columns of both ends; absent ones (older lakes) read as null.
+        let group_cols: Vec<Option<&StringArray>> = match sel.group_by {
+            Some(g) if sel.talkers => g
+                .columns()
+                .iter()
+                .map(|n| match b.column_by_name(n) {
+                    Some(c) => c
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .map(Some)
+                        .ok_or_else(|| {
+                            ReportError::Schema(format!("column {n} has an unexpected type"))
+                        }),
+                    None => Ok(None),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        };
+        let mut group_vals: Vec<Option<&str>> = Vec::with_capacity(group_cols.len());
         let any_null = packets.null_count() + bytes.null_count() + end.null_count() > 0;
         let start_nulls = start.null_count() > 0;
         self.rows_read += b.num_rows() as u64;
@@ -549,6 +689,30 @@ impl Agg {
             if !sel.talkers {
                 continue;
             }
+            if let Some(g) = sel.group_by {
+                group_vals.clear();
+                group_vals.extend(
+                    group_cols
+                        .iter()
+                        .map(|c| c.and_then(|c| (!c.is_null(i)).then(|| c.value(i)))),
+                );
+                let half = group_vals.len() / 2;
+                let a = g.label(&group_vals[..half]);
+                let z = g.label(&group_vals[half..]);
+                let ga = &mut self.groups;
+                for (k, d) in [(&a, "sent"), (&z, "received")] {
+                    let s = match ga.series.get_mut(&(k.clone(), d)) {
+                        Some(s) => s,
+                        None => ga.series.entry((k.clone(), d)).or_default(),
+                    };
+                    s.counts.add(p, by);
+                    s.add(sel.bucket_us, st, e, p, by);
+                }
+                ga.src.entry(a.clone()).or_default().add(p, by);
+                ga.dst.entry(z.clone()).or_default().add(p, by);
+                let pair = if a <= z { (a, z) } else { (z, a) };
+                ga.conversations.entry(pair).or_default().add(p, by);
+            }
             let a = match &src {
                 Addr::Plain(s) => self.talkers.addrs.id(s.value(i)),
                 Addr::Dict(k, ids) => ids[k[i] as usize],
@@ -577,7 +741,9 @@ impl Agg {
                 .or_default()
                 .merge(&c);
         }
-        if self.series.iter().any(|(_, s)| s.too_wide) {
+        if self.series.iter().any(|(_, s)| s.too_wide)
+            || self.groups.series.values().any(|s| s.too_wide)
+        {
             return Err(ReportError::Input(format!(
                 "the selected records span more than {MAX_BUCKETS} buckets of {} s (is a flow_end far off?); give --from/--to or a larger --bucket",
                 sel.bucket_us / 1_000_000
@@ -676,6 +842,7 @@ impl Agg {
         for (k, c) in o.hosts {
             self.hosts.entry(k).or_default().merge(&c);
         }
+        self.groups.merge(o.groups);
         self.min_end = match (self.min_end, o.min_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -893,33 +1060,7 @@ pub fn series(
     let mut out: Vec<SeriesOut> = agg
         .series
         .iter()
-        .map(|((ifn, dir), s)| {
-            let mut b = vec![0.0; n];
-            let mut p = vec![0.0; n];
-            for (i, (vb, vp)) in s.v.iter().enumerate() {
-                let idx = s.base + i as i64 - first;
-                if idx >= 0 && (idx as usize) < n {
-                    b[idx as usize] = fixed_to_f64(*vb) / bs;
-                    p[idx as usize] = fixed_to_f64(*vp) / bs;
-                }
-            }
-            let (intercept, slope) = least_squares_from(&b[s0..s0 + sn], s0, bs);
-            SeriesOut {
-                interface: ifn.clone(),
-                direction: dir.clone(),
-                records: s.counts.records,
-                packets: s.counts.packets,
-                bytes: s.counts.bytes,
-                bytes_per_sec_stats: stats(&b[s0..s0 + sn]),
-                packets_per_sec_stats: stats(&p[s0..s0 + sn]),
-                trend: Trend {
-                    bytes_per_sec_intercept: intercept,
-                    bytes_per_sec_slope_per_day: slope * 86_400.0,
-                },
-                bytes_per_sec: b,
-                packets_per_sec: p,
-            }
-        })
+        .map(|((ifn, dir), s)| one_series(ifn, dir, s, first, n, bs, s0, sn))
         .collect();
     out.sort_by(|a, b| (&a.interface, &a.direction).cmp(&(&b.interface, &b.direction)));
     Series {
@@ -931,6 +1072,131 @@ pub fn series(
         stats_buckets: sn,
         interfaces: out,
     }
+}
+
+/// One series over `n` buckets from `first`; statistics over `[s0, s0 + sn)`.
+#[allow(clippy::too_many_arguments)]
+fn one_series(
+    ifn: &str,
+    dir: &str,
+    s: &SeriesAcc,
+    first: i64,
+    n: usize,
+    bs: f64,
+    s0: usize,
+    sn: usize,
+) -> SeriesOut {
+    let mut b = vec![0.0; n];
+    let mut p = vec![0.0; n];
+    for (i, (vb, vp)) in s.v.iter().enumerate() {
+        let idx = s.base + i as i64 - first;
+        if idx >= 0 && (idx as usize) < n {
+            b[idx as usize] = fixed_to_f64(*vb) / bs;
+            p[idx as usize] = fixed_to_f64(*vp) / bs;
+        }
+    }
+    let (intercept, slope) = least_squares_from(&b[s0..s0 + sn], s0, bs);
+    SeriesOut {
+        interface: ifn.to_string(),
+        direction: dir.to_string(),
+        records: s.counts.records,
+        packets: s.counts.packets,
+        bytes: s.counts.bytes,
+        bytes_per_sec_stats: stats(&b[s0..s0 + sn]),
+        packets_per_sec_stats: stats(&p[s0..s0 + sn]),
+        trend: Trend {
+            bytes_per_sec_intercept: intercept,
+            bytes_per_sec_slope_per_day: slope * 86_400.0,
+        },
+        bytes_per_sec: b,
+        packets_per_sec: p,
+    }
+}
+
+/// `--group-by` results: ends named by their group.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Groups {
+    /// The `--group-by` value.
+    pub by: GroupBy,
+    /// Groups of source ends, of destination ends, and unordered group pairs
+    /// (`a <-> b`, smaller first).
+    pub sources: Ranking,
+    pub destinations: Ranking,
+    pub conversations: Ranking,
+    /// Throughput of the top-N groups by bytes (sent + received): `interface` is the group,
+    /// `direction` is `sent` (as source) or `received` (as destination). Same buckets as
+    /// `series`. Sorted by group, then direction.
+    pub series: Vec<SeriesOut>,
+}
+
+/// The `--group-by` section (None without `--group-by`, or for aggregates of another engine);
+/// series over the same buckets as [`series`].
+#[allow(clippy::too_many_arguments)]
+pub fn groups(
+    agg: &Agg,
+    by: Option<GroupBy>,
+    n: usize,
+    bucket_us: i64,
+    first: i64,
+    last: i64,
+    from_us: i64,
+    to_us: i64,
+) -> Option<Groups> {
+    let by = by?;
+    let g = &agg.groups;
+    // Aggregates from another engine (`--from-json`) carry no groups: no section rather than
+    // an empty one.
+    if g.src.is_empty() {
+        return None;
+    }
+    let t = &agg.totals;
+    let named = |m: &FxMap<String, Counts>| -> (Vec<(usize, Counts)>, Vec<String>) {
+        let mut v: Vec<(&String, &Counts)> = m.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        (
+            v.iter().enumerate().map(|(i, (_, c))| (i, **c)).collect(),
+            v.iter().map(|(k, _)| (*k).clone()).collect(),
+        )
+    };
+    let (src, src_names) = named(&g.src);
+    let (dst, dst_names) = named(&g.dst);
+    let conv_map: FxMap<String, Counts> = g
+        .conversations
+        .iter()
+        .map(|((a, z), c)| (format!("{a} <-> {z}"), *c))
+        .collect();
+    let (conv, conv_names) = named(&conv_map);
+    // Series of the top-N groups by bytes sent + received.
+    let mut total: FxMap<&str, u64> = FxMap::default();
+    for ((k, _), s) in &g.series {
+        *total.entry(k.as_str()).or_default() += s.counts.bytes;
+    }
+    let mut best: Vec<(&str, u64)> = total.into_iter().collect();
+    best.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    best.truncate(n);
+    let nb = (last - first + 1).max(0) as usize;
+    let bs = bucket_us as f64 / 1e6;
+    let lo = (from_us + bucket_us - 1).div_euclid(bucket_us).max(first);
+    let hi = (to_us.div_euclid(bucket_us) - 1).min(last);
+    let (s0, sn) = if hi >= lo {
+        ((lo - first) as usize, (hi - lo + 1) as usize)
+    } else {
+        (0, nb)
+    };
+    let mut series: Vec<SeriesOut> = g
+        .series
+        .iter()
+        .filter(|((k, _), _)| best.iter().any(|(b, _)| b == k))
+        .map(|((k, d), s)| one_series(k, d, s, first, nb, bs, s0, sn))
+        .collect();
+    series.sort_by(|a, b| (&a.interface, &a.direction).cmp(&(&b.interface, &b.direction)));
+    Some(Groups {
+        by,
+        sources: ranking(&src, n, t, |i| src_names[i].clone()),
+        destinations: ranking(&dst, n, t, |i| dst_names[i].clone()),
+        conversations: ranking(&conv, n, t, |i| conv_names[i].clone()),
+        series,
+    })
 }
 
 /// First and last bucket that any series touched.
@@ -1176,6 +1442,7 @@ mod tests {
             bucket_us: 60_000_000,
             talkers: true,
             hosts: Vec::new(),
+            group_by: None,
         };
         let g = Grouping::Prefix { v4: 24, v6: 64 };
         let mut a = Agg::default();

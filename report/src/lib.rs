@@ -89,6 +89,13 @@ pub struct ReportArgs {
     /// applies to IPv4, a longer one to IPv6.
     #[arg(long, value_name = "LEN,...", default_value = "24,64")]
     pub group_by_prefix: String,
+    /// Also rank sources, destinations and conversations, and chart the throughput of the top
+    /// groups, with each end named by: `namespace`, `workload` (namespace/OwnerKind/owner),
+    /// `pod` (namespace/pod), `container` (container id), `cgroup`, `label` (--label-cidrs) or
+    /// `host` (the end's Kubernetes node). An end without the name (or a lake without the
+    /// column) is `(unknown)`. The other rankings and series stay as they are.
+    #[arg(long, value_name = "KIND")]
+    pub group_by: Option<String>,
     /// Capacity of an interface per direction, e.g. eth0=10Gbit (units bit, Kbit, Mbit, Gbit,
     /// Tbit per second, powers of 1000). Repeatable.
     #[arg(long, value_name = "IFACE=RATE")]
@@ -126,6 +133,8 @@ pub struct Options {
     pub to_us: Option<i64>,
     pub bucket_us: i64,
     pub grouping: Grouping,
+    /// `--group-by`.
+    pub group_by: Option<compute::GroupBy>,
     /// (interface, bits per second)
     pub capacities: Vec<(String, f64)>,
     /// Fraction 0..1.
@@ -391,6 +400,12 @@ impl ReportArgs {
             to_us,
             bucket_us: b.as_micros() as i64,
             grouping,
+            group_by: self
+                .group_by
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(ReportError::Input)?,
             capacities,
             threshold,
             top: self.top,
@@ -510,6 +525,9 @@ pub struct Report {
     pub totals: Counts,
     pub series: Series,
     pub top: Top,
+    /// `--group-by` rankings and series (absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<compute::Groups>,
     pub growth: Growth,
     pub capacity: Vec<Capacity>,
 }
@@ -591,6 +609,7 @@ pub fn build(opts: &Options) -> Result<Report, ReportError> {
         bucket_us: opts.bucket_us,
         talkers: true,
         hosts: opts.hosts.clone(),
+        group_by: opts.group_by,
     };
     let agg = plan.scan(&sel, opts.threads, opts.quiet, "range")?;
     let mut previous_scan = |pf: i64, pt: i64| -> Result<Option<compute::Agg>, ReportError> {
@@ -676,6 +695,16 @@ pub fn finish(
     }
     let series = compute::series(&agg, opts.bucket_us, first, last, range_from, range_to);
     let top = compute::top(&agg, opts.top, &opts.grouping);
+    let groups = compute::groups(
+        &agg,
+        opts.group_by,
+        opts.top,
+        opts.bucket_us,
+        first,
+        last,
+        range_from,
+        range_to,
+    );
     let mut scan_stats = stats;
     scan_stats.rows_read = agg.rows_read;
     scan_stats.rows_selected = agg.totals.records;
@@ -804,6 +833,7 @@ pub fn finish(
         totals: agg.totals,
         series,
         top,
+        groups,
         growth: Growth { previous },
         capacity,
     })

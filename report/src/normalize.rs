@@ -43,6 +43,27 @@ pub const REQUIRED: &[&str] = &[
 /// Columns read when present and taken as all null when absent (older files, other writers).
 pub const OPTIONAL: &[&str] = &["host"];
 
+/// An end's identity or Kubernetes name column (`source_`/`destination_` + a `--group-by` field).
+fn is_group_column(name: &str) -> bool {
+    let Some(f) = name
+        .strip_prefix("source_")
+        .or_else(|| name.strip_prefix("destination_"))
+    else {
+        return false;
+    };
+    matches!(
+        f,
+        "k8s_namespace"
+            | "k8s_owner_kind"
+            | "k8s_owner_name"
+            | "k8s_pod_name"
+            | "k8s_node_name"
+            | "container_id"
+            | "cgroup"
+            | "label"
+    )
+}
+
 /// Canonical kind of each column the report reads.
 enum Kind {
     Time,
@@ -66,6 +87,8 @@ fn kind(name: &str) -> Option<Kind> {
         "observation_point" | "interface_name" | "direction" | "network_transport" | "host" => {
             Kind::Text
         }
+        // The text columns `--group-by` reads (any string encoding another engine wrote).
+        n if is_group_column(n) => Kind::Text,
         _ => return None,
     })
 }

@@ -434,7 +434,16 @@ impl Plan {
         rows_done: &AtomicU64,
     ) -> Result<(), ReportError> {
         let mut agg_err = None;
-        let columns: Vec<&str> = REQUIRED.iter().chain(OPTIONAL).copied().collect();
+        let group_cols = match sel.group_by {
+            Some(g) if sel.talkers => g.columns(),
+            _ => Vec::new(),
+        };
+        let columns: Vec<&str> = REQUIRED
+            .iter()
+            .chain(OPTIONAL)
+            .copied()
+            .chain(group_cols.iter().map(String::as_str))
+            .collect();
         self.read_row_group(u, &columns, &mut |batch| {
             if let Err(e) = agg.add_batch(sel, batch) {
                 let msg = e.to_string();

@@ -313,7 +313,43 @@ pub fn render(r: &Report) -> String {
         &t.services,
     );
     ranking(&mut out, "Transports", &t.transports);
+    if let Some(g) = &r.groups {
+        groups(&mut out, g);
+    }
     out
+}
+
+/// The `--group-by` section: rankings by group, then the top groups' throughput.
+fn groups(out: &mut String, g: &crate::compute::Groups) {
+    let by = g.by.as_str();
+    ranking(out, &format!("Top sources by {by}"), &g.sources);
+    ranking(out, &format!("Top destinations by {by}"), &g.destinations);
+    ranking(out, &format!("Top conversations by {by}"), &g.conversations);
+    out.push_str(&format!(
+        "\nThroughput per {by} (top {} by bytes sent + received; bits/s, same buckets and statistics as above)\n",
+        g.series.iter().map(|s| &s.interface).collect::<std::collections::BTreeSet<_>>().len()
+    ));
+    let rows: Vec<Vec<String>> = g
+        .series
+        .iter()
+        .map(|s| {
+            let st = &s.bytes_per_sec_stats;
+            vec![
+                s.interface.clone(),
+                s.direction.clone(),
+                si(s.bytes as f64, "B"),
+                si(st.mean * 8.0, "bit/s"),
+                si(st.p95 * 8.0, "bit/s"),
+                si(st.peak * 8.0, "bit/s"),
+                si(s.trend.bytes_per_sec_slope_per_day * 8.0, "bit/s/d"),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[by, "dir", "bytes", "mean", "p95", "peak", "trend"],
+        &rows,
+        2,
+    ));
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub struct TopKey {
 
 /// Short name of one end from its identity columns: the container id's first 12 digits (with
 /// the pod UID's first 8 when there is one), else the cgroup's last component, else the label;
-/// then the process name.
+/// then the process name. With Kubernetes names (issue 13) see [`who_k8s`].
 pub fn who(
     container: Option<&str>,
     pod: Option<&str>,
@@ -55,6 +55,28 @@ pub fn who(
         w = l.to_string();
     }
     w
+}
+
+/// An end's Kubernetes names for `flowlens top` (issue 13), or `None` when it has none: the
+/// workload `namespace/OwnerKind/owner` with the pod name, else `namespace/pod`, else the
+/// Service `svc namespace/name`, else the node `node NAME`.
+pub fn who_k8s(
+    namespace: Option<&str>,
+    pod: Option<&str>,
+    owner_kind: Option<&str>,
+    owner: Option<&str>,
+    node: Option<&str>,
+    service: Option<&str>,
+) -> Option<String> {
+    let ns = namespace.unwrap_or("?");
+    Some(match (owner, pod, service, node) {
+        (Some(o), Some(p), _, _) => format!("{ns}/{}/{o} {p}", owner_kind.unwrap_or("?")),
+        (Some(o), None, _, _) => format!("{ns}/{}/{o}", owner_kind.unwrap_or("?")),
+        (None, Some(p), _, _) => format!("{ns}/{p}"),
+        (None, None, Some(s), _) => format!("svc {ns}/{s}"),
+        (None, None, None, Some(n)) => format!("node {n}"),
+        _ => return None,
+    })
 }
 
 /// A nullable text column of `b`, absent in files written before it existed.
@@ -157,15 +179,44 @@ pub fn aggregate(dir: &Path) -> Result<HashMap<TopKey, TopVal>> {
                 ]
                 .map(|f| opt_col(&b, &format!("{e}_{f}")))
             });
+            let k8s = ["source", "destination"].map(|e| {
+                [
+                    "k8s_namespace",
+                    "k8s_pod_name",
+                    "k8s_owner_kind",
+                    "k8s_owner_name",
+                    "k8s_node_name",
+                    "k8s_service_name",
+                ]
+                .map(|f| opt_col(&b, &format!("{e}_{f}")))
+            });
+            // Workload names when the end has them (with the process name), else issue 12's.
             let who_at = |e: usize, i: usize| {
                 let c = &ends[e];
-                who(
-                    opt_val(c[0], i),
-                    opt_val(c[1], i),
-                    opt_val(c[2], i),
-                    opt_val(c[3], i),
-                    opt_val(c[4], i),
-                )
+                let k = &k8s[e];
+                match who_k8s(
+                    opt_val(k[0], i),
+                    opt_val(k[1], i),
+                    opt_val(k[2], i),
+                    opt_val(k[3], i),
+                    opt_val(k[4], i),
+                    opt_val(k[5], i),
+                ) {
+                    Some(mut w) => {
+                        if let Some(p) = opt_val(c[3], i) {
+                            w.push(' ');
+                            w.push_str(p);
+                        }
+                        w
+                    }
+                    None => who(
+                        opt_val(c[0], i),
+                        opt_val(c[1], i),
+                        opt_val(c[2], i),
+                        opt_val(c[3], i),
+                        opt_val(c[4], i),
+                    ),
+                }
             };
             for i in 0..b.num_rows() {
                 let k = TopKey {
@@ -325,5 +376,35 @@ mod who_tests {
         );
         assert_eq!(who(None, None, None, None, Some("site-a")), "site-a");
         assert_eq!(who(None, None, None, None, None), "");
+    }
+
+    #[test]
+    fn names_kubernetes_ends_by_workload() {
+        use super::who_k8s;
+        assert_eq!(
+            who_k8s(
+                Some("shop"),
+                Some("checkout-7d9f-x"),
+                Some("Deployment"),
+                Some("checkout"),
+                Some("n1"),
+                None
+            )
+            .as_deref(),
+            Some("shop/Deployment/checkout checkout-7d9f-x")
+        );
+        assert_eq!(
+            who_k8s(Some("db"), Some("pg-0"), None, None, None, None).as_deref(),
+            Some("db/pg-0")
+        );
+        assert_eq!(
+            who_k8s(Some("shop"), None, None, None, None, Some("frontend")).as_deref(),
+            Some("svc shop/frontend")
+        );
+        assert_eq!(
+            who_k8s(None, None, None, None, Some("node-1"), None).as_deref(),
+            Some("node node-1")
+        );
+        assert_eq!(who_k8s(Some("x"), None, None, None, None, None), None);
     }
 }

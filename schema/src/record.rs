@@ -151,6 +151,30 @@ impl EndIdentity {
     pub fn is_empty(&self) -> bool {
         *self == EndIdentity::default()
     }
+    /// The Kubernetes name fields, in [`K8S_END_FIELDS`] order.
+    pub fn k8s_fields(&self) -> [&Option<Arc<str>>; 7] {
+        [
+            &self.k8s_namespace,
+            &self.k8s_pod_name,
+            &self.k8s_owner_kind,
+            &self.k8s_owner_name,
+            &self.k8s_node_name,
+            &self.k8s_service_name,
+            &self.zone,
+        ]
+    }
+    /// The Kubernetes name fields, mutable, in [`K8S_END_FIELDS`] order.
+    pub fn k8s_fields_mut(&mut self) -> [&mut Option<Arc<str>>; 7] {
+        [
+            &mut self.k8s_namespace,
+            &mut self.k8s_pod_name,
+            &mut self.k8s_owner_kind,
+            &mut self.k8s_owner_name,
+            &mut self.k8s_node_name,
+            &mut self.k8s_service_name,
+            &mut self.zone,
+        ]
+    }
 }
 
 /// Identity of both ends of a flow.
@@ -179,6 +203,19 @@ pub const END_FIELDS: [&str; 6] = [
     "process_name",
     "process_pid",
     "label",
+];
+
+/// The suffixes of the per-end Kubernetes name columns (issue 13), in column order: all
+/// `source_` ones, then all `destination_` ones, after the [`END_FIELDS`] columns (appended, so
+/// readers of the older columns by position keep working).
+pub const K8S_END_FIELDS: [&str; 7] = [
+    "k8s_namespace",
+    "k8s_pod_name",
+    "k8s_owner_kind",
+    "k8s_owner_name",
+    "k8s_node_name",
+    "k8s_service_name",
+    "zone",
 ];
 
 impl FlowRecord {
@@ -417,6 +454,92 @@ pub const COLUMNS: &[Column] = &[
         nullable: true,
         description: "Label of the longest `--label-cidrs` prefix containing `destination_address`; null when none does.",
     },
+    // Kubernetes names of each end (issue 13, `--kubernetes`, docs/IDENTITY.md), appended after
+    // the older identity columns.
+    Column {
+        name: "source_k8s_namespace",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kubernetes namespace of the source end's pod (or of the Service whose ClusterIP `source_address` is), with `--kubernetes`; null when unknown.",
+    },
+    Column {
+        name: "source_k8s_pod_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Name of the source end's pod: a local end by its pod UID, a remote end by the pod that held `source_address` at the flow's time; null when no pod did (or `--kubernetes` is off).",
+    },
+    Column {
+        name: "source_k8s_owner_kind",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kind of the top owner of the source end's pod: `Deployment` (via its ReplicaSet), `CronJob` (via its Job), else the direct owner's kind (`StatefulSet`, `DaemonSet`, `Job`, ...), else `Pod`; null with `source_k8s_pod_name`.",
+    },
+    Column {
+        name: "source_k8s_owner_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Name of that top owner (the workload); with `source_k8s_namespace` and `source_k8s_owner_kind` it names the workload (`flowlens report --group-by workload`).",
+    },
+    Column {
+        name: "source_k8s_node_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kubernetes node of the source end's pod; for a host-network pod's or a node's own address, that node; null when unknown.",
+    },
+    Column {
+        name: "source_k8s_service_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Service whose ClusterIP `source_address` is; null otherwise.",
+    },
+    Column {
+        name: "source_zone",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "`topology.kubernetes.io/zone` label of the source end's node; null when the node has none or is unknown.",
+    },
+    Column {
+        name: "destination_k8s_namespace",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kubernetes namespace of the destination end's pod (or of the Service whose ClusterIP `destination_address` is), with `--kubernetes`; null when unknown.",
+    },
+    Column {
+        name: "destination_k8s_pod_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Name of the destination end's pod: a local end by its pod UID, a remote end by the pod that held `destination_address` at the flow's time; null when no pod did (or `--kubernetes` is off).",
+    },
+    Column {
+        name: "destination_k8s_owner_kind",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kind of the top owner of the destination end's pod: `Deployment` (via its ReplicaSet), `CronJob` (via its Job), else the direct owner's kind (`StatefulSet`, `DaemonSet`, `Job`, ...), else `Pod`; null with `destination_k8s_pod_name`.",
+    },
+    Column {
+        name: "destination_k8s_owner_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Name of that top owner (the workload); with `destination_k8s_namespace` and `destination_k8s_owner_kind` it names the workload (`flowlens report --group-by workload`).",
+    },
+    Column {
+        name: "destination_k8s_node_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Kubernetes node of the destination end's pod; for a host-network pod's or a node's own address, that node; null when unknown.",
+    },
+    Column {
+        name: "destination_k8s_service_name",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "Service whose ClusterIP `destination_address` is; null otherwise.",
+    },
+    Column {
+        name: "destination_zone",
+        data_type: || DataType::Utf8,
+        nullable: true,
+        description: "`topology.kubernetes.io/zone` label of the destination end's node; null when the node has none or is unknown.",
+    },
 ];
 
 /// The Arrow schema of [`FlowRecord`] rows.
@@ -460,6 +583,7 @@ pub fn to_record_batch(
     let mut cid = StringBuilder::with_capacity(n, n * 30);
     let mut buf = String::with_capacity(40);
     let mut ends = [EndBuilders::new(n), EndBuilders::new(n)];
+    let mut k8s = [K8sBuilders::new(n), K8sBuilders::new(n)];
     for r in records {
         use std::fmt::Write as _;
         let k = &r.key;
@@ -492,6 +616,8 @@ pub fn to_record_batch(
         cid.append_value(&r.community_id);
         ends[0].append(&r.ends.source);
         ends[1].append(&r.ends.destination);
+        k8s[0].append(&r.ends.source);
+        k8s[1].append(&r.ends.destination);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(start.finish()),
@@ -520,6 +646,9 @@ pub fn to_record_batch(
     ];
     let mut columns = columns;
     for e in &mut ends {
+        e.finish_into(&mut columns);
+    }
+    for e in &mut k8s {
         e.finish_into(&mut columns);
     }
     RecordBatch::try_new(schema.clone(), columns)
@@ -561,6 +690,25 @@ impl EndBuilders {
         columns.push(Arc::new(self.pname.finish()));
         columns.push(Arc::new(self.pid.finish()));
         columns.push(Arc::new(self.label.finish()));
+    }
+}
+
+/// Builders of one end's Kubernetes name columns ([`K8S_END_FIELDS`] order).
+struct K8sBuilders([StringBuilder; 7]);
+
+impl K8sBuilders {
+    fn new(n: usize) -> Self {
+        K8sBuilders(std::array::from_fn(|_| StringBuilder::with_capacity(n, 0)))
+    }
+    fn append(&mut self, e: &EndIdentity) {
+        for (b, v) in self.0.iter_mut().zip(e.k8s_fields()) {
+            b.append_option(v.as_deref());
+        }
+    }
+    fn finish_into(&mut self, columns: &mut Vec<ArrayRef>) {
+        for b in &mut self.0 {
+            columns.push(Arc::new(b.finish()));
+        }
     }
 }
 
@@ -611,6 +759,7 @@ mod tests {
 
     #[test]
     fn batch_matches_schema_and_values() {
+        use arrow_array::Array as _;
         let schema = arrow_schema();
         let mut r2 = sample();
         r2.key.vlan_id = 42;
@@ -618,6 +767,14 @@ mod tests {
         r2.key.src_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         r2.ends.source.container_id = Some("abc".into());
         r2.ends.destination.process_pid = Some(7);
+        for (end, e) in [
+            ("source", &mut r2.ends.source),
+            ("destination", &mut r2.ends.destination),
+        ] {
+            for (j, v) in e.k8s_fields_mut().into_iter().enumerate() {
+                *v = Some(format!("{end}-{j}").into());
+            }
+        }
         let b = to_record_batch(&schema, &[sample(), r2]).unwrap();
         assert_eq!(b.num_columns(), COLUMNS.len());
         assert_eq!(b.num_rows(), 2);
@@ -652,8 +809,26 @@ mod tests {
         );
         for (i, end) in ["source", "destination"].iter().enumerate() {
             for (j, f) in END_FIELDS.iter().enumerate() {
-                let at = COLUMNS.len() - 12 + 6 * i + j;
+                let at = COLUMNS.len() - 26 + 6 * i + j;
                 assert_eq!(COLUMNS[at].name, format!("{end}_{f}"));
+            }
+            for (j, f) in K8S_END_FIELDS.iter().enumerate() {
+                let at = COLUMNS.len() - 14 + 7 * i + j;
+                assert_eq!(COLUMNS[at].name, format!("{end}_{f}"));
+                assert!(COLUMNS[at].nullable);
+            }
+        }
+        // The Kubernetes names land in their own columns.
+        for (i, end) in ["source", "destination"].iter().enumerate() {
+            for (j, f) in K8S_END_FIELDS.iter().enumerate() {
+                let c = col(&format!("{end}_{f}"));
+                let c = c
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap();
+                assert!(c.is_null(0));
+                assert_eq!(c.value(1), format!("{end}-{j}"), "{end}_{f}");
+                let _ = i;
             }
         }
         let t = col("network_transport");

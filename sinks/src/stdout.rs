@@ -115,7 +115,9 @@ pub fn format_record(r: &FlowRecord) -> String {
     line
 }
 
-/// Appends ` src_container=... src_pod=...` for the identity fields that are set (issue 12).
+/// Appends ` src_container=... src_pod=...` for the identity fields that are set (issue 12),
+/// then ` src_ns=... src_pod_name=... src_owner_kind=... src_owner=... src_node=...
+/// src_service=... src_zone=...` for the Kubernetes names that are set (issue 13).
 fn end_fields(line: &mut String, prefix: &str, e: &flowlens_schema::record::EndIdentity) {
     use std::fmt::Write as _;
     let texts = [
@@ -134,6 +136,21 @@ fn end_fields(line: &mut String, prefix: &str, e: &flowlens_schema::record::EndI
     }
     if let Some(l) = &e.label {
         let _ = write!(line, " {prefix}_label={l}");
+    }
+    // Kubernetes names (issue 13), `K8S_END_FIELDS` order.
+    let names = [
+        "ns",
+        "pod_name",
+        "owner_kind",
+        "owner",
+        "node",
+        "service",
+        "zone",
+    ];
+    for (name, v) in names.into_iter().zip(e.k8s_fields()) {
+        if let Some(v) = v {
+            let _ = write!(line, " {prefix}_{name}={v}");
+        }
     }
 }
 
@@ -302,18 +319,34 @@ mod tests {
                 && named.contains(&format!(" src_container={:064x}", 2))
                 && named.contains(" src_pod=0b5a9f6e-1c2d-4e5f-8a9b-000000000002")
                 && named.contains(" src_process=nginx src_pid=1002")
-                && !named.contains(" dst_"),
+                && named.contains(
+                    " src_ns=shop src_pod_name=checkout-2 src_owner_kind=Deployment src_owner=checkout src_node=node-2 src_zone=eu-west-1a"
+                )
+                && named.ends_with(
+                    " dst_ns=db dst_pod_name=postgres-0 dst_owner_kind=StatefulSet dst_owner=postgres dst_node=node-9 dst_service=postgres dst_zone=eu-west-1b"
+                )
+                && !named.contains(" dst_container"),
             "{named}"
         );
         let reply = format_record(&recs[5]);
         assert!(
-            reply.contains(" dst_container=") && !reply.contains(" src_"),
+            reply.contains(" dst_container=")
+                && !reply.contains(" src_container")
+                && reply.contains(" src_ns=db ")
+                && reply.contains(" dst_owner=checkout "),
             "{reply}"
         );
         let labelled = format_record(&recs[12]);
         assert!(
-            labelled.ends_with(" src_label=site-a dst_label=cloud ü"),
+            labelled.contains(" src_label=site-a src_ns=shop ")
+                && labelled.ends_with(" src_zone=eu-west-1a dst_label=cloud ü"),
             "{labelled}"
+        );
+        // A Service ClusterIP destination: its namespace and name only.
+        assert!(
+            format_record(&recs[0]).ends_with(" dst_ns=shop dst_service=frontend"),
+            "{}",
+            format_record(&recs[0])
         );
         assert!(!format_record(&recs[0]).contains("src_"));
     }

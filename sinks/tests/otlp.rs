@@ -10,7 +10,7 @@ use std::{
 
 use flowlens_schema::{
     flow::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, OBS_NF_LOCAL_OUT, OBS_XDP, VLAN_NONE},
-    record::{EndReason, FlowRecord},
+    record::{EndIdentity, EndReason, Ends, FlowRecord},
 };
 use flowlens_sinks::{
     Sink,
@@ -222,7 +222,79 @@ fn record(i: u32) -> FlowRecord {
         end_reason: EndReason::IdleTimeout,
         host: "testhost".into(),
         community_id: format!("1:rec{i}"),
-        ends: Default::default(),
+        ends: ends(i),
+    }
+}
+
+/// Identity (issue 12) and Kubernetes names (issue 13) on some records: every field of both
+/// ends set on every sixth, a few on others, none on the rest.
+fn ends(i: u32) -> Ends {
+    let mut e = Ends::default();
+    let full = |tag: &str| EndIdentity {
+        cgroup: Some(format!("/kubepods.slice/{tag}-{i}.scope").into()),
+        container_id: Some(format!("{tag}{i:063x}").into()),
+        k8s_pod_uid: Some(format!("{tag}-uid-{i}").into()),
+        process_name: Some(format!("{tag}-proc").into()),
+        process_pid: Some(1000 + i),
+        label: Some(format!("{tag}-label").into()),
+        k8s_namespace: Some(format!("{tag}-ns-{}", i % 3).into()),
+        k8s_pod_name: Some(format!("{tag}-pod-{i}").into()),
+        k8s_owner_kind: Some("Deployment".into()),
+        k8s_owner_name: Some(format!("{tag}-app-{}", i % 5).into()),
+        k8s_node_name: Some(format!("node-{}", i % 4).into()),
+        k8s_service_name: Some(format!("{tag}-svc").into()),
+        zone: Some(format!("zone-ü-{}", i % 2).into()),
+    };
+    match i % 6 {
+        0 => {
+            e.source = full("a");
+            e.destination = full("b");
+        }
+        2 => {
+            e.destination.k8s_namespace = Some("shop".into());
+            e.destination.k8s_service_name = Some("frontend".into());
+        }
+        4 => {
+            e.source.k8s_pod_name = Some(format!("solo-{i}").into());
+            e.source.zone = Some("eu-west-1b".into());
+        }
+        _ => {}
+    }
+    e
+}
+
+/// Every identity and Kubernetes attribute of both ends (by the names docs/SCHEMA.md lists):
+/// present with the record's value exactly when the record has one.
+fn check_ends(r: &FlowRecord, a: &[KeyValue]) {
+    for (end, e) in [
+        ("source", &r.ends.source),
+        ("destination", &r.ends.destination),
+    ] {
+        let texts = [
+            (format!("flow.{end}.cgroup"), &e.cgroup),
+            (format!("{end}.container.id"), &e.container_id),
+            (format!("{end}.k8s.pod.uid"), &e.k8s_pod_uid),
+            (format!("{end}.process.executable.name"), &e.process_name),
+            (format!("flow.{end}.label"), &e.label),
+            (format!("{end}.k8s.namespace.name"), &e.k8s_namespace),
+            (format!("{end}.k8s.pod.name"), &e.k8s_pod_name),
+            (format!("{end}.k8s.owner.type"), &e.k8s_owner_kind),
+            (format!("{end}.k8s.owner.name"), &e.k8s_owner_name),
+            (format!("{end}.k8s.node.name"), &e.k8s_node_name),
+            (format!("{end}.k8s.service.name"), &e.k8s_service_name),
+            (format!("{end}.cloud.availability_zone"), &e.zone),
+        ];
+        for (name, v) in texts {
+            match v {
+                Some(v) => assert_eq!(str_of(a, &name), &**v, "{name}"),
+                None => assert!(value(a, &name).is_none(), "{name} should be absent"),
+            }
+        }
+        let pid = format!("{end}.process.pid");
+        match e.process_pid {
+            Some(p) => assert_eq!(int_of(a, &pid), p as i64),
+            None => assert!(value(a, &pid).is_none()),
+        }
     }
 }
 
@@ -324,6 +396,7 @@ fn check_record(r: &FlowRecord, l: &LogRecord) {
         Some(v) => assert_eq!(int_of(a, "flow.vlan.id"), v as i64),
         None => assert!(value(a, "flow.vlan.id").is_none()),
     }
+    check_ends(r, a);
 }
 
 #[test]
@@ -517,6 +590,8 @@ fn metrics_sum_to_the_record_totals() {
                 |v| v.0
             }
             encode::METRIC_PACKETS => |v| v.1,
+            // Checked by workload_metrics_are_bounded_and_add_up.
+            n if n.starts_with("flowlens.workload.") => continue,
             other => panic!("unexpected metric {other}"),
         };
         seen += 1;
@@ -549,6 +624,142 @@ fn metrics_sum_to_the_record_totals() {
         assert_eq!(total, want_total);
     }
     assert_eq!(seen, 2);
+}
+
+/// One end's workload attributes as the test expects them: (namespace, kind, owner, zone).
+type EndKey = [Option<String>; 4];
+
+fn end_key(e: &EndIdentity) -> EndKey {
+    [
+        &e.k8s_namespace,
+        &e.k8s_owner_kind,
+        &e.k8s_owner_name,
+        &e.zone,
+    ]
+    .map(|v| v.as_deref().map(str::to_string))
+}
+
+fn attr_key(a: &[KeyValue], end: &str) -> EndKey {
+    [
+        format!("{end}.k8s.namespace.name"),
+        format!("{end}.k8s.owner.type"),
+        format!("{end}.k8s.owner.name"),
+        format!("{end}.cloud.availability_zone"),
+    ]
+    .map(|n| match value(a, &n) {
+        Some(Value::StringValue(s)) => Some(s.clone()),
+        None => None,
+        other => panic!("{n}: {other:?}"),
+    })
+}
+
+/// `--otlp-metrics` workload counters (issue 13) at the receiver: one point per (source
+/// workload + zone, destination workload + zone) in first-seen order up to the cap, then one
+/// overflow point; every value is the sum over the records of its key (computed here from the
+/// records); the overflow counter counts the records past the cap; records without any
+/// Kubernetes name are not in them.
+#[test]
+fn workload_metrics_are_bounded_and_add_up() {
+    for cap in [4usize, 10_000] {
+        let (addr, server) = start_server(Behaviour::default());
+        let mut opts = options(addr);
+        opts.metrics = true;
+        opts.metrics_interval = Duration::from_millis(100);
+        opts.workload_series_cap = cap;
+        let mut sink = OtlpSink::new(opts).unwrap();
+        let recs: Vec<FlowRecord> = (0..600).map(record).collect();
+        for chunk in recs.chunks(200) {
+            sink.write(chunk).unwrap();
+        }
+        sink.close().unwrap();
+        // Expected: keys in first-seen order; the first `cap` keep their own series.
+        let mut order: Vec<(EndKey, EndKey)> = Vec::new();
+        let mut want: HashMap<(EndKey, EndKey), (i64, i64)> = HashMap::new();
+        let (mut over, mut over_records) = ((0i64, 0i64), 0i64);
+        for r in &recs {
+            let k = (end_key(&r.ends.source), end_key(&r.ends.destination));
+            if k.0.iter().chain(&k.1).all(Option::is_none) {
+                continue;
+            }
+            if !order.contains(&k) {
+                order.push(k.clone());
+            }
+            if order.iter().position(|x| *x == k).unwrap() < cap {
+                let e = want.entry(k).or_default();
+                e.0 += r.bytes as i64;
+                e.1 += r.packets as i64;
+            } else {
+                over.0 += r.bytes as i64;
+                over.1 += r.packets as i64;
+                over_records += 1;
+            }
+        }
+        assert_eq!(
+            order.len(),
+            7,
+            "distinct workload keys of the sample records"
+        );
+        let st = server.0.lock().unwrap();
+        let last = st.metrics.last().unwrap();
+        let metrics = &last.resource_metrics[0].scope_metrics[0].metrics;
+        let get = |name: &str| {
+            let m = metrics
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"));
+            let Some(Data::Sum(sum)) = &m.data else {
+                panic!("{name} is not a Sum")
+            };
+            assert!(sum.is_monotonic);
+            assert_eq!(
+                sum.aggregation_temporality,
+                AggregationTemporality::Cumulative as i32
+            );
+            sum.data_points.clone()
+        };
+        for (name, pick) in [
+            (encode::METRIC_WORKLOAD_BYTES, 0usize),
+            (encode::METRIC_WORKLOAD_PACKETS, 1),
+        ] {
+            let pick = |v: (i64, i64)| if pick == 0 { v.0 } else { v.1 };
+            let points = get(name);
+            let overflowed = order.len() > cap;
+            assert_eq!(
+                points.len(),
+                order.len().min(cap) + overflowed as usize,
+                "{name} cap {cap}"
+            );
+            let mut seen = std::collections::HashSet::new();
+            for p in &points {
+                let Some(number_data_point::Value::AsInt(v)) = p.value else {
+                    panic!("int")
+                };
+                if value(&p.attributes, "flowlens.overflow").is_some() {
+                    assert_eq!(p.attributes.len(), 1);
+                    assert_eq!(v, pick(over), "{name} overflow");
+                    continue;
+                }
+                let k = (
+                    attr_key(&p.attributes, "source"),
+                    attr_key(&p.attributes, "destination"),
+                );
+                assert!(seen.insert(k.clone()), "{k:?} twice");
+                assert_eq!(
+                    Some(&v),
+                    want.get(&k).map(|w| pick(*w)).as_ref(),
+                    "{name} {k:?}"
+                );
+            }
+            assert_eq!(seen.len(), want.len());
+        }
+        let o = get(encode::METRIC_WORKLOAD_OVERFLOW);
+        assert_eq!(o.len(), 1);
+        assert_eq!(
+            o[0].value,
+            Some(number_data_point::Value::AsInt(over_records))
+        );
+        assert_eq!(over_records > 0, cap == 4);
+    }
 }
 
 #[test]

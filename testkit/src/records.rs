@@ -136,5 +136,58 @@ fn ends(i: usize, dir: usize) -> Ends {
         e.source.label = Some("site-a".into());
         e.destination.label = Some("cloud ü".into());
     }
+    k8s_names(i, dir, &mut e);
     e
+}
+
+/// Workloads of [`k8s_names`]: (namespace, top owner kind, top owner name).
+pub const WORKLOADS: [(&str, &str, &str); 5] = [
+    ("shop", "Deployment", "checkout"),
+    ("shop", "Deployment", "cart"),
+    ("db", "StatefulSet", "postgres"),
+    ("batch", "CronJob", "nightly-report"),
+    ("kube-system", "DaemonSet", "node-agent"),
+];
+
+/// Kubernetes names (issue 13): the named local end of every fourth conversation is a pod of
+/// one of [`WORKLOADS`] (by `i / 4`), on node `node-{i % 3}` in zone `eu-west-1a`/`1b`; its
+/// remote end is a `postgres` pod behind the Service `postgres` on every eighth one; every
+/// twelfth conversation (`i % 12 == 0`, no cgroup identity) goes to the ClusterIP of Service
+/// `frontend` in `shop` (namespace and service only). The rest stay null.
+fn k8s_names(i: usize, dir: usize, e: &mut Ends) {
+    let (local, remote) = if dir == 0 {
+        (&mut e.source, &mut e.destination)
+    } else {
+        (&mut e.destination, &mut e.source)
+    };
+    let zone = |n: usize| -> Arc<str> {
+        if n.is_multiple_of(2) {
+            "eu-west-1a"
+        } else {
+            "eu-west-1b"
+        }
+        .into()
+    };
+    if i % 4 == 2 {
+        let (ns, kind, owner) = WORKLOADS[(i / 4) % WORKLOADS.len()];
+        local.k8s_namespace = Some(ns.into());
+        local.k8s_pod_name = Some(format!("{owner}-{i:x}").into());
+        local.k8s_owner_kind = Some(kind.into());
+        local.k8s_owner_name = Some(owner.into());
+        local.k8s_node_name = Some(format!("node-{}", i % 3).into());
+        local.zone = Some(zone(i % 3));
+        if i % 8 == 2 {
+            remote.k8s_namespace = Some("db".into());
+            remote.k8s_pod_name = Some("postgres-0".into());
+            remote.k8s_owner_kind = Some("StatefulSet".into());
+            remote.k8s_owner_name = Some("postgres".into());
+            remote.k8s_node_name = Some("node-9".into());
+            remote.k8s_service_name = Some("postgres".into());
+            remote.zone = Some(zone(1));
+        }
+    }
+    if i.is_multiple_of(12) {
+        remote.k8s_namespace = Some("shop".into());
+        remote.k8s_service_name = Some("frontend".into());
+    }
 }

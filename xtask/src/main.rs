@@ -47,7 +47,9 @@ const HELP: &str =
           records/s, CPU per packet), sink records/s and the flow table's bytes per flow,
           `cargo xtask bench sink-rates`: records/s of each sink alone against a real peer,
           `cargo xtask bench drain` / `rss-child`: drain + records at 100k and 1M flows;
-          peak RSS at 100k concurrent flows)
+          peak RSS at 100k concurrent flows,
+          `cargo xtask bench k8s-names`: each sink encoder with and without the Kubernetes
+          name columns, side by side)
   demo    install only what the demo needs (eBPF nightly, bpf-linker, iproute2), build flowlens
           (profile `demo`: target/demo/flowlens), run it on two hosts in network namespaces with
           traffic both ways, show the top flows, check them against what was sent, and write
@@ -139,7 +141,8 @@ fn build_demo(env: &setup::Env) -> Result<PathBuf> {
 
 /// The test tiers `cargo test` leaves out (root, the real probe, peers installed by setup).
 pub const KERNEL_AND_PEER_TESTS: &str = "flowlens/kernel-tests,flowlens/peer-tests,\
-    flowlens-sinks/kernel-tests,flowlens-sinks/peer-tests,flowlens-testkit/kernel-tests";
+    flowlens-sinks/kernel-tests,flowlens-sinks/peer-tests,flowlens-testkit/kernel-tests,\
+    flowlens-report/peer-tests";
 
 fn test(env: &setup::Env, extra: &[String]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.

@@ -42,7 +42,8 @@ pub const TEMPLATE_INTERFACE: u16 = 259;
 /// Variable-length field marker in a template (RFC 7011 §7).
 pub const VARLEN: u16 = 65535;
 /// Variable-length strings are cut to this many bytes (one-byte length form), at a character
-/// boundary, so every record fits a message of [`MIN_MESSAGE`] bytes.
+/// boundary, so every record fits a message of [`MAX_MESSAGE`] bytes (a record longer than the
+/// encoder's `max_message`, possible only with long identity strings, goes alone in a message).
 pub const MAX_STRING: usize = 255;
 /// The smallest `max_message` the encoder accepts (every record and template fits).
 pub const MIN_MESSAGE: usize = 1200;
@@ -235,6 +236,91 @@ pub const ENTERPRISE_FIELDS: &[EnterpriseField] = &[
         column: "destination_label",
         kind: Kind::Str,
         get: |r| Value::Str(r.ends.destination.label.as_deref().unwrap_or("")),
+    }, // Kubernetes names of each end (issue 13): 30-36 source, 40-46 destination, in
+    // `K8S_END_FIELDS` order; null is sent as "".
+    EnterpriseField {
+        id: 30,
+        column: "source_k8s_namespace",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.k8s_namespace.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 31,
+        column: "source_k8s_pod_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.k8s_pod_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 32,
+        column: "source_k8s_owner_kind",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.k8s_owner_kind.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 33,
+        column: "source_k8s_owner_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.k8s_owner_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 34,
+        column: "source_k8s_node_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.k8s_node_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 35,
+        column: "source_k8s_service_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.k8s_service_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 36,
+        column: "source_zone",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.source.zone.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 40,
+        column: "destination_k8s_namespace",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.k8s_namespace.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 41,
+        column: "destination_k8s_pod_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.k8s_pod_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 42,
+        column: "destination_k8s_owner_kind",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.k8s_owner_kind.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 43,
+        column: "destination_k8s_owner_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.k8s_owner_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 44,
+        column: "destination_k8s_node_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.k8s_node_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 45,
+        column: "destination_k8s_service_name",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.k8s_service_name.as_deref().unwrap_or("")),
+    },
+    EnterpriseField {
+        id: 46,
+        column: "destination_zone",
+        kind: Kind::Str,
+        get: |r| Value::Str(r.ends.destination.zone.as_deref().unwrap_or("")),
     },
 ];
 
@@ -714,6 +800,8 @@ mod tests {
                 // Identity of both ends, all null: four empty strings, pid 0, empty label.
                 &[0, 0, 0, 0, 0, 0, 0, 0, 0],
                 &[0, 0, 0, 0, 0, 0, 0, 0, 0],
+                // Kubernetes names of both ends, all null: 14 empty strings.
+                &[0; 14],
             ]
             .concat()[..]
         );
@@ -722,8 +810,8 @@ mod tests {
         r.host = "é".repeat(200).into();
         let mut b = Vec::new();
         e.encode_record(&r, &mut b);
-        // (followed by the 18 bytes of the two null identities)
-        assert_eq!(b[b.len() - 18 - 255], 254);
+        // (followed by the 18 bytes of the two null identities and 14 of null Kubernetes names)
+        assert_eq!(b[b.len() - 18 - 14 - 255], 254);
     }
 
     /// Messages never exceed the limit; records are never split; sequence numbers in the

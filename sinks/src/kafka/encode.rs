@@ -124,6 +124,35 @@ pub struct FlowMessage {
     pub destination_process_pid: Option<u32>,
     #[prost(string, optional, tag = "35")]
     pub destination_label: Option<String>,
+    // Kubernetes names of each end (issue 13): absent when null.
+    #[prost(string, optional, tag = "36")]
+    pub source_k8s_namespace: Option<String>,
+    #[prost(string, optional, tag = "37")]
+    pub source_k8s_pod_name: Option<String>,
+    #[prost(string, optional, tag = "38")]
+    pub source_k8s_owner_kind: Option<String>,
+    #[prost(string, optional, tag = "39")]
+    pub source_k8s_owner_name: Option<String>,
+    #[prost(string, optional, tag = "40")]
+    pub source_k8s_node_name: Option<String>,
+    #[prost(string, optional, tag = "41")]
+    pub source_k8s_service_name: Option<String>,
+    #[prost(string, optional, tag = "42")]
+    pub source_zone: Option<String>,
+    #[prost(string, optional, tag = "43")]
+    pub destination_k8s_namespace: Option<String>,
+    #[prost(string, optional, tag = "44")]
+    pub destination_k8s_pod_name: Option<String>,
+    #[prost(string, optional, tag = "45")]
+    pub destination_k8s_owner_kind: Option<String>,
+    #[prost(string, optional, tag = "46")]
+    pub destination_k8s_owner_name: Option<String>,
+    #[prost(string, optional, tag = "47")]
+    pub destination_k8s_node_name: Option<String>,
+    #[prost(string, optional, tag = "48")]
+    pub destination_k8s_service_name: Option<String>,
+    #[prost(string, optional, tag = "49")]
+    pub destination_zone: Option<String>,
 }
 
 /// Replaces the contents of `s` without giving up its allocation.
@@ -189,6 +218,36 @@ impl FlowMessage {
             &mut self.destination_process_pid,
             &r.ends.destination,
         );
+        for (slots, e) in [
+            (
+                [
+                    &mut self.source_k8s_namespace,
+                    &mut self.source_k8s_pod_name,
+                    &mut self.source_k8s_owner_kind,
+                    &mut self.source_k8s_owner_name,
+                    &mut self.source_k8s_node_name,
+                    &mut self.source_k8s_service_name,
+                    &mut self.source_zone,
+                ],
+                &r.ends.source,
+            ),
+            (
+                [
+                    &mut self.destination_k8s_namespace,
+                    &mut self.destination_k8s_pod_name,
+                    &mut self.destination_k8s_owner_kind,
+                    &mut self.destination_k8s_owner_name,
+                    &mut self.destination_k8s_node_name,
+                    &mut self.destination_k8s_service_name,
+                    &mut self.destination_zone,
+                ],
+                &r.ends.destination,
+            ),
+        ] {
+            for (slot, v) in slots.into_iter().zip(e.k8s_fields()) {
+                set_opt(slot, v.as_deref());
+            }
+        }
     }
 }
 
@@ -264,6 +323,20 @@ struct JsonFlow<'a> {
     destination_process_name: Option<&'a str>,
     destination_process_pid: Option<u32>,
     destination_label: Option<&'a str>,
+    source_k8s_namespace: Option<&'a str>,
+    source_k8s_pod_name: Option<&'a str>,
+    source_k8s_owner_kind: Option<&'a str>,
+    source_k8s_owner_name: Option<&'a str>,
+    source_k8s_node_name: Option<&'a str>,
+    source_k8s_service_name: Option<&'a str>,
+    source_zone: Option<&'a str>,
+    destination_k8s_namespace: Option<&'a str>,
+    destination_k8s_pod_name: Option<&'a str>,
+    destination_k8s_owner_kind: Option<&'a str>,
+    destination_k8s_owner_name: Option<&'a str>,
+    destination_k8s_node_name: Option<&'a str>,
+    destination_k8s_service_name: Option<&'a str>,
+    destination_zone: Option<&'a str>,
 }
 
 /// Encodes records into message values, reusing its buffers.
@@ -340,6 +413,20 @@ impl Encoder {
                     destination_process_name: r.ends.destination.process_name.as_deref(),
                     destination_process_pid: r.ends.destination.process_pid,
                     destination_label: r.ends.destination.label.as_deref(),
+                    source_k8s_namespace: r.ends.source.k8s_namespace.as_deref(),
+                    source_k8s_pod_name: r.ends.source.k8s_pod_name.as_deref(),
+                    source_k8s_owner_kind: r.ends.source.k8s_owner_kind.as_deref(),
+                    source_k8s_owner_name: r.ends.source.k8s_owner_name.as_deref(),
+                    source_k8s_node_name: r.ends.source.k8s_node_name.as_deref(),
+                    source_k8s_service_name: r.ends.source.k8s_service_name.as_deref(),
+                    source_zone: r.ends.source.zone.as_deref(),
+                    destination_k8s_namespace: r.ends.destination.k8s_namespace.as_deref(),
+                    destination_k8s_pod_name: r.ends.destination.k8s_pod_name.as_deref(),
+                    destination_k8s_owner_kind: r.ends.destination.k8s_owner_kind.as_deref(),
+                    destination_k8s_owner_name: r.ends.destination.k8s_owner_name.as_deref(),
+                    destination_k8s_node_name: r.ends.destination.k8s_node_name.as_deref(),
+                    destination_k8s_service_name: r.ends.destination.k8s_service_name.as_deref(),
+                    destination_zone: r.ends.destination.zone.as_deref(),
                 };
                 // Serializing plain strings and integers into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, &j);

@@ -115,6 +115,64 @@ pub const ATTRIBUTES: &[(&str, Target)] = &[
     (
         "destination_label",
         Target::Attribute("flow.destination.label"),
+    ), // Kubernetes names of each end (issue 13): the draft network-flow convention's
+    // `source.k8s.*` / `destination.*` names; the Service and the zone follow OpenTelemetry's
+    // `k8s.service.name` and `cloud.availability_zone` under the end's prefix. Omitted when null.
+    (
+        "source_k8s_namespace",
+        Target::Attribute("source.k8s.namespace.name"),
+    ),
+    (
+        "source_k8s_pod_name",
+        Target::Attribute("source.k8s.pod.name"),
+    ),
+    (
+        "source_k8s_owner_kind",
+        Target::Attribute("source.k8s.owner.type"),
+    ),
+    (
+        "source_k8s_owner_name",
+        Target::Attribute("source.k8s.owner.name"),
+    ),
+    (
+        "source_k8s_node_name",
+        Target::Attribute("source.k8s.node.name"),
+    ),
+    (
+        "source_k8s_service_name",
+        Target::Attribute("source.k8s.service.name"),
+    ),
+    (
+        "source_zone",
+        Target::Attribute("source.cloud.availability_zone"),
+    ),
+    (
+        "destination_k8s_namespace",
+        Target::Attribute("destination.k8s.namespace.name"),
+    ),
+    (
+        "destination_k8s_pod_name",
+        Target::Attribute("destination.k8s.pod.name"),
+    ),
+    (
+        "destination_k8s_owner_kind",
+        Target::Attribute("destination.k8s.owner.type"),
+    ),
+    (
+        "destination_k8s_owner_name",
+        Target::Attribute("destination.k8s.owner.name"),
+    ),
+    (
+        "destination_k8s_node_name",
+        Target::Attribute("destination.k8s.node.name"),
+    ),
+    (
+        "destination_k8s_service_name",
+        Target::Attribute("destination.k8s.service.name"),
+    ),
+    (
+        "destination_zone",
+        Target::Attribute("destination.cloud.availability_zone"),
     ),
 ];
 
@@ -126,6 +184,32 @@ pub const SCOPE_NAME: &str = "flowlens";
 pub const METRIC_BYTES: &str = "flowlens.flow.bytes";
 /// Name of the cumulative packet counter exported with `--otlp-metrics`.
 pub const METRIC_PACKETS: &str = "flowlens.flow.packets";
+/// Cumulative byte counter per workload pair and zone pair (`--otlp-metrics`, issue 13).
+pub const METRIC_WORKLOAD_BYTES: &str = "flowlens.workload.flow.bytes";
+/// Cumulative packet counter per workload pair and zone pair.
+pub const METRIC_WORKLOAD_PACKETS: &str = "flowlens.workload.flow.packets";
+/// Cumulative count of records that went to the overflow series (the cap was reached).
+pub const METRIC_WORKLOAD_OVERFLOW: &str = "flowlens.workload.flow.overflow_records";
+/// Most workload series (distinct [`WorkloadKey`]s) one exporter keeps: past it, records of
+/// new keys are counted in one overflow series (attribute `flowlens.overflow` = true, no
+/// workload attributes) and in [`METRIC_WORKLOAD_OVERFLOW`]. Keys are never dropped (cumulative
+/// counters must not go back), so this bounds the metric's cardinality for the exporter's life.
+pub const MAX_WORKLOAD_SERIES: usize = 10_000;
+/// Attribute names of a [`WorkloadKey`], per end: namespace, owner kind, owner name, zone.
+pub const WORKLOAD_ATTRIBUTES: [[&str; 4]; 2] = [
+    [
+        "source.k8s.namespace.name",
+        "source.k8s.owner.type",
+        "source.k8s.owner.name",
+        "source.cloud.availability_zone",
+    ],
+    [
+        "destination.k8s.namespace.name",
+        "destination.k8s.owner.type",
+        "destination.k8s.owner.name",
+        "destination.cloud.availability_zone",
+    ],
+];
 
 fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
@@ -167,6 +251,28 @@ fn us_to_ns(us: i64) -> u64 {
     (us.max(0) as u64).saturating_mul(1000)
 }
 
+/// Attribute names of one end's Kubernetes names, in `K8S_END_FIELDS` order.
+pub const K8S_ATTRIBUTES: [[&str; 7]; 2] = [
+    [
+        "source.k8s.namespace.name",
+        "source.k8s.pod.name",
+        "source.k8s.owner.type",
+        "source.k8s.owner.name",
+        "source.k8s.node.name",
+        "source.k8s.service.name",
+        "source.cloud.availability_zone",
+    ],
+    [
+        "destination.k8s.namespace.name",
+        "destination.k8s.pod.name",
+        "destination.k8s.owner.type",
+        "destination.k8s.owner.name",
+        "destination.k8s.node.name",
+        "destination.k8s.service.name",
+        "destination.cloud.availability_zone",
+    ],
+];
+
 /// Attribute names of one end's identity, in `END_FIELDS` order.
 const END_ATTRIBUTES: [[&str; 6]; 2] = [
     [
@@ -204,6 +310,14 @@ fn end_attributes(a: &mut Vec<KeyValue>, e: &EndIdentity, names: &[&str; 6]) {
     }
     if let Some(l) = &e.label {
         a.push(kv(names[5], s(&**l)));
+    }
+}
+
+fn k8s_attributes(a: &mut Vec<KeyValue>, e: &EndIdentity, names: &[&str; 7]) {
+    for (name, v) in names.iter().zip(e.k8s_fields()) {
+        if let Some(v) = v {
+            a.push(kv(name, s(&**v)));
+        }
     }
 }
 
@@ -248,6 +362,8 @@ pub fn log_record(r: &FlowRecord, observed_ns: u64) -> LogRecord {
     a.push(kv("flow.community_id", s(r.community_id.as_str())));
     end_attributes(&mut a, &r.ends.source, &END_ATTRIBUTES[0]);
     end_attributes(&mut a, &r.ends.destination, &END_ATTRIBUTES[1]);
+    k8s_attributes(&mut a, &r.ends.source, &K8S_ATTRIBUTES[0]);
+    k8s_attributes(&mut a, &r.ends.destination, &K8S_ATTRIBUTES[1]);
     LogRecord {
         time_unix_nano: us_to_ns(r.flow_end_us),
         observed_time_unix_nano: observed_ns,
@@ -299,16 +415,93 @@ impl MetricKey {
     }
 }
 
-/// Cumulative byte and packet totals per [`MetricKey`] since `start_ns`.
-#[derive(Debug, Default, Clone)]
+/// The workload attribute set (issue 13): per end (source, destination) its namespace, top
+/// owner kind, top owner name and zone; a null name is an omitted attribute. The namespace pair
+/// and the zone pair are part of it, so summing over the other attributes gives those views.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadKey(pub [[Option<std::sync::Arc<str>>; 4]; 2]);
+
+impl WorkloadKey {
+    /// `None` when neither end carries any of the names (such records stay out of the
+    /// workload counters; they are in [`METRIC_BYTES`]).
+    pub fn of(r: &FlowRecord) -> Option<WorkloadKey> {
+        let end = |e: &EndIdentity| {
+            [
+                e.k8s_namespace.clone(),
+                e.k8s_owner_kind.clone(),
+                e.k8s_owner_name.clone(),
+                e.zone.clone(),
+            ]
+        };
+        let k = WorkloadKey([end(&r.ends.source), end(&r.ends.destination)]);
+        k.0.iter().flatten().any(Option::is_some).then_some(k)
+    }
+    fn attributes(&self) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(8);
+        for (names, vals) in WORKLOAD_ATTRIBUTES.iter().zip(&self.0) {
+            for (n, v) in names.iter().zip(vals) {
+                if let Some(v) = v {
+                    a.push(kv(n, s(&**v)));
+                }
+            }
+        }
+        a
+    }
+}
+
+/// Cumulative byte and packet totals per [`MetricKey`] since `start_ns`, and per
+/// [`WorkloadKey`] (at most `workload_cap` keys, then the overflow series).
+#[derive(Debug, Clone)]
 pub struct MetricsAggregator {
     pub totals: BTreeMap<MetricKey, (u64, u64)>,
+    pub workloads: BTreeMap<WorkloadKey, (u64, u64)>,
+    /// Bytes, packets and records of the overflow series.
+    pub overflow: (u64, u64, u64),
+    pub workload_cap: usize,
+}
+
+impl Default for MetricsAggregator {
+    fn default() -> Self {
+        MetricsAggregator::with_workload_cap(MAX_WORKLOAD_SERIES)
+    }
 }
 
 impl MetricsAggregator {
-    /// Adds records' bytes and packets to their attribute sets.
-    pub fn add(&mut self, records: &[FlowRecord]) {
+    pub fn with_workload_cap(cap: usize) -> Self {
+        MetricsAggregator {
+            totals: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+            overflow: (0, 0, 0),
+            workload_cap: cap,
+        }
+    }
+
+    /// Adds records' bytes and packets to their attribute sets. Returns true when this call
+    /// sent the first record to the workload overflow series (the caller logs it once).
+    pub fn add(&mut self, records: &[FlowRecord]) -> bool {
+        let overflowed_before = self.overflow.2 > 0;
         for r in records {
+            if let Some(w) = WorkloadKey::of(r) {
+                let cap = self.workload_cap;
+                let n = self.workloads.len();
+                let slot = match self.workloads.get_mut(&w) {
+                    Some(v) => Some(v),
+                    None if n < cap => Some(self.workloads.entry(w).or_default()),
+                    None => None,
+                };
+                match slot {
+                    Some(v) => {
+                        v.0 = v.0.saturating_add(r.bytes);
+                        v.1 = v.1.saturating_add(r.packets);
+                    }
+                    None => {
+                        let o = &mut self.overflow;
+                        o.0 = o.0.saturating_add(r.bytes);
+                        o.1 = o.1.saturating_add(r.packets);
+                        o.2 += 1;
+                    }
+                }
+            }
             let k = &r.key;
             let key = MetricKey {
                 interface: r.interface_name.to_string(),
@@ -320,6 +513,37 @@ impl MetricsAggregator {
             e.0 = e.0.saturating_add(r.bytes);
             e.1 = e.1.saturating_add(r.packets);
         }
+        !overflowed_before && self.overflow.2 > 0
+    }
+
+    /// Workload data points (the overflow series last), picking bytes or packets.
+    fn workload_points(
+        &self,
+        pick: fn(u64, u64) -> u64,
+        start_ns: u64,
+        now_ns: u64,
+    ) -> Vec<NumberDataPoint> {
+        let point = |attributes, v: u64| NumberDataPoint {
+            attributes,
+            start_time_unix_nano: start_ns,
+            time_unix_nano: now_ns,
+            value: Some(number_data_point::Value::AsInt(
+                v.min(i64::MAX as u64) as i64
+            )),
+            ..Default::default()
+        };
+        let mut v: Vec<NumberDataPoint> = self
+            .workloads
+            .iter()
+            .map(|(k, (b, p))| point(k.attributes(), pick(*b, *p)))
+            .collect();
+        if self.overflow.2 > 0 {
+            v.push(point(
+                vec![kv("flowlens.overflow", Value::BoolValue(true))],
+                pick(self.overflow.0, self.overflow.1),
+            ));
+        }
+        v
     }
 
     /// A metrics export with two cumulative monotonic Sums (bytes `By`, packets `{packet}`), one
@@ -360,20 +584,50 @@ impl MetricsAggregator {
                 resource: Some(resource.clone()),
                 scope_metrics: vec![ScopeMetrics {
                     scope: Some(scope()),
-                    metrics: vec![
-                        sum(
-                            METRIC_BYTES,
-                            "IP-layer bytes of exported flow records",
-                            "By",
-                            points(|v| v.0),
-                        ),
-                        sum(
-                            METRIC_PACKETS,
-                            "Packets of exported flow records",
-                            "{packet}",
-                            points(|v| v.1),
-                        ),
-                    ],
+                    metrics: {
+                        let mut m = vec![
+                            sum(
+                                METRIC_BYTES,
+                                "IP-layer bytes of exported flow records",
+                                "By",
+                                points(|v| v.0),
+                            ),
+                            sum(
+                                METRIC_PACKETS,
+                                "Packets of exported flow records",
+                                "{packet}",
+                                points(|v| v.1),
+                            ),
+                        ];
+                        if !self.workloads.is_empty() || self.overflow.2 > 0 {
+                            m.push(sum(
+                                METRIC_WORKLOAD_BYTES,
+                                "IP-layer bytes of exported flow records per source and destination workload (namespace, owner kind and name) and zone",
+                                "By",
+                                self.workload_points(|b, _| b, start_ns, now_ns),
+                            ));
+                            m.push(sum(
+                                METRIC_WORKLOAD_PACKETS,
+                                "Packets of exported flow records per source and destination workload and zone",
+                                "{packet}",
+                                self.workload_points(|_, p| p, start_ns, now_ns),
+                            ));
+                            m.push(sum(
+                                METRIC_WORKLOAD_OVERFLOW,
+                                "Records counted in the overflow series because the workload series cap was reached",
+                                "{record}",
+                                vec![NumberDataPoint {
+                                    start_time_unix_nano: start_ns,
+                                    time_unix_nano: now_ns,
+                                    value: Some(number_data_point::Value::AsInt(
+                                        self.overflow.2.min(i64::MAX as u64) as i64,
+                                    )),
+                                    ..Default::default()
+                                }],
+                            ));
+                        }
+                        m
+                    },
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -431,7 +685,13 @@ mod tests {
             process_name: Some(format!("{tag}-proc").into()),
             process_pid: Some(if tag == "s" { 11 } else { 22 }),
             label: Some(format!("{tag}-label").into()),
-            ..Default::default()
+            k8s_namespace: Some(format!("{tag}-ns").into()),
+            k8s_pod_name: Some(format!("{tag}-podname").into()),
+            k8s_owner_kind: Some("Deployment".into()),
+            k8s_owner_name: Some(format!("{tag}-owner").into()),
+            k8s_node_name: Some(format!("{tag}-node").into()),
+            k8s_service_name: Some(format!("{tag}-svc").into()),
+            zone: Some(format!("{tag}-zone").into()),
         }
     }
 
@@ -557,14 +817,90 @@ mod tests {
         assert_eq!(attr(&l, "destination.container.id"), Some(&s("d-cid")));
         assert_eq!(attr(&l, "destination.process.pid"), Some(&i(22)));
         assert_eq!(attr(&l, "flow.destination.label"), Some(&s("d-label")));
+        for t in ["source", "destination"] {
+            let tag = &t[..1];
+            let a = |n: &str| attr(&l, &format!("{t}.{n}")).cloned();
+            assert_eq!(a("k8s.namespace.name"), Some(s(format!("{tag}-ns"))));
+            assert_eq!(a("k8s.pod.name"), Some(s(format!("{tag}-podname"))));
+            assert_eq!(a("k8s.owner.type"), Some(s("Deployment")));
+            assert_eq!(a("k8s.owner.name"), Some(s(format!("{tag}-owner"))));
+            assert_eq!(a("k8s.node.name"), Some(s(format!("{tag}-node"))));
+            assert_eq!(a("k8s.service.name"), Some(s(format!("{tag}-svc"))));
+            assert_eq!(a("cloud.availability_zone"), Some(s(format!("{tag}-zone"))));
+        }
         // No VLAN: the attribute is left out (the column is null).
         let l = log_record(&sample(flowlens_schema::flow::VLAN_NONE), 5);
         assert_eq!(attr(&l, "flow.vlan.id"), None);
         assert_eq!(l.attributes.len(), want.len() - 1);
-        // No identity: its 12 attributes are left out.
+        // No identity: its 12 + 14 attributes are left out.
         let mut r = sample(42);
         r.ends = Default::default();
-        assert_eq!(log_record(&r, 5).attributes.len(), want.len() - 12);
+        assert_eq!(log_record(&r, 5).attributes.len(), want.len() - 26);
+    }
+
+    #[test]
+    fn workload_series_are_capped_with_an_overflow_series() {
+        let mut m = MetricsAggregator::with_workload_cap(2);
+        let rec = |owner: &str| {
+            let mut r = sample(0);
+            r.ends = Default::default();
+            r.ends.source.k8s_owner_name = Some(owner.into());
+            r
+        };
+        let mut plain = sample(0);
+        plain.ends = Default::default();
+        assert!(!m.add(&[rec("a"), rec("b"), rec("a"), plain]));
+        assert_eq!(m.workloads.len(), 2);
+        assert_eq!(m.overflow, (0, 0, 0));
+        // A third key goes to the overflow series; the first add that overflows says so.
+        assert!(m.add(&[rec("c"), rec("a")]));
+        assert!(!m.add(&[rec("d")]));
+        assert_eq!(m.workloads.len(), 2);
+        assert_eq!(m.overflow, (360, 6, 2));
+        let a = m
+            .workloads
+            .iter()
+            .find(|(k, _)| k.0[0][2].as_deref() == Some("a"))
+            .unwrap();
+        assert_eq!(*a.1, (540, 9));
+        let req = m.request(&resource("h"), 1, 2);
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                METRIC_BYTES,
+                METRIC_PACKETS,
+                METRIC_WORKLOAD_BYTES,
+                METRIC_WORKLOAD_PACKETS,
+                METRIC_WORKLOAD_OVERFLOW
+            ]
+        );
+        let Some(Data::Sum(sum)) = &metrics[2].data else {
+            panic!("sum")
+        };
+        assert_eq!(sum.data_points.len(), 3);
+        let last = sum.data_points.last().unwrap();
+        assert_eq!(
+            last.attributes,
+            vec![kv("flowlens.overflow", Value::BoolValue(true))]
+        );
+        assert_eq!(last.value, Some(number_data_point::Value::AsInt(360)));
+        assert_eq!(
+            sum.data_points[0].attributes,
+            vec![kv("source.k8s.owner.name", s("a"))]
+        );
+        // Without any Kubernetes name, no workload metrics at all.
+        let mut none = MetricsAggregator::default();
+        none.add(&[plain_record()]);
+        let req = none.request(&resource("h"), 1, 2);
+        assert_eq!(req.resource_metrics[0].scope_metrics[0].metrics.len(), 2);
+    }
+
+    fn plain_record() -> FlowRecord {
+        let mut r = sample(0);
+        r.ends = Default::default();
+        r
     }
 
     #[test]
@@ -576,7 +912,9 @@ mod tests {
         assert_eq!(m.totals.len(), 2);
         let req = m.request(&resource("h"), 1, 2);
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
-        assert_eq!(metrics.len(), 2);
+        // The sample names workloads: bytes and packets, then the three workload metrics.
+        assert_eq!(metrics.len(), 5);
+        assert_eq!(m.workloads.len(), 1);
         let Some(Data::Sum(sum)) = &metrics[0].data else {
             panic!("sum")
         };

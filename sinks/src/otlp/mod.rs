@@ -123,6 +123,9 @@ pub struct OtlpOptions {
     /// Export byte/packet counters (`--otlp-metrics`) every `metrics_interval` and at close.
     pub metrics: bool,
     pub metrics_interval: Duration,
+    /// Most workload series of the `--otlp-metrics` workload counters
+    /// ([`encode::MAX_WORKLOAD_SERIES`]; tests set fewer).
+    pub workload_series_cap: usize,
 }
 
 impl OtlpOptions {
@@ -140,6 +143,7 @@ impl OtlpOptions {
             close_timeout: Duration::from_secs(30),
             metrics: false,
             metrics_interval: Duration::from_secs(10),
+            workload_series_cap: encode::MAX_WORKLOAD_SERIES,
         }
     }
 }
@@ -241,7 +245,9 @@ impl OtlpSink {
             closing: AtomicBool::new(false),
             deadline: Mutex::new(None),
             counters: Counters::default(),
-            metrics: Mutex::new(MetricsAggregator::default()),
+            metrics: Mutex::new(MetricsAggregator::with_workload_cap(
+                opts.workload_series_cap,
+            )),
             log: LogLimits::default(),
         });
         let (done_tx, done) = std::sync::mpsc::channel();
@@ -284,8 +290,13 @@ impl Sink for OtlpSink {
         }
         if self.opts.metrics
             && let Ok(mut m) = self.shared.metrics.lock()
+            && m.add(records)
         {
-            m.add(records);
+            tracing::warn!(
+                cap = m.workload_cap,
+                "OTLP workload metrics reached their series cap: records of further workload pairs are counted in the overflow series (flowlens.overflow=true) and in {}",
+                encode::METRIC_WORKLOAD_OVERFLOW
+            );
         }
         let dropped = {
             let mut q = self

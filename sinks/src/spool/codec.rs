@@ -6,12 +6,17 @@
 //! dst_port u16 | vlan_id u16 | ip_version u8 | protocol u8 | icmp_type u8 | icmp_code u8 |
 //! observation_point u8 | ifindex u32 | packets u64 | bytes u64 | tcp_flags u16 | dscp u8 |
 //! end_reason u8 | interface_name (u16 len, UTF-8) | host (u16 len, UTF-8) | community_id (same)
-//! [ identity: present u16 (bit i = field i of source then destination, `END_FIELDS` order) |
-//!   each present field: strings (u16 len, UTF-8), process_pid u32 ]
+//! [ identity: present u16 (bit i = field i of source then destination, `END_FIELDS` order;
+//!   bit 15 = Kubernetes names follow) |
+//!   each present field: strings (u16 len, UTF-8), process_pid u32 |
+//!   [ k8s: present u16 (bit i = field i of source then destination, `K8S_END_FIELDS` order) |
+//!     each present field: string (u16 len, UTF-8) ] ]
 //! ```
 //!
-//! The identity part (issue 12) is absent when every identity field is null, so records spooled
-//! by an older flowlens decode unchanged.
+//! The identity part (issue 12) is absent when every identity field is null, and the Kubernetes
+//! part (issue 13) when every name is null (bit 15 clear), so records spooled by an older
+//! flowlens decode unchanged (`records_spooled_before_kubernetes_names_still_decode` keeps one
+//! such record as bytes), and a record without Kubernetes names is encoded as before.
 
 use std::sync::Arc;
 
@@ -102,6 +107,17 @@ fn put_ends(out: &mut Vec<u8>, ends: &Ends) {
             }
         }
     }
+    let mut k8s = 0u16;
+    for (i, e) in [&ends.source, &ends.destination].into_iter().enumerate() {
+        for (j, v) in e.k8s_fields().into_iter().enumerate() {
+            if v.is_some() {
+                k8s |= 1 << (7 * i + j);
+            }
+        }
+    }
+    if k8s != 0 {
+        mask |= K8S_FOLLOW;
+    }
     out.extend_from_slice(&mask.to_le_bytes());
     for e in [&ends.source, &ends.destination] {
         for s in [&e.cgroup, &e.container_id, &e.k8s_pod_uid, &e.process_name]
@@ -117,7 +133,18 @@ fn put_ends(out: &mut Vec<u8>, ends: &Ends) {
             put_str(out, l);
         }
     }
+    if k8s != 0 {
+        out.extend_from_slice(&k8s.to_le_bytes());
+        for e in [&ends.source, &ends.destination] {
+            for s in e.k8s_fields().into_iter().flatten() {
+                put_str(out, s);
+            }
+        }
+    }
 }
+
+/// Bit of the identity mask saying a Kubernetes names part follows (issue 13).
+const K8S_FOLLOW: u16 = 1 << 15;
 
 struct Cursor<'a>(&'a [u8]);
 
@@ -129,7 +156,7 @@ impl<'a> Cursor<'a> {
     }
     fn ends(&mut self) -> Result<Ends, &'static str> {
         let mask = u16::from_le_bytes(self.take()?);
-        if mask >> 12 != 0 {
+        if (mask & !K8S_FOLLOW) >> 12 != 0 {
             return Err("unknown identity fields");
         }
         let mut ends = [EndIdentity::default(), EndIdentity::default()];
@@ -146,6 +173,19 @@ impl<'a> Cursor<'a> {
                 e.process_pid = Some(u32::from_le_bytes(self.take()?));
             }
             e.label = text(self, 5)?;
+        }
+        if mask & K8S_FOLLOW != 0 {
+            let k8s = u16::from_le_bytes(self.take()?);
+            if k8s >> 14 != 0 || k8s == 0 {
+                return Err("unknown Kubernetes name fields");
+            }
+            for (i, e) in ends.iter_mut().enumerate() {
+                for (j, v) in e.k8s_fields_mut().into_iter().enumerate() {
+                    if k8s & (1 << (7 * i + j)) != 0 {
+                        *v = Some(self.str()?.into());
+                    }
+                }
+            }
         }
         let [source, destination] = ends;
         Ok(Ends {
@@ -317,6 +357,47 @@ mod tests {
         let mut b = Vec::new();
         encode(&r, &mut b);
         assert_eq!(Decoder::default().decode(&b).unwrap(), r);
+        // Every Kubernetes name of both ends round-trips, alone and all together.
+        for end in 0..2 {
+            for j in 0..7 {
+                let mut k = r.clone();
+                let e = if end == 0 {
+                    &mut k.ends.source
+                } else {
+                    &mut k.ends.destination
+                };
+                *e.k8s_fields_mut()[j] = Some(format!("name-{end}-{j}").into());
+                let mut kb = Vec::new();
+                encode(&k, &mut kb);
+                assert_eq!(
+                    Decoder::default().decode(&kb).unwrap(),
+                    k,
+                    "end {end} field {j}"
+                );
+            }
+        }
+        let mut all = r.clone();
+        for (end, e) in [&mut all.ends.source, &mut all.ends.destination]
+            .into_iter()
+            .enumerate()
+        {
+            for (j, v) in e.k8s_fields_mut().into_iter().enumerate() {
+                *v = Some(format!("ns-é-{end}-{j}").into());
+            }
+        }
+        let mut kb = Vec::new();
+        encode(&all, &mut kb);
+        assert_eq!(Decoder::default().decode(&kb).unwrap(), all);
+        for cut in plain_len + 1..kb.len() {
+            assert!(Decoder::default().decode(&kb[..cut]).is_err(), "cut {cut}");
+        }
+        // Only Kubernetes names (no older identity field): still an identity part.
+        let mut only = r.clone();
+        only.ends = Ends::default();
+        only.ends.destination.zone = Some("eu-west-1b".into());
+        let mut ob = Vec::new();
+        encode(&only, &mut ob);
+        assert_eq!(Decoder::default().decode(&ob).unwrap(), only);
         // A cut inside the identity part fails; a cut right before it is an older record.
         for cut in plain_len + 1..b.len() {
             assert!(Decoder::default().decode(&b[..cut]).is_err(), "cut {cut}");
@@ -328,5 +409,67 @@ mod tests {
         let mut bad = b[..plain_len].to_vec();
         bad.extend_from_slice(&(1u16 << 13).to_le_bytes());
         assert!(Decoder::default().decode(&bad).is_err());
+        let mut bad = b[..plain_len].to_vec();
+        bad.extend_from_slice(&K8S_FOLLOW.to_le_bytes());
+        bad.extend_from_slice(&(1u16 << 14).to_le_bytes());
+        assert!(Decoder::default().decode(&bad).is_err());
+    }
+
+    /// A record spooled by flowlens before issue 13 (identity mask bits 0-11 only), frozen as
+    /// bytes: it still decodes to the same record.
+    const SPOOLED_BY_ISSUE_12: &str = concat!(
+        "00401e18240a060040822d18240a060000000000000000000000ffff0a00000100000000000000000000ffff0a000002",
+        "409cbb01ffff0406000004070000000300000000000000b40000000000000012002e0104006574683006006e6f64652d",
+        "310400313a783d050c17002f6b756265706f64732e736c6963652f782e73636f7065240030623561396636652d316332",
+        "642d346535662d386139622d306331643265336634613562921000000600736974652d61",
+    );
+
+    fn issue_12_record() -> FlowRecord {
+        let mut key = FlowKey::ZERO;
+        key.ip_version = 4;
+        key.src_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        key.dst_addr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
+        key.protocol = 6;
+        key.src_port = 40000;
+        key.dst_port = 443;
+        key.vlan_id = 0xffff;
+        key.observation_point = 4;
+        key.ifindex = 7;
+        let mut r = FlowRecord {
+            flow_start_us: 1_700_000_000_000_000,
+            flow_end_us: 1_700_000_001_000_000,
+            key,
+            interface_name: "eth0".into(),
+            packets: 3,
+            bytes: 180,
+            tcp_flags: 0x12,
+            dscp: 46,
+            end_reason: EndReason::IdleTimeout,
+            host: "node-1".into(),
+            community_id: "1:x=".into(),
+            ends: Ends::default(),
+        };
+        r.ends.source.cgroup = Some("/kubepods.slice/x.scope".into());
+        r.ends.source.k8s_pod_uid = Some("0b5a9f6e-1c2d-4e5f-8a9b-0c1d2e3f4a5b".into());
+        r.ends.destination.process_pid = Some(4242);
+        r.ends.destination.label = Some("site-a".into());
+        r
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn records_spooled_before_kubernetes_names_still_decode() {
+        let b = unhex(SPOOLED_BY_ISSUE_12);
+        assert_eq!(Decoder::default().decode(&b).unwrap(), issue_12_record());
+        // Without Kubernetes names the encoding is unchanged (the previous version reads it).
+        let mut again = Vec::new();
+        encode(&issue_12_record(), &mut again);
+        assert_eq!(again, b);
     }
 }

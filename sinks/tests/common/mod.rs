@@ -122,6 +122,22 @@ fn from_json(b: &[u8]) -> FlowMessage {
         destination_process_name: v["destination_process_name"].as_str().map(str::to_string),
         destination_process_pid: v["destination_process_pid"].as_u64().map(|x| x as u32),
         destination_label: v["destination_label"].as_str().map(str::to_string),
+        source_k8s_namespace: v["source_k8s_namespace"].as_str().map(str::to_string),
+        source_k8s_pod_name: v["source_k8s_pod_name"].as_str().map(str::to_string),
+        source_k8s_owner_kind: v["source_k8s_owner_kind"].as_str().map(str::to_string),
+        source_k8s_owner_name: v["source_k8s_owner_name"].as_str().map(str::to_string),
+        source_k8s_node_name: v["source_k8s_node_name"].as_str().map(str::to_string),
+        source_k8s_service_name: v["source_k8s_service_name"].as_str().map(str::to_string),
+        source_zone: v["source_zone"].as_str().map(str::to_string),
+        destination_k8s_namespace: v["destination_k8s_namespace"].as_str().map(str::to_string),
+        destination_k8s_pod_name: v["destination_k8s_pod_name"].as_str().map(str::to_string),
+        destination_k8s_owner_kind: v["destination_k8s_owner_kind"].as_str().map(str::to_string),
+        destination_k8s_owner_name: v["destination_k8s_owner_name"].as_str().map(str::to_string),
+        destination_k8s_node_name: v["destination_k8s_node_name"].as_str().map(str::to_string),
+        destination_k8s_service_name: v["destination_k8s_service_name"]
+            .as_str()
+            .map(str::to_string),
+        destination_zone: v["destination_zone"].as_str().map(str::to_string),
     }
 }
 
