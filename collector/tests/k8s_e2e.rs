@@ -93,20 +93,22 @@ fn nf_links(pid: u32) -> usize {
         .count()
 }
 
+/// UDP echo on port argv[1] of each address argv[2:] (one socket each, so a reply leaves
+/// from the address the request went to).
 const ECHO: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.settimeout(1.0)
+import select, socket, sys, time
+socks = []
+for a in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a, int(sys.argv[1])))
+    socks.append(s)
 end = time.time() + 120
 print("ready", flush=True)
 while time.time() < end:
-    try:
+    r, _, _ = select.select(socks, [], [], 1.0)
+    for s in r:
         d, a = s.recvfrom(2048)
-    except socket.timeout:
-        continue
-    s.sendto(d, a)
+        s.sendto(d, a)
 "#;
 
 const CLIENT: &str = r#"
@@ -178,9 +180,10 @@ const NONE: Names<'static> = [None; 7];
 
 #[test]
 fn pods_owners_nodes_zones_services_through_reuse_and_outages() {
-    let api = KubeApi::start();
-    api.set_down(true);
     let h = Netns::new("k8sh").unwrap();
+    // On H's loopback, where flowlens runs.
+    let api = KubeApi::start_in(&h);
+    api.set_down(true);
     let p = Netns::new("k8sp").unwrap();
     let link = veth_pair(&h, &p).unwrap();
     let (a, b) = (link.a_v4, link.b_v4);
@@ -219,9 +222,10 @@ fn pods_owners_nodes_zones_services_through_reuse_and_outages() {
     let lake = out.join("lake");
     let log_path = out.join("flowlens.log");
 
+    let b_ip = b.to_string();
     let mut echo = KillOnDrop(
         p.command("python3")
-            .args(["-c", ECHO, "9000"])
+            .args(["-c", ECHO, "9000", &b_ip, &svc_ip, &node_b_ip])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),

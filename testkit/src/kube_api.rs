@@ -132,6 +132,8 @@ impl Shared {
 pub struct KubeApi {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// The network namespace the listener lives in (`None`: the caller's).
+    netns: Option<std::path::PathBuf>,
     listener_stop: Arc<Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>>,
 }
 
@@ -141,7 +143,17 @@ impl KubeApi {
         Self::start_with(Duration::from_millis(500))
     }
 
+    /// Starts on a free loopback port of network namespace `ns` (for a flowlens that runs in
+    /// it); brought back up there too.
+    pub fn start_in(ns: &crate::Netns) -> KubeApi {
+        Self::start_at(Duration::from_millis(500), Some(ns.path()))
+    }
+
     pub fn start_with(bookmark_every: Duration) -> KubeApi {
+        Self::start_at(bookmark_every, None)
+    }
+
+    fn start_at(bookmark_every: Duration, netns: Option<std::path::PathBuf>) -> KubeApi {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 rv: 1000,
@@ -150,11 +162,12 @@ impl KubeApi {
             changed: Condvar::new(),
             bookmark_every,
         });
-        let listener = listen(0).expect("bind the test API server");
+        let listener = listen_in(netns.as_deref(), 0).expect("bind the test API server");
         let addr = listener.local_addr().unwrap();
         let api = KubeApi {
             shared,
             addr,
+            netns,
             listener_stop: Arc::new(Mutex::new(None)),
         };
         api.serve(listener);
@@ -305,7 +318,7 @@ impl KubeApi {
         } else if !down && was {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                match listen(self.addr.port()) {
+                match listen_in(self.netns.as_deref(), self.addr.port()) {
                     Ok(l) => {
                         self.serve(l);
                         break;
@@ -335,6 +348,24 @@ impl Drop for KubeApi {
         self.stop_listener();
         self.drop_connections();
     }
+}
+
+/// [`listen`] from a thread that entered network namespace `netns` (the socket stays there).
+fn listen_in(netns: Option<&Path>, port: u16) -> std::io::Result<TcpListener> {
+    let Some(ns) = netns else {
+        return listen(port);
+    };
+    let f = std::fs::File::open(ns)?;
+    thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on an fd we own, on this short-lived thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        listen(port)
+    })
+    .join()
+    .expect("listen thread")
 }
 
 /// A loopback listener with SO_REUSEADDR (so a server brought back up gets its port again
