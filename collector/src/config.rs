@@ -1169,6 +1169,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `--kubernetes` / `--kubeconfig` and their config keys; the command line wins, a
+    /// kubeconfig implies --kubernetes.
+    #[test]
+    fn kubernetes_options() {
+        assert!(!args(&[]).resolve().unwrap().kubernetes);
+        let c = args(&["--kubernetes"]).resolve().unwrap();
+        assert!(c.kubernetes && c.kubeconfig.is_none());
+        let c = args(&["--kubeconfig", "/k/config"]).resolve().unwrap();
+        assert!(c.kubernetes);
+        assert_eq!(
+            c.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/k/config"))
+        );
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-k8s-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k.toml");
+        std::fs::write(&f, "kubernetes = true\n").unwrap();
+        let on = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert!(on.kubernetes);
+        let off = args(&["--config", f.to_str().unwrap(), "--kubernetes=false"])
+            .resolve()
+            .unwrap();
+        assert!(!off.kubernetes);
+        std::fs::write(&f, "kubeconfig = \"/etc/k\"\n").unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert!(c.kubernetes);
+        assert_eq!(
+            c.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/k"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn drain_and_clock_options() {
         let c = args(&["--early-drain-fill", "0", "--precise-timestamps"])

@@ -20,6 +20,8 @@ use flowlens_schema::record::EndIdentity;
 
 type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+/// (namespace, name), or (kind, name) of an owner.
+type NsName = (Arc<str>, Arc<str>);
 
 /// Default for how long a deleted pod (or a released address) still names records: records are
 /// exported up to the active timeout after their last packet, and spooled ones later.
@@ -159,8 +161,8 @@ pub struct Store {
     by_addr: Map<IpAddr, Vec<Holder>>,
     services: Map<(Arc<str>, Arc<str>), Service>,
     nodes: Map<Arc<str>, Node>,
-    replicasets: Map<(Arc<str>, Arc<str>), (Arc<str>, Arc<str>)>,
-    jobs: Map<(Arc<str>, Arc<str>), (Arc<str>, Arc<str>)>,
+    replicasets: Map<NsName, NsName>,
+    jobs: Map<NsName, NsName>,
     /// Namespaces, node names, owner kinds and names: shared by many pods.
     strings: HashSet<Arc<str>, foldhash::fast::RandomState>,
     /// Keys seen since a relist began, per kind (`None`: no relist running).
