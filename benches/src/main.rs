@@ -39,6 +39,7 @@
 mod flood;
 mod identity;
 mod ipfix;
+mod k8s;
 mod k8s_names;
 mod metrics;
 mod otlp_transport;
@@ -1154,6 +1155,17 @@ fn main() -> Result<()> {
             println!("{s:#?}");
             return Ok(());
         }
+        // Issue 13: the Kubernetes name store's memory and lookup cost at 10k and 100k pods.
+        Some("k8s") => {
+            let mut s = BTreeMap::new();
+            k8s::store(&mut s)?;
+            println!("{s:#?}");
+            return Ok(());
+        }
+        Some("k8s-memory-child") => {
+            let n = std::env::args().nth(2).context("n")?.parse()?;
+            return k8s::memory_child(n);
+        }
         // Issue 12: probe cost of socket identity (with/without) and identity records/s.
         Some("identity") => {
             let mut s = BTreeMap::new();
@@ -1364,6 +1376,8 @@ fn main() -> Result<()> {
     identity::records_per_sec(&mut summary)?;
     identity::interface_records_per_sec(&mut summary)?;
     identity::netns_refresh(100, &mut summary)?;
+    // Issue 13: the Kubernetes name store at 10k and 100k pods.
+    k8s::store(&mut summary)?;
 
     // New flows.
     let (new_flow, new_noop, existing_single) = new_flow_cost(5, 2_000)?;

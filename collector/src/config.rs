@@ -303,6 +303,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub label_cidrs: Option<PathBuf>,
 
+    // --- Kubernetes names (issue 13) ---
+    /// Name both ends of every record with Kubernetes names (`*_k8s_namespace`, `*_k8s_pod_name`, `*_k8s_owner_kind`/`_name` (Deployment via its ReplicaSet, CronJob via its Job, else the controller, else Pod), `*_k8s_node_name`, `*_k8s_service_name`, `*_zone`): watches Pods, ReplicaSets, Jobs, Services and Nodes cluster-wide (read-only: get/list/watch). Local ends by their pod UID, other ends by the address the pod, Service ClusterIP or node held at the record's last packet. Credentials: `--kubeconfig`, else KUBECONFIG or ~/.kube/config, else the in-cluster service account. An API server that is down or slow never holds up the export: names stay null until known (docs/KUBERNETES.md). [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub kubernetes: Option<bool>,
+
+    /// Kubernetes credentials and API server for --kubernetes (a kubeconfig file; its current context). Implies --kubernetes. [default: KUBECONFIG, ~/.kube/config, else in-cluster]
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
     // --- metrics endpoint (issue 7) ---
     /// Serve Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`) over HTTP on this address: `PORT` or `:PORT` (binds 127.0.0.1), `IP:PORT`, `[IPV6]:PORT`; port 0 picks a free one (logged). An address beyond loopback is allowed but warned about. [default: off; the usual port is 9464]
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_listen)]
@@ -432,6 +441,9 @@ pub struct RunConfig {
 
     /// `--label-cidrs` file (read when the run starts).
     pub label_cidrs: Option<PathBuf>,
+    /// `--kubernetes` (or `--kubeconfig`): fill the Kubernetes names.
+    pub kubernetes: bool,
+    pub kubeconfig: Option<PathBuf>,
     /// `None`: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub sink_stall_timeout: Duration,
@@ -696,6 +708,10 @@ impl RunArgs {
             },
 
             label_cidrs: self.label_cidrs.clone().or(file.label_cidrs.clone()),
+            kubernetes: self.kubernetes.or(file.kubernetes).unwrap_or(false)
+                || self.kubeconfig.is_some()
+                || file.kubeconfig.is_some(),
+            kubeconfig: self.kubeconfig.clone().or(file.kubeconfig.clone()),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             sink_stall_timeout: self
                 .sink_stall_timeout
@@ -1154,6 +1170,39 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("avro") && e.contains("k.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `--kubernetes` / `--kubeconfig` and their config keys; the command line wins, a
+    /// kubeconfig implies --kubernetes.
+    #[test]
+    fn kubernetes_options() {
+        assert!(!args(&[]).resolve().unwrap().kubernetes);
+        let c = args(&["--kubernetes"]).resolve().unwrap();
+        assert!(c.kubernetes && c.kubeconfig.is_none());
+        let c = args(&["--kubeconfig", "/k/config"]).resolve().unwrap();
+        assert!(c.kubernetes);
+        assert_eq!(
+            c.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/k/config"))
+        );
+        let dir = std::env::temp_dir().join(format!("flowlens-cfg-k8s-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k.toml");
+        std::fs::write(&f, "kubernetes = true\n").unwrap();
+        let on = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert!(on.kubernetes);
+        let off = args(&["--config", f.to_str().unwrap(), "--kubernetes=false"])
+            .resolve()
+            .unwrap();
+        assert!(!off.kubernetes);
+        std::fs::write(&f, "kubeconfig = \"/etc/k\"\n").unwrap();
+        let c = args(&["--config", f.to_str().unwrap()]).resolve().unwrap();
+        assert!(c.kubernetes);
+        assert_eq!(
+            c.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/k"))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

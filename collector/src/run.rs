@@ -47,6 +47,15 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         .map(identity::LabelTable::from_file)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    // Kubernetes names: the client configuration is checked now (a bad kubeconfig stops the
+    // start); the watchers start at once on their own thread, an API server that is down is
+    // retried there.
+    let k8s = if cfg.kubernetes {
+        let c = flowlens_k8s::client_config(cfg.kubeconfig.as_deref())?;
+        Some(flowlens_k8s::start(c, identity::K8S_GRACE)?)
+    } else {
+        None
+    };
     let sinks = flowlens_sinks::build::build(&cfg.sinks, &cfg.sink_options(host.clone()))?;
 
     // Signal listeners exist before anything is attached: a SIGTERM that arrives while the
@@ -146,6 +155,7 @@ pub fn run(cfg: RunConfig) -> Result<Totals> {
         identity::CgroupResolver::from_system()
     };
     pipe.identity = identity::IdentityStage::new(cgroups, labels);
+    pipe.identity.k8s = k8s;
     // Containers behind veth interfaces of this namespace (XDP and netfilter alike).
     pipe.identity.peers = identity::PeerMap::from_system();
 

@@ -562,6 +562,8 @@ fn deployment_files_grant_exactly_the_tested_capabilities() {
             "--config",
         ])
         .arg(&k8s_conf)
+        // The DaemonSet's config names flows with Kubernetes names; there is no cluster here.
+        .arg("--kubernetes=false")
         .arg("--sink")
         .arg(format!("parquet:{}", k8s_out.display()))
         .arg("--spool-dir")

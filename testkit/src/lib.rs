@@ -19,6 +19,8 @@
 //! With the default feature `peers` (off for xtask, to keep its build small):
 //! * `otlp`: an OTLP/gRPC logs receiver that records what it gets; `moto`: an S3-compatible
 //!   server (moto) on loopback.
+//! * `kube_api`: an in-test Kubernetes API server (list/watch, 410, faults) for the real
+//!   `kube` client.
 //! * `kafka`: a real Kafka-compatible broker process (tansu) and a consumer that reads a
 //!   topic back; `records`: synthetic flow records (both directions of each conversation).
 //!
@@ -32,6 +34,8 @@ mod flows;
 mod fs;
 #[cfg(feature = "peers")]
 pub mod kafka;
+#[cfg(feature = "peers")]
+pub mod kube_api;
 mod link;
 #[cfg(feature = "peers")]
 pub mod moto;

@@ -42,6 +42,8 @@ const HELP: &str =
           `cargo xtask bench otlp-transport`: only OTLP/HTTP vs OTLP/gRPC,
           `cargo xtask bench identity`: only the identity stage, its probe cost and the
           interface → container map,
+          `cargo xtask bench k8s`: only the Kubernetes name store (memory, lookup) at 10k
+          and 100k pods,
           `cargo xtask bench flood [SECONDS]`: only the random-source flood through a veth
           into `flowlens run --max-memory` (per sink: packets sent/seen/counted, peak RSS,
           records/s, CPU per packet), sink records/s and the flow table's bytes per flow,

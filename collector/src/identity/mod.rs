@@ -23,6 +23,10 @@
 //! and a second container on the same interface index and flow key starts a new record.
 //!
 //! `--label-cidrs` labels both ends of every record by address.
+//!
+//! `--kubernetes` ([`flowlens_k8s::Names`], filled by watchers on their own thread) names both
+//! ends of every record last: an end with a pod UID by it, any end by the address its pod,
+//! Service or node held at the record's last packet (docs/KUBERNETES.md).
 
 pub mod cgroup;
 pub mod container;
@@ -235,8 +239,15 @@ pub struct IdentityStats {
     pub interface_ends: u64,
 }
 
+/// How long a deleted pod (or an address it let go) still names records: records are exported
+/// up to the active timeout after their last packet.
+pub const K8S_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub struct IdentityStage {
     pub cgroups: CgroupResolver,
+    /// `--kubernetes`: the Kubernetes names (a snapshot read under a short lock; never waits
+    /// for the API server).
+    pub k8s: Option<flowlens_k8s::Names>,
     labels: Option<LabelTable>,
     reverse: Reverse,
     pub peers: PeerMap,
@@ -249,6 +260,7 @@ impl IdentityStage {
     pub fn new(cgroups: CgroupResolver, labels: Option<LabelTable>) -> IdentityStage {
         IdentityStage {
             cgroups,
+            k8s: None,
             labels,
             reverse: Reverse::default(),
             peers: PeerMap::disabled(),
@@ -356,6 +368,10 @@ impl IdentityStage {
         if let Some(t) = &self.labels {
             r.ends.source.label = t.lookup(r.source_address()).cloned();
             r.ends.destination.label = t.lookup(r.destination_address()).cloned();
+        }
+        if let Some(k) = &self.k8s {
+            let (src, dst) = (r.source_address(), r.destination_address());
+            k.fill(&mut r.ends, src, dst, r.flow_end_us);
         }
     }
 }
@@ -526,6 +542,63 @@ mod tests {
         s.annotate(&mut r, 0, 0);
         assert_eq!(r.ends.source.label.as_deref(), Some("a"));
         assert_eq!(r.ends.destination.label.as_deref(), Some("net"));
+    }
+
+    /// `--kubernetes`: the local end by its pod UID (its pod has another address here), the
+    /// remote end by the address its pod held at the record's time.
+    #[test]
+    fn kubernetes_names_the_local_end_by_uid_and_the_remote_by_address() {
+        use flowlens_k8s::{Names, PodMeta};
+        let uid = "3f2a1b4c-0d5e-4f60-8a7b-9c0d1e2f3a4b";
+        let mut c = CgroupResolver::with_root(None);
+        c.insert(
+            9,
+            CgroupInfo::from_path(
+                &format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
+                    uid.replace('-', "_")
+                ),
+                None,
+            ),
+        );
+        let mut s = IdentityStage::new(c, None);
+        let names = Names::new(std::time::Duration::from_secs(300));
+        let pod = |uid: &str, name: &str, ip: &str| PodMeta {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            node: Some("n1".into()),
+            ips: vec![ip.parse().unwrap()],
+            created_us: 1_000_000,
+            ..Default::default()
+        };
+        names
+            .lock()
+            .apply_pod(pod(uid, "local", "10.9.9.9"), 5_000_000);
+        names
+            .lock()
+            .apply_pod(pod("r", "remote", "10.0.0.2"), 5_000_000);
+        s.k8s = Some(names.clone());
+        let mut r = record(key(OBS_NF_LOCAL_OUT, 1, 1000, 2, 53));
+        r.flow_end_us = 10_000_000;
+        s.annotate(&mut r, 9, 0);
+        assert_eq!(r.ends.source.k8s_pod_uid.as_deref(), Some(uid));
+        assert_eq!(r.ends.source.k8s_pod_name.as_deref(), Some("local"));
+        assert_eq!(r.ends.source.k8s_owner_kind.as_deref(), Some("Pod"));
+        assert_eq!(r.ends.destination.k8s_pod_name.as_deref(), Some("remote"));
+        assert_eq!(r.ends.destination.k8s_node_name.as_deref(), Some("n1"));
+        // A record whose last packet came before the remote pod existed: not named after it.
+        let mut early = record(key(OBS_NF_LOCAL_OUT, 1, 1000, 2, 53));
+        early.flow_end_us = 500_000;
+        s.annotate(&mut early, 0, 0);
+        assert!(early.ends.destination.is_empty());
+        assert_eq!(
+            names
+                .counters
+                .named_ends
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 
     fn at(obs: u8, ifindex: u32, src: u8, dst: u8) -> FlowKey {
