@@ -87,9 +87,9 @@ pub fn client_config(kubeconfig: Option<&Path>) -> Result<kube::Config> {
 /// Starts the watcher thread. Fails only if the client cannot be built from `config` (bad
 /// TLS material); an unreachable API server is retried in the background.
 pub fn start(config: kube::Config, grace: Duration) -> Result<Names> {
-    // Both of rustls' providers are linked into flowlens (other crates enable aws-lc-rs): name
-    // one, or building the client panics. Already installed (by another part): fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The process-wide provider, named (aws-lc-rs, the only one built in): a crate that enables
+    // another would otherwise make building the client panic. Already installed: fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let names = Names::new(grace);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
