@@ -18,7 +18,9 @@ use std::{
     time::Duration,
 };
 
-use flowlens_testkit::{FLOOD_IP_LEN, FloodSpec, Netns, syn_flood, temp_dir, veth_pair};
+use flowlens_testkit::{
+    FLOOD_IP_LEN, FloodSpec, Netns, log_field, log_line, syn_flood, temp_dir, veth_pair,
+};
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
 const SUM_RECORDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flood/sum_records.py");
@@ -30,20 +32,6 @@ const MAX_MEMORY_BYTES: u64 = 144 << 20;
 /// The default kernel buffers: the drain keeps up with the flood even in a debug build.
 const KERNEL_FLOWS: &str = "131072";
 const DST_PORT: u16 = 8080;
-
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
-}
-
-fn line<'a>(stderr: &'a str, what: &str) -> &'a str {
-    stderr
-        .lines()
-        .find(|l| l.contains(what))
-        .unwrap_or_else(|| panic!("no {what:?} line in flowlens' log:\n{stderr}"))
-}
 
 fn veth_drops(ns: &Netns, ifname: &str) -> u64 {
     let out = ns
@@ -127,21 +115,21 @@ fn flood_with_small_max_memory_counts_every_packet_and_stays_bounded() {
     assert!(flood.packets >= 50_000, "flood too small: {flood:?}");
 
     // The budget was logged, and the table was capped.
-    let budget = line(&stderr, "memory budget (--max-memory)");
-    let cap = field(budget, "flow_cap");
-    assert_eq!(field(budget, "max_memory"), MAX_MEMORY_BYTES);
+    let budget = log_line(&stderr, "memory budget (--max-memory)");
+    let cap = log_field(budget, "flow_cap");
+    assert_eq!(log_field(budget, "max_memory"), MAX_MEMORY_BYTES);
 
     // Exact conservation in the probe's own accounting.
-    let cons = line(&stderr, "flowlens::conservation: conservation:");
+    let cons = log_line(&stderr, "flowlens::conservation: conservation:");
     assert!(
         cons.contains("every keyed packet was drained") && cons.contains("lost_packets=0"),
         "{cons}"
     );
-    let drained = field(cons, "drained_packets");
-    let stopped = line(&stderr, "flowlens stopped");
-    let (records, packets) = (field(stopped, "records"), field(stopped, "packets"));
-    let lor = field(stopped, "flows_ended_lack_of_resources");
-    let lor_packets = field(stopped, "lack_of_resources_packets");
+    let drained = log_field(cons, "drained_packets");
+    let stopped = log_line(&stderr, "flowlens stopped");
+    let (records, packets) = (log_field(stopped, "records"), log_field(stopped, "packets"));
+    let lor = log_field(stopped, "flows_ended_lack_of_resources");
+    let lor_packets = log_field(stopped, "lack_of_resources_packets");
     assert_eq!(packets, drained, "{stopped}");
     assert!(
         lor > 0,
@@ -194,7 +182,7 @@ fn flood_with_small_max_memory_counts_every_packet_and_stays_bounded() {
         peak <= MAX_MEMORY_BYTES,
         "peak RSS {peak} > {MAX_MEMORY_BYTES}"
     );
-    let own = field(stopped, "peak_rss_bytes");
+    let own = log_field(stopped, "peak_rss_bytes");
     assert!(
         own <= MAX_MEMORY_BYTES,
         "flowlens' VmHWM {own} > {MAX_MEMORY_BYTES}"

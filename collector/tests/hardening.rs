@@ -364,7 +364,9 @@ fn runs_as_nobody_with_only_bpf_perfmon_net_admin() {
         .unwrap();
     // XDP is attached first, then the netfilter links (IPv4 and IPv6): wait for both.
     let t0 = Instant::now();
-    while !(b.xdp_attached(&link.b_if).unwrap() && netfilter_links(child.id()) == 2) {
+    while !(b.xdp_attached(&link.b_if).unwrap()
+        && flowlens_testkit::netfilter_links(child.id()) == 2)
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "probes never attached"
@@ -438,19 +440,6 @@ fn runs_as_nobody_with_only_bpf_perfmon_net_admin() {
     }
     assert_eq!((xdp, nf), (PACKETS as i64, PACKETS as i64));
     std::fs::remove_dir_all(&out).unwrap();
-}
-
-/// Netfilter BPF links `pid` holds (from /proc/PID/fdinfo).
-fn netfilter_links(pid: u32) -> usize {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path())
-                .is_ok_and(|t| t.lines().any(|l| l == "link_type:\tnetfilter"))
-        })
-        .count()
 }
 
 fn assert_owned_by_nobody(f: &Path) {

@@ -220,19 +220,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Netfilter links held by process `pid` (from /proc/PID/fdinfo).
-fn nf_links(pid: u32) -> usize {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path())
-                .is_ok_and(|t| t.lines().any(|l| l == "link_type:\tnetfilter"))
-        })
-        .count()
-}
-
 /// Who a workload is: its cgroup path (relative), container id, pod UID, pid, local ports.
 #[derive(Debug, Clone)]
 struct Who {
@@ -359,7 +346,7 @@ fn containers_and_services_are_named_at_every_hook() {
         .unwrap();
     let mut flowlens = KillOnDrop(Some(flowlens));
     let t0 = Instant::now();
-    while nf_links(flowlens.id()) < 8 {
+    while flowlens_testkit::netfilter_links(flowlens.id()) < 8 {
         assert!(
             flowlens.get().try_wait().unwrap().is_none(),
             "flowlens exited early"
@@ -769,7 +756,7 @@ fn containers_behind_veths_are_named_by_their_interface() {
         .unwrap();
     let mut flowlens = KillOnDrop(Some(flowlens));
     let t0 = Instant::now();
-    while nf_links(flowlens.id()) < 10 {
+    while flowlens_testkit::netfilter_links(flowlens.id()) < 10 {
         assert!(
             flowlens.get().try_wait().unwrap().is_none(),
             "flowlens exited early"

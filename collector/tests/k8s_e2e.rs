@@ -81,18 +81,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn nf_links(pid: u32) -> usize {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path())
-                .is_ok_and(|t| t.lines().any(|l| l == "link_type:\tnetfilter"))
-        })
-        .count()
-}
-
 /// UDP echo on port argv[1] of each address argv[2:] (one socket each, so a reply leaves
 /// from the address the request went to).
 const ECHO: &str = r#"
@@ -266,7 +254,7 @@ fn pods_owners_nodes_zones_services_through_reuse_and_outages() {
     let pid = flowlens.0.id();
     wait("flowlens attached", 20, || {
         assert!(flowlens.0.try_wait().unwrap().is_none(), "flowlens exited");
-        nf_links(pid) >= 4
+        flowlens_testkit::netfilter_links(pid) >= 4
     });
 
     let dst = |ip: &str| format!("{ip}:9000");

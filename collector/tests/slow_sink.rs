@@ -19,23 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowlens_testkit::{FloodSpec, Netns, syn_flood, veth_pair};
+use flowlens_testkit::{FloodSpec, Netns, log_field, log_line, syn_flood, veth_pair};
 
 const FLOWLENS: &str = env!("CARGO_BIN_EXE_flowlens");
-
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
-}
-
-fn line<'a>(stderr: &'a str, what: &str) -> &'a str {
-    stderr
-        .lines()
-        .find(|l| l.contains(what))
-        .unwrap_or_else(|| panic!("no {what:?} line in flowlens' log:\n{stderr}"))
-}
 
 #[test]
 fn a_blocked_sink_never_stalls_the_drain_and_its_losses_are_counted() {
@@ -107,20 +93,20 @@ fn a_blocked_sink_never_stalls_the_drain_and_its_losses_are_counted() {
     assert!(flood.packets >= 40_000, "flood too small: {flood:?}");
 
     // The drain kept up: no kernel buffer overflowed.
-    let cons = line(&stderr, "flowlens::conservation: conservation:");
+    let cons = log_line(&stderr, "flowlens::conservation: conservation:");
     assert!(
         cons.contains("every keyed packet was drained") && cons.contains("lost_packets=0"),
         "the kernel buffers overflowed (the drain stalled): {cons}"
     );
-    let drained = field(cons, "drained_packets");
+    let drained = log_field(cons, "drained_packets");
     assert!(drained >= flood.packets, "{cons}");
 
-    let stopped = line(&stderr, "flowlens stopped");
-    let (records, packets) = (field(stopped, "records"), field(stopped, "packets"));
-    let lost = field(stopped, "records_lost_in_sinks");
+    let stopped = log_line(&stderr, "flowlens stopped");
+    let (records, packets) = (log_field(stopped, "records"), log_field(stopped, "packets"));
+    let lost = log_field(stopped, "records_lost_in_sinks");
     assert_eq!(packets, drained, "{stopped}");
-    let closed = line(&stderr, "sink closed");
-    let dropped = field(closed, "dropped");
+    let closed = log_line(&stderr, "sink closed");
+    let dropped = log_field(closed, "dropped");
     // The sink really fell behind, and its drops are its only losses.
     assert!(dropped > 0, "the sink never fell behind: {closed}");
     assert_eq!(lost, dropped, "{closed}\n{stopped}");
@@ -144,6 +130,6 @@ fn a_blocked_sink_never_stalls_the_drain_and_its_losses_are_counted() {
         "{drop_lines:#?}"
     );
     for l in &drop_lines {
-        assert!(field(l, "records") > 0, "{l}");
+        assert!(log_field(l, "records") > 0, "{l}");
     }
 }

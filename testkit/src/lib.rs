@@ -42,6 +42,7 @@ pub mod moto;
 mod netns;
 #[cfg(feature = "peers")]
 pub mod otlp;
+mod procfs;
 #[cfg(feature = "peers")]
 pub mod records;
 mod router;
@@ -55,6 +56,7 @@ pub use flows::{FlowTuple, flows_of};
 pub use fs::{Tmpfs, temp_dir, unique_path};
 pub use link::{Link, ifindex, veth_pair};
 pub use netns::{Netns, NsThread};
+pub use procfs::{log_field, log_line, netfilter_links};
 pub use router::{Routed, routed};
 pub use traffic::{icmp_echo, tcp_transfer, udp_exchange};
 
