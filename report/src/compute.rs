@@ -995,6 +995,29 @@ pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// The buckets of a series from bucket `first` to `last` (indices of `bucket_us`-wide
+/// buckets): how many, the bucket width in seconds, and the first index and count of the whole
+/// buckets inside [`from_us`, `to_us`) (all of them when none is whole), which the series'
+/// statistics are taken over.
+fn bucket_window(
+    bucket_us: i64,
+    first: i64,
+    last: i64,
+    from_us: i64,
+    to_us: i64,
+) -> (usize, f64, usize, usize) {
+    let n = (last - first + 1).max(0) as usize;
+    let bs = bucket_us as f64 / 1e6;
+    let lo = (from_us + bucket_us - 1).div_euclid(bucket_us).max(first);
+    let hi = (to_us.div_euclid(bucket_us) - 1).min(last);
+    let (s0, sn) = if hi >= lo {
+        ((lo - first) as usize, (hi - lo + 1) as usize)
+    } else {
+        (0, n)
+    };
+    (n, bs, s0, sn)
+}
+
 fn stats(v: &[f64]) -> RateStats {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -1048,15 +1071,7 @@ pub fn series(
     from_us: i64,
     to_us: i64,
 ) -> Series {
-    let n = (last - first + 1).max(0) as usize;
-    let bs = bucket_us as f64 / 1e6;
-    let lo = (from_us + bucket_us - 1).div_euclid(bucket_us).max(first);
-    let hi = (to_us.div_euclid(bucket_us) - 1).min(last);
-    let (s0, sn) = if hi >= lo {
-        ((lo - first) as usize, (hi - lo + 1) as usize)
-    } else {
-        (0, n)
-    };
+    let (n, bs, s0, sn) = bucket_window(bucket_us, first, last, from_us, to_us);
     let mut out: Vec<SeriesOut> = agg
         .series
         .iter()
@@ -1174,15 +1189,7 @@ pub fn groups(
     let mut best: Vec<(&str, u64)> = total.into_iter().collect();
     best.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     best.truncate(n);
-    let nb = (last - first + 1).max(0) as usize;
-    let bs = bucket_us as f64 / 1e6;
-    let lo = (from_us + bucket_us - 1).div_euclid(bucket_us).max(first);
-    let hi = (to_us.div_euclid(bucket_us) - 1).min(last);
-    let (s0, sn) = if hi >= lo {
-        ((lo - first) as usize, (hi - lo + 1) as usize)
-    } else {
-        (0, nb)
-    };
+    let (nb, bs, s0, sn) = bucket_window(bucket_us, first, last, from_us, to_us);
     let mut series: Vec<SeriesOut> = g
         .series
         .iter()
