@@ -72,29 +72,11 @@ pub fn run(rounds: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
         ),
         (
             "kafka_protobuf",
-            Box::new(|rs: &[FlowRecord]| {
-                let mut e = KafkaEncoder::new(KafkaFormat::Protobuf);
-                let mut out = Vec::new();
-                rs.iter()
-                    .map(|r| {
-                        e.encode(r, &mut out);
-                        out.len()
-                    })
-                    .sum()
-            }),
+            Box::new(|rs: &[FlowRecord]| kafka_bytes(KafkaFormat::Protobuf, rs)),
         ),
         (
             "kafka_json",
-            Box::new(|rs: &[FlowRecord]| {
-                let mut e = KafkaEncoder::new(KafkaFormat::Json);
-                let mut out = Vec::new();
-                rs.iter()
-                    .map(|r| {
-                        e.encode(r, &mut out);
-                        out.len()
-                    })
-                    .sum()
-            }),
+            Box::new(|rs: &[FlowRecord]| kafka_bytes(KafkaFormat::Json, rs)),
         ),
         (
             "ipfix",
@@ -160,4 +142,16 @@ pub fn run(rounds: usize, summary: &mut BTreeMap<String, f64>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Bytes of the Kafka messages of `rs` in `format`.
+fn kafka_bytes(format: KafkaFormat, rs: &[FlowRecord]) -> usize {
+    let mut e = KafkaEncoder::new(format);
+    let mut out = Vec::new();
+    rs.iter()
+        .map(|r| {
+            e.encode(r, &mut out);
+            out.len()
+        })
+        .sum()
 }
