@@ -209,6 +209,22 @@ impl KillOnDrop {
     fn get(&mut self) -> &mut Child {
         self.0.as_mut().unwrap()
     }
+    /// Waits (at most 20 s) until flowlens holds `links` netfilter links; fails if it exits
+    /// first.
+    fn wait_netfilter_links(&mut self, links: usize) {
+        let t0 = Instant::now();
+        while flowlens_testkit::netfilter_links(self.id()) < links {
+            assert!(
+                self.get().try_wait().unwrap().is_none(),
+                "flowlens exited early"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "flowlens not attached"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for KillOnDrop {
@@ -345,18 +361,7 @@ fn containers_and_services_are_named_at_every_hook() {
         .spawn()
         .unwrap();
     let mut flowlens = KillOnDrop(Some(flowlens));
-    let t0 = Instant::now();
-    while flowlens_testkit::netfilter_links(flowlens.id()) < 8 {
-        assert!(
-            flowlens.get().try_wait().unwrap().is_none(),
-            "flowlens exited early"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "flowlens not attached"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    flowlens.wait_netfilter_links(8);
 
     // Containers and a service: client and server, TCP and UDP.
     let mut named = Vec::new();
@@ -755,18 +760,7 @@ fn containers_behind_veths_are_named_by_their_interface() {
         .spawn()
         .unwrap();
     let mut flowlens = KillOnDrop(Some(flowlens));
-    let t0 = Instant::now();
-    while flowlens_testkit::netfilter_links(flowlens.id()) < 10 {
-        assert!(
-            flowlens.get().try_wait().unwrap().is_none(),
-            "flowlens exited early"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "flowlens not attached"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    flowlens.wait_netfilter_links(10);
     h.wait_xdp(&v1.host_if, true).unwrap();
     h.wait_xdp(&v2.host_if, true).unwrap();
 
